@@ -1,0 +1,9 @@
+//! warren's database tables as sea-orm entities, and the migrations that create them.
+//!
+//! One module per table; [`migration::Migrator`] creates them on PostgreSQL and SQLite alike.
+//! Later capabilities add their tables here with a new migration each, never by editing an
+//! applied one.
+
+pub mod audit_log;
+pub mod migration;
+pub mod processed_messages;

@@ -1,0 +1,16 @@
+//! Migrations, applied in order at start (`database.migrate`), on PostgreSQL and SQLite.
+
+use sea_orm_migration::prelude::*;
+
+mod m0001_foundation;
+
+/// Runs warren's migrations.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_foundation::Migration)]
+    }
+}

@@ -1,0 +1,210 @@
+//! The message envelope (SPEC section 4): the domain-event body and the AMQP properties and
+//! headers every warren message carries.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Header: 1-based attempt number, kept across retries.
+pub const H_ATTEMPT: &str = "x-warren-attempt";
+/// Header: W3C trace context.
+pub const H_TRACEPARENT: &str = "traceparent";
+/// Header: the HTTP request that caused the message.
+pub const H_REQUEST_ID: &str = "x-request-id";
+/// `app_id` on every message warren publishes.
+pub const APP_ID: &str = "warren";
+/// Version of the event body format.
+pub const EVENT_VERSION: &str = "1.0";
+
+/// The article's domain event, as JSON on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// UUID v7; also the AMQP `message_id`.
+    pub event_id: Uuid,
+    /// `segment.segment`, also the routing key and the AMQP `type`.
+    pub event_name: String,
+    /// The entity the event is about, when there is one.
+    #[serde(default)]
+    pub aggregate_id: Option<String>,
+    /// When the event happened.
+    pub occurred_on: DateTime<Utc>,
+    /// Body format version, `1.0`.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// The event's payload.
+    pub data: serde_json::Value,
+}
+
+fn default_version() -> String {
+    EVENT_VERSION.to_owned()
+}
+
+impl Event {
+    /// A new event with a fresh UUID v7 id, occurring now.
+    pub fn new(
+        name: impl Into<String>,
+        aggregate_id: Option<String>,
+        data: serde_json::Value,
+    ) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            event_name: name.into(),
+            aggregate_id,
+            occurred_on: Utc::now(),
+            version: EVENT_VERSION.to_owned(),
+            data,
+        }
+    }
+
+    /// The JSON body (UTF-8, non-ASCII characters unescaped as in the article).
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing this struct cannot fail: every field is plain data with string keys.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// `occurred_on` as RFC 3339.
+    pub fn occurred_on_rfc3339(&self) -> String {
+        self.occurred_on
+            .to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+}
+
+/// The envelope's metadata: AMQP properties and warren's headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    /// `message_id`, kept across retries.
+    pub message_id: Uuid,
+    /// `type`: the event or command name.
+    pub kind: String,
+    /// `correlation_id`: saga id or request id.
+    pub correlation_id: Option<String>,
+    /// `traceparent` header.
+    pub traceparent: Option<String>,
+    /// `x-request-id` header.
+    pub request_id: Option<String>,
+    /// `x-warren-attempt`, 1-based.
+    pub attempt: u32,
+    /// `timestamp` (seconds since the epoch).
+    pub timestamp: DateTime<Utc>,
+}
+
+impl Meta {
+    /// Metadata for publishing `event` for the first time.
+    pub fn for_event(event: &Event) -> Self {
+        Self {
+            message_id: event.event_id,
+            kind: event.event_name.clone(),
+            correlation_id: None,
+            traceparent: None,
+            request_id: None,
+            attempt: 1,
+            timestamp: event.occurred_on,
+        }
+    }
+
+    /// The AMQP properties: persistent JSON with id, type, timestamp and headers.
+    pub fn properties(&self) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            H_ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(self.attempt)),
+        );
+        if let Some(tp) = &self.traceparent {
+            headers.insert(
+                H_TRACEPARENT.into(),
+                AMQPValue::LongString(LongString::from(tp.as_str())),
+            );
+        }
+        if let Some(rid) = &self.request_id {
+            headers.insert(
+                H_REQUEST_ID.into(),
+                AMQPValue::LongString(LongString::from(rid.as_str())),
+            );
+        }
+        let mut props = BasicProperties::default()
+            .with_message_id(ShortString::from(self.message_id.to_string()))
+            .with_type(ShortString::from(self.kind.as_str()))
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_timestamp(u64::try_from(self.timestamp.timestamp()).unwrap_or_default())
+            .with_app_id(APP_ID.into())
+            .with_headers(headers);
+        if let Some(c) = &self.correlation_id {
+            props = props.with_correlation_id(ShortString::from(c.as_str()));
+        }
+        props
+    }
+}
+
+/// Reads a string header from AMQP properties.
+pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Reads an integer header from AMQP properties.
+pub fn header_int(props: &BasicProperties, key: &str) -> Option<i64> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn event_round_trips_with_unescaped_unicode() {
+        let e = Event::new(
+            "user.registered",
+            Some("u-1".into()),
+            json!({"name": "张三"}),
+        );
+        let bytes = e.to_json();
+        assert!(String::from_utf8_lossy(&bytes).contains("张三"));
+        let back: Event = serde_json::from_slice(&bytes).expect("parses");
+        assert_eq!(back, e);
+        assert_eq!(e.event_id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn foreign_body_without_version_is_accepted() {
+        let body = json!({"event_id": Uuid::now_v7(), "event_name": "order.created", "occurred_on": "2026-11-27T10:00:00Z", "data": {}});
+        let e: Event = serde_json::from_value(body).expect("parses");
+        assert_eq!(e.version, "1.0");
+        assert_eq!(e.aggregate_id, None);
+    }
+
+    #[test]
+    fn properties_carry_the_envelope() {
+        let e = Event::new("order.created", None, json!({}));
+        let mut m = Meta::for_event(&e);
+        m.request_id = Some("req-1".into());
+        m.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        let p = m.properties();
+        assert_eq!(p.delivery_mode(), &Some(2));
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.as_str().to_owned()),
+            Some(e.event_id.to_string())
+        );
+        assert_eq!(header_str(&p, H_REQUEST_ID).as_deref(), Some("req-1"));
+        assert_eq!(header_int(&p, H_ATTEMPT), Some(1));
+    }
+}

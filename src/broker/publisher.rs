@@ -1,0 +1,214 @@
+//! The confirming publisher: persistent, `mandatory` messages on confirm channels, each publish
+//! bounded by a timeout.
+//!
+//! A publish succeeds only when the broker confirmed it *and* routed it to at least one queue.
+//! A nack, a returned (unroutable) message, a blocked connection, a closed channel or a confirm
+//! that does not come within the timeout is a [`PublishError`] the caller sees; the HTTP front
+//! answers those with 503 and `Retry-After`, never 202.
+//!
+//! Throughput comes from keeping many confirms in flight: publishes are spread round-robin
+//! over `publish_channels` confirm channels, and concurrent callers share each channel (lapin
+//! pipelines them), so one disk sync on the broker confirms many messages at once.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use lapin::{
+    BasicProperties, Channel, Confirmation, ConnectionStatus,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+use tokio::sync::Mutex;
+
+use super::{Broker, BrokerError};
+use crate::telemetry::Metrics;
+
+/// Why a message was not safely accepted by the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No channel could be had (broker down, pool exhausted).
+    #[error("broker unavailable: {0}")]
+    Unavailable(#[from] BrokerError),
+    /// The channel failed while publishing.
+    #[error("publish failed on the channel: {0}")]
+    Channel(#[source] lapin::Error),
+    /// The broker refused the message (basic.nack).
+    #[error("broker nacked the message")]
+    Nacked,
+    /// No queue is bound for this routing key (basic.return with `mandatory`).
+    #[error("unroutable message returned by the broker: {code} {text}")]
+    Returned {
+        /// AMQP reply code (312 NO_ROUTE).
+        code: u16,
+        /// The broker's reason.
+        text: String,
+    },
+    /// The broker blocked the connection (memory or disk alarm).
+    #[error("broker connection is blocked (resource alarm)")]
+    Blocked,
+    /// No confirm within the configured timeout.
+    #[error("no publisher confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+impl PublishError {
+    /// A short, bounded label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            PublishError::Unavailable(_) => "unavailable",
+            PublishError::Channel(_) => "channel_error",
+            PublishError::Nacked => "nacked",
+            PublishError::Returned { .. } => "returned",
+            PublishError::Blocked => "blocked",
+            PublishError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+struct Slot {
+    channel: Mutex<Option<(Channel, ConnectionStatus)>>,
+}
+
+/// A publisher over a set of confirm channels. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Broker,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("channels", &self.inner.slots.len())
+            .field("timeout", &self.inner.timeout)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// A publisher with `channels` confirm channels, opened lazily.
+    pub fn new(broker: Broker, channels: usize, timeout: Duration, metrics: Metrics) -> Self {
+        let slots = (0..channels.max(1))
+            .map(|_| Slot {
+                channel: Mutex::new(None),
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                broker,
+                slots,
+                next: AtomicUsize::new(0),
+                timeout,
+                metrics,
+            }),
+        }
+    }
+
+    /// The broker this publisher uses.
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    async fn channel(&self, slot: &Slot) -> Result<(Channel, ConnectionStatus), PublishError> {
+        let mut guard = slot.channel.lock().await;
+        if let Some((ch, status)) = guard.as_ref()
+            && ch.status().connected()
+            && status.connected()
+        {
+            return Ok((ch.clone(), status.clone()));
+        }
+        *guard = None;
+        let (ch, status) = self.inner.broker.channel_with_status().await?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| PublishError::Unavailable(BrokerError::Channel(e)))?;
+        *guard = Some((ch.clone(), status.clone()));
+        Ok((ch, status))
+    }
+
+    /// Publishes one message and waits for the broker's confirm, within the timeout.
+    #[tracing::instrument(skip_all, fields(exchange, routing_key, message_id = ?props.message_id()))]
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let result = tokio::time::timeout(
+            self.inner.timeout,
+            self.publish_inner(exchange, routing_key, payload, props),
+        )
+        .await
+        .unwrap_or(Err(PublishError::Timeout(self.inner.timeout)));
+        let outcome = match &result {
+            Ok(()) => "confirmed",
+            Err(e) => e.outcome(),
+        };
+        self.inner.metrics.published(exchange, outcome);
+        if let Err(e) = &result {
+            tracing::warn!(exchange, routing_key, error = %e, "Publish failed.");
+        }
+        result
+    }
+
+    async fn publish_inner(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        let slot = &self.inner.slots[i];
+        let (ch, status) = self.channel(slot).await?;
+        if status.blocked() {
+            return Err(PublishError::Blocked);
+        }
+        let options = BasicPublishOptions {
+            // mandatory: an event no queue is bound for comes back as basic.return and is an
+            // error, instead of vanishing with an ack.
+            mandatory: true,
+            immediate: false,
+        };
+        let confirm = match ch
+            .basic_publish(exchange.into(), routing_key.into(), options, payload, props)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                slot.channel.lock().await.take();
+                return Err(PublishError::Channel(e));
+            }
+        };
+        match confirm.await.map_err(PublishError::Channel)? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(PublishError::Returned {
+                code: returned.reply_code,
+                text: returned.reply_text.as_str().to_owned(),
+            }),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Confirmation::NotRequested => Err(PublishError::Nacked),
+        }
+    }
+
+    /// Closes the publisher's channels.
+    pub async fn close(&self) {
+        for slot in &self.inner.slots {
+            if let Some((ch, _)) = slot.channel.lock().await.take() {
+                let _ = ch.close(200, "shutdown".into()).await;
+            }
+        }
+    }
+}

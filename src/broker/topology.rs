@@ -1,0 +1,691 @@
+//! The broker topology: `broker-topology.json` parsed, declared over AMQP, verified against a
+//! live broker through the management API, and exported.
+//!
+//! The file is RabbitMQ's own definitions format, so `rabbitmqctl import_definitions` and the
+//! management API's `POST /api/definitions/{vhost}` take it unchanged. warren declares the same
+//! entities at start; declaring is idempotent because each entity is declared with exactly the
+//! arguments in the file (RabbitMQ answers 406 and closes the channel when a queue exists with
+//! other arguments, so declaration runs on a throwaway channel and reports that as drift).
+
+use std::{collections::BTreeMap, path::Path};
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The built-in topology, the repository's `broker-topology.json`.
+pub const BUILTIN: &str = include_str!("../../broker-topology.json");
+
+/// Errors while loading, declaring or verifying the topology.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The definitions file could not be read.
+    #[error("cannot read topology file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The definitions file is not valid definitions JSON.
+    #[error("topology definitions do not parse: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// An argument has a JSON type AMQP tables cannot carry here.
+    #[error("unsupported argument {key} = {value} on {entity}")]
+    UnsupportedArgument {
+        /// The entity declaring it.
+        entity: String,
+        /// The argument name.
+        key: String,
+        /// Its value.
+        value: Value,
+    },
+    /// The broker refused a declaration.
+    #[error("declaring {entity} failed: {source}")]
+    Declare {
+        /// The entity being declared.
+        entity: String,
+        /// The broker's answer.
+        source: lapin::Error,
+    },
+    /// The management API could not be queried.
+    #[error("management API request {url} failed: {reason}")]
+    Management {
+        /// The URL without credentials.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// An exchange definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeDef {
+    /// Exchange name.
+    pub name: String,
+    /// `topic`, `direct`, `fanout` or `headers`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Not publishable by clients.
+    #[serde(default)]
+    pub internal: bool,
+    /// Optional arguments.
+    #[serde(default)]
+    pub arguments: Map<String, Value>,
+    /// Vhost, present only in exports for a whole-broker import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
+}
+
+/// A queue definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueDef {
+    /// Queue name.
+    pub name: String,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// `x-queue-type`, TTLs, dead-letter wiring.
+    #[serde(default)]
+    pub arguments: Map<String, Value>,
+    /// Vhost, present only in exports for a whole-broker import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
+}
+
+/// A binding from an exchange to a queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindingDef {
+    /// The exchange.
+    pub source: String,
+    /// The queue.
+    pub destination: String,
+    /// Always `queue` in warren's topology.
+    pub destination_type: String,
+    /// Binding key (topic patterns allowed on topic exchanges).
+    pub routing_key: String,
+    /// Binding arguments.
+    #[serde(default)]
+    pub arguments: Map<String, Value>,
+    /// Vhost, present only in exports for a whole-broker import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
+}
+
+/// The whole topology, in RabbitMQ's definitions format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Topology {
+    /// The RabbitMQ version the definitions were written for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbit_version: Option<String>,
+    /// Exchanges.
+    #[serde(default)]
+    pub exchanges: Vec<ExchangeDef>,
+    /// Queues.
+    #[serde(default)]
+    pub queues: Vec<QueueDef>,
+    /// Bindings.
+    #[serde(default)]
+    pub bindings: Vec<BindingDef>,
+}
+
+/// One way a live broker differs from the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    /// An entity in the file is absent on the broker.
+    Missing(String),
+    /// An entity exists with other properties.
+    Different {
+        /// The entity.
+        entity: String,
+        /// The property and both values.
+        detail: String,
+    },
+    /// A `warren.*` entity on the broker that the file does not name.
+    Unexpected(String),
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::Missing(e) => write!(f, "missing: {e}"),
+            Drift::Different { entity, detail } => write!(f, "different: {entity}: {detail}"),
+            Drift::Unexpected(e) => write!(f, "unexpected: {e}"),
+        }
+    }
+}
+
+impl Topology {
+    /// Parses definitions JSON.
+    pub fn parse(json: &str) -> Result<Self, TopologyError> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    /// The built-in topology.
+    pub fn builtin() -> Result<Self, TopologyError> {
+        Self::parse(BUILTIN)
+    }
+
+    /// The topology from `path`, or the built-in one.
+    pub fn load(path: Option<&Path>) -> Result<Self, TopologyError> {
+        match path {
+            None => Self::builtin(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| TopologyError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                Self::parse(&text)
+            }
+        }
+    }
+
+    /// The definitions with every entity stamped with `vhost`, for a whole-broker import
+    /// (`rabbitmqctl import_definitions`, or `load_definitions` at boot); without a vhost the
+    /// file is vhost-neutral, for `POST /api/definitions/{vhost}`.
+    pub fn export(&self, vhost: Option<&str>) -> Self {
+        let mut t = self.clone();
+        let v = vhost.map(str::to_owned);
+        t.exchanges.iter_mut().for_each(|e| e.vhost.clone_from(&v));
+        t.queues.iter_mut().for_each(|q| q.vhost.clone_from(&v));
+        t.bindings.iter_mut().for_each(|b| b.vhost.clone_from(&v));
+        t
+    }
+
+    /// Names of the work queues (those that have a parking queue `Q.dead`).
+    pub fn work_queues(&self) -> Vec<&str> {
+        self.queues
+            .iter()
+            .map(|q| q.name.as_str())
+            .filter(|n| self.queues.iter().any(|d| d.name == format!("{n}.dead")))
+            .collect()
+    }
+
+    /// Declares every exchange, queue and binding on `channel`. Idempotent; a 406 from an
+    /// existing entity with other arguments is returned as an error naming the entity (the
+    /// channel is closed by the broker afterwards, so pass a throwaway one).
+    #[tracing::instrument(skip_all, fields(exchanges = self.exchanges.len(), queues = self.queues.len(), bindings = self.bindings.len()))]
+    pub async fn declare(&self, channel: &Channel) -> Result<(), TopologyError> {
+        for e in &self.exchanges {
+            let entity = format!("exchange {}", e.name);
+            let kind = match e.kind.as_str() {
+                "topic" => ExchangeKind::Topic,
+                "direct" => ExchangeKind::Direct,
+                "fanout" => ExchangeKind::Fanout,
+                "headers" => ExchangeKind::Headers,
+                other => ExchangeKind::Custom(other.to_owned()),
+            };
+            let options = ExchangeDeclareOptions {
+                durable: e.durable,
+                auto_delete: e.auto_delete,
+                internal: e.internal,
+                ..ExchangeDeclareOptions::default()
+            };
+            let args = field_table(&entity, &e.arguments)?;
+            channel
+                .exchange_declare(e.name.as_str().into(), kind, options, args)
+                .await
+                .map_err(|source| TopologyError::Declare { entity, source })?;
+        }
+        for q in &self.queues {
+            let entity = format!("queue {}", q.name);
+            let options = QueueDeclareOptions {
+                durable: q.durable,
+                auto_delete: q.auto_delete,
+                ..QueueDeclareOptions::default()
+            };
+            let args = field_table(&entity, &q.arguments)?;
+            channel
+                .queue_declare(q.name.as_str().into(), options, args)
+                .await
+                .map_err(|source| TopologyError::Declare { entity, source })?;
+        }
+        for b in &self.bindings {
+            let entity = format!(
+                "binding {} -> {} ({})",
+                b.source, b.destination, b.routing_key
+            );
+            let args = field_table(&entity, &b.arguments)?;
+            channel
+                .queue_bind(
+                    b.destination.as_str().into(),
+                    b.source.as_str().into(),
+                    b.routing_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    args,
+                )
+                .await
+                .map_err(|source| TopologyError::Declare { entity, source })?;
+        }
+        tracing::info!("Broker topology declared.");
+        Ok(())
+    }
+
+    /// Compares this topology with what the management API reports for `vhost`. Returns
+    /// every difference; an empty list means the broker matches.
+    pub async fn verify(
+        &self,
+        management_url: &str,
+        vhost: &str,
+    ) -> Result<Vec<Drift>, TopologyError> {
+        let api = Management::new(management_url)?;
+        let live_exchanges = api.get(&format!("exchanges/{}", encode(vhost))).await?;
+        let live_queues = api.get(&format!("queues/{}", encode(vhost))).await?;
+        let live_bindings = api.get(&format!("bindings/{}", encode(vhost))).await?;
+        Ok(self.diff(&live_exchanges, &live_queues, &live_bindings))
+    }
+
+    /// The pure comparison behind [`Topology::verify`], on the management API's JSON lists.
+    pub fn diff(&self, exchanges: &[Value], queues: &[Value], bindings: &[Value]) -> Vec<Drift> {
+        let mut drift = Vec::new();
+        let by_name = |list: &[Value]| -> BTreeMap<String, Value> {
+            list.iter()
+                .filter_map(|v| Some((v.get("name")?.as_str()?.to_owned(), v.clone())))
+                .collect()
+        };
+        let live_ex = by_name(exchanges);
+        for e in &self.exchanges {
+            let entity = format!("exchange {}", e.name);
+            let Some(live) = live_ex.get(&e.name) else {
+                drift.push(Drift::Missing(entity));
+                continue;
+            };
+            compare(
+                &mut drift,
+                &entity,
+                "type",
+                &json_str(&e.kind),
+                live.get("type"),
+            );
+            compare(
+                &mut drift,
+                &entity,
+                "durable",
+                &Value::Bool(e.durable),
+                live.get("durable"),
+            );
+            compare(
+                &mut drift,
+                &entity,
+                "auto_delete",
+                &Value::Bool(e.auto_delete),
+                live.get("auto_delete"),
+            );
+            compare(
+                &mut drift,
+                &entity,
+                "internal",
+                &Value::Bool(e.internal),
+                live.get("internal"),
+            );
+            compare_args(&mut drift, &entity, &e.arguments, live.get("arguments"));
+        }
+        for name in live_ex.keys() {
+            if name.starts_with("warren.") && !self.exchanges.iter().any(|e| &e.name == name) {
+                drift.push(Drift::Unexpected(format!("exchange {name}")));
+            }
+        }
+        let live_q = by_name(queues);
+        for q in &self.queues {
+            let entity = format!("queue {}", q.name);
+            let Some(live) = live_q.get(&q.name) else {
+                drift.push(Drift::Missing(entity));
+                continue;
+            };
+            compare(
+                &mut drift,
+                &entity,
+                "durable",
+                &Value::Bool(q.durable),
+                live.get("durable"),
+            );
+            compare(
+                &mut drift,
+                &entity,
+                "auto_delete",
+                &Value::Bool(q.auto_delete),
+                live.get("auto_delete"),
+            );
+            compare_args(&mut drift, &entity, &q.arguments, live.get("arguments"));
+        }
+        for name in live_q.keys() {
+            if name.starts_with("warren.") && !self.queues.iter().any(|q| &q.name == name) {
+                drift.push(Drift::Unexpected(format!("queue {name}")));
+            }
+        }
+        let key = |s: &str, d: &str, k: &str| format!("binding {s} -> {d} ({k})");
+        let live_b: Vec<String> = bindings
+            .iter()
+            .filter(|b| {
+                b.get("source")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            })
+            .filter_map(|b| {
+                Some(key(
+                    b.get("source")?.as_str()?,
+                    b.get("destination")?.as_str()?,
+                    b.get("routing_key")?.as_str()?,
+                ))
+            })
+            .collect();
+        let want_b: Vec<String> = self
+            .bindings
+            .iter()
+            .map(|b| key(&b.source, &b.destination, &b.routing_key))
+            .collect();
+        for b in &want_b {
+            if !live_b.contains(b) {
+                drift.push(Drift::Missing(b.clone()));
+            }
+        }
+        for b in &live_b {
+            if b.starts_with("binding warren.") && !want_b.contains(b) {
+                drift.push(Drift::Unexpected(b.clone()));
+            }
+        }
+        drift
+    }
+}
+
+fn json_str(s: &str) -> Value {
+    Value::String(s.to_owned())
+}
+
+fn compare(drift: &mut Vec<Drift>, entity: &str, field: &str, want: &Value, live: Option<&Value>) {
+    let live = live.cloned().unwrap_or(Value::Null);
+    if !json_eq(want, &live) {
+        drift.push(Drift::Different {
+            entity: entity.to_owned(),
+            detail: format!("{field}: expected {want}, broker has {live}"),
+        });
+    }
+}
+
+fn compare_args(
+    drift: &mut Vec<Drift>,
+    entity: &str,
+    want: &Map<String, Value>,
+    live: Option<&Value>,
+) {
+    let empty = Map::new();
+    let live = live.and_then(Value::as_object).unwrap_or(&empty);
+    for (k, v) in want {
+        compare(drift, entity, &format!("argument {k}"), v, live.get(k));
+    }
+    for (k, v) in live {
+        if !want.contains_key(k) {
+            drift.push(Drift::Different {
+                entity: entity.to_owned(),
+                detail: format!("argument {k}: not in the file, broker has {v}"),
+            });
+        }
+    }
+}
+
+/// Numbers compare by value (the broker may answer `60000` where the file says `60000.0`).
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+/// Converts definitions-JSON arguments to an AMQP field table.
+pub(crate) fn field_table(
+    entity: &str,
+    args: &Map<String, Value>,
+) -> Result<FieldTable, TopologyError> {
+    let mut table = FieldTable::default();
+    for (k, v) in args {
+        let value = match v {
+            Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            Value::Bool(b) => AMQPValue::Boolean(*b),
+            Value::Number(n) if n.is_i64() => {
+                AMQPValue::LongLongInt(n.as_i64().unwrap_or_default())
+            }
+            _ => {
+                return Err(TopologyError::UnsupportedArgument {
+                    entity: entity.to_owned(),
+                    key: k.clone(),
+                    value: v.clone(),
+                });
+            }
+        };
+        table.insert(ShortString::from(k.as_str()), value);
+    }
+    Ok(table)
+}
+
+/// Percent-encodes a vhost for a management API path.
+pub fn encode(vhost: &str) -> String {
+    url::form_urlencoded::byte_serialize(vhost.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// A minimal client of RabbitMQ's management HTTP API.
+#[derive(Debug, Clone)]
+pub struct Management {
+    base: url::Url,
+    user: String,
+    password: String,
+    http: reqwest::Client,
+}
+
+impl Management {
+    /// A client for `url` (`http://user:pass@host:15672`).
+    pub fn new(url: &str) -> Result<Self, TopologyError> {
+        let mut base = url::Url::parse(url).map_err(|e| TopologyError::Management {
+            url: crate::config::redact_url(url),
+            reason: e.to_string(),
+        })?;
+        let user = percent_decode(base.username());
+        let password = percent_decode(base.password().unwrap_or(""));
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        Ok(Self {
+            base,
+            user,
+            password,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/{path}", self.base.as_str().trim_end_matches('/'))
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, TopologyError> {
+        let err = |reason: String| TopologyError::Management {
+            url: url.to_owned(),
+            reason,
+        };
+        let resp = req
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(err(format!("HTTP {status}: {body}")));
+        }
+        Ok(resp)
+    }
+
+    /// `GET /api/{path}` as a JSON list.
+    pub async fn get(&self, path: &str) -> Result<Vec<Value>, TopologyError> {
+        let url = self.url(path);
+        let resp = self.send(self.http.get(&url), &url).await?;
+        resp.json::<Vec<Value>>()
+            .await
+            .map_err(|e| TopologyError::Management {
+                url,
+                reason: e.to_string(),
+            })
+    }
+
+    /// `PUT /api/{path}` with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> Result<(), TopologyError> {
+        let url = self.url(path);
+        self.send(self.http.put(&url).json(body), &url)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /api/{path}` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<(), TopologyError> {
+        let url = self.url(path);
+        self.send(self.http.post(&url).json(body), &url)
+            .await
+            .map(drop)
+    }
+
+    /// `DELETE /api/{path}`.
+    pub async fn delete(&self, path: &str) -> Result<(), TopologyError> {
+        let url = self.url(path);
+        self.send(self.http.delete(&url), &url).await.map(drop)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn builtin_topology_has_the_spec_wiring() {
+        let t = Topology::builtin().expect("builtin parses");
+        for name in [
+            "warren.events",
+            "warren.commands",
+            "warren.replies",
+            "warren.retry.60s",
+            "warren.retry.120s",
+            "warren.requeue",
+            "warren.dead",
+        ] {
+            assert!(t.exchanges.iter().any(|e| e.name == name), "{name}");
+        }
+        let work = t.work_queues();
+        for q in [
+            "warren.email",
+            "warren.notifications",
+            "warren.audit",
+            "warren.orders",
+            "warren.inventory",
+            "warren.payments",
+            "warren.saga",
+        ] {
+            assert!(work.contains(&q), "{q} is a work queue");
+            let def = t.queues.iter().find(|d| d.name == q).expect("declared");
+            assert_eq!(
+                def.arguments.get("x-dead-letter-exchange"),
+                Some(&json!("warren.dead"))
+            );
+            assert_eq!(
+                def.arguments.get("x-dead-letter-routing-key"),
+                Some(&json!(q))
+            );
+            assert!(
+                t.bindings.iter().any(|b| b.source == "warren.requeue"
+                    && b.destination == q
+                    && b.routing_key == q)
+            );
+            assert!(t.bindings.iter().any(|b| b.source == "warren.dead"
+                && b.destination == format!("{q}.dead")
+                && b.routing_key == q));
+        }
+        for (tier, ttl) in [("warren.retry.60s", 60_000), ("warren.retry.120s", 120_000)] {
+            let def = t
+                .queues
+                .iter()
+                .find(|d| d.name == tier)
+                .expect("tier queue");
+            assert_eq!(def.arguments.get("x-message-ttl"), Some(&json!(ttl)));
+            assert_eq!(
+                def.arguments.get("x-dead-letter-exchange"),
+                Some(&json!("warren.requeue"))
+            );
+        }
+    }
+
+    #[test]
+    fn diff_names_each_difference() {
+        let t = Topology::builtin().expect("builtin parses");
+        let exchanges: Vec<Value> = t.exchanges.iter().filter(|e| e.name != "warren.dead").map(|e| {
+            let mut v = serde_json::to_value(e).expect("serializes");
+            if e.name == "warren.events" { v["type"] = json!("direct"); }
+            v
+        }).chain([json!({"name": "warren.stray", "type": "fanout", "durable": true, "auto_delete": false, "internal": false, "arguments": {}})]).collect();
+        let queues: Vec<Value> = t
+            .queues
+            .iter()
+            .map(|q| {
+                let mut v = serde_json::to_value(q).expect("serializes");
+                if q.name == "warren.retry.60s" {
+                    v["arguments"]["x-message-ttl"] = json!(5000);
+                }
+                v
+            })
+            .collect();
+        let bindings: Vec<Value> = t
+            .bindings
+            .iter()
+            .skip(1)
+            .map(|b| serde_json::to_value(b).expect("serializes"))
+            .collect();
+        let drift = t.diff(&exchanges, &queues, &bindings);
+        let text: Vec<String> = drift.iter().map(ToString::to_string).collect();
+        assert!(
+            text.contains(&"missing: exchange warren.dead".to_owned()),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|d| d.starts_with("different: exchange warren.events: type")),
+            "{text:?}"
+        );
+        assert!(text.iter().any(|d| d.starts_with("different: queue warren.retry.60s: argument x-message-ttl")), "{text:?}");
+        assert!(
+            text.contains(&"unexpected: exchange warren.stray".to_owned()),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|d| d.starts_with("missing: binding")),
+            "{text:?}"
+        );
+        assert_eq!(drift.len(), 5, "{text:?}");
+    }
+
+    #[test]
+    fn export_stamps_vhost() {
+        let t = Topology::builtin()
+            .expect("builtin parses")
+            .export(Some("/"));
+        assert!(t.queues.iter().all(|q| q.vhost.as_deref() == Some("/")));
+        let neutral = serde_json::to_string(&Topology::builtin().expect("parses")).expect("ser");
+        assert!(!neutral.contains("\"vhost\""));
+    }
+}

@@ -1,0 +1,359 @@
+//! Typed settings, loaded once at start-up.
+//!
+//! Layers, later ones win: built-in defaults, an optional TOML file (`--config` or
+//! `WARREN_CONFIG`), then `WARREN_*` environment variables with `__` between nested keys
+//! (`WARREN_AMQP__URL`, `WARREN_HTTP__ADDR`, `WARREN_HTTP__TOKENS='["t1","t2"]'`). Nothing else
+//! in warren reads the environment. Secrets (URLs with passwords, tokens) are wrapped in
+//! [`Secret`], whose `Debug` and `Display` never print the value.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// A value that must never reach a log line: printed as `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where the value is handed to its consumer.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A URL with its password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // set_password only fails for URLs that cannot have one, which we checked.
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "[unparseable url]".to_owned(),
+    }
+}
+
+/// Everything warren can be configured with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// RabbitMQ connection and publishing.
+    pub amqp: AmqpSettings,
+    /// The database behind sea-orm.
+    pub database: DatabaseSettings,
+    /// The HTTP front.
+    pub http: HttpSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// RabbitMQ settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpSettings {
+    /// AMQP URI, vhost percent-encoded (`%2f` is `/`). `heartbeat=10` is added when absent so a
+    /// half-open connection is noticed within seconds.
+    pub url: Secret,
+    /// RabbitMQ management API base URL with credentials, used by `topology verify`.
+    pub management_url: Secret,
+    /// AMQP connections kept by the pool.
+    pub pool_size: usize,
+    /// Confirm channels the publisher spreads messages over (each keeps many confirms in flight).
+    pub publish_channels: usize,
+    /// How long a publish may wait for the broker's confirm before it is an error (ms).
+    pub publish_timeout_ms: u64,
+    /// How long to wait for a new AMQP connection (ms).
+    pub connect_timeout_ms: u64,
+    /// Path of a topology definitions file to use instead of the built-in `broker-topology.json`.
+    pub topology_file: Option<PathBuf>,
+    /// Declare the topology when a process starts.
+    pub declare_topology: bool,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            management_url: Secret::new("http://guest:guest@127.0.0.1:15672"),
+            pool_size: 2,
+            publish_channels: 8,
+            publish_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
+            topology_file: None,
+            declare_topology: true,
+        }
+    }
+}
+
+impl AmqpSettings {
+    /// The publish confirm timeout.
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// The connection timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `postgres://user:pass@host/db` or `sqlite://path?mode=rwc`.
+    pub url: Secret,
+    /// Pool size for PostgreSQL (SQLite always uses one writer connection).
+    pub max_connections: u32,
+    /// Run pending migrations at start.
+    pub migrate: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("sqlite://warren.db?mode=rwc"),
+            max_connections: 10,
+            migrate: true,
+        }
+    }
+}
+
+/// HTTP front settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address the HTTP front listens on.
+    pub addr: SocketAddr,
+    /// Largest accepted request body, in bytes.
+    pub body_limit_bytes: u64,
+    /// Bearer tokens accepted on `/v1/*`; empty means no authentication.
+    pub tokens: Vec<Secret>,
+    /// Seconds announced in `Retry-After` when the broker cannot take a message.
+    pub retry_after_secs: u32,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 256 * 1024,
+            tokens: Vec::new(),
+            retry_after_secs: 5,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `tracing` filter directives (`RUST_LOG` syntax).
+    pub filter: String,
+    /// Text or JSON lines.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info,lapin=warn,sqlx=warn,sea_orm=warn".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer did not parse or a value has the wrong type.
+    #[error("invalid settings: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value parsed but makes no sense.
+    #[error("invalid setting `{field}`: {reason}")]
+    Invalid {
+        /// The dotted setting name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then `WARREN_*` variables; validates the result.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // `WARREN_CONFIG` names the file; `WARREN_TEST_*` belongs to the test harness.
+        figment = figment.merge(
+            Env::prefixed("WARREN_")
+                .filter(|k| k != "config" && !k.as_str().to_ascii_lowercase().starts_with("test_"))
+                .split("__"),
+        );
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.to_owned(),
+        };
+        if !self.amqp.url.expose().starts_with("amqp://")
+            && !self.amqp.url.expose().starts_with("amqps://")
+        {
+            return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
+        }
+        if self.amqp.pool_size == 0 {
+            return Err(invalid("amqp.pool_size", "must be at least 1"));
+        }
+        if self.amqp.publish_channels == 0 {
+            return Err(invalid("amqp.publish_channels", "must be at least 1"));
+        }
+        if self.amqp.publish_timeout_ms == 0 {
+            return Err(invalid("amqp.publish_timeout_ms", "must be at least 1"));
+        }
+        let db = self.database.url.expose();
+        if !(db.starts_with("postgres://")
+            || db.starts_with("postgresql://")
+            || db.starts_with("sqlite:"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        if self.http.body_limit_bytes == 0 {
+            return Err(invalid("http.body_limit_bytes", "must be at least 1"));
+        }
+        if self.http.tokens.iter().any(|t| t.expose().len() < 16) {
+            return Err(invalid(
+                "http.tokens",
+                "each token must be at least 16 characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The AMQP URI with `heartbeat=10` added when it names no heartbeat.
+    pub fn amqp_uri(&self) -> String {
+        let url = self.amqp.url.expose();
+        if url.contains("heartbeat=") {
+            url.to_owned()
+        } else if url.contains('?') {
+            format!("{url}&heartbeat=10")
+        } else {
+            format!("{url}?heartbeat=10")
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Settings {
+            http: HttpSettings {
+                tokens: vec![Secret::new("a-very-secret-token-123")],
+                ..HttpSettings::default()
+            },
+            ..Settings::default()
+        };
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("a-very-secret-token-123"));
+        assert!(!printed.contains("guest:guest"));
+        assert!(printed.contains("[redacted]"));
+    }
+
+    #[test]
+    fn redacts_url_password() {
+        assert_eq!(
+            redact_url("amqp://user:pw@host:5672/%2f"),
+            "amqp://user:***@host:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "warren.toml",
+                "[http]\naddr = \"127.0.0.1:9000\"\nbody_limit_bytes = 10\n",
+            )?;
+            jail.set_env("WARREN_HTTP__BODY_LIMIT_BYTES", "20");
+            jail.set_env("WARREN_AMQP__PUBLISH_TIMEOUT_MS", "750");
+            jail.set_env("WARREN_TEST_AMQP_URL", "ignored");
+            let s = Settings::load(Some(std::path::Path::new("warren.toml")))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.http.addr, SocketAddr::from(([127, 0, 0, 1], 9000)));
+            assert_eq!(s.http.body_limit_bytes, 20);
+            assert_eq!(s.amqp.publish_timeout(), Duration::from_millis(750));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_or_bad_values_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WARREN_HTTP__NOPE", "1");
+            assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WARREN_DATABASE__URL", "mysql://x");
+            let err = Settings::load(None).err().map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.contains("database.url")));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn heartbeat_is_added_once() {
+        let mut s = Settings::default();
+        assert!(s.amqp_uri().ends_with("?heartbeat=10"));
+        s.amqp.url = Secret::new("amqp://h/%2f?heartbeat=5");
+        assert_eq!(s.amqp_uri(), "amqp://h/%2f?heartbeat=5");
+    }
+}

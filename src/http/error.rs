@@ -1,0 +1,132 @@
+//! HTTP errors: one enum, mapped to a status code and a JSON body in one place.
+//!
+//! Every error body is `{"error": {"code", "message"}, "request_id"}`. A 5xx logs its cause
+//! and answers a message that names the problem without internals.
+
+use serde_json::json;
+use warp::http::StatusCode;
+
+use crate::broker::publisher::PublishError;
+
+/// Everything an HTTP request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No route for this path.
+    #[error("no route for this path")]
+    NotFound,
+    /// The route exists, the method does not.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// Missing or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// The body is larger than `http.body_limit_bytes`.
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(u64),
+    /// No Content-Length header.
+    #[error("a Content-Length header is required")]
+    LengthRequired,
+    /// The body is not JSON.
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// Content-Type is set and is not JSON.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// The event's `data` must be a JSON object.
+    #[error("request body must be a JSON object (the event's data), got {0}")]
+    NotAnObject(&'static str),
+    /// The event name breaks the naming rule.
+    #[error("invalid event name {name:?}: {reason}")]
+    InvalidEventName {
+        /// The name as sent (truncated).
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// A query parameter is wrong.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// The broker did not safely take the message.
+    #[error("the broker could not take the message: {0}")]
+    Broker(#[from] PublishError),
+    /// Something unexpected.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidQuery(_)
+            | ApiError::InvalidEventName { .. } => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotAnObject(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::LengthRequired => "length_required",
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::NotAnObject(_) => "data_not_an_object",
+            ApiError::InvalidEventName { .. } => "invalid_event_name",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::Broker(PublishError::Returned { .. }) => "unroutable",
+            ApiError::Broker(PublishError::Timeout(_)) => "broker_timeout",
+            ApiError::Broker(PublishError::Blocked) => "broker_blocked",
+            ApiError::Broker(PublishError::Nacked) => "broker_nacked",
+            ApiError::Broker(_) => "broker_unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self, request_id: &str) -> serde_json::Value {
+        json!({
+            "error": {"code": self.code(), "message": self.to_string()},
+            "request_id": request_id,
+        })
+    }
+
+    /// Maps a warp rejection (no route matched, or a filter refused the request).
+    pub fn from_rejection(rejection: &warp::Rejection, body_limit: u64) -> Self {
+        use warp::reject::{
+            InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, MissingHeader,
+            PayloadTooLarge, UnsupportedMediaType,
+        };
+        if rejection.is_not_found() {
+            ApiError::NotFound
+        } else if rejection.find::<PayloadTooLarge>().is_some() {
+            ApiError::PayloadTooLarge(body_limit)
+        } else if rejection.find::<LengthRequired>().is_some() {
+            ApiError::LengthRequired
+        } else if rejection.find::<UnsupportedMediaType>().is_some() {
+            ApiError::UnsupportedMediaType
+        } else if let Some(e) = rejection.find::<InvalidQuery>() {
+            ApiError::InvalidQuery(e.to_string())
+        } else if let Some(e) = rejection.find::<InvalidHeader>() {
+            ApiError::InvalidQuery(format!("invalid header {}", e.name()))
+        } else if let Some(e) = rejection.find::<MissingHeader>() {
+            ApiError::InvalidQuery(format!("missing header {}", e.name()))
+        } else if rejection.find::<MethodNotAllowed>().is_some() {
+            ApiError::MethodNotAllowed
+        } else {
+            ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! The HTTP front (warp): publish events, run the sync dispatcher, health, readiness, metrics.
+//!
+//! Shape: one filter parses a request into a [`Route`] (or a rejection), then one function
+//! answers it. Wrapping both is the monitor: it gives every response `X-Request-ID` (echoed
+//! or generated) and `X-Execution-Time`, and records `http_requests_total` and
+//! `http_request_duration_seconds` by route template, never by raw path.
+
+pub mod error;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use warp::{
+    Filter, Reply,
+    http::{HeaderValue, Method, StatusCode},
+    reply::Response,
+};
+
+use crate::{
+    broker::{
+        envelope::{Event, Meta},
+        publisher::Publisher,
+    },
+    config::Settings,
+    dispatch::Dispatcher,
+    telemetry::{Metrics, trace::TraceParent},
+};
+pub use error::ApiError;
+
+/// The exchange HTTP events are published to.
+pub const EVENTS_EXCHANGE: &str = "warren.events";
+/// Longest accepted event name.
+pub const MAX_EVENT_NAME: usize = 128;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Settings, loaded once.
+    pub settings: Arc<Settings>,
+    /// The confirming publisher.
+    pub publisher: Publisher,
+    /// The database.
+    pub db: sea_orm::DatabaseConnection,
+    /// In-process listeners for `?mode=sync`.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Query of `POST /v1/events/{name}`.
+#[derive(Debug, Deserialize, Default)]
+pub struct EventQuery {
+    /// `async` (default: publish and answer 202) or `sync` (run in-process listeners).
+    pub mode: Option<String>,
+    /// The entity the event is about.
+    pub aggregate_id: Option<String>,
+}
+
+/// A parsed request.
+#[derive(Debug)]
+pub enum Route {
+    /// `POST /v1/events/{name}`.
+    PublishEvent {
+        /// Event name as in the path.
+        name: String,
+        /// Query parameters.
+        query: EventQuery,
+        /// Authorization header.
+        auth: Option<String>,
+        /// Content-Type header.
+        content_type: Option<String>,
+        /// Incoming W3C trace context.
+        traceparent: Option<String>,
+        /// The raw body.
+        body: Bytes,
+    },
+    /// `GET /healthz`.
+    Healthz,
+    /// `GET /readyz`.
+    Readyz,
+    /// `GET /metrics`.
+    Metrics,
+}
+
+impl Route {
+    fn template(&self) -> &'static str {
+        match self {
+            Route::PublishEvent { .. } => "/v1/events/{name}",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+        }
+    }
+}
+
+/// The route template for a raw path, for requests that were rejected before routing.
+fn template_for(path: &str) -> &'static str {
+    if path.starts_with("/v1/events/") {
+        "/v1/events/{name}"
+    } else {
+        match path {
+            "/healthz" => "/healthz",
+            "/readyz" => "/readyz",
+            "/metrics" => "/metrics",
+            _ => "unmatched",
+        }
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// The request's monitoring context.
+#[derive(Debug)]
+struct Ctx {
+    start: Instant,
+    method: Method,
+    path: String,
+    request_id: String,
+}
+
+fn valid_request_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
+    let rid = warp::header::optional::<String>("x-request-id")
+        .or(warp::any().map(|| None))
+        .unify();
+    warp::any()
+        .map(Instant::now)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(rid)
+        .map(
+            |start, method, path: warp::path::FullPath, rid: Option<String>| Ctx {
+                start,
+                method,
+                path: path.as_str().to_owned(),
+                request_id: rid
+                    .filter(|r| valid_request_id(r))
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            },
+        )
+}
+
+fn routes(body_limit: u64) -> impl Filter<Extract = (Route,), Error = warp::Rejection> + Clone {
+    // Path before method: an unknown path is 404, a known path with the wrong method 405.
+    let publish = warp::path!("v1" / "events" / String)
+        .and(warp::post())
+        .and(warp::query::<EventQuery>())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("traceparent"))
+        .and(warp::body::content_length_limit(body_limit))
+        .and(warp::body::bytes())
+        .map(
+            |name, query, auth, content_type, traceparent, body| Route::PublishEvent {
+                name,
+                query,
+                auth,
+                content_type,
+                traceparent,
+                body,
+            },
+        );
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| Route::Healthz);
+    let readyz = warp::path!("readyz").and(warp::get()).map(|| Route::Readyz);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .map(|| Route::Metrics);
+    publish
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+}
+
+/// The whole HTTP API as one filter (what the server and `warp::test` run).
+pub fn api(state: HttpState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let limit = state.settings.http.body_limit_bytes;
+    let parsed = routes(limit)
+        .map(Ok::<Route, warp::Rejection>)
+        .recover(|r: warp::Rejection| async move { Ok::<_, Infallible>(Err::<Route, _>(r)) })
+        .unify();
+    let state = Arc::new(state);
+    ctx()
+        .and(parsed)
+        .then(move |ctx: Ctx, route: Result<Route, warp::Rejection>| {
+            let state = state.clone();
+            async move { answer(&state, ctx, route).await }
+        })
+}
+
+async fn answer(state: &HttpState, ctx: Ctx, route: Result<Route, warp::Rejection>) -> Response {
+    let (template, result) = match route {
+        Ok(route) => {
+            let template = route.template();
+            (template, handle(state, &ctx, route).await)
+        }
+        Err(rejection) => (
+            template_for(&ctx.path),
+            Err(ApiError::from_rejection(
+                &rejection,
+                state.settings.http.body_limit_bytes,
+            )),
+        ),
+    };
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => error_response(state, &ctx, e),
+    };
+    let elapsed = ctx.start.elapsed();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        headers.insert("x-request-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.3}ms", elapsed.as_secs_f64() * 1000.0)) {
+        headers.insert("x-execution-time", v);
+    }
+    state.metrics.http_request(
+        method_label(&ctx.method),
+        template,
+        response.status().as_u16(),
+        elapsed.as_secs_f64(),
+    );
+    response
+}
+
+fn error_response(state: &HttpState, ctx: &Ctx, e: ApiError) -> Response {
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::error!(request_id = %ctx.request_id, path = %ctx.path, error = %e, "Request failed.");
+    } else {
+        tracing::debug!(request_id = %ctx.request_id, path = %ctx.path, error = %e, "Request refused.");
+    }
+    let mut resp = warp::reply::with_status(warp::reply::json(&e.body(&ctx.request_id)), status)
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(
+            "retry-after",
+            HeaderValue::from(state.settings.http.retry_after_secs),
+        );
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, ApiError> {
+    match route {
+        Route::Healthz => Ok(warp::reply::json(&json!({"status": "ok"})).into_response()),
+        Route::Readyz => Ok(readyz(state).await),
+        Route::Metrics => {
+            state.metrics.set_connections(
+                "amqp",
+                i64::try_from(state.publisher.broker().connections()).unwrap_or(0),
+            );
+            Ok(warp::reply::with_header(
+                state.metrics.render(),
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .into_response())
+        }
+        Route::PublishEvent {
+            name,
+            query,
+            auth,
+            content_type,
+            traceparent,
+            body,
+        } => {
+            authorize(state, auth.as_deref())?;
+            publish_event(state, ctx, name, query, content_type, traceparent, body).await
+        }
+    }
+}
+
+/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(state: &HttpState, header: Option<&str>) -> Result<(), ApiError> {
+    let tokens = &state.settings.http.tokens;
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let presented = header
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized)?;
+    let ok = tokens.iter().fold(false, |acc, t| {
+        acc | ct_eq(t.expose().as_bytes(), presented.as_bytes())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Checks the event naming rule: two or more lowercase segments separated by dots, each
+/// starting with a letter and made of `a-z`, `0-9`, `_`; at most [`MAX_EVENT_NAME`] bytes.
+pub fn validate_event_name(name: &str) -> Result<(), ApiError> {
+    let err = |reason| ApiError::InvalidEventName {
+        name: name.chars().take(MAX_EVENT_NAME).collect(),
+        reason,
+    };
+    if name.len() > MAX_EVENT_NAME {
+        return Err(err("longer than 128 bytes"));
+    }
+    let segments: Vec<&str> = name.split('.').collect();
+    if segments.len() < 2 {
+        return Err(err("must be segment.segment, e.g. order.created"));
+    }
+    for s in segments {
+        let mut bytes = s.bytes();
+        match bytes.next() {
+            None => return Err(err("empty segment")),
+            Some(b) if !b.is_ascii_lowercase() => {
+                return Err(err("each segment must start with a lowercase letter"));
+            }
+            Some(_) => {}
+        }
+        if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(err("segments may hold only a-z, 0-9 and _"));
+        }
+    }
+    Ok(())
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[tracing::instrument(skip_all, fields(event_name = %name, request_id = %ctx.request_id, event_id))]
+async fn publish_event(
+    state: &HttpState,
+    ctx: &Ctx,
+    name: String,
+    query: EventQuery,
+    content_type: Option<String>,
+    traceparent: Option<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    validate_event_name(&name)?;
+    let sync = match query.mode.as_deref() {
+        None | Some("async") => false,
+        Some("sync") => true,
+        Some(other) => {
+            return Err(ApiError::InvalidQuery(format!(
+                "mode must be async or sync, got {other:?}"
+            )));
+        }
+    };
+    if let Some(ct) = content_type.as_deref() {
+        let media = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if media != "application/json" && !media.ends_with("+json") {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    let data: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if !data.is_object() {
+        return Err(ApiError::NotAnObject(json_kind(&data)));
+    }
+    if let Some(a) = &query.aggregate_id
+        && (a.is_empty() || a.len() > 255)
+    {
+        return Err(ApiError::InvalidQuery(
+            "aggregate_id must be 1 to 255 bytes".into(),
+        ));
+    }
+    let event = Event::new(name, query.aggregate_id, data);
+    tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
+
+    if sync {
+        let results = state.dispatcher.dispatch_sync(&event).await;
+        return Ok(warp::reply::json(&json!({
+            "event_id": event.event_id,
+            "event_name": event.event_name,
+            "mode": "sync",
+            "results": results,
+        }))
+        .into_response());
+    }
+
+    let trace = traceparent
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .map(|t| t.child())
+        .unwrap_or_else(TraceParent::start);
+    let mut meta = Meta::for_event(&event);
+    meta.correlation_id = Some(ctx.request_id.clone());
+    meta.request_id = Some(ctx.request_id.clone());
+    meta.traceparent = Some(trace.header());
+    state
+        .publisher
+        .publish(
+            EVENTS_EXCHANGE,
+            &event.event_name,
+            &event.to_json(),
+            meta.properties(),
+        )
+        .await?;
+    Ok(warp::reply::with_status(
+        warp::reply::json(&json!({"event_id": event.event_id, "status": "accepted"})),
+        StatusCode::ACCEPTED,
+    )
+    .into_response())
+}
+
+async fn readyz(state: &HttpState) -> Response {
+    let timeout = state.settings.amqp.connect_timeout();
+    let broker = match tokio::time::timeout(timeout, state.publisher.broker().ping()).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    let database = match tokio::time::timeout(timeout, crate::store::ping(&state.db)).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    let ready = broker == "ok" && database == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    warp::reply::with_status(
+        warp::reply::json(&json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "checks": {"broker": broker, "database": database},
+        })),
+        status,
+    )
+    .into_response()
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves the API until `shutdown` fires.
+/// Returns the bound address and the server task.
+pub async fn serve(
+    state: HttpState,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let server = warp::serve(api(state))
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await })
+        .run();
+    Ok((bound, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_follow_the_rule() {
+        for ok in [
+            "order.created",
+            "user.registered",
+            "a.b.c",
+            "order_v2.created2",
+        ] {
+            assert!(validate_event_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "order",
+            "Order.created",
+            "order..created",
+            ".x",
+            "order.*",
+            "order.#",
+            "order.crea-ted",
+            "1x.y",
+        ] {
+            assert!(validate_event_name(bad).is_err(), "{bad}");
+        }
+        assert!(validate_event_name(&format!("a.{}", "b".repeat(200))).is_err());
+    }
+
+    #[test]
+    fn templates_are_bounded() {
+        assert_eq!(
+            template_for("/v1/events/anything.here"),
+            "/v1/events/{name}"
+        );
+        assert_eq!(template_for("/random/123"), "unmatched");
+    }
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+    }
+}

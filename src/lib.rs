@@ -1,0 +1,26 @@
+//! warren: event-driven, asynchronous work on RabbitMQ.
+//!
+//! Map of the crate:
+//! - [`config`]: typed settings, loaded once (defaults, file, `WARREN_*`).
+//! - [`cli`]: the `warren` command line; [`app`]: roles and their lifecycle.
+//! - [`broker`]: AMQP pool, topology (`broker-topology.json`), envelope, confirming publisher.
+//! - [`http`]: the warp front (publish events, sync dispatch, health, metrics).
+//! - [`dispatch`]: the in-process listener registry for `?mode=sync`.
+//! - [`store`]: the sea-orm database (PostgreSQL or SQLite) and migrations at start.
+//! - [`telemetry`]: tracing subscriber, W3C trace context, Prometheus metrics.
+//! - [`retry`]: every in-process retry policy.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod http;
+pub mod retry;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{App, Role, Running};
+pub use config::Settings;

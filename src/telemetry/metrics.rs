@@ -1,0 +1,201 @@
+//! The Prometheus registry and every metric warren exports.
+//!
+//! Label values stay bounded: HTTP paths are route templates (`/v1/events/{name}`), never raw
+//! paths; exchanges and queues come from the topology; outcomes are fixed words.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// `http_requests_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Route template.
+    pub path: &'static str,
+    /// Status code.
+    pub status: u16,
+}
+
+/// `http_request_duration_seconds` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Route template.
+    pub path: &'static str,
+}
+
+/// `messages_published_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    /// The exchange.
+    pub exchange: String,
+    /// confirmed, nacked, returned, timeout, blocked, unavailable, channel_error.
+    pub outcome: &'static str,
+}
+
+/// `active_connections` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `amqp` or `database`.
+    pub kind: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // The article's buckets (0.1, 0.5, 1, 2, 5) plus finer ones below 0.1 s, where an
+    // event-driven front answers.
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0,
+    ])
+}
+
+/// All of warren's metrics, registered once. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    published: Family<PublishLabels, Counter>,
+    active_connections: Family<ConnectionLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route template and status",
+            http_requests.clone(),
+        );
+        let http_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response, by method and route template",
+            http_duration.clone(),
+        );
+        let published = Family::<PublishLabels, Counter>::default();
+        registry.register(
+            "messages_published",
+            "Messages published, by exchange and outcome (confirmed or the failure)",
+            published.clone(),
+        );
+        let active_connections = Family::<ConnectionLabels, Gauge>::default();
+        registry.register(
+            "active_connections",
+            "Open connections: AMQP connections in the pool, database connections in use",
+            active_connections.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                http_requests,
+                http_duration,
+                published,
+                active_connections,
+            }),
+        }
+    }
+
+    /// Records one answered HTTP request.
+    pub fn http_request(
+        &self,
+        method: &'static str,
+        path: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
+        self.inner
+            .http_requests
+            .get_or_create(&HttpLabels {
+                method,
+                path,
+                status,
+            })
+            .inc();
+        self.inner
+            .http_duration
+            .get_or_create(&RouteLabels { method, path })
+            .observe(seconds);
+    }
+
+    /// Records one publish outcome.
+    pub fn published(&self, exchange: &str, outcome: &'static str) {
+        self.inner
+            .published
+            .get_or_create(&PublishLabels {
+                exchange: exchange.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Sets a connection gauge.
+    pub fn set_connections(&self, kind: &'static str, n: i64) {
+        self.inner
+            .active_connections
+            .get_or_create(&ConnectionLabels { kind })
+            .set(n);
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.inner.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_articles_metrics() {
+        let m = Metrics::new();
+        m.http_request("POST", "/v1/events/{name}", 202, 0.003);
+        m.published("warren.events", "confirmed");
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"http_requests_total{method="POST",path="/v1/events/{name}",status="202"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"http_request_duration_seconds_bucket{le="0.005",method="POST",path="/v1/events/{name}"} 1"#) ||
+            text.contains(r#"http_request_duration_seconds_bucket{method="POST",path="/v1/events/{name}",le="0.005"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"messages_published_total{exchange="warren.events",outcome="confirmed"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests against a real RabbitMQ and PostgreSQL (see `scripts/test.sh`).
+
+#![allow(unreachable_pub)]
+
+mod helpers;
+mod http_front;
+mod publish;
+mod topology;
