@@ -14,6 +14,11 @@ use crate::{
     config::Settings,
     dispatch::{AuditListener, Dispatcher, Listener},
     http::{self, HttpState},
+    jobs::{
+        Consumer,
+        audit::Audit,
+        runner::{Runner, RunnerContext},
+    },
     store::{self, StoreError},
     telemetry::Metrics,
 };
@@ -23,7 +28,18 @@ use crate::{
 pub enum Role {
     /// The HTTP front.
     Http,
+    /// The consumer modules chosen with [`App::modules`] plus any added with
+    /// [`App::consumer`].
+    Worker,
 }
+
+/// The built-in consumer modules, by name.
+pub const BUILTIN_MODULES: &[&str] = &["audit"];
+
+/// Why a module name was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown module {0:?}; known modules: {known}", known = BUILTIN_MODULES.join(", "))]
+pub struct UnknownModule(pub String);
 
 /// Why warren could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +53,9 @@ pub enum StartError {
     /// The topology file.
     #[error(transparent)]
     Topology(#[from] crate::broker::topology::TopologyError),
+    /// A module name that does not exist.
+    #[error(transparent)]
+    Module(#[from] UnknownModule),
     /// The HTTP listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -53,6 +72,8 @@ pub struct App {
     metrics: Metrics,
     dispatcher: Dispatcher,
     builtin_listeners: bool,
+    modules: Vec<String>,
+    consumers: Vec<Arc<dyn Consumer>>,
 }
 
 impl std::fmt::Debug for App {
@@ -74,6 +95,10 @@ pub struct Running {
     pub db: sea_orm::DatabaseConnection,
     /// The broker handle.
     pub broker: Broker,
+    /// The confirming publisher.
+    pub publisher: Publisher,
+    /// Becomes true once the topology is declared.
+    pub topology_ready: tokio::sync::watch::Receiver<bool>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -86,7 +111,21 @@ impl App {
             metrics: Metrics::new(),
             dispatcher: Dispatcher::new(),
             builtin_listeners: true,
+            modules: BUILTIN_MODULES.iter().map(|m| (*m).to_owned()).collect(),
+            consumers: Vec::new(),
         }
+    }
+
+    /// Chooses which built-in modules the worker role runs (default: all of them).
+    pub fn modules<I: IntoIterator<Item = S>, S: Into<String>>(mut self, modules: I) -> Self {
+        self.modules = modules.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds your own consumer module to the worker role.
+    pub fn consumer(mut self, consumer: impl Consumer) -> Self {
+        self.consumers.push(Arc::new(consumer));
+        self
     }
 
     /// Leaves out the built-in listeners (for embedding warren with only your own).
@@ -117,13 +156,46 @@ impl App {
         let settings = self.settings.clone();
         let db = store::connect(&settings.database).await?;
         let broker = Broker::new(&settings, &format!("warren {}", std::process::id()))?;
-        let topology = Topology::load(settings.amqp.topology_file.as_deref())?;
+        let topology = Arc::new(Topology::for_settings(&settings)?);
         let tasks = TaskTracker::new();
+        let publisher = Publisher::new(
+            broker.clone(),
+            settings.amqp.publish_channels,
+            settings.amqp.publish_timeout(),
+            self.metrics.clone(),
+        );
 
+        // Ready once the topology is declared (or at once when warren is told not to declare).
+        let (ready_tx, topology_ready) =
+            tokio::sync::watch::channel(!settings.amqp.declare_topology);
         if settings.amqp.declare_topology {
             let broker = broker.clone();
             let shutdown = shutdown.clone();
-            tasks.spawn(async move { keep_declaring(broker, topology, shutdown).await });
+            let topology = topology.clone();
+            tasks.spawn(async move {
+                if keep_declaring(broker, &topology, shutdown).await {
+                    let _ = ready_tx.send(true);
+                }
+            });
+        }
+
+        if roles.contains(&Role::Worker) {
+            let ctx = RunnerContext {
+                broker: broker.clone(),
+                publisher: publisher.clone(),
+                db: db.clone(),
+                metrics: self.metrics.clone(),
+                topology: topology.clone(),
+            };
+            let mut consumers = Vec::new();
+            for name in &self.modules {
+                consumers.push(builtin_module(name, &db)?);
+            }
+            consumers.extend(self.consumers.iter().cloned());
+            for consumer in consumers {
+                let runner = Runner::new(consumer, ctx.clone(), &settings.jobs);
+                tasks.spawn(runner.run(shutdown.clone()));
+            }
         }
 
         if self.builtin_listeners {
@@ -133,17 +205,12 @@ impl App {
 
         let mut http_addr = None;
         if roles.contains(&Role::Http) {
-            let publisher = Publisher::new(
-                broker.clone(),
-                settings.amqp.publish_channels,
-                settings.amqp.publish_timeout(),
-                self.metrics.clone(),
-            );
             let state = HttpState {
                 settings: settings.clone(),
                 publisher: publisher.clone(),
                 db: db.clone(),
                 dispatcher: Arc::new(self.dispatcher),
+                topology_ready: topology_ready.clone(),
                 metrics: self.metrics.clone(),
             };
             let (addr, server) = http::serve(state, settings.http.addr, shutdown.clone())
@@ -157,7 +224,6 @@ impl App {
             let stop = shutdown.clone();
             tasks.spawn(async move {
                 server.await;
-                publisher.close().await;
                 if !stop.is_cancelled() {
                     tracing::error!("HTTP front exited; stopping the other roles.");
                     stop.cancel();
@@ -170,6 +236,8 @@ impl App {
             metrics: self.metrics,
             db,
             broker,
+            publisher,
+            topology_ready,
             tasks,
             shutdown,
         })
@@ -180,6 +248,7 @@ impl Running {
     /// Waits until every role has stopped (after shutdown, or after the first role exits).
     pub async fn wait(self) {
         self.tasks.wait().await;
+        self.publisher.close().await;
         self.broker.close();
         tracing::info!("warren stopped.");
     }
@@ -191,16 +260,28 @@ impl Running {
     }
 }
 
-async fn keep_declaring(broker: Broker, topology: Topology, shutdown: CancellationToken) {
+/// A built-in module by name.
+pub fn builtin_module(
+    name: &str,
+    db: &sea_orm::DatabaseConnection,
+) -> Result<Arc<dyn Consumer>, UnknownModule> {
+    match name {
+        "audit" => Ok(Arc::new(Audit::new(db.clone()))),
+        other => Err(UnknownModule(other.to_owned())),
+    }
+}
+
+/// Declares the topology, retrying with backoff; true once declared, false on shutdown.
+async fn keep_declaring(broker: Broker, topology: &Topology, shutdown: CancellationToken) -> bool {
     let mut delays = crate::retry::reconnect();
     loop {
-        match broker.declare(&topology).await {
-            Ok(()) => return,
+        match broker.declare(topology).await {
+            Ok(()) => return true,
             Err(e) => {
                 let delay = delays.next().unwrap_or(std::time::Duration::from_secs(10));
                 tracing::warn!(error = %e, retry_in = ?delay, "Cannot declare the broker topology yet.");
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return false,
                     () = tokio::time::sleep(delay) => {}
                 }
             }

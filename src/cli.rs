@@ -33,8 +33,17 @@ pub enum Command {
     /// Run the HTTP front: accept events over HTTP and publish them, with publisher confirms,
     /// to the `warren.events` topic exchange (or run in-process listeners with ?mode=sync).
     Serve,
-    /// Run every role in one process: the zero-setup default (local RabbitMQ, SQLite file).
+    /// Run every role in one process: the HTTP front and every consumer module. The
+    /// zero-setup default (local RabbitMQ, SQLite file).
     All,
+    /// Run consumer modules: consume their durable queues with manual ack; failures wait in
+    /// the broker's delay tiers (60 s after a reported failure, 120 s after an error), and
+    /// after the last attempt go to the module's dead-letter queue.
+    Worker {
+        /// Comma-separated modules to run (default: all). Known: audit.
+        #[arg(long, value_delimiter = ',')]
+        modules: Vec<String>,
+    },
     /// Apply, verify or export the broker topology (exchanges, queues, bindings).
     Topology {
         /// What to do with the topology.
@@ -86,8 +95,12 @@ pub fn vhost_of(amqp_url: &str) -> String {
 /// Runs a parsed command line with loaded settings; returns the process exit code.
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Serve | Command::All => {
-            let roles = [Role::Http];
+        Command::Serve | Command::All | Command::Worker { .. } => {
+            let (roles, modules): (Vec<Role>, Vec<String>) = match cli.command {
+                Command::Serve => (vec![Role::Http], Vec::new()),
+                Command::Worker { modules } => (vec![Role::Worker], modules),
+                _ => (vec![Role::Http, Role::Worker], Vec::new()),
+            };
             tracing::info!(
                 amqp = %redact_url(settings.amqp.url.expose()),
                 database = %redact_url(settings.database.url.expose()),
@@ -95,12 +108,21 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
                 "Starting warren."
             );
             let shutdown = CancellationToken::new();
-            let running = App::new(settings).start(&roles, shutdown.clone()).await?;
+            let mut app = App::new(settings);
+            if !modules.is_empty() {
+                app = app.modules(modules);
+            }
+            let running = app.start(&roles, shutdown.clone()).await?;
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 wait_for_signal().await;
-                tracing::info!("Shutdown requested.");
+                tracing::info!(
+                    "Shutdown requested: finishing in-flight work (a second signal exits at once)."
+                );
                 stop.cancel();
+                wait_for_signal().await;
+                tracing::warn!("Second signal: exiting now.");
+                std::process::exit(130);
             });
             running.wait().await;
             Ok(0)
@@ -111,7 +133,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Topology { action } => {
-            let topology = Topology::load(settings.amqp.topology_file.as_deref())?;
+            let topology = Topology::for_settings(&settings)?;
             match action {
                 TopologyAction::Apply => {
                     let broker = Broker::new(&settings, "warren topology apply")?;

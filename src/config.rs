@@ -69,6 +69,60 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Logging.
     pub log: LogSettings,
+    /// The consumer runtime: retries, timeouts, prefetch, per-module overrides.
+    pub jobs: JobsSettings,
+}
+
+/// Consumer runtime settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSettings {
+    /// Attempts before a failing job is parked (the article's `maxAttempts`).
+    pub max_attempts: u32,
+    /// Wait after a reported failure: the TTL of the `warren.retry.60s` tier (ms). Changing it
+    /// changes the declared queue argument: on a live broker, delete the tier queue first.
+    pub failure_delay_ms: u64,
+    /// Wait after an error, panic or timeout: the TTL of the `warren.retry.120s` tier (ms).
+    pub error_delay_ms: u64,
+    /// Handler timeout when a module sets none (ms).
+    pub timeout_ms: u64,
+    /// Unacked messages the broker may push to one consumer.
+    pub prefetch: u16,
+    /// Handlers running at once per module and process.
+    pub concurrency: usize,
+    /// How long shutdown waits for in-flight handlers (ms).
+    pub shutdown_grace_ms: u64,
+    /// Per-module overrides, by module name (`[jobs.modules.email] timeout_ms = 30000`).
+    pub modules: std::collections::BTreeMap<String, ModuleSettings>,
+}
+
+impl Default for JobsSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            failure_delay_ms: 60_000,
+            error_delay_ms: 120_000,
+            timeout_ms: 60_000,
+            prefetch: 50,
+            concurrency: 16,
+            shutdown_grace_ms: 30_000,
+            modules: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// One module's overrides of [`JobsSettings`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModuleSettings {
+    /// Handler timeout (ms).
+    pub timeout_ms: Option<u64>,
+    /// Prefetch.
+    pub prefetch: Option<u16>,
+    /// Concurrency.
+    pub concurrency: Option<usize>,
+    /// Attempts before parking.
+    pub max_attempts: Option<u32>,
 }
 
 /// RabbitMQ settings.
@@ -260,6 +314,15 @@ impl Settings {
             return Err(invalid(
                 "database.url",
                 "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        if self.jobs.max_attempts == 0 {
+            return Err(invalid("jobs.max_attempts", "must be at least 1"));
+        }
+        if self.jobs.concurrency == 0 || self.jobs.prefetch == 0 {
+            return Err(invalid(
+                "jobs.concurrency",
+                "concurrency and prefetch must be at least 1",
             ));
         }
         if self.http.body_limit_bytes == 0 {

@@ -162,7 +162,7 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
     go(&p, &k)
 }
 
-/// The built-in audit listener: records each event in `audit_log`.
+/// The built-in audit listener: records each event in `event_log`.
 #[derive(Debug, Clone)]
 pub struct AuditListener {
     db: sea_orm::DatabaseConnection,

@@ -5,6 +5,7 @@
 //! - [`cli`]: the `warren` command line; [`app`]: roles and their lifecycle.
 //! - [`broker`]: AMQP pool, topology (`broker-topology.json`), envelope, confirming publisher.
 //! - [`http`]: the warp front (publish events, sync dispatch, health, metrics).
+//! - [`jobs`]: the consumer trait and the runner (ack, retries, dead letters, inbox).
 //! - [`dispatch`]: the in-process listener registry for `?mode=sync`.
 //! - [`store`]: the sea-orm database (PostgreSQL or SQLite) and migrations at start.
 //! - [`telemetry`]: tracing subscriber, W3C trace context, Prometheus metrics.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod http;
+pub mod jobs;
 pub mod retry;
 pub mod store;
 pub mod telemetry;

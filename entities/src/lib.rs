@@ -4,6 +4,7 @@
 //! Later capabilities add their tables here with a new migration each, never by editing an
 //! applied one.
 
-pub mod audit_log;
+pub mod event_log;
+pub mod failed_jobs;
 pub mod migration;
 pub mod processed_messages;

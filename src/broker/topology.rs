@@ -20,6 +20,15 @@ use serde_json::{Map, Value};
 /// The built-in topology, the repository's `broker-topology.json`.
 pub const BUILTIN: &str = include_str!("../../broker-topology.json");
 
+/// The delay tier a reported failure waits in.
+pub const FAILURE_TIER: &str = "warren.retry.60s";
+/// The delay tier an error, panic or timeout waits in.
+pub const ERROR_TIER: &str = "warren.retry.120s";
+/// Waited messages go back to their queue through this exchange.
+pub const REQUEUE_EXCHANGE: &str = "warren.requeue";
+/// Parked messages go to `Q.dead` through this exchange, keyed by queue.
+pub const DEAD_EXCHANGE: &str = "warren.dead";
+
 /// Errors while loading, declaring or verifying the topology.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -187,6 +196,28 @@ impl Topology {
                 Self::parse(&text)
             }
         }
+    }
+
+    /// The topology for these settings: the file (or the built-in one) with the delay tiers
+    /// TTLs set from `jobs.failure_delay_ms` and `jobs.error_delay_ms`.
+    pub fn for_settings(settings: &crate::config::Settings) -> Result<Self, TopologyError> {
+        Ok(Self::load(settings.amqp.topology_file.as_deref())?
+            .with_retry_delays(settings.jobs.failure_delay_ms, settings.jobs.error_delay_ms))
+    }
+
+    /// Sets the TTL of the failure tier (`warren.retry.60s`) and the error tier
+    /// (`warren.retry.120s`). The names stay: they say what production uses.
+    pub fn with_retry_delays(mut self, failure_ms: u64, error_ms: u64) -> Self {
+        for q in &mut self.queues {
+            let ttl = match q.name.as_str() {
+                FAILURE_TIER => failure_ms,
+                ERROR_TIER => error_ms,
+                _ => continue,
+            };
+            q.arguments
+                .insert("x-message-ttl".to_owned(), Value::from(ttl));
+        }
+        self
     }
 
     /// The definitions with every entity stamped with `vhost`, for a whole-broker import

@@ -48,6 +48,8 @@ pub struct HttpState {
     pub dispatcher: Arc<Dispatcher>,
     /// Metrics.
     pub metrics: Metrics,
+    /// True once the broker topology is declared.
+    pub topology_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Query of `POST /v1/events/{name}`.
@@ -458,7 +460,12 @@ async fn readyz(state: &HttpState) -> Response {
         Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_owned(),
     };
-    let ready = broker == "ok" && database == "ok";
+    let topology = if *state.topology_ready.borrow() {
+        "ok"
+    } else {
+        "not declared yet"
+    };
+    let ready = broker == "ok" && database == "ok" && topology == "ok";
     let status = if ready {
         StatusCode::OK
     } else {
@@ -467,7 +474,7 @@ async fn readyz(state: &HttpState) -> Response {
     warp::reply::with_status(
         warp::reply::json(&json!({
             "status": if ready { "ready" } else { "not_ready" },
-            "checks": {"broker": broker, "database": database},
+            "checks": {"broker": broker, "database": database, "topology": topology},
         })),
         status,
     )

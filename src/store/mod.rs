@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use entities::{audit_log, migration::Migrator};
+use entities::{event_log, failed_jobs, migration::Migrator, processed_messages};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait, Set,
 };
@@ -74,9 +74,9 @@ pub async fn ping(db: &DatabaseConnection) -> Result<(), StoreError> {
         })
 }
 
-/// Records an event in `audit_log`; recording the same event twice is a no-op.
+/// Records an event in `event_log`; recording the same event twice is a no-op.
 pub async fn record_event(db: &DatabaseConnection, event: &Event) -> Result<(), StoreError> {
-    let row = audit_log::ActiveModel {
+    let row = event_log::ActiveModel {
         event_id: Set(event.event_id),
         event_name: Set(event.event_name.clone()),
         aggregate_id: Set(event.aggregate_id.clone()),
@@ -84,13 +84,102 @@ pub async fn record_event(db: &DatabaseConnection, event: &Event) -> Result<(), 
         data: Set(event.data.clone()),
         recorded_at: Set(Utc::now()),
     };
-    audit_log::Entity::insert(row)
-        .on_conflict_do_nothing_on([audit_log::Column::EventId])
+    event_log::Entity::insert(row)
+        .on_conflict_do_nothing_on([event_log::Column::EventId])
         .exec_without_returning(db)
         .await
         .map(drop)
         .map_err(|source| StoreError::Query {
             doing: "recording an event",
+            source,
+        })
+}
+
+/// Whether `consumer` already applied `message_id` (the inbox).
+pub async fn inbox_seen(
+    db: &DatabaseConnection,
+    consumer: &str,
+    message_id: uuid::Uuid,
+) -> Result<bool, StoreError> {
+    processed_messages::Entity::find_by_id((consumer.to_owned(), message_id))
+        .one(db)
+        .await
+        .map(|r| r.is_some())
+        .map_err(|source| StoreError::Query {
+            doing: "reading the inbox",
+            source,
+        })
+}
+
+/// Records that `consumer` applied `message_id`; recording twice is a no-op.
+pub async fn inbox_mark<C: ConnectionTrait>(
+    db: &C,
+    consumer: &str,
+    message_id: uuid::Uuid,
+) -> Result<(), StoreError> {
+    let row = processed_messages::ActiveModel {
+        consumer: Set(consumer.to_owned()),
+        message_id: Set(message_id),
+        processed_at: Set(Utc::now()),
+    };
+    processed_messages::Entity::insert(row)
+        .on_conflict_do_nothing_on([
+            processed_messages::Column::Consumer,
+            processed_messages::Column::MessageId,
+        ])
+        .exec_without_returning(db)
+        .await
+        .map(drop)
+        .map_err(|source| StoreError::Query {
+            doing: "writing the inbox",
+            source,
+        })
+}
+
+/// A `failed_jobs` row to insert.
+#[derive(Debug, Clone)]
+pub struct NewFailedJob {
+    /// Work queue.
+    pub queue: String,
+    /// Message id, when known.
+    pub message_id: Option<uuid::Uuid>,
+    /// Event or command name, when known.
+    pub job_name: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Last error.
+    pub error: String,
+    /// `exhausted`, `invalid`, `undecodable`.
+    pub reason: String,
+    /// Raw body.
+    pub payload: String,
+}
+
+/// Inserts a `failed_jobs` row and returns its id.
+pub async fn insert_failed_job(
+    db: &DatabaseConnection,
+    job: NewFailedJob,
+) -> Result<uuid::Uuid, StoreError> {
+    let id = uuid::Uuid::now_v7();
+    let row = failed_jobs::ActiveModel {
+        id: Set(id),
+        queue: Set(job.queue),
+        message_id: Set(job.message_id),
+        job_name: Set(job.job_name),
+        attempts: Set(i32::try_from(job.attempts).unwrap_or(i32::MAX)),
+        error: Set(job.error),
+        reason: Set(job.reason),
+        payload: Set(job.payload),
+        status: Set("parked".to_owned()),
+        failed_at: Set(Utc::now()),
+        updated_at: Set(None),
+    };
+    failed_jobs::Entity::insert(row)
+        .exec_without_returning(db)
+        .await
+        .map(|_| id)
+        .map_err(|source| StoreError::Query {
+            doing: "recording a failed job",
             source,
         })
 }

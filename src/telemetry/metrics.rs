@@ -40,6 +40,23 @@ pub struct PublishLabels {
     pub outcome: &'static str,
 }
 
+/// `queue_jobs_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// The work queue.
+    pub queue: String,
+    /// success, failed, error, timeout, panic, invalid, undecodable, duplicate,
+    /// retried_60s, retried_120s, dead_lettered.
+    pub status: &'static str,
+}
+
+/// Per-queue labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// The work queue.
+    pub queue: String,
+}
+
 /// `active_connections` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
@@ -67,6 +84,8 @@ struct Inner {
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     published: Family<PublishLabels, Counter>,
     active_connections: Family<ConnectionLabels, Gauge>,
+    jobs: Family<JobLabels, Counter>,
+    job_duration: Family<QueueLabels, Histogram, fn() -> Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,6 +131,21 @@ impl Metrics {
             "Open connections: AMQP connections in the pool, database connections in use",
             active_connections.clone(),
         );
+        let jobs = Family::<JobLabels, Counter>::default();
+        registry.register(
+            "queue_jobs",
+            "Jobs by queue and status: handler outcomes, and what the runner did with them",
+            jobs.clone(),
+        );
+        let job_duration =
+            Family::<QueueLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "job_handler_duration_seconds",
+            "Time a handler took, by queue",
+            job_duration.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -119,6 +153,8 @@ impl Metrics {
                 http_duration,
                 published,
                 active_connections,
+                jobs,
+                job_duration,
             }),
         }
     }
@@ -154,6 +190,27 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Counts one job outcome or runner action.
+    pub fn job(&self, queue: &str, status: &'static str) {
+        self.inner
+            .jobs
+            .get_or_create(&JobLabels {
+                queue: queue.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    /// Records a handler's duration.
+    pub fn job_duration(&self, queue: &str, seconds: f64) {
+        self.inner
+            .job_duration
+            .get_or_create(&QueueLabels {
+                queue: queue.to_owned(),
+            })
+            .observe(seconds);
     }
 
     /// Sets a connection gauge.

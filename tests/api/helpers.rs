@@ -165,8 +165,36 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|s| s, |a| a).await
 }
 
-/// Starts warren, letting the test adjust settings and the app (listeners).
+/// Starts warren's HTTP front, letting the test adjust settings and the app (listeners).
 pub async fn spawn_app_with(
+    settings: impl FnOnce(Settings) -> Settings,
+    app: impl FnOnce(App) -> App,
+) -> TestApp {
+    spawn_roles(&[Role::Http], settings, app).await
+}
+
+/// Starts the HTTP front and the worker role with short retry tiers (1 s failure, 2 s error)
+/// and no built-in modules unless the test adds them.
+pub async fn spawn_worker_with(
+    settings: impl FnOnce(Settings) -> Settings,
+    app: impl FnOnce(App) -> App,
+) -> TestApp {
+    spawn_roles(
+        &[Role::Http, Role::Worker],
+        |mut s| {
+            s.jobs.failure_delay_ms = 1_000;
+            s.jobs.error_delay_ms = 2_000;
+            s.jobs.shutdown_grace_ms = 5_000;
+            settings(s)
+        },
+        |a| app(a.modules(Vec::<String>::new())),
+    )
+    .await
+}
+
+/// Starts warren with `roles`.
+pub async fn spawn_roles(
+    roles: &[Role],
     settings: impl FnOnce(Settings) -> Settings,
     app: impl FnOnce(App) -> App,
 ) -> TestApp {
@@ -179,7 +207,7 @@ pub async fn spawn_app_with(
     let s = settings(test_settings(&vhost, &db.url));
     let shutdown = CancellationToken::new();
     let running = app(App::new(s))
-        .start(&[Role::Http], shutdown.clone())
+        .start(roles, shutdown.clone())
         .await
         .expect("warren starts");
     let addr = running.http_addr.expect("http runs");
@@ -196,32 +224,18 @@ pub async fn spawn_app_with(
 }
 
 impl TestApp {
-    /// Waits until the topology is declared in the vhost.
+    /// Waits until the topology is declared in the vhost (exchanges, queues and bindings).
     pub async fn wait_for_topology(&self) {
-        let url = self.vhost.amqp_url();
-        eventually(Duration::from_secs(15), "topology declared", || {
-            let url = url.clone();
-            async move {
-                let conn = Connection::connect(&url, ConnectionProperties::default())
-                    .await
-                    .ok()?;
-                let ch = conn.create_channel().await.ok()?;
-                let ok = ch
-                    .queue_declare(
-                        "warren.retry.120s".into(),
-                        lapin::options::QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        Default::default(),
-                    )
-                    .await
-                    .is_ok();
-                let _ = conn.close(200, "".into()).await;
-                ok.then_some(())
-            }
-        })
-        .await;
+        let mut ready = self
+            .running
+            .as_ref()
+            .expect("running")
+            .topology_ready
+            .clone();
+        tokio::time::timeout(Duration::from_secs(15), ready.wait_for(|r| *r))
+            .await
+            .expect("topology declared within 15 s")
+            .expect("declaring task alive");
     }
 
     /// `POST /v1/events/{name}` with a JSON body.
@@ -255,6 +269,57 @@ impl TestApp {
         }
         let _ = conn.close(200, "".into()).await;
         out
+    }
+
+    /// Publishes raw bytes to `exchange` as a foreign client would (no warren envelope).
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        key: &str,
+        body: &[u8],
+        props: lapin::BasicProperties,
+    ) {
+        let conn = Connection::connect(&self.vhost.amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("amqp connect");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(Default::default())
+            .await
+            .expect("confirms");
+        let confirm = ch
+            .basic_publish(exchange.into(), key.into(), Default::default(), body, props)
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+        let _ = conn.close(200, "".into()).await;
+    }
+
+    /// Messages ready in `queue` (exact, from a passive declare).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let conn = Connection::connect(&self.vhost.amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("amqp connect");
+        let ch = conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = conn.close(200, "".into()).await;
+        q.message_count()
+    }
+
+    /// A connection to the test database.
+    pub async fn db(&self) -> sea_orm::DatabaseConnection {
+        Database::connect(&self.db.url).await.expect("db")
     }
 
     /// Stops the service and removes the vhost and database.

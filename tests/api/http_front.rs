@@ -88,7 +88,7 @@ async fn sync_mode_returns_results_in_priority_order_with_a_failing_listener_in_
         .parse()
         .expect("uuid");
     let db = Database::connect(&app.db.url).await.expect("db");
-    let row = entities::audit_log::Entity::find_by_id(event_id)
+    let row = entities::event_log::Entity::find_by_id(event_id)
         .one(&db)
         .await
         .expect("query");

@@ -4,5 +4,6 @@
 
 mod helpers;
 mod http_front;
+mod jobs;
 mod publish;
 mod topology;

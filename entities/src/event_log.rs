@@ -1,11 +1,11 @@
-//! `audit_log`: every event warren saw, written by the audit listener (and, with the consumer
+//! `event_log`: every event warren saw, written by the audit listener (and, with the consumer
 //! runtime, by the audit module). Keyed by event id, so recording an event twice is a no-op.
 
 use sea_orm::entity::prelude::*;
 
 /// One recorded event.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-#[sea_orm(table_name = "audit_log")]
+#[sea_orm(table_name = "event_log")]
 pub struct Model {
     /// The event's id (UUID v7).
     #[sea_orm(primary_key, auto_increment = false)]

@@ -1,0 +1,43 @@
+//! The `audit` module: consumes every event (`#`) from `warren.audit` and records it in
+//! `event_log`. Idempotent by itself (keyed by event id), so it needs no inbox row.
+
+use crate::{
+    broker::envelope::Event,
+    jobs::{Consumer, Job, JobError},
+};
+
+/// Records every event in `event_log`.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    db: sea_orm::DatabaseConnection,
+}
+
+impl Audit {
+    /// The audit module writing to `db`.
+    pub fn new(db: sea_orm::DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait::async_trait]
+impl Consumer for Audit {
+    fn name(&self) -> &str {
+        "audit"
+    }
+
+    fn queue(&self) -> &str {
+        "warren.audit"
+    }
+
+    fn use_inbox(&self) -> bool {
+        // event_log is keyed by event id: recording twice is a no-op.
+        false
+    }
+
+    async fn handle(&self, job: &Job) -> Result<(), JobError> {
+        let event: &Event = &job.event;
+        crate::store::record_event(&self.db, event)
+            .await
+            .map_err(|e| JobError::Error(e.to_string()))
+    }
+}

@@ -1,0 +1,110 @@
+//! The consumer runtime: one trait for a job module ([`Consumer`]), one runner that owns
+//! everything else (manual ack, prefetch, concurrency, timeouts, panics, retries through the
+//! broker's delay tiers, dead-lettering, the `failed_jobs` record, the `job.failed` alert, the
+//! inbox, spans and metrics).
+//!
+//! A handler only says what happened (SPEC section 5):
+//!
+//! | handler result | runner |
+//! |---|---|
+//! | `Ok(())` | mark in the inbox, ack |
+//! | [`JobError::Failed`] (the article's `return false`) | attempt < max: wait in `warren.retry.60s`, then back |
+//! | [`JobError::Error`], a panic, or the timeout | attempt < max: wait in `warren.retry.120s`, then back |
+//! | attempt = max, or [`JobError::Invalid`] | park in `Q.dead`, `failed_jobs` row, `job.failed` event |
+//! | body that is not a warren message | park in `Q.dead` with the decode error |
+//!
+//! Every transfer is publish-with-confirm first, then ack: a crash in between duplicates a
+//! message (the inbox absorbs it), never loses one.
+
+pub mod audit;
+pub mod runner;
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::broker::envelope::Event;
+
+/// What a handler reports when it did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The job ran and reported failure (the article's `handle()` returning false): retried
+    /// after the failure delay (60 s).
+    #[error("job reported failure: {0}")]
+    Failed(String),
+    /// The job hit an error (the article's exception): retried after the error delay (120 s).
+    #[error("job error: {0}")]
+    Error(String),
+    /// The input can never succeed (missing or malformed fields): parked at once, no retry.
+    #[error("invalid job input: {0}")]
+    Invalid(String),
+}
+
+/// One message handed to a handler.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The decoded warren message (event or command).
+    pub event: Event,
+    /// `message_id`, kept across retries.
+    pub message_id: Uuid,
+    /// This attempt, 1-based.
+    pub attempt: u32,
+    /// Attempts allowed before parking.
+    pub max_attempts: u32,
+    /// The queue it was consumed from.
+    pub queue: String,
+    /// The routing key it was first published with (the event or command name).
+    pub routing_key: String,
+    /// `correlation_id` (saga id or request id).
+    pub correlation_id: Option<String>,
+    /// `traceparent`.
+    pub traceparent: Option<String>,
+    /// `x-request-id`.
+    pub request_id: Option<String>,
+}
+
+impl Job {
+    /// Decodes the event's `data` into `T`; a mismatch is [`JobError::Invalid`].
+    pub fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
+        serde_json::from_value(self.event.data.clone()).map_err(|e| {
+            JobError::Invalid(format!("data does not fit {}: {e}", self.event.event_name))
+        })
+    }
+
+    /// Whether this is the last attempt (a failure now parks the job).
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+}
+
+/// A job module: what it consumes and how it handles one message.
+///
+/// Implement it in your own crate and hand it to [`runner::Runner`]; warren's own modules
+/// (e-mail, notifications, audit) are built the same way.
+#[async_trait::async_trait]
+pub trait Consumer: Send + Sync + 'static {
+    /// Module name (`email`), used in settings, metrics and the alert type (`email_failed`).
+    fn name(&self) -> &str;
+
+    /// The durable queue it consumes (`warren.email`).
+    fn queue(&self) -> &str;
+
+    /// The handler timeout when settings name none for this module.
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    /// Whether the runner skips messages this module already handled (the inbox). True by
+    /// default; turn off only for handlers that are idempotent by themselves.
+    fn use_inbox(&self) -> bool {
+        true
+    }
+
+    /// Handles one message.
+    async fn handle(&self, job: &Job) -> Result<(), JobError>;
+
+    /// Called once when a job is parked for good (after its last attempt, or invalid): the
+    /// article's `onFailed`. The runner has already written `failed_jobs` and will publish
+    /// `job.failed`; use this for module-specific records.
+    async fn on_failed(&self, _job: &Job, _error: &str) {}
+}

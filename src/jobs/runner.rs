@@ -1,0 +1,589 @@
+//! The one runner behind every [`Consumer`]: consume with manual ack, run the handler under a
+//! timeout and a panic guard, and settle each message by publish-with-confirm, then ack.
+//!
+//! Broker options and why:
+//! - `no_ack: false`: a message is removed only after it is settled (handled, or safely moved
+//!   to a delay tier or a dead-letter queue), so a crash redelivers instead of losing.
+//! - `basic_qos(prefetch)`: bounds the unacked messages one consumer holds; with `concurrency`
+//!   handlers running at once, a prefetch a little above concurrency keeps them fed without
+//!   starving other consumers of the queue (competing consumers).
+//! - `exclusive: false`: any number of worker processes share a queue.
+//! - a failed settle (the retry or dead-letter publish was not confirmed) nacks with
+//!   `requeue: true`: the message is redelivered, and the quorum queue's `x-delivery-limit`
+//!   parks it if that ever loops.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use futures_util::{FutureExt, StreamExt};
+use lapin::{
+    BasicProperties,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+use super::{Consumer, Job, JobError};
+use crate::{
+    broker::{
+        Broker, BrokerError,
+        envelope::{Event, H_ATTEMPT, H_REQUEST_ID, H_TRACEPARENT, Meta, header_int, header_str},
+        publisher::{PublishError, Publisher},
+        topology::{DEAD_EXCHANGE, ERROR_TIER, FAILURE_TIER, Topology},
+    },
+    config::JobsSettings,
+    http::EVENTS_EXCHANGE,
+    store,
+    telemetry::Metrics,
+};
+
+/// Header: why the message failed last.
+pub const H_ERROR: &str = "x-warren-error";
+/// Header: when it failed last (RFC 3339).
+pub const H_FAILED_AT: &str = "x-warren-failed-at";
+/// Header: the exchange it was first published to.
+pub const H_ORIGINAL_EXCHANGE: &str = "x-warren-original-exchange";
+/// Header: the routing key it was first published with.
+pub const H_ORIGINAL_ROUTING_KEY: &str = "x-warren-original-routing-key";
+/// Header on parked messages: `exhausted`, `invalid` or `undecodable`.
+pub const H_REASON: &str = "x-warren-reason";
+/// Header on parked messages: the queue they were parked from.
+pub const H_QUEUE: &str = "x-warren-queue";
+/// Header on replayed messages: when they were replayed.
+pub const H_REPLAYED_AT: &str = "x-warren-replayed-at";
+
+/// Errors that stop one consuming session (the runner reconnects after them).
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// No channel.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A channel operation failed.
+    #[error("{doing} failed: {source}")]
+    Amqp {
+        /// What the runner was doing.
+        doing: &'static str,
+        /// lapin's error.
+        source: lapin::Error,
+    },
+}
+
+/// What every runner shares.
+#[derive(Clone, Debug)]
+pub struct RunnerContext {
+    /// The broker.
+    pub broker: Broker,
+    /// A confirming publisher for retries, dead letters and alerts.
+    pub publisher: Publisher,
+    /// The database.
+    pub db: sea_orm::DatabaseConnection,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The topology, re-declared on every (re)connect.
+    pub topology: Arc<Topology>,
+}
+
+/// Effective limits for one module.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    prefetch: u16,
+    concurrency: usize,
+    timeout: Duration,
+    max_attempts: u32,
+    grace: Duration,
+}
+
+/// Runs one [`Consumer`] until shutdown, reconnecting with backoff when the broker goes away.
+pub struct Runner {
+    consumer: Arc<dyn Consumer>,
+    ctx: RunnerContext,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("module", &self.consumer.name())
+            .field("queue", &self.consumer.queue())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+enum Settled {
+    Acked,
+    Requeued,
+}
+
+impl Runner {
+    /// A runner for `consumer`, with limits from `settings` (module overrides first).
+    pub fn new(consumer: Arc<dyn Consumer>, ctx: RunnerContext, settings: &JobsSettings) -> Self {
+        let m = settings
+            .modules
+            .get(consumer.name())
+            .cloned()
+            .unwrap_or_default();
+        let timeout = m
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or_else(|| consumer.timeout());
+        let limits = Limits {
+            prefetch: m.prefetch.unwrap_or(settings.prefetch),
+            concurrency: m.concurrency.unwrap_or(settings.concurrency),
+            timeout,
+            max_attempts: m.max_attempts.unwrap_or(settings.max_attempts),
+            grace: Duration::from_millis(settings.shutdown_grace_ms),
+        };
+        Self {
+            consumer,
+            ctx,
+            limits,
+        }
+    }
+
+    /// Consumes until `shutdown`; never returns early on broker trouble (it reconnects).
+    #[tracing::instrument(skip_all, fields(module = self.consumer.name(), queue = self.consumer.queue()))]
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut delays = crate::retry::reconnect();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.consume(&shutdown).await {
+                Ok(true) => delays = crate::retry::reconnect(),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "Consumer lost its channel; reconnecting."),
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(10));
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::info!("Consumer stopped.");
+    }
+
+    /// One consuming session. Returns whether it got as far as consuming.
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<bool, RunnerError> {
+        self.ctx.broker.declare(&self.ctx.topology).await?;
+        let channel = self.ctx.broker.channel().await?;
+        channel
+            .basic_qos(self.limits.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|source| RunnerError::Amqp {
+                doing: "basic.qos",
+                source,
+            })?;
+        let tag = format!(
+            "warren-{}-{}-{}",
+            self.consumer.name(),
+            std::process::id(),
+            &Uuid::now_v7().simple().to_string()[24..]
+        );
+        let mut stream = channel
+            .basic_consume(
+                self.consumer.queue().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: false,
+                    exclusive: false,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| RunnerError::Amqp {
+                doing: "basic.consume",
+                source,
+            })?;
+        tracing::info!(consumer_tag = %tag, prefetch = self.limits.prefetch, concurrency = self.limits.concurrency, "Consuming.");
+        let permits = Arc::new(Semaphore::new(self.limits.concurrency));
+        let in_flight = TaskTracker::new();
+        let mut result = Ok(true);
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = stream.next() => next,
+            };
+            match next {
+                None => {
+                    tracing::warn!("Consumer stream ended (queue deleted or channel closed).");
+                    break;
+                }
+                Some(Err(source)) => {
+                    result = Err(RunnerError::Amqp {
+                        doing: "consuming",
+                        source,
+                    });
+                    break;
+                }
+                Some(Ok(delivery)) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let this = self.clone_parts();
+                    in_flight.spawn(async move {
+                        this.process(delivery).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        // Stop taking new messages, let the in-flight ones finish (bounded), then close.
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        in_flight.close();
+        if tokio::time::timeout(self.limits.grace, in_flight.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.limits.grace, "In-flight handlers did not finish in time; their messages will be redelivered.");
+        }
+        let _ = channel.close(200, "consumer stopping".into()).await;
+        result
+    }
+
+    fn clone_parts(&self) -> Arc<Parts> {
+        Arc::new(Parts {
+            consumer: self.consumer.clone(),
+            ctx: self.ctx.clone(),
+            limits: self.limits,
+        })
+    }
+}
+
+struct Parts {
+    consumer: Arc<dyn Consumer>,
+    ctx: RunnerContext,
+    limits: Limits,
+}
+
+impl Parts {
+    fn queue(&self) -> &str {
+        self.consumer.queue()
+    }
+
+    #[tracing::instrument(skip_all, fields(queue = self.consumer.queue(), message_id, attempt, trace_id))]
+    async fn process(&self, delivery: Delivery) {
+        let started = Instant::now();
+        let props = delivery.properties.clone();
+        let attempt = header_int(&props, H_ATTEMPT)
+            .and_then(|a| u32::try_from(a).ok())
+            .filter(|a| *a >= 1)
+            .unwrap_or(1);
+        let span = tracing::Span::current();
+        span.record("attempt", attempt);
+        if let Some(tp) = header_str(&props, H_TRACEPARENT) {
+            span.record("trace_id", tp.get(3..35).unwrap_or(""));
+        }
+        let event: Event = match serde_json::from_slice(&delivery.data) {
+            Ok(e) => e,
+            Err(e) => {
+                let error = format!("undecodable message body: {e}");
+                self.ctx.metrics.job(self.queue(), "undecodable");
+                self.park(&delivery, None, attempt, "undecodable", &error)
+                    .await;
+                return;
+            }
+        };
+        let message_id = props
+            .message_id()
+            .as_ref()
+            .and_then(|m| m.as_str().parse::<Uuid>().ok())
+            .unwrap_or(event.event_id);
+        span.record("message_id", tracing::field::display(message_id));
+        let job = Job {
+            routing_key: header_str(&props, H_ORIGINAL_ROUTING_KEY)
+                .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
+            event,
+            message_id,
+            attempt,
+            max_attempts: self.limits.max_attempts,
+            queue: self.queue().to_owned(),
+            correlation_id: props
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str().to_owned()),
+            traceparent: header_str(&props, H_TRACEPARENT),
+            request_id: header_str(&props, H_REQUEST_ID),
+        };
+
+        let inbox = self.consumer.use_inbox();
+        if inbox {
+            match store::inbox_seen(&self.ctx.db, self.consumer.name(), message_id).await {
+                Ok(true) => {
+                    tracing::info!("Duplicate message skipped (already in the inbox).");
+                    self.ctx.metrics.job(self.queue(), "duplicate");
+                    self.ack(&delivery).await;
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "Inbox unavailable; requeueing.");
+                    self.requeue(&delivery).await;
+                    return;
+                }
+            }
+        }
+
+        let outcome = tokio::time::timeout(
+            self.limits.timeout,
+            AssertUnwindSafe(self.consumer.handle(&job)).catch_unwind(),
+        )
+        .await;
+        let (result, status) = match outcome {
+            Err(_) => (
+                Err(JobError::Error(format!(
+                    "handler timed out after {:?}",
+                    self.limits.timeout
+                ))),
+                "timeout",
+            ),
+            Ok(Err(panic)) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                (
+                    Err(JobError::Error(format!("handler panicked: {msg}"))),
+                    "panic",
+                )
+            }
+            Ok(Ok(Ok(()))) => (Ok(()), "success"),
+            Ok(Ok(Err(e))) => {
+                let s = match e {
+                    JobError::Failed(_) => "failed",
+                    JobError::Error(_) => "error",
+                    JobError::Invalid(_) => "invalid",
+                };
+                (Err(e), s)
+            }
+        };
+        self.ctx
+            .metrics
+            .job_duration(self.queue(), started.elapsed().as_secs_f64());
+        self.ctx.metrics.job(self.queue(), status);
+
+        match result {
+            Ok(()) => {
+                if inbox
+                    && let Err(e) =
+                        store::inbox_mark(&self.ctx.db, self.consumer.name(), message_id).await
+                {
+                    // The effect happened; without the inbox row a redelivery could repeat it,
+                    // so the ack still goes out (the message is done) and the gap is logged.
+                    tracing::error!(error = %e, "Could not record the message in the inbox.");
+                }
+                self.ack(&delivery).await;
+            }
+            Err(JobError::Invalid(reason)) => {
+                tracing::warn!(error = %reason, "Invalid job input; parking without retry.");
+                self.consumer.on_failed(&job, &reason).await;
+                self.park(&delivery, Some(&job), attempt, "invalid", &reason)
+                    .await;
+            }
+            Err(e) if attempt >= self.limits.max_attempts => {
+                let error = e.to_string();
+                tracing::warn!(error = %error, "Job failed on its last attempt; parking.");
+                self.consumer.on_failed(&job, &error).await;
+                self.park(&delivery, Some(&job), attempt, "exhausted", &error)
+                    .await;
+            }
+            Err(e) => {
+                let tier = match e {
+                    JobError::Failed(_) => FAILURE_TIER,
+                    _ => ERROR_TIER,
+                };
+                tracing::info!(error = %e, tier, "Job will be retried.");
+                self.retry(&delivery, attempt, tier, &e.to_string()).await;
+            }
+        }
+    }
+
+    /// Moves the message to a delay tier with attempt+1, confirmed, then acks.
+    async fn retry(&self, delivery: &Delivery, attempt: u32, tier: &str, error: &str) -> Settled {
+        let mut headers = failure_headers(delivery, error);
+        headers.insert(
+            H_ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(attempt) + 1),
+        );
+        let props = delivery.properties.clone().with_headers(headers);
+        // Routing key = the queue: when the tier's TTL expires, warren.requeue routes it back
+        // to exactly this queue (not to every queue bound to the original key).
+        match self
+            .ctx
+            .publisher
+            .publish(tier, self.queue(), &delivery.data, props)
+            .await
+        {
+            Ok(()) => {
+                self.ctx.metrics.job(
+                    self.queue(),
+                    if tier == FAILURE_TIER {
+                        "retried_60s"
+                    } else {
+                        "retried_120s"
+                    },
+                );
+                self.ack(delivery).await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, tier, "Could not move the message to its delay tier; requeueing.");
+                self.requeue(delivery).await
+            }
+        }
+    }
+
+    /// Parks the message in `Q.dead` (confirmed), records `failed_jobs`, publishes
+    /// `job.failed`, then acks.
+    async fn park(
+        &self,
+        delivery: &Delivery,
+        job: Option<&Job>,
+        attempt: u32,
+        reason: &str,
+        error: &str,
+    ) -> Settled {
+        let mut headers = failure_headers(delivery, error);
+        headers.insert(H_REASON.into(), long(reason));
+        headers.insert(H_QUEUE.into(), long(self.queue()));
+        headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+        let props: BasicProperties = delivery.properties.clone().with_headers(headers);
+        if let Err(e) = self
+            .ctx
+            .publisher
+            .publish(DEAD_EXCHANGE, self.queue(), &delivery.data, props)
+            .await
+        {
+            tracing::error!(error = %e, "Could not park the message; requeueing.");
+            return self.requeue(delivery).await;
+        }
+        self.ctx.metrics.job(self.queue(), "dead_lettered");
+        let message_id = job.map(|j| j.message_id).or_else(|| {
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .and_then(|m| m.as_str().parse().ok())
+        });
+        let job_name = job.map(|j| j.event.event_name.clone()).or_else(|| {
+            delivery
+                .properties
+                .kind()
+                .as_ref()
+                .map(|k| k.as_str().to_owned())
+        });
+        let row = store::NewFailedJob {
+            queue: self.queue().to_owned(),
+            message_id,
+            job_name,
+            attempts: attempt,
+            error: error.to_owned(),
+            reason: reason.to_owned(),
+            payload: String::from_utf8_lossy(&delivery.data).into_owned(),
+        };
+        if let Err(e) = store::insert_failed_job(&self.ctx.db, row).await {
+            tracing::error!(error = %e, "Parked the message but could not write its failed_jobs row.");
+        }
+        if let Err(e) = self.alert(job, message_id, attempt, reason, error).await {
+            tracing::error!(error = %e, "Parked the message but could not publish job.failed.");
+        }
+        self.ack(delivery).await
+    }
+
+    /// The article's `sendAlert`: a `job.failed` event on `warren.events`.
+    async fn alert(
+        &self,
+        job: Option<&Job>,
+        message_id: Option<Uuid>,
+        attempts: u32,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), PublishError> {
+        let data = json!({
+            "type": format!("{}_failed", self.consumer.name()),
+            "queue": self.queue(),
+            "job_id": message_id,
+            "job_name": job.map(|j| j.event.event_name.clone()),
+            "attempts": attempts,
+            "reason": reason,
+            "error": error,
+            "data": job.map(|j| j.event.data.clone()),
+        });
+        let event = Event::new("job.failed", message_id.map(|m| m.to_string()), data);
+        let mut meta = Meta::for_event(&event);
+        if let Some(j) = job {
+            meta.traceparent.clone_from(&j.traceparent);
+            meta.request_id.clone_from(&j.request_id);
+            meta.correlation_id.clone_from(&j.correlation_id);
+        }
+        self.ctx
+            .publisher
+            .publish(
+                EVENTS_EXCHANGE,
+                "job.failed",
+                &event.to_json(),
+                meta.properties(),
+            )
+            .await
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Settled {
+        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+            // The channel is gone: the broker will redeliver; the inbox absorbs the repeat.
+            tracing::warn!(error = %e, "Ack failed; the message will be redelivered.");
+        }
+        Settled::Acked
+    }
+
+    async fn requeue(&self, delivery: &Delivery) -> Settled {
+        if let Err(e) = delivery
+            .nack(BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "Nack failed; the message will be redelivered.");
+        }
+        Settled::Requeued
+    }
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// The delivery's headers plus the failure headers; the original exchange and routing key are
+/// set once, on the first failure, and kept after.
+fn failure_headers(delivery: &Delivery, error: &str) -> FieldTable {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    let truncated: String = error.chars().take(1000).collect();
+    headers.insert(H_ERROR.into(), long(&truncated));
+    headers.insert(H_FAILED_AT.into(), long(&Utc::now().to_rfc3339()));
+    if !headers.inner().contains_key(H_ORIGINAL_EXCHANGE) {
+        headers.insert(H_ORIGINAL_EXCHANGE.into(), long(delivery.exchange.as_str()));
+    }
+    if !headers.inner().contains_key(H_ORIGINAL_ROUTING_KEY) {
+        headers.insert(
+            H_ORIGINAL_ROUTING_KEY.into(),
+            long(delivery.routing_key.as_str()),
+        );
+    }
+    headers
+}
