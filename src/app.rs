@@ -17,6 +17,8 @@ use crate::{
     jobs::{
         Consumer,
         audit::Audit,
+        email::{Email, EmailError},
+        notifications::Notifications,
         runner::{Runner, RunnerContext},
     },
     store::{self, StoreError},
@@ -34,7 +36,7 @@ pub enum Role {
 }
 
 /// The built-in consumer modules, by name.
-pub const BUILTIN_MODULES: &[&str] = &["audit"];
+pub const BUILTIN_MODULES: &[&str] = &["email", "notifications", "audit"];
 
 /// Why a module name was refused.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,9 @@ pub enum StartError {
     /// A module name that does not exist.
     #[error(transparent)]
     Module(#[from] UnknownModule),
+    /// The e-mail module's settings.
+    #[error(transparent)]
+    Email(#[from] EmailError),
     /// The HTTP listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -189,7 +194,7 @@ impl App {
             };
             let mut consumers = Vec::new();
             for name in &self.modules {
-                consumers.push(builtin_module(name, &db)?);
+                consumers.push(builtin_module(name, &settings, &db, &publisher)?);
             }
             consumers.extend(self.consumers.iter().cloned());
             for consumer in consumers {
@@ -211,6 +216,7 @@ impl App {
                 db: db.clone(),
                 dispatcher: Arc::new(self.dispatcher),
                 topology_ready: topology_ready.clone(),
+                topology: topology.clone(),
                 metrics: self.metrics.clone(),
             };
             let (addr, server) = http::serve(state, settings.http.addr, shutdown.clone())
@@ -263,11 +269,15 @@ impl Running {
 /// A built-in module by name.
 pub fn builtin_module(
     name: &str,
+    settings: &Settings,
     db: &sea_orm::DatabaseConnection,
-) -> Result<Arc<dyn Consumer>, UnknownModule> {
+    publisher: &Publisher,
+) -> Result<Arc<dyn Consumer>, StartError> {
     match name {
         "audit" => Ok(Arc::new(Audit::new(db.clone()))),
-        other => Err(UnknownModule(other.to_owned())),
+        "email" => Ok(Arc::new(Email::new(db.clone(), &settings.email)?)),
+        "notifications" => Ok(Arc::new(Notifications::new(db.clone(), publisher.clone()))),
+        other => Err(UnknownModule(other.to_owned()).into()),
     }
 }
 

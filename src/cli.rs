@@ -40,7 +40,7 @@ pub enum Command {
     /// the broker's delay tiers (60 s after a reported failure, 120 s after an error), and
     /// after the last attempt go to the module's dead-letter queue.
     Worker {
-        /// Comma-separated modules to run (default: all). Known: audit.
+        /// Comma-separated modules to run (default: all). Known: email, notifications, audit.
         #[arg(long, value_delimiter = ',')]
         modules: Vec<String>,
     },

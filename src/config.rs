@@ -71,6 +71,31 @@ pub struct Settings {
     pub log: LogSettings,
     /// The consumer runtime: retries, timeouts, prefetch, per-module overrides.
     pub jobs: JobsSettings,
+    /// The e-mail module's SMTP server.
+    pub email: EmailSettings,
+}
+
+/// E-mail settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailSettings {
+    /// SMTP server: `smtp://host:port` (plain), `smtp://host:587?tls=required` (STARTTLS),
+    /// `smtps://user:pass@host` (TLS); credentials in the URL.
+    pub smtp_url: Secret,
+    /// The From address.
+    pub from: String,
+    /// Timeout of one SMTP conversation (ms).
+    pub smtp_timeout_ms: u64,
+}
+
+impl Default for EmailSettings {
+    fn default() -> Self {
+        Self {
+            smtp_url: Secret::new("smtp://127.0.0.1:25"),
+            from: "warren <warren@localhost>".to_owned(),
+            smtp_timeout_ms: 20_000,
+        }
+    }
 }
 
 /// Consumer runtime settings.

@@ -4,7 +4,7 @@
 use sea_orm::entity::prelude::*;
 
 /// One recorded event.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "event_log")]
 pub struct Model {
     /// The event's id (UUID v7).

@@ -4,7 +4,7 @@
 use sea_orm::entity::prelude::*;
 
 /// One parked job.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "failed_jobs")]
 pub struct Model {
     /// Row id (UUID v7).

@@ -4,7 +4,9 @@
 //! Later capabilities add their tables here with a new migration each, never by editing an
 //! applied one.
 
+pub mod email_log;
 pub mod event_log;
 pub mod failed_jobs;
 pub mod migration;
+pub mod notifications;
 pub mod processed_messages;

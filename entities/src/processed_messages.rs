@@ -4,7 +4,7 @@
 use sea_orm::entity::prelude::*;
 
 /// One message applied by one consumer.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "processed_messages")]
 pub struct Model {
     /// The consumer (queue or module name).

@@ -232,6 +232,22 @@ impl Topology {
         t
     }
 
+    /// Whether a message with `routing_key` published to `exchange` reaches a queue.
+    pub fn routes(&self, exchange: &str, routing_key: &str) -> bool {
+        let topic = self
+            .exchanges
+            .iter()
+            .any(|e| e.name == exchange && e.kind == "topic");
+        self.bindings.iter().any(|b| {
+            b.source == exchange
+                && if topic {
+                    crate::dispatch::topic_matches(&b.routing_key, routing_key)
+                } else {
+                    b.routing_key == routing_key
+                }
+        })
+    }
+
     /// Names of the work queues (those that have a parking queue `Q.dead`).
     pub fn work_queues(&self) -> Vec<&str> {
         self.queues

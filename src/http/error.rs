@@ -43,6 +43,12 @@ pub enum ApiError {
         /// Which rule it breaks.
         reason: &'static str,
     },
+    /// No queue takes this job name.
+    #[error("no module takes job {0:?}")]
+    UnknownJob(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// A query parameter is wrong.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
@@ -58,7 +64,8 @@ impl ApiError {
     /// The status code.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::UnknownJob(_) => StatusCode::NOT_FOUND,
+            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -77,6 +84,8 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::NotFound => "not_found",
+            ApiError::UnknownJob(_) => "unknown_job",
+            ApiError::Store(_) => "database_unavailable",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
             ApiError::PayloadTooLarge(_) => "payload_too_large",

@@ -32,6 +32,8 @@ pub use error::ApiError;
 
 /// The exchange HTTP events are published to.
 pub const EVENTS_EXCHANGE: &str = "warren.events";
+/// The exchange jobs and commands are published to.
+pub const COMMANDS_EXCHANGE: &str = "warren.commands";
 /// Longest accepted event name.
 pub const MAX_EVENT_NAME: usize = 128;
 
@@ -48,6 +50,8 @@ pub struct HttpState {
     pub dispatcher: Arc<Dispatcher>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The topology (to refuse jobs no queue takes).
+    pub topology: Arc<crate::broker::topology::Topology>,
     /// True once the broker topology is declared.
     pub topology_ready: tokio::sync::watch::Receiver<bool>,
 }
@@ -59,6 +63,19 @@ pub struct EventQuery {
     pub mode: Option<String>,
     /// The entity the event is about.
     pub aggregate_id: Option<String>,
+}
+
+/// Query of the list endpoints.
+#[derive(Debug, Deserialize, Default)]
+pub struct ListQuery {
+    /// `GET /v1/events`: only events about this entity.
+    pub aggregate_id: Option<String>,
+    /// `GET /v1/events`: only events with this name.
+    pub name: Option<String>,
+    /// `GET /v1/notifications`: only this user's.
+    pub user_id: Option<String>,
+    /// At most this many rows (default 50, at most 500), newest first.
+    pub limit: Option<u64>,
 }
 
 /// A parsed request.
@@ -79,6 +96,33 @@ pub enum Route {
         /// The raw body.
         body: Bytes,
     },
+    /// `POST /v1/jobs/{name}`.
+    EnqueueJob {
+        /// Job (command) name as in the path.
+        name: String,
+        /// Authorization header.
+        auth: Option<String>,
+        /// Content-Type header.
+        content_type: Option<String>,
+        /// Incoming W3C trace context.
+        traceparent: Option<String>,
+        /// The raw body.
+        body: Bytes,
+    },
+    /// `GET /v1/events`: the audit log.
+    ListEvents {
+        /// Authorization header.
+        auth: Option<String>,
+        /// Filters.
+        query: ListQuery,
+    },
+    /// `GET /v1/notifications`.
+    ListNotifications {
+        /// Authorization header.
+        auth: Option<String>,
+        /// Filters.
+        query: ListQuery,
+    },
     /// `GET /healthz`.
     Healthz,
     /// `GET /readyz`.
@@ -91,6 +135,9 @@ impl Route {
     fn template(&self) -> &'static str {
         match self {
             Route::PublishEvent { .. } => "/v1/events/{name}",
+            Route::EnqueueJob { .. } => "/v1/jobs/{name}",
+            Route::ListEvents { .. } => "/v1/events",
+            Route::ListNotifications { .. } => "/v1/notifications",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -102,8 +149,12 @@ impl Route {
 fn template_for(path: &str) -> &'static str {
     if path.starts_with("/v1/events/") {
         "/v1/events/{name}"
+    } else if path.starts_with("/v1/jobs/") {
+        "/v1/jobs/{name}"
     } else {
         match path {
+            "/v1/events" => "/v1/events",
+            "/v1/notifications" => "/v1/notifications",
             "/healthz" => "/healthz",
             "/readyz" => "/readyz",
             "/metrics" => "/metrics",
@@ -179,6 +230,32 @@ fn routes(body_limit: u64) -> impl Filter<Extract = (Route,), Error = warp::Reje
                 body,
             },
         );
+    let enqueue = warp::path!("v1" / "jobs" / String)
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("traceparent"))
+        .and(warp::body::content_length_limit(body_limit))
+        .and(warp::body::bytes())
+        .map(
+            |name, auth, content_type, traceparent, body| Route::EnqueueJob {
+                name,
+                auth,
+                content_type,
+                traceparent,
+                body,
+            },
+        );
+    let list_events = warp::path!("v1" / "events")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<ListQuery>())
+        .map(|auth, query| Route::ListEvents { auth, query });
+    let list_notifications = warp::path!("v1" / "notifications")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<ListQuery>())
+        .map(|auth, query| Route::ListNotifications { auth, query });
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| Route::Healthz);
@@ -187,6 +264,12 @@ fn routes(body_limit: u64) -> impl Filter<Extract = (Route,), Error = warp::Reje
         .and(warp::get())
         .map(|| Route::Metrics);
     publish
+        .or(enqueue)
+        .unify()
+        .or(list_events)
+        .unify()
+        .or(list_notifications)
+        .unify()
         .or(healthz)
         .unify()
         .or(readyz)
@@ -295,6 +378,26 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
             authorize(state, auth.as_deref())?;
             publish_event(state, ctx, name, query, content_type, traceparent, body).await
         }
+        Route::EnqueueJob {
+            name,
+            auth,
+            content_type,
+            traceparent,
+            body,
+        } => {
+            authorize(state, auth.as_deref())?;
+            enqueue_job(state, ctx, name, content_type, traceparent, body).await
+        }
+        Route::ListEvents { auth, query } => {
+            authorize(state, auth.as_deref())?;
+            let rows = crate::store::list_events(&state.db, &query).await?;
+            Ok(warp::reply::json(&json!({"events": rows})).into_response())
+        }
+        Route::ListNotifications { auth, query } => {
+            authorize(state, auth.as_deref())?;
+            let rows = crate::store::list_notifications(&state.db, &query).await?;
+            Ok(warp::reply::json(&json!({"notifications": rows})).into_response())
+        }
     }
 }
 
@@ -386,22 +489,7 @@ async fn publish_event(
             )));
         }
     };
-    if let Some(ct) = content_type.as_deref() {
-        let media = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if media != "application/json" && !media.ends_with("+json") {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-    }
-    let data: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    if !data.is_object() {
-        return Err(ApiError::NotAnObject(json_kind(&data)));
-    }
+    let data = parse_data(content_type.as_deref(), &body)?;
     if let Some(a) = &query.aggregate_id
         && (a.is_empty() || a.len() > 255)
     {
@@ -443,6 +531,68 @@ async fn publish_event(
         .await?;
     Ok(warp::reply::with_status(
         warp::reply::json(&json!({"event_id": event.event_id, "status": "accepted"})),
+        StatusCode::ACCEPTED,
+    )
+    .into_response())
+}
+
+/// Checks the content type and parses the body as a JSON object (a message's `data`).
+fn parse_data(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if let Some(ct) = content_type {
+        let media = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if media != "application/json" && !media.ends_with("+json") {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    let data: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if !data.is_object() {
+        return Err(ApiError::NotAnObject(json_kind(&data)));
+    }
+    Ok(data)
+}
+
+#[tracing::instrument(skip_all, fields(job_name = %name, request_id = %ctx.request_id, job_id))]
+async fn enqueue_job(
+    state: &HttpState,
+    ctx: &Ctx,
+    name: String,
+    content_type: Option<String>,
+    traceparent: Option<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    validate_event_name(&name)?;
+    if !state.topology.routes(COMMANDS_EXCHANGE, &name) {
+        return Err(ApiError::UnknownJob(name));
+    }
+    let data = parse_data(content_type.as_deref(), &body)?;
+    let job = Event::new(name, None, data);
+    tracing::Span::current().record("job_id", tracing::field::display(job.event_id));
+    let trace = traceparent
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .map(|t| t.child())
+        .unwrap_or_else(TraceParent::start);
+    let mut meta = Meta::for_event(&job);
+    meta.correlation_id = Some(ctx.request_id.clone());
+    meta.request_id = Some(ctx.request_id.clone());
+    meta.traceparent = Some(trace.header());
+    state
+        .publisher
+        .publish(
+            COMMANDS_EXCHANGE,
+            &job.event_name,
+            &job.to_json(),
+            meta.properties(),
+        )
+        .await?;
+    Ok(warp::reply::with_status(
+        warp::reply::json(&json!({"job_id": job.event_id, "status": "queued"})),
         StatusCode::ACCEPTED,
     )
     .into_response())

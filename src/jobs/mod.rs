@@ -17,6 +17,8 @@
 //! message (the inbox absorbs it), never loses one.
 
 pub mod audit;
+pub mod email;
+pub mod notifications;
 pub mod runner;
 
 use std::time::Duration;

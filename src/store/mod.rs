@@ -183,3 +183,53 @@ pub async fn insert_failed_job(
             source,
         })
 }
+
+fn limit_of(q: &crate::http::ListQuery) -> u64 {
+    q.limit.unwrap_or(50).clamp(1, 500)
+}
+
+/// Recorded events, newest first, filtered by aggregate id and name.
+pub async fn list_events(
+    db: &DatabaseConnection,
+    q: &crate::http::ListQuery,
+) -> Result<Vec<event_log::Model>, StoreError> {
+    use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};
+    let mut select = event_log::Entity::find();
+    if let Some(a) = &q.aggregate_id {
+        select = select.filter(event_log::Column::AggregateId.eq(a.as_str()));
+    }
+    if let Some(n) = &q.name {
+        select = select.filter(event_log::Column::EventName.eq(n.as_str()));
+    }
+    select
+        .order_by_desc(event_log::Column::EventId)
+        .limit(limit_of(q))
+        .all(db)
+        .await
+        .map_err(|source| StoreError::Query {
+            doing: "listing events",
+            source,
+        })
+}
+
+/// Notifications, newest first, optionally one user's.
+pub async fn list_notifications(
+    db: &DatabaseConnection,
+    q: &crate::http::ListQuery,
+) -> Result<Vec<entities::notifications::Model>, StoreError> {
+    use entities::notifications;
+    use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};
+    let mut select = notifications::Entity::find();
+    if let Some(u) = &q.user_id {
+        select = select.filter(notifications::Column::UserId.eq(u.as_str()));
+    }
+    select
+        .order_by_desc(notifications::Column::Id)
+        .limit(limit_of(q))
+        .all(db)
+        .await
+        .map_err(|source| StoreError::Query {
+            doing: "listing notifications",
+            source,
+        })
+}

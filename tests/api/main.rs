@@ -5,5 +5,7 @@
 mod helpers;
 mod http_front;
 mod jobs;
+mod modules;
 mod publish;
+mod smtp;
 mod topology;

@@ -3,6 +3,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m0001_foundation;
+mod m0002_modules;
 
 /// Runs warren's migrations.
 #[derive(Debug)]
@@ -11,6 +12,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_foundation::Migration)]
+        vec![
+            Box::new(m0001_foundation::Migration),
+            Box::new(m0002_modules::Migration),
+        ]
     }
 }

@@ -1,0 +1,150 @@
+//! The `notifications` module: consumes `order.*` and `user.*` events (and `notification.*`
+//! commands) from `warren.notifications` and stores in-app notifications; `user.registered`
+//! also enqueues the welcome e-mail (`email.send`).
+//!
+//! Exactly-once effect: the notification row and the inbox row are written in one
+//! transaction, so a redelivered event adds no second row. The welcome e-mail command is
+//! published before that transaction with a message id derived from the event id (UUID v5),
+//! so a retry republishes the *same* job and the e-mail module's inbox drops the repeat.
+
+use chrono::Utc;
+use sea_orm::{EntityTrait, Set, TransactionTrait};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    broker::{
+        envelope::{Event, Meta},
+        publisher::Publisher,
+    },
+    http::COMMANDS_EXCHANGE,
+    jobs::{Consumer, Job, JobError},
+    store,
+};
+
+/// The notifications module.
+#[derive(Debug, Clone)]
+pub struct Notifications {
+    db: sea_orm::DatabaseConnection,
+    publisher: Publisher,
+}
+
+impl Notifications {
+    /// The module, storing in `db` and enqueueing e-mails through `publisher`.
+    pub fn new(db: sea_orm::DatabaseConnection, publisher: Publisher) -> Self {
+        Self { db, publisher }
+    }
+
+    async fn enqueue_welcome(&self, job: &Job) -> Result<(), JobError> {
+        let Some(email) = job.event.data.get("email").and_then(|e| e.as_str()) else {
+            tracing::info!("user.registered without an email: no welcome e-mail.");
+            return Ok(());
+        };
+        let name = job
+            .event
+            .data
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("there");
+        let mut cmd = Event::new(
+            "email.send",
+            job.event.aggregate_id.clone(),
+            json!({
+                "email": email,
+                "subject": "Welcome!",
+                "content": format!("<h1>Welcome, {}!</h1><p>Thanks for signing up.</p>", html_escape(name)),
+            }),
+        );
+        cmd.event_id = Uuid::new_v5(&job.message_id, b"welcome-email");
+        let mut meta = Meta::for_event(&cmd);
+        meta.traceparent.clone_from(&job.traceparent);
+        meta.request_id.clone_from(&job.request_id);
+        meta.correlation_id.clone_from(&job.correlation_id);
+        self.publisher
+            .publish(
+                COMMANDS_EXCHANGE,
+                "email.send",
+                &cmd.to_json(),
+                meta.properties(),
+            )
+            .await
+            .map_err(|e| JobError::Error(format!("cannot enqueue the welcome e-mail: {e}")))
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `order.created` -> `Order created`.
+fn title(event_name: &str) -> String {
+    let words = event_name.replace(['.', '_'], " ");
+    let mut chars = words.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+#[async_trait::async_trait]
+impl Consumer for Notifications {
+    fn name(&self) -> &str {
+        "notifications"
+    }
+
+    fn queue(&self) -> &str {
+        "warren.notifications"
+    }
+
+    async fn handle(&self, job: &Job) -> Result<(), JobError> {
+        let event = &job.event;
+        if event.event_name == "user.registered" {
+            self.enqueue_welcome(job).await?;
+        }
+        let user_id = event
+            .data
+            .get("user_id")
+            .and_then(|u| match u {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .or_else(|| event.aggregate_id.clone());
+        let row = entities::notifications::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            user_id: Set(user_id),
+            event_id: Set(event.event_id),
+            event_name: Set(event.event_name.clone()),
+            title: Set(title(&event.event_name)),
+            data: Set(event.data.clone()),
+            created_at: Set(Utc::now()),
+        };
+        let txn = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| JobError::Error(format!("cannot begin a transaction: {e}")))?;
+        entities::notifications::Entity::insert(row)
+            .exec_without_returning(&txn)
+            .await
+            .map_err(|e| JobError::Error(format!("cannot store the notification: {e}")))?;
+        store::inbox_mark(&txn, self.name(), job.message_id)
+            .await
+            .map_err(|e| JobError::Error(e.to_string()))?;
+        txn.commit()
+            .await
+            .map_err(|e| JobError::Error(format!("cannot commit the notification: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn titles_read_as_sentences() {
+        assert_eq!(super::title("order.created"), "Order created");
+        assert_eq!(super::title("user.password_reset"), "User password reset");
+    }
+}
