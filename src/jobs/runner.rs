@@ -178,7 +178,13 @@ impl Runner {
 
     /// One consuming session. Returns whether it got as far as consuming.
     async fn consume(&self, shutdown: &CancellationToken) -> Result<bool, RunnerError> {
-        self.ctx.broker.declare(&self.ctx.topology).await?;
+        // Re-declare after a reconnect (a broker restart may have lost non-durable state, an
+        // operator may have deleted a queue). Drift elsewhere in the topology (a 406 on some
+        // other queue) must not stop this consumer: it is logged, and consuming goes on; a
+        // missing queue then fails basic.consume and is retried.
+        if let Err(e) = self.ctx.broker.declare(&self.ctx.topology).await {
+            tracing::error!(error = %e, "Topology declaration failed; consuming anyway (run `warren topology verify`).");
+        }
         let channel = self.ctx.broker.channel().await?;
         channel
             .basic_qos(self.limits.prefetch, BasicQosOptions::default())

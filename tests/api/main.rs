@@ -7,5 +7,6 @@ mod http_front;
 mod jobs;
 mod modules;
 mod publish;
+mod reliability;
 mod smtp;
 mod topology;
