@@ -17,6 +17,7 @@ use crate::{
     jobs::{
         Consumer,
         audit::Audit,
+        dlq::Dlq,
         runner::{Runner, RunnerContext},
     },
     store::{self, StoreError},
@@ -212,6 +213,12 @@ impl App {
                 dispatcher: Arc::new(self.dispatcher),
                 topology_ready: topology_ready.clone(),
                 metrics: self.metrics.clone(),
+                dlq: Dlq::new(
+                    broker.clone(),
+                    publisher.clone(),
+                    db.clone(),
+                    topology.clone(),
+                ),
             };
             let (addr, server) = http::serve(state, settings.http.addr, shutdown.clone())
                 .await
