@@ -17,6 +17,7 @@ use crate::{
     jobs::{
         Consumer,
         audit::Audit,
+        dlq::Dlq,
         email::{Email, EmailError},
         notifications::Notifications,
         runner::{Runner, RunnerContext},
@@ -218,6 +219,12 @@ impl App {
                 topology_ready: topology_ready.clone(),
                 topology: topology.clone(),
                 metrics: self.metrics.clone(),
+                dlq: Dlq::new(
+                    broker.clone(),
+                    publisher.clone(),
+                    db.clone(),
+                    topology.clone(),
+                ),
             };
             let (addr, server) = http::serve(state, settings.http.addr, shutdown.clone())
                 .await

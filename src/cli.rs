@@ -1,14 +1,17 @@
 //! The `warren` command line: one binary, one subcommand per role or operator task.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::{App, Role},
-    broker::{Broker, topology::Topology},
+    broker::{Broker, publisher::Publisher, topology::Topology},
     config::{Settings, redact_url},
+    jobs::dlq::{Dlq, Filter, parse_duration},
+    store,
+    telemetry::Metrics,
 };
 
 /// warren: event-driven, asynchronous work on RabbitMQ.
@@ -50,8 +53,77 @@ pub enum Command {
         #[command(subcommand)]
         action: TopologyAction,
     },
+    /// Inspect, replay or purge parked messages (each work queue's dead-letter queue `Q.dead`).
+    Dlq {
+        /// What to do with the parked messages.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Print the effective settings, secrets redacted, as JSON.
     Config,
+}
+
+/// `warren dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Print how many messages are parked for each work queue (exact counts).
+    List,
+    /// Print parked messages of one work queue without removing them.
+    Show {
+        /// The work queue (`warren.email`; `warren.email.dead` works too).
+        queue: String,
+        /// How many messages to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only the message with this message_id.
+        #[arg(long)]
+        message_id: Option<uuid::Uuid>,
+    },
+    /// Move parked messages back to their work queue with the attempt count reset to 1 and an
+    /// x-warren-replayed-at mark; each is removed from the dead-letter queue only after the
+    /// broker confirmed the copy.
+    Replay {
+        /// The work queue (`warren.email`; `warren.email.dead` works too).
+        queue: String,
+        /// Which messages.
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Delete parked messages for good (needs --yes).
+    Purge {
+        /// The work queue (`warren.email`; `warren.email.dead` works too).
+        queue: String,
+        /// Which messages.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Really delete them.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which parked messages `warren dlq replay|purge` selects (all by default).
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only the message with this message_id.
+    #[arg(long)]
+    pub message_id: Option<uuid::Uuid>,
+    /// Only messages parked at least this long ago (by x-warren-failed-at): 30s, 10m, 2h, 1d.
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+    /// At most this many messages.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+impl From<FilterArgs> for Filter {
+    fn from(a: FilterArgs) -> Self {
+        Filter {
+            message_id: a.message_id,
+            older_than: a.older_than,
+            limit: a.limit,
+        }
+    }
 }
 
 /// `warren topology ...`
@@ -127,6 +199,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             running.wait().await;
             Ok(0)
         }
+        Command::Dlq { action } => dlq(action, &settings).await,
         Command::Config => {
             let redacted = toml_redacted(&settings)?;
             println!("{redacted}");
@@ -171,6 +244,118 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             }
         }
     }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "message" } else { "messages" }
+}
+
+/// `warren dlq ...`: connects to the broker and the database, runs one action, prints it.
+async fn dlq(action: DlqAction, settings: &Settings) -> anyhow::Result<i32> {
+    if let DlqAction::Purge {
+        queue, yes: false, ..
+    } = &action
+    {
+        eprintln!(
+            "warren: refusing to purge {queue} without --yes: purged messages are deleted for good (see `warren dlq show {queue}` first)"
+        );
+        return Ok(2);
+    }
+    let topology = Arc::new(Topology::for_settings(settings)?);
+    let broker = Broker::new(settings, "warren dlq")?;
+    let publisher = Publisher::new(
+        broker.clone(),
+        1,
+        settings.amqp.publish_timeout(),
+        Metrics::new(),
+    );
+    let db = store::connect(&settings.database).await?;
+    let service = Dlq::new(broker.clone(), publisher.clone(), db.clone(), topology);
+    let result = dlq_action(&service, action).await;
+    publisher.close().await;
+    broker.close();
+    let _ = db.close().await;
+    result
+}
+
+async fn dlq_action(service: &Dlq, action: DlqAction) -> anyhow::Result<i32> {
+    match action {
+        DlqAction::List => {
+            let counts = service.list().await?;
+            let width = counts
+                .iter()
+                .map(|c| c.dead_queue.len())
+                .max()
+                .unwrap_or(0)
+                .max(5);
+            println!("{:<width$}  parked", "queue");
+            for c in &counts {
+                println!("{:<width$}  {}", c.dead_queue, c.parked);
+            }
+        }
+        DlqAction::Show {
+            queue,
+            limit,
+            message_id,
+        } => {
+            let filter = Filter {
+                message_id,
+                ..Filter::default()
+            };
+            let peek = service.show(&queue, &filter, limit).await?;
+            println!(
+                "{} parked in {}; showing {}",
+                peek.parked,
+                peek.dead_queue,
+                peek.messages.len()
+            );
+            let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+            for m in &peek.messages {
+                println!();
+                println!("message_id: {}", or_dash(&m.message_id));
+                println!("type:       {}", or_dash(&m.kind));
+                println!(
+                    "attempt:    {}",
+                    m.attempt.map_or_else(|| "-".to_owned(), |a| a.to_string())
+                );
+                println!("reason:     {}", or_dash(&m.reason));
+                println!("error:      {}", or_dash(&m.error));
+                println!("failed_at:  {}", or_dash(&m.failed_at));
+                if m.replayed_at.is_some() {
+                    println!("replayed:   {}", or_dash(&m.replayed_at));
+                }
+                println!(
+                    "original:   {} / {}",
+                    or_dash(&m.original_exchange),
+                    or_dash(&m.original_routing_key)
+                );
+                println!(
+                    "body:       {}{}",
+                    m.body,
+                    if m.body_truncated { " [truncated]" } else { "" }
+                );
+            }
+        }
+        DlqAction::Replay { queue, filter } => {
+            let queue = service.work_queue(&queue)?;
+            let n = service.replay(&queue, &filter.into()).await?;
+            println!(
+                "replayed {n} {} from {}",
+                plural(n),
+                crate::jobs::dlq::dead_queue(&queue)
+            );
+        }
+        DlqAction::Purge { queue, filter, .. } => {
+            let queue = service.work_queue(&queue)?;
+            let n = service.purge(&queue, &filter.into()).await?;
+            println!(
+                "purged {n} {} from {}",
+                plural(n),
+                crate::jobs::dlq::dead_queue(&queue)
+            );
+        }
+    }
+    Ok(0)
 }
 
 fn toml_redacted(settings: &Settings) -> anyhow::Result<String> {
@@ -226,6 +411,33 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dlq_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "warren",
+            "dlq",
+            "replay",
+            "warren.email",
+            "--older-than",
+            "10m",
+            "--limit",
+            "3",
+        ])
+        .expect("parses");
+        let Command::Dlq {
+            action: DlqAction::Replay { queue, filter },
+        } = cli.command
+        else {
+            panic!("not a replay: {cli:?}");
+        };
+        assert_eq!(queue, "warren.email");
+        assert_eq!(filter.older_than, Some(Duration::from_secs(600)));
+        assert_eq!(filter.limit, Some(3));
+        assert!(
+            Cli::try_parse_from(["warren", "dlq", "purge", "q", "--older-than", "soon"]).is_err()
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use serde_json::json;
 use warp::http::StatusCode;
 
-use crate::broker::publisher::PublishError;
+use crate::{broker::publisher::PublishError, jobs::dlq::DlqError, store::StoreError};
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +46,30 @@ pub enum ApiError {
     /// No queue takes this job name.
     #[error("no module takes job {0:?}")]
     UnknownJob(String),
-    /// The database failed.
-    #[error("database error: {0}")]
-    Store(#[from] crate::store::StoreError),
     /// A query parameter is wrong.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
     /// The broker did not safely take the message.
     #[error("the broker could not take the message: {0}")]
     Broker(#[from] PublishError),
+    /// A dead-letter operation failed (unknown queue, broker or database trouble, or a
+    /// replay or purge that stopped part-way; the message says how many were done).
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
+    /// The database did not answer.
+    #[error("the database is unavailable: {0}")]
+    Store(#[from] StoreError),
+    /// No `failed_jobs` row has this id.
+    #[error("no failed job with id {0}")]
+    FailedJobNotFound(uuid::Uuid),
+    /// The failed job's message is no longer parked (already replayed or purged).
+    #[error("the message of failed job {id} is no longer parked in {queue}.dead")]
+    NotParked {
+        /// The `failed_jobs` row.
+        id: uuid::Uuid,
+        /// Its work queue.
+        queue: String,
+    },
     /// Something unexpected.
     #[error("internal error")]
     Internal(String),
@@ -65,7 +80,6 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::NotFound | ApiError::UnknownJob(_) => StatusCode::NOT_FOUND,
-            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,6 +90,11 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAnObject(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Dlq(DlqError::UnknownQueue { .. }) | ApiError::FailedJobNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Dlq(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotParked { .. } => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -85,7 +104,6 @@ impl ApiError {
         match self {
             ApiError::NotFound => "not_found",
             ApiError::UnknownJob(_) => "unknown_job",
-            ApiError::Store(_) => "database_unavailable",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -100,6 +118,12 @@ impl ApiError {
             ApiError::Broker(PublishError::Blocked) => "broker_blocked",
             ApiError::Broker(PublishError::Nacked) => "broker_nacked",
             ApiError::Broker(_) => "broker_unavailable",
+            ApiError::Dlq(DlqError::UnknownQueue { .. }) => "unknown_queue",
+            ApiError::Dlq(DlqError::Stopped { .. }) => "dlq_interrupted",
+            ApiError::Dlq(DlqError::Store { .. }) | ApiError::Store(_) => "database_unavailable",
+            ApiError::Dlq(_) => "broker_unavailable",
+            ApiError::FailedJobNotFound(_) => "failed_job_not_found",
+            ApiError::NotParked { .. } => "not_parked",
             ApiError::Internal(_) => "internal",
         }
     }

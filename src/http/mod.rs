@@ -1,4 +1,5 @@
-//! The HTTP front (warp): publish events, run the sync dispatcher, health, readiness, metrics.
+//! The HTTP front (warp): publish events, run the sync dispatcher, the dead-letter tools
+//! (`/v1/dlq`, `/v1/failed-jobs`), health, readiness, metrics.
 //!
 //! Shape: one filter parses a request into a [`Route`] (or a rejection), then one function
 //! answers it. Wrapping both is the monitor: it gives every response `X-Request-ID` (echoed
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 use warp::{
     Filter, Reply,
     http::{HeaderValue, Method, StatusCode},
@@ -26,6 +28,8 @@ use crate::{
     },
     config::Settings,
     dispatch::Dispatcher,
+    jobs::dlq::{self, Dlq},
+    store,
     telemetry::{Metrics, trace::TraceParent},
 };
 pub use error::ApiError;
@@ -54,6 +58,8 @@ pub struct HttpState {
     pub topology: Arc<crate::broker::topology::Topology>,
     /// True once the broker topology is declared.
     pub topology_ready: tokio::sync::watch::Receiver<bool>,
+    /// The dead-letter tools.
+    pub dlq: Dlq,
 }
 
 /// Query of `POST /v1/events/{name}`.
@@ -75,6 +81,47 @@ pub struct ListQuery {
     /// `GET /v1/notifications`: only this user's.
     pub user_id: Option<String>,
     /// At most this many rows (default 50, at most 500), newest first.
+    pub limit: Option<u64>,
+}
+
+/// Default and largest `?limit=` of `GET /v1/dlq/{queue}`.
+pub const DLQ_SHOW_LIMIT: (usize, usize) = (20, 200);
+/// Default and largest `?limit=` of `GET /v1/failed-jobs`.
+pub const FAILED_JOBS_LIMIT: (u64, u64) = (50, 500);
+
+/// Query of `GET /v1/dlq/{queue}`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DlqShowQuery {
+    /// How many messages to show (default 20, at most 200).
+    pub limit: Option<usize>,
+    /// Only the message with this id.
+    pub message_id: Option<Uuid>,
+}
+
+/// Optional JSON body of `POST /v1/dlq/{queue}/replay` and `.../purge`; no body (or `{}`)
+/// selects every parked message. Unknown fields are refused, so a misspelt filter cannot
+/// widen a purge to everything.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DlqActionBody {
+    /// Only the message with this id.
+    pub message_id: Option<Uuid>,
+    /// Only messages parked at least this many seconds ago.
+    pub older_than_secs: Option<u64>,
+    /// At most this many messages.
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /v1/failed-jobs`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FailedJobsQuery {
+    /// Only rows of this work queue.
+    pub queue: Option<String>,
+    /// Only rows with this status: `parked`, `retried` or `purged`.
+    pub status: Option<String>,
+    /// How many rows (default 50, at most 500).
     pub limit: Option<u64>,
 }
 
@@ -123,6 +170,52 @@ pub enum Route {
         /// Filters.
         query: ListQuery,
     },
+    /// `GET /v1/dlq`: parked messages per work queue.
+    DlqList {
+        /// Authorization header.
+        auth: Option<String>,
+    },
+    /// `GET /v1/dlq/{queue}`: peek at parked messages.
+    DlqShow {
+        /// The work queue.
+        queue: String,
+        /// Query parameters.
+        query: DlqShowQuery,
+        /// Authorization header.
+        auth: Option<String>,
+    },
+    /// `POST /v1/dlq/{queue}/replay`.
+    DlqReplay {
+        /// The work queue.
+        queue: String,
+        /// Authorization header.
+        auth: Option<String>,
+        /// The optional JSON filter.
+        body: Bytes,
+    },
+    /// `POST /v1/dlq/{queue}/purge`.
+    DlqPurge {
+        /// The work queue.
+        queue: String,
+        /// Authorization header.
+        auth: Option<String>,
+        /// The optional JSON filter.
+        body: Bytes,
+    },
+    /// `GET /v1/failed-jobs`.
+    FailedJobs {
+        /// Query parameters.
+        query: FailedJobsQuery,
+        /// Authorization header.
+        auth: Option<String>,
+    },
+    /// `POST /v1/failed-jobs/{id}/retry`.
+    RetryFailedJob {
+        /// The `failed_jobs` row id.
+        id: Uuid,
+        /// Authorization header.
+        auth: Option<String>,
+    },
     /// `GET /healthz`.
     Healthz,
     /// `GET /readyz`.
@@ -138,6 +231,12 @@ impl Route {
             Route::EnqueueJob { .. } => "/v1/jobs/{name}",
             Route::ListEvents { .. } => "/v1/events",
             Route::ListNotifications { .. } => "/v1/notifications",
+            Route::DlqList { .. } => "/v1/dlq",
+            Route::DlqShow { .. } => "/v1/dlq/{queue}",
+            Route::DlqReplay { .. } => "/v1/dlq/{queue}/replay",
+            Route::DlqPurge { .. } => "/v1/dlq/{queue}/purge",
+            Route::FailedJobs { .. } => "/v1/failed-jobs",
+            Route::RetryFailedJob { .. } => "/v1/failed-jobs/{id}/retry",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -151,6 +250,8 @@ fn template_for(path: &str) -> &'static str {
         "/v1/events/{name}"
     } else if path.starts_with("/v1/jobs/") {
         "/v1/jobs/{name}"
+    } else if let Some(t) = dlq_template_for(path) {
+        t
     } else {
         match path {
             "/v1/events" => "/v1/events",
@@ -161,6 +262,20 @@ fn template_for(path: &str) -> &'static str {
             _ => "unmatched",
         }
     }
+}
+
+/// The template of a dead-letter route (`/v1/dlq...`, `/v1/failed-jobs...`).
+fn dlq_template_for(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    Some(match segments.as_slice() {
+        ["", "v1", "dlq"] => "/v1/dlq",
+        ["", "v1", "dlq", _] => "/v1/dlq/{queue}",
+        ["", "v1", "dlq", _, "replay"] => "/v1/dlq/{queue}/replay",
+        ["", "v1", "dlq", _, "purge"] => "/v1/dlq/{queue}/purge",
+        ["", "v1", "failed-jobs"] => "/v1/failed-jobs",
+        ["", "v1", "failed-jobs", _, "retry"] => "/v1/failed-jobs/{id}/retry",
+        _ => return None,
+    })
 }
 
 fn method_label(m: &Method) -> &'static str {
@@ -205,7 +320,7 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
                 path: path.as_str().to_owned(),
                 request_id: rid
                     .filter(|r| valid_request_id(r))
-                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                    .unwrap_or_else(|| Uuid::now_v7().to_string()),
             },
         )
 }
@@ -263,6 +378,35 @@ fn routes(body_limit: u64) -> impl Filter<Extract = (Route,), Error = warp::Reje
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .map(|| Route::Metrics);
+    let auth = || warp::header::optional::<String>("authorization");
+    let dlq_list = warp::path!("v1" / "dlq")
+        .and(warp::get())
+        .and(auth())
+        .map(|auth| Route::DlqList { auth });
+    let dlq_show = warp::path!("v1" / "dlq" / String)
+        .and(warp::get())
+        .and(warp::query::<DlqShowQuery>())
+        .and(auth())
+        .map(|queue, query, auth| Route::DlqShow { queue, query, auth });
+    let dlq_replay = warp::path!("v1" / "dlq" / String / "replay")
+        .and(warp::post())
+        .and(auth())
+        .and(optional_body(body_limit))
+        .map(|queue, auth, body| Route::DlqReplay { queue, auth, body });
+    let dlq_purge = warp::path!("v1" / "dlq" / String / "purge")
+        .and(warp::post())
+        .and(auth())
+        .and(optional_body(body_limit))
+        .map(|queue, auth, body| Route::DlqPurge { queue, auth, body });
+    let failed_jobs = warp::path!("v1" / "failed-jobs")
+        .and(warp::get())
+        .and(warp::query::<FailedJobsQuery>())
+        .and(auth())
+        .map(|query, auth| Route::FailedJobs { query, auth });
+    let retry = warp::path!("v1" / "failed-jobs" / Uuid / "retry")
+        .and(warp::post())
+        .and(auth())
+        .map(|id, auth| Route::RetryFailedJob { id, auth });
     publish
         .or(enqueue)
         .unify()
@@ -270,12 +414,43 @@ fn routes(body_limit: u64) -> impl Filter<Extract = (Route,), Error = warp::Reje
         .unify()
         .or(list_notifications)
         .unify()
+        .or(dlq_list)
+        .unify()
+        .or(dlq_show)
+        .unify()
+        .or(dlq_replay)
+        .unify()
+        .or(dlq_purge)
+        .unify()
+        .or(failed_jobs)
+        .unify()
+        .or(retry)
+        .unify()
         .or(healthz)
         .unify()
         .or(readyz)
         .unify()
         .or(metrics)
         .unify()
+}
+
+/// A body that may be absent: without `Content-Length` (and without `Transfer-Encoding`) it is
+/// empty; with one, it is read up to `limit` bytes (413 beyond).
+fn optional_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
+    let sized = warp::header::<u64>("content-length")
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+        .map(|_: u64, body: Bytes| body);
+    let absent = warp::header::optional::<String>("content-length")
+        .and(warp::header::optional::<String>("transfer-encoding"))
+        .and_then(|len: Option<String>, te: Option<String>| async move {
+            if len.is_none() && te.is_none() {
+                Ok(Bytes::new())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        });
+    sized.or(absent).unify()
 }
 
 /// The whole HTTP API as one filter (what the server and `warp::test` run).
@@ -398,7 +573,139 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
             let rows = crate::store::list_notifications(&state.db, &query).await?;
             Ok(warp::reply::json(&json!({"notifications": rows})).into_response())
         }
+        Route::DlqList { auth } => {
+            authorize(state, auth.as_deref())?;
+            let queues = state.dlq.list().await?;
+            Ok(warp::reply::json(&json!({ "queues": queues })).into_response())
+        }
+        Route::DlqShow { queue, query, auth } => {
+            authorize(state, auth.as_deref())?;
+            let (default, max) = DLQ_SHOW_LIMIT;
+            let limit = query.limit.unwrap_or(default);
+            if limit == 0 || limit > max {
+                return Err(ApiError::InvalidQuery(format!(
+                    "limit must be 1 to {max}, got {limit}"
+                )));
+            }
+            let filter = dlq::Filter {
+                message_id: query.message_id,
+                ..dlq::Filter::default()
+            };
+            let peek = state.dlq.show(&queue, &filter, limit).await?;
+            Ok(warp::reply::json(&peek).into_response())
+        }
+        Route::DlqReplay { queue, auth, body } => {
+            authorize(state, auth.as_deref())?;
+            let filter = dlq_filter(&body)?;
+            let queue = state.dlq.work_queue(&queue)?;
+            let n = state.dlq.replay(&queue, &filter).await?;
+            Ok(warp::reply::json(&json!({"queue": queue, "replayed": n})).into_response())
+        }
+        Route::DlqPurge { queue, auth, body } => {
+            authorize(state, auth.as_deref())?;
+            let filter = dlq_filter(&body)?;
+            let queue = state.dlq.work_queue(&queue)?;
+            let n = state.dlq.purge(&queue, &filter).await?;
+            Ok(warp::reply::json(&json!({"queue": queue, "purged": n})).into_response())
+        }
+        Route::FailedJobs { query, auth } => {
+            authorize(state, auth.as_deref())?;
+            failed_jobs(state, query).await
+        }
+        Route::RetryFailedJob { id, auth } => {
+            authorize(state, auth.as_deref())?;
+            retry_failed_job(state, id).await
+        }
     }
+}
+
+/// The filter in a replay or purge body (none: everything).
+fn dlq_filter(body: &[u8]) -> Result<dlq::Filter, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(dlq::Filter::default());
+    }
+    let b: DlqActionBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    Ok(dlq::Filter {
+        message_id: b.message_id,
+        older_than: b.older_than_secs.map(std::time::Duration::from_secs),
+        limit: b.limit,
+    })
+}
+
+async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Response, ApiError> {
+    let (default, max) = FAILED_JOBS_LIMIT;
+    let limit = query.limit.unwrap_or(default);
+    if limit == 0 || limit > max {
+        return Err(ApiError::InvalidQuery(format!(
+            "limit must be 1 to {max}, got {limit}"
+        )));
+    }
+    if let Some(s) = query.status.as_deref()
+        && ![
+            store::FAILED_PARKED,
+            store::FAILED_RETRIED,
+            store::FAILED_PURGED,
+        ]
+        .contains(&s)
+    {
+        return Err(ApiError::InvalidQuery(format!(
+            "status must be parked, retried or purged, got {s:?}"
+        )));
+    }
+    let rows = store::list_failed_jobs(
+        &state.db,
+        query.queue.as_deref(),
+        query.status.as_deref(),
+        limit,
+    )
+    .await?;
+    let rows: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "queue": r.queue,
+                "message_id": r.message_id,
+                "job_name": r.job_name,
+                "attempts": r.attempts,
+                "error": r.error,
+                "reason": r.reason,
+                "status": r.status,
+                "failed_at": r.failed_at,
+                "updated_at": r.updated_at,
+                "payload": r.payload,
+            })
+        })
+        .collect();
+    Ok(warp::reply::json(&json!({ "failed_jobs": rows })).into_response())
+}
+
+/// Replays the message of one `failed_jobs` row from its queue's parking queue, by message id.
+async fn retry_failed_job(state: &HttpState, id: Uuid) -> Result<Response, ApiError> {
+    let row = store::failed_job(&state.db, id)
+        .await?
+        .ok_or(ApiError::FailedJobNotFound(id))?;
+    let not_parked = || ApiError::NotParked {
+        id,
+        queue: row.queue.clone(),
+    };
+    let message_id = row.message_id.ok_or_else(not_parked)?;
+    let filter = dlq::Filter {
+        message_id: Some(message_id),
+        ..dlq::Filter::default()
+    };
+    let n = state.dlq.replay(&row.queue, &filter).await?;
+    if n == 0 {
+        return Err(not_parked());
+    }
+    Ok(warp::reply::json(&json!({
+        "id": id,
+        "queue": row.queue,
+        "message_id": message_id,
+        "replayed": n,
+    }))
+    .into_response())
 }
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
@@ -683,6 +990,20 @@ mod tests {
             "/v1/events/{name}"
         );
         assert_eq!(template_for("/random/123"), "unmatched");
+        assert_eq!(template_for("/v1/dlq"), "/v1/dlq");
+        assert_eq!(template_for("/v1/dlq/warren.email"), "/v1/dlq/{queue}");
+        assert_eq!(
+            template_for("/v1/dlq/anything/replay"),
+            "/v1/dlq/{queue}/replay"
+        );
+        assert_eq!(template_for("/v1/dlq/x/purge"), "/v1/dlq/{queue}/purge");
+        assert_eq!(template_for("/v1/dlq/x/other"), "unmatched");
+        assert_eq!(template_for("/v1/failed-jobs"), "/v1/failed-jobs");
+        assert_eq!(
+            template_for("/v1/failed-jobs/123/retry"),
+            "/v1/failed-jobs/{id}/retry"
+        );
+        assert_eq!(template_for("/v1/failed-jobs/123"), "unmatched");
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::Utc;
 use entities::{event_log, failed_jobs, migration::Migrator, processed_messages};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait, Set,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, sea_query::Expr,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -212,6 +213,34 @@ pub async fn list_events(
         })
 }
 
+/// `failed_jobs` status of a parked job.
+pub const FAILED_PARKED: &str = "parked";
+/// `failed_jobs` status once an operator replayed the message.
+pub const FAILED_RETRIED: &str = "retried";
+/// `failed_jobs` status once an operator purged the message.
+pub const FAILED_PURGED: &str = "purged";
+
+/// Ids of the `parked` rows for `message_id` parked from `queue`.
+pub async fn parked_failed_job_ids(
+    db: &DatabaseConnection,
+    queue: &str,
+    message_id: uuid::Uuid,
+) -> Result<Vec<uuid::Uuid>, StoreError> {
+    failed_jobs::Entity::find()
+        .select_only()
+        .column(failed_jobs::Column::Id)
+        .filter(failed_jobs::Column::Queue.eq(queue))
+        .filter(failed_jobs::Column::MessageId.eq(message_id))
+        .filter(failed_jobs::Column::Status.eq(FAILED_PARKED))
+        .into_tuple::<uuid::Uuid>()
+        .all(db)
+        .await
+        .map_err(|source| StoreError::Query {
+            doing: "finding the failed_jobs rows of a parked message",
+            source,
+        })
+}
+
 /// Notifications, newest first, optionally one user's.
 pub async fn list_notifications(
     db: &DatabaseConnection,
@@ -230,6 +259,69 @@ pub async fn list_notifications(
         .await
         .map_err(|source| StoreError::Query {
             doing: "listing notifications",
+            source,
+        })
+}
+
+/// Sets `status` (and `updated_at` = now) on the `failed_jobs` rows `ids`; returns how many
+/// rows changed.
+pub async fn set_failed_jobs_status(
+    db: &DatabaseConnection,
+    ids: &[uuid::Uuid],
+    status: &str,
+) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    failed_jobs::Entity::update_many()
+        .col_expr(failed_jobs::Column::Status, Expr::value(status))
+        .col_expr(failed_jobs::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(failed_jobs::Column::Id.is_in(ids.iter().copied()))
+        .exec(db)
+        .await
+        .map(|r| r.rows_affected)
+        .map_err(|source| StoreError::Query {
+            doing: "updating the status of failed_jobs rows",
+            source,
+        })
+}
+
+/// `failed_jobs` rows, newest first, optionally of one queue and one status.
+pub async fn list_failed_jobs(
+    db: &DatabaseConnection,
+    queue: Option<&str>,
+    status: Option<&str>,
+    limit: u64,
+) -> Result<Vec<failed_jobs::Model>, StoreError> {
+    let mut select = failed_jobs::Entity::find();
+    if let Some(q) = queue {
+        select = select.filter(failed_jobs::Column::Queue.eq(q));
+    }
+    if let Some(s) = status {
+        select = select.filter(failed_jobs::Column::Status.eq(s));
+    }
+    select
+        .order_by_desc(failed_jobs::Column::FailedAt)
+        .order_by_desc(failed_jobs::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await
+        .map_err(|source| StoreError::Query {
+            doing: "listing failed jobs",
+            source,
+        })
+}
+
+/// One `failed_jobs` row by id.
+pub async fn failed_job(
+    db: &DatabaseConnection,
+    id: uuid::Uuid,
+) -> Result<Option<failed_jobs::Model>, StoreError> {
+    failed_jobs::Entity::find_by_id(id)
+        .one(db)
+        .await
+        .map_err(|source| StoreError::Query {
+            doing: "reading a failed job",
             source,
         })
 }

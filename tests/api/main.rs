@@ -2,6 +2,7 @@
 
 #![allow(unreachable_pub)]
 
+mod dlq;
 mod helpers;
 mod http_front;
 mod jobs;

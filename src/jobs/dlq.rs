@@ -1,0 +1,778 @@
+//! Dead-letter operator tools: count, peek, replay and purge the messages parked in each work
+//! queue's parking queue `Q.dead`, and keep `failed_jobs` in step (`warren dlq ...` and the
+//! `/v1/dlq` and `/v1/failed-jobs` endpoints).
+//!
+//! One pass (show, replay, purge) works on one channel:
+//! - it takes at most the messages parked when it started, with `basic.get` (`no_ack: false`;
+//!   the count is the first `basic.get-ok`'s, see `Scan`), so a replayed message that fails
+//!   again and comes back to `Q.dead` during the pass is not taken a second time: no loop;
+//! - a message the filter does not select stays unacked until the end of the pass, then goes
+//!   back with `basic.nack(requeue)`; held, it cannot be fetched again in the same pass (a
+//!   quorum queue hands requeued messages out first);
+//! - replay publishes the same body and properties to `warren.requeue` with the work queue as
+//!   routing key (it routes to exactly that queue), `x-warren-attempt` reset to 1 and
+//!   `x-warren-replayed-at` set, waits for the publisher confirm, and only then acks the parked
+//!   copy: a replay loses nothing (a crash in between leaves a duplicate, which the inbox
+//!   absorbs). A publish that fails puts that message back and stops the pass with an error
+//!   that says how many were replayed;
+//! - purge acks the selected messages (they are gone for good);
+//! - every replayed or purged message's `parked` `failed_jobs` rows (same queue and message
+//!   id) become `retried` or `purged`. The rows are looked up before the message moves, so a
+//!   replayed message that is parked again at once keeps its new row `parked`.
+//!
+//! The age filter reads `x-warren-failed-at`; a message without it (parked by the broker
+//! itself, e.g. after `x-delivery-limit`) never matches an age filter.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use lapin::{
+    BasicProperties, Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use sea_orm::DatabaseConnection;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::runner::{
+    H_ERROR, H_FAILED_AT, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY, H_REASON, H_REPLAYED_AT,
+};
+use crate::{
+    broker::{
+        Broker, BrokerError,
+        envelope::{H_ATTEMPT, header_int, header_str},
+        publisher::{PublishError, Publisher},
+        topology::{REQUEUE_EXCHANGE, Topology},
+    },
+    store::{self, StoreError},
+};
+
+/// Longest body [`Dlq::show`] returns, in characters.
+pub const MAX_BODY_CHARS: usize = 4096;
+
+/// Header quorum queues add on redelivery; not carried over into a replayed message.
+const H_DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// Errors of the dead-letter tools, each naming the queue it happened on.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    /// The name is not a work queue of the topology.
+    #[error("{queue:?} is not a work queue of the topology; work queues: {known}")]
+    UnknownQueue {
+        /// The name given.
+        queue: String,
+        /// The work queues, comma-separated.
+        known: String,
+    },
+    /// No channel could be had.
+    #[error("cannot reach the broker for {queue}: {source}")]
+    Broker {
+        /// The queue being worked on.
+        queue: String,
+        /// Why.
+        source: Box<BrokerError>,
+    },
+    /// A channel operation failed (a missing queue closes the channel with 404).
+    #[error("{doing} on {queue} failed: {source}")]
+    Amqp {
+        /// The AMQP method.
+        doing: &'static str,
+        /// The queue being worked on.
+        queue: String,
+        /// lapin's error.
+        source: lapin::Error,
+    },
+    /// A replayed message was not confirmed by the broker; it stays parked.
+    #[error("publishing message {message_id} to {exchange} with key {queue} failed: {source}")]
+    Publish {
+        /// The message id (`-` when it has none).
+        message_id: String,
+        /// The exchange it went to.
+        exchange: &'static str,
+        /// The work queue (the routing key).
+        queue: String,
+        /// The publisher's error.
+        source: Box<PublishError>,
+    },
+    /// Reading `failed_jobs` failed; the message stays parked.
+    #[error("{queue}: {source}")]
+    Store {
+        /// The work queue.
+        queue: String,
+        /// The database error.
+        source: StoreError,
+    },
+    /// A replay or purge stopped part-way.
+    #[error("{action} {done} message(s) from {dead_queue}, then stopped: {source}")]
+    Stopped {
+        /// `replayed` or `purged`.
+        action: &'static str,
+        /// How many messages were replayed or purged before it stopped.
+        done: usize,
+        /// The parking queue.
+        dead_queue: String,
+        /// What stopped it.
+        source: Box<DlqError>,
+    },
+}
+
+/// Which parked messages a pass selects. Everything by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only the message(s) with this `message_id`.
+    pub message_id: Option<Uuid>,
+    /// Only messages parked at least this long ago (by `x-warren-failed-at`).
+    pub older_than: Option<Duration>,
+    /// At most this many messages.
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    /// Whether a parked message with these properties is selected (the limit aside), at `now`.
+    pub fn matches(&self, props: &BasicProperties, now: DateTime<Utc>) -> bool {
+        if let Some(id) = self.message_id
+            && message_uuid(props) != Some(id)
+        {
+            return false;
+        }
+        if let Some(age) = self.older_than {
+            let Some(failed_at) = header_str(props, H_FAILED_AT)
+                .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+                .map(|t| t.with_timezone(&Utc))
+            else {
+                return false;
+            };
+            let Ok(age) = chrono::TimeDelta::from_std(age) else {
+                return false;
+            };
+            if now.signed_duration_since(failed_at) < age {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One work queue and how many messages are parked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParkedCount {
+    /// The work queue (`warren.email`).
+    pub queue: String,
+    /// Its parking queue (`warren.email.dead`).
+    pub dead_queue: String,
+    /// Messages ready in the parking queue (exact).
+    pub parked: u32,
+}
+
+/// A parked message as [`Dlq::show`] sees it, without removing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParkedMessage {
+    /// `message_id` property.
+    pub message_id: Option<String>,
+    /// `type` property (event or command name).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `x-warren-attempt`: the attempt that failed last.
+    pub attempt: Option<i64>,
+    /// `x-warren-reason`: `exhausted`, `invalid` or `undecodable`.
+    pub reason: Option<String>,
+    /// `x-warren-error`.
+    pub error: Option<String>,
+    /// `x-warren-failed-at` (RFC 3339).
+    pub failed_at: Option<String>,
+    /// `x-warren-replayed-at`, when it was replayed before.
+    pub replayed_at: Option<String>,
+    /// `x-warren-original-exchange`.
+    pub original_exchange: Option<String>,
+    /// `x-warren-original-routing-key`.
+    pub original_routing_key: Option<String>,
+    /// The body, lossily as UTF-8, at most [`MAX_BODY_CHARS`] characters.
+    pub body: String,
+    /// Whether `body` was cut.
+    pub body_truncated: bool,
+}
+
+impl ParkedMessage {
+    fn from_delivery(delivery: &Delivery) -> Self {
+        let p = &delivery.properties;
+        let text = String::from_utf8_lossy(&delivery.data);
+        let body_truncated = text.chars().nth(MAX_BODY_CHARS).is_some();
+        Self {
+            message_id: p.message_id().as_ref().map(|m| m.as_str().to_owned()),
+            kind: p.kind().as_ref().map(|k| k.as_str().to_owned()),
+            attempt: header_int(p, H_ATTEMPT),
+            reason: header_str(p, H_REASON),
+            error: header_str(p, H_ERROR),
+            failed_at: header_str(p, H_FAILED_AT),
+            replayed_at: header_str(p, H_REPLAYED_AT),
+            original_exchange: header_str(p, H_ORIGINAL_EXCHANGE),
+            original_routing_key: header_str(p, H_ORIGINAL_ROUTING_KEY),
+            body: text.chars().take(MAX_BODY_CHARS).collect(),
+            body_truncated,
+        }
+    }
+}
+
+/// What [`Dlq::show`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Peek {
+    /// The work queue.
+    pub queue: String,
+    /// Its parking queue.
+    pub dead_queue: String,
+    /// Messages parked when the peek started.
+    pub parked: u32,
+    /// The selected messages, oldest first, at most the limit.
+    pub messages: Vec<ParkedMessage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Replay,
+    Purge,
+}
+
+impl Action {
+    fn done(self) -> &'static str {
+        match self {
+            Action::Replay => "replayed",
+            Action::Purge => "purged",
+        }
+    }
+
+    fn status(self) -> &'static str {
+        match self {
+            Action::Replay => store::FAILED_RETRIED,
+            Action::Purge => store::FAILED_PURGED,
+        }
+    }
+}
+
+/// The dead-letter service over the broker, the confirming publisher and the database.
+#[derive(Debug, Clone)]
+pub struct Dlq {
+    broker: Broker,
+    publisher: Publisher,
+    db: DatabaseConnection,
+    topology: Arc<Topology>,
+}
+
+impl Dlq {
+    /// A service over these parts; `topology` names the work queues.
+    pub fn new(
+        broker: Broker,
+        publisher: Publisher,
+        db: DatabaseConnection,
+        topology: Arc<Topology>,
+    ) -> Self {
+        Self {
+            broker,
+            publisher,
+            db,
+            topology,
+        }
+    }
+
+    /// The work queue `name` names: a work queue of the topology, or its parking queue
+    /// (`warren.email.dead` means `warren.email`).
+    pub fn work_queue(&self, name: &str) -> Result<String, DlqError> {
+        let work = self.topology.work_queues();
+        if work.contains(&name) {
+            return Ok(name.to_owned());
+        }
+        if let Some(base) = name.strip_suffix(".dead")
+            && work.contains(&base)
+        {
+            return Ok(base.to_owned());
+        }
+        Err(DlqError::UnknownQueue {
+            queue: name.to_owned(),
+            known: work.join(", "),
+        })
+    }
+
+    /// The exact number of parked messages of every work queue.
+    pub async fn list(&self) -> Result<Vec<ParkedCount>, DlqError> {
+        let channel = self.channel("dead-letter queues").await?;
+        let mut out = Vec::new();
+        let mut result = Ok(());
+        for queue in self.topology.work_queues() {
+            let dead_queue = dead_queue(queue);
+            match depth(&channel, &dead_queue).await {
+                Ok(parked) => out.push(ParkedCount {
+                    queue: queue.to_owned(),
+                    dead_queue,
+                    parked,
+                }),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        close(&channel).await;
+        result.map(|()| out)
+    }
+
+    /// Up to `limit` parked messages of `queue` that `filter` selects (its own limit aside),
+    /// without removing any.
+    pub async fn show(&self, queue: &str, filter: &Filter, limit: usize) -> Result<Peek, DlqError> {
+        let queue = self.work_queue(queue)?;
+        let dead_queue = dead_queue(&queue);
+        let channel = self.channel(&dead_queue).await?;
+        let result = async {
+            let now = Utc::now();
+            let mut scan = Scan::new(&channel, &dead_queue);
+            let mut held = Vec::new();
+            let mut messages = Vec::new();
+            let scanned = async {
+                // The first get runs even with limit 0: it gives the count.
+                while !(scan.started() && messages.len() >= limit) {
+                    let Some(delivery) = scan.next().await? else {
+                        break;
+                    };
+                    if messages.len() < limit && filter.matches(&delivery.properties, now) {
+                        messages.push(ParkedMessage::from_delivery(&delivery));
+                    }
+                    held.push(delivery.delivery_tag);
+                }
+                Ok::<(), DlqError>(())
+            }
+            .await;
+            release(&channel, &dead_queue, &held).await;
+            scanned.map(|()| Peek {
+                queue: queue.clone(),
+                dead_queue: dead_queue.clone(),
+                parked: scan.parked,
+                messages,
+            })
+        }
+        .await;
+        close(&channel).await;
+        result
+    }
+
+    /// Moves the parked messages of `queue` that `filter` selects back to `queue`, attempt
+    /// count reset to 1, `x-warren-replayed-at` set, confirmed before the parked copy is
+    /// removed. Returns how many were replayed.
+    #[tracing::instrument(skip(self), fields(replayed))]
+    pub async fn replay(&self, queue: &str, filter: &Filter) -> Result<usize, DlqError> {
+        let n = self.pass(queue, filter, Action::Replay).await?;
+        tracing::Span::current().record("replayed", n);
+        tracing::info!(replayed = n, "Replayed parked messages.");
+        Ok(n)
+    }
+
+    /// Deletes the parked messages of `queue` that `filter` selects, for good. Returns how
+    /// many were purged.
+    #[tracing::instrument(skip(self), fields(purged))]
+    pub async fn purge(&self, queue: &str, filter: &Filter) -> Result<usize, DlqError> {
+        let n = self.pass(queue, filter, Action::Purge).await?;
+        tracing::Span::current().record("purged", n);
+        tracing::info!(purged = n, "Purged parked messages.");
+        Ok(n)
+    }
+
+    async fn channel(&self, what: &str) -> Result<Channel, DlqError> {
+        self.broker
+            .channel()
+            .await
+            .map_err(|source| DlqError::Broker {
+                queue: what.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    async fn pass(&self, queue: &str, filter: &Filter, action: Action) -> Result<usize, DlqError> {
+        let queue = self.work_queue(queue)?;
+        let dead_queue = dead_queue(&queue);
+        let channel = self.channel(&dead_queue).await?;
+        let result = self
+            .pass_on(&channel, &queue, &dead_queue, filter, action)
+            .await;
+        close(&channel).await;
+        result
+    }
+
+    async fn pass_on(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        dead_queue: &str,
+        filter: &Filter,
+        action: Action,
+    ) -> Result<usize, DlqError> {
+        let now = Utc::now();
+        let mut scan = Scan::new(channel, dead_queue);
+        let mut held = Vec::new();
+        let mut done = 0usize;
+        let scanned = async {
+            loop {
+                if filter.limit.is_some_and(|l| done >= l) {
+                    break;
+                }
+                let Some(delivery) = scan.next().await? else {
+                    break;
+                };
+                if !filter.matches(&delivery.properties, now) {
+                    held.push(delivery.delivery_tag);
+                    continue;
+                }
+                // Looked up before the message moves: a replayed message parked again at once
+                // gets a new row, which must stay `parked`.
+                let rows = match message_uuid(&delivery.properties) {
+                    None => Vec::new(),
+                    Some(id) => match store::parked_failed_job_ids(&self.db, queue, id).await {
+                        Ok(rows) => rows,
+                        Err(source) => {
+                            requeue(&delivery).await;
+                            return Err(DlqError::Store {
+                                queue: queue.to_owned(),
+                                source,
+                            });
+                        }
+                    },
+                };
+                if action == Action::Replay
+                    && let Err(source) = self
+                        .publisher
+                        .publish(
+                            REQUEUE_EXCHANGE,
+                            queue,
+                            &delivery.data,
+                            replay_properties(&delivery.properties, Utc::now()),
+                        )
+                        .await
+                {
+                    requeue(&delivery).await;
+                    return Err(DlqError::Publish {
+                        message_id: delivery
+                            .properties
+                            .message_id()
+                            .as_ref()
+                            .map_or_else(|| "-".to_owned(), |m| m.as_str().to_owned()),
+                        exchange: REQUEUE_EXCHANGE,
+                        queue: queue.to_owned(),
+                        source: Box::new(source),
+                    });
+                }
+                let acked = delivery.ack(BasicAckOptions::default()).await;
+                if action == Action::Replay {
+                    // Confirmed in its queue: replayed, whether or not the ack arrives (if
+                    // not, the parked copy stays and a later replay duplicates it).
+                    done += 1;
+                }
+                acked.map_err(|source| DlqError::Amqp {
+                    doing: "basic.ack",
+                    queue: dead_queue.to_owned(),
+                    source,
+                })?;
+                if action == Action::Purge {
+                    done += 1;
+                }
+                if let Err(e) = store::set_failed_jobs_status(&self.db, &rows, action.status()).await
+                {
+                    tracing::warn!(error = %e, queue, status = action.status(), "The message moved but its failed_jobs rows were not updated.");
+                }
+            }
+            Ok::<(), DlqError>(())
+        }
+        .await;
+        release(channel, dead_queue, &held).await;
+        scanned.map(|()| done).map_err(|e| DlqError::Stopped {
+            action: action.done(),
+            done,
+            dead_queue: dead_queue.to_owned(),
+            source: Box::new(e),
+        })
+    }
+}
+
+impl DlqError {
+    /// How many messages a replay or purge moved before it stopped (0 for other errors).
+    pub fn done(&self) -> usize {
+        match self {
+            DlqError::Stopped { done, .. } => *done,
+            _ => 0,
+        }
+    }
+}
+
+/// The parking queue of work queue `queue`.
+pub fn dead_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// The properties of a replayed message: the parked message's, with `x-warren-attempt` = 1,
+/// `x-warren-replayed-at` = `now`, and the broker's `x-delivery-count` dropped; every other
+/// header (the original exchange and routing key, the last error) is kept.
+pub fn replay_properties(props: &BasicProperties, now: DateTime<Utc>) -> BasicProperties {
+    let mut headers: std::collections::BTreeMap<ShortString, AMQPValue> = props
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default();
+    headers.remove(H_DELIVERY_COUNT);
+    headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(1));
+    headers.insert(
+        H_REPLAYED_AT.into(),
+        AMQPValue::LongString(LongString::from(now.to_rfc3339())),
+    );
+    props.clone().with_headers(FieldTable::from(headers))
+}
+
+/// Parses a duration such as `30s`, `10m`, `2h`, `1d` or `1h30m` (units `ms`, `s`, `m`, `h`,
+/// `d`; a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let err = || DurationError(text.to_owned());
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(err());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+        if digits == 0 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(err)?),
+            "h" => Duration::from_secs(n.checked_mul(3_600).ok_or_else(err)?),
+            "d" => Duration::from_secs(n.checked_mul(86_400).ok_or_else(err)?),
+            _ => return Err(err()),
+        };
+        total = total.checked_add(part).ok_or_else(err)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// A duration that [`parse_duration`] cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: use a number with a unit, e.g. 30s, 10m, 2h, 1d or 1h30m")]
+pub struct DurationError(pub String);
+
+fn message_uuid(props: &BasicProperties) -> Option<Uuid> {
+    props
+        .message_id()
+        .as_ref()
+        .and_then(|m| m.as_str().parse().ok())
+}
+
+/// Messages ready in `queue`, exactly (a passive declare; a missing queue is an error and
+/// closes the channel).
+async fn depth(channel: &Channel, queue: &str) -> Result<u32, DlqError> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .map_err(|source| DlqError::Amqp {
+            doing: "queue.declare (passive)",
+            queue: queue.to_owned(),
+            source,
+        })
+}
+
+/// Takes, one `basic.get` (`no_ack: false`) at a time, at most the messages that were parked
+/// when it started.
+///
+/// The count comes from the first `basic.get-ok` (messages left after it, plus itself), not
+/// from a passive declare: on a quorum queue the declare's count is read from the applied
+/// state and can miss messages whose `basic.nack(requeue)` (from a pass that just ended) is
+/// still in flight, while `basic.get` goes through the queue's log after them.
+struct Scan<'a> {
+    channel: &'a Channel,
+    queue: &'a str,
+    /// Messages parked when the scan started (known after the first get).
+    parked: u32,
+    /// Gets left; `None` before the first.
+    left: Option<u32>,
+}
+
+impl<'a> Scan<'a> {
+    fn new(channel: &'a Channel, queue: &'a str) -> Self {
+        Self {
+            channel,
+            queue,
+            parked: 0,
+            left: None,
+        }
+    }
+
+    fn started(&self) -> bool {
+        self.left.is_some()
+    }
+
+    async fn next(&mut self) -> Result<Option<Delivery>, DlqError> {
+        if self.left == Some(0) {
+            return Ok(None);
+        }
+        let got = self
+            .channel
+            .basic_get(self.queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|source| DlqError::Amqp {
+                doing: "basic.get",
+                queue: self.queue.to_owned(),
+                source,
+            })?;
+        let Some(message) = got else {
+            self.left = Some(0);
+            return Ok(None);
+        };
+        match self.left {
+            None => {
+                self.parked = message.message_count.saturating_add(1);
+                self.left = Some(message.message_count);
+            }
+            Some(n) => self.left = Some(n.saturating_sub(1)),
+        }
+        Ok(Some(message.delivery))
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    if let Err(e) = delivery
+        .nack(BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        })
+        .await
+    {
+        // The channel is gone: the broker requeues what it held.
+        tracing::warn!(error = %e, "Nack failed; the broker requeues the message when the channel closes.");
+    }
+}
+
+/// Puts the held (unselected) messages back.
+async fn release(channel: &Channel, queue: &str, tags: &[u64]) {
+    for tag in tags {
+        if let Err(e) = channel
+            .basic_nack(
+                *tag,
+                BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                },
+            )
+            .await
+        {
+            tracing::warn!(error = %e, queue, "Nack failed; the broker requeues the held messages when the channel closes.");
+            return;
+        }
+    }
+}
+
+async fn close(channel: &Channel) {
+    let _ = channel.close(200, "dlq pass done".into()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(message_id: Option<&str>, failed_at: Option<DateTime<Utc>>) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        if let Some(t) = failed_at {
+            headers.insert(
+                H_FAILED_AT.into(),
+                AMQPValue::LongString(t.to_rfc3339().into()),
+            );
+        }
+        let mut p = BasicProperties::default().with_headers(headers);
+        if let Some(m) = message_id {
+            p = p.with_message_id(m.into());
+        }
+        p
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        for bad in ["", "m", "10x", "1.5h", "-1s", "h10", "10 m"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_filter_selects_by_id_and_age() {
+        let now = Utc::now();
+        let id = Uuid::now_v7();
+        let old = props(
+            Some(&id.to_string()),
+            Some(now - chrono::TimeDelta::minutes(20)),
+        );
+        let young = props(
+            Some("not-a-uuid"),
+            Some(now - chrono::TimeDelta::minutes(1)),
+        );
+        let undated = props(None, None);
+        let all = Filter::default();
+        assert!(all.matches(&old, now) && all.matches(&young, now) && all.matches(&undated, now));
+        let by_id = Filter {
+            message_id: Some(id),
+            ..Filter::default()
+        };
+        assert!(by_id.matches(&old, now));
+        assert!(!by_id.matches(&young, now) && !by_id.matches(&undated, now));
+        let by_age = Filter {
+            older_than: Some(Duration::from_secs(600)),
+            ..Filter::default()
+        };
+        assert!(by_age.matches(&old, now));
+        assert!(!by_age.matches(&young, now));
+        assert!(!by_age.matches(&undated, now), "no failed-at, no age match");
+    }
+
+    #[test]
+    fn replay_resets_the_attempt_marks_the_replay_and_keeps_the_rest() {
+        let mut headers = FieldTable::default();
+        headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(3));
+        headers.insert(H_DELIVERY_COUNT.into(), AMQPValue::LongLongInt(2));
+        headers.insert(
+            H_ORIGINAL_ROUTING_KEY.into(),
+            AMQPValue::LongString("user.registered".into()),
+        );
+        let parked = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_type("user.registered".into())
+            .with_headers(headers);
+        let now = Utc::now();
+        let p = replay_properties(&parked, now);
+        assert_eq!(header_int(&p, H_ATTEMPT), Some(1));
+        assert_eq!(header_str(&p, H_REPLAYED_AT), Some(now.to_rfc3339()));
+        assert_eq!(
+            header_str(&p, H_ORIGINAL_ROUTING_KEY).as_deref(),
+            Some("user.registered")
+        );
+        assert_eq!(header_int(&p, H_DELIVERY_COUNT), None);
+        assert_eq!(p.message_id(), parked.message_id());
+        assert_eq!(p.kind(), parked.kind());
+    }
+}

@@ -1,0 +1,698 @@
+//! The dead-letter tools against a real broker: messages are parked by a consumer on
+//! `warren.notifications` that refuses everything as invalid until told to succeed, then
+//! listed, peeked at, replayed and purged through the service, the HTTP API and the CLI.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::Utc;
+use entities::failed_jobs;
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString},
+};
+use reqwest::Method;
+use sea_orm::EntityTrait;
+use serde_json::{Value, json};
+use uuid::Uuid;
+use warren::{
+    broker::{
+        envelope::{H_ATTEMPT, header_int, header_str},
+        topology::Topology,
+    },
+    config::Secret,
+    jobs::{
+        Consumer, Job, JobError,
+        dlq::{Dlq, Filter},
+        runner,
+    },
+};
+
+use crate::helpers::{TestApp, eventually, spawn_app, spawn_app_with, spawn_worker_with};
+
+const QUEUE: &str = "warren.notifications";
+const DEAD: &str = "warren.notifications.dead";
+
+/// Refuses every message as invalid (parked at once) until `succeed` is set; records what it
+/// saw.
+#[derive(Clone, Default)]
+struct Flaky {
+    succeed: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(Uuid, u32)>>>,
+}
+
+impl Flaky {
+    fn seen(&self) -> Vec<(Uuid, u32)> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    fn seen_of(&self, id: Uuid) -> Vec<u32> {
+        self.seen()
+            .into_iter()
+            .filter(|(m, _)| *m == id)
+            .map(|(_, a)| a)
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Consumer for Flaky {
+    fn name(&self) -> &str {
+        "notifications"
+    }
+
+    fn queue(&self) -> &str {
+        QUEUE
+    }
+
+    async fn handle(&self, job: &Job) -> Result<(), JobError> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .push((job.message_id, job.attempt));
+        if self.succeed.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(JobError::Invalid("always invalid".into()))
+        }
+    }
+}
+
+async fn start(c: &Flaky) -> TestApp {
+    let c = c.clone();
+    spawn_worker_with(|s| s, move |a| a.consumer(c)).await
+}
+
+fn service(app: &TestApp) -> Dlq {
+    let r = app.running.as_ref().expect("running");
+    Dlq::new(
+        r.broker.clone(),
+        r.publisher.clone(),
+        r.db.clone(),
+        Arc::new(Topology::builtin().expect("topology")),
+    )
+}
+
+async fn rows(app: &TestApp) -> Vec<failed_jobs::Model> {
+    let db = app.db().await;
+    let rows = failed_jobs::Entity::find().all(&db).await.expect("query");
+    let _ = db.close().await;
+    rows
+}
+
+fn statuses(rows: &[failed_jobs::Model], id: Uuid) -> Vec<String> {
+    let mut s: Vec<String> = rows
+        .iter()
+        .filter(|r| r.message_id == Some(id))
+        .map(|r| r.status.clone())
+        .collect();
+    s.sort();
+    s
+}
+
+/// Posts `n` events the consumer parks; waits until all are parked with their rows.
+async fn park(app: &TestApp, n: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = app
+            .post_event(
+                "user.registered",
+                &json!({"email": format!("{i}@example.com")}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.expect("json");
+        ids.push(
+            body["event_id"]
+                .as_str()
+                .expect("id")
+                .parse()
+                .expect("uuid"),
+        );
+    }
+    eventually(Duration::from_secs(15), "messages parked", || async {
+        let parked = rows(app)
+            .await
+            .iter()
+            .filter(|r| r.status == "parked")
+            .count();
+        (app.depth(DEAD).await as usize == n && parked == n).then_some(())
+    })
+    .await;
+    ids
+}
+
+/// Waits until `queue` holds `n` ready messages. Messages a pass held go back with
+/// `basic.nack(requeue)`, which a quorum queue's passive-declare count shows a moment later.
+async fn settled(app: &TestApp, queue: &str, n: u32) {
+    let what = format!("{n} messages in {queue}");
+    eventually(Duration::from_secs(5), &what, || async {
+        (app.depth(queue).await == n).then_some(())
+    })
+    .await;
+}
+
+async fn call(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = app.request(method, path);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("sent");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("text");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn replay_moves_parked_messages_back_with_attempt_one_and_cannot_loop() {
+    let c = Flaky::default();
+    let app = start(&c).await;
+    let dlq = service(&app);
+    let ids = park(&app, 3).await;
+
+    // list: exact counts for every work queue.
+    let list = dlq.list().await.expect("list");
+    assert_eq!(list.len(), 7, "every work queue: {list:?}");
+    for q in &list {
+        let want = if q.queue == QUEUE { 3 } else { 0 };
+        assert_eq!(q.parked, want, "{q:?}");
+        assert_eq!(q.dead_queue, format!("{}.dead", q.queue));
+    }
+
+    // show: peeks without removing.
+    let peek = dlq.show(QUEUE, &Filter::default(), 10).await.expect("show");
+    assert_eq!(peek.parked, 3);
+    assert_eq!(peek.messages.len(), 3);
+    for m in &peek.messages {
+        assert_eq!(m.reason.as_deref(), Some("invalid"));
+        assert_eq!(m.attempt, Some(1));
+        assert_eq!(m.kind.as_deref(), Some("user.registered"));
+        assert_eq!(m.error.as_deref(), Some("always invalid"));
+        assert_eq!(m.original_exchange.as_deref(), Some("warren.events"));
+        assert_eq!(m.original_routing_key.as_deref(), Some("user.registered"));
+        assert!(m.failed_at.is_some() && m.replayed_at.is_none());
+        assert!(m.body.contains("example.com") && !m.body_truncated);
+    }
+    let one = dlq
+        .show(
+            "warren.notifications.dead",
+            &Filter {
+                message_id: Some(ids[1]),
+                ..Filter::default()
+            },
+            10,
+        )
+        .await
+        .expect("show by id");
+    assert_eq!(one.messages.len(), 1);
+    assert_eq!(one.messages[0].message_id, Some(ids[1].to_string()));
+    settled(&app, DEAD, 3).await;
+
+    // Replay everything while the consumer still refuses: each message comes straight back
+    // to the DLQ during the pass, and the pass still reports exactly 3.
+    assert_eq!(
+        dlq.replay(QUEUE, &Filter::default()).await.expect("replay"),
+        3
+    );
+    eventually(Duration::from_secs(15), "parked again", || async {
+        let r = rows(&app).await;
+        let parked = r.iter().filter(|r| r.status == "parked").count();
+        let retried = r.iter().filter(|r| r.status == "retried").count();
+        (app.depth(DEAD).await == 3 && parked == 3 && retried == 3).then_some(())
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(c.seen_of(*id), vec![1, 1], "attempt reset on replay");
+    }
+
+    // Now the consumer succeeds: replay exactly one message by id.
+    c.succeed.store(true, Ordering::SeqCst);
+    let filter = Filter {
+        message_id: Some(ids[0]),
+        ..Filter::default()
+    };
+    assert_eq!(dlq.replay(QUEUE, &filter).await.expect("replay"), 1);
+    eventually(Duration::from_secs(10), "handled again", || async {
+        (c.seen_of(ids[0]).len() == 3).then_some(())
+    })
+    .await;
+    assert_eq!(c.seen_of(ids[0]), vec![1, 1, 1]);
+    settled(&app, DEAD, 2).await;
+    let r = rows(&app).await;
+    assert_eq!(statuses(&r, ids[0]), vec!["retried", "retried"]);
+    assert_eq!(statuses(&r, ids[1]), vec!["parked", "retried"]);
+    assert!(
+        r.iter()
+            .filter(|r| r.status == "retried")
+            .all(|r| r.updated_at.is_some())
+    );
+    assert!(
+        r.iter()
+            .filter(|r| r.status == "parked")
+            .all(|r| r.updated_at.is_none())
+    );
+
+    // Nothing was parked an hour ago.
+    let old = Filter {
+        older_than: Some(Duration::from_secs(3600)),
+        ..Filter::default()
+    };
+    assert_eq!(dlq.replay(QUEUE, &old).await.expect("replay"), 0);
+    settled(&app, DEAD, 2).await;
+
+    // The rest.
+    assert_eq!(
+        dlq.replay(QUEUE, &Filter::default()).await.expect("replay"),
+        2
+    );
+    eventually(Duration::from_secs(10), "all handled", || async {
+        (c.seen_of(ids[1]).len() == 3 && c.seen_of(ids[2]).len() == 3).then_some(())
+    })
+    .await;
+    assert!(c.seen().iter().all(|(_, attempt)| *attempt == 1));
+    settled(&app, DEAD, 0).await;
+    eventually(Duration::from_secs(5), "queue drained", || async {
+        (app.depth(QUEUE).await == 0).then_some(())
+    })
+    .await;
+    let r = rows(&app).await;
+    assert_eq!(r.len(), 6);
+    assert!(r.iter().all(|r| r.status == "retried"), "{r:?}");
+
+    // Unknown queues are refused by name.
+    let err = dlq
+        .replay("warren.nope", &Filter::default())
+        .await
+        .expect_err("unknown");
+    assert!(err.to_string().contains("not a work queue"), "{err}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replayed_message_keeps_body_properties_and_origin_and_carries_the_replay_mark() {
+    // No consumer on warren.email: the replayed message waits there to be inspected.
+    let app = spawn_app().await;
+    let id = Uuid::now_v7();
+    let failed_at = Utc::now() - chrono::TimeDelta::hours(2);
+    let long = |s: &str| AMQPValue::LongString(LongString::from(s));
+    let mut headers = FieldTable::default();
+    headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(3));
+    headers.insert(runner::H_REASON.into(), long("exhausted"));
+    headers.insert(runner::H_QUEUE.into(), long("warren.email"));
+    headers.insert(runner::H_ERROR.into(), long("smtp refused"));
+    headers.insert(runner::H_FAILED_AT.into(), long(&failed_at.to_rfc3339()));
+    headers.insert(runner::H_ORIGINAL_EXCHANGE.into(), long("warren.commands"));
+    headers.insert(runner::H_ORIGINAL_ROUTING_KEY.into(), long("email.send"));
+    headers.insert("x-custom".into(), AMQPValue::Boolean(true));
+    let props = BasicProperties::default()
+        .with_message_id(id.to_string().into())
+        .with_type("email.send".into())
+        .with_content_type("application/json".into())
+        .with_correlation_id("saga-9".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    let body = br#"{"to":"a@example.com"}"#;
+    app.publish_raw("warren.dead", "warren.email", body, props)
+        .await;
+    settled(&app, "warren.email.dead", 1).await;
+
+    let (status, answer) = call(
+        &app,
+        Method::POST,
+        "/v1/dlq/warren.email/replay",
+        Some(json!({"older_than_secs": 3600})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"queue": "warren.email", "replayed": 1}));
+    settled(&app, "warren.email.dead", 0).await;
+
+    let back = app.drain("warren.email").await;
+    assert_eq!(back.len(), 1, "routed to exactly its queue");
+    let d = &back[0].delivery;
+    assert_eq!(d.data, body);
+    assert_eq!(d.exchange.as_str(), "warren.requeue");
+    assert_eq!(d.routing_key.as_str(), "warren.email");
+    let p = &d.properties;
+    assert_eq!(
+        p.message_id().as_ref().map(|m| m.as_str()),
+        Some(id.to_string().as_str())
+    );
+    assert_eq!(p.kind().as_ref().map(|k| k.as_str()), Some("email.send"));
+    assert_eq!(
+        p.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("saga-9")
+    );
+    assert_eq!(header_int(p, H_ATTEMPT), Some(1), "attempt reset");
+    let replayed_at = header_str(p, runner::H_REPLAYED_AT).expect("replay mark");
+    let replayed_at = chrono::DateTime::parse_from_rfc3339(&replayed_at).expect("rfc3339");
+    assert!(Utc::now().signed_duration_since(replayed_at) < chrono::TimeDelta::minutes(1));
+    assert_eq!(
+        header_str(p, runner::H_ORIGINAL_EXCHANGE).as_deref(),
+        Some("warren.commands")
+    );
+    assert_eq!(
+        header_str(p, runner::H_ORIGINAL_ROUTING_KEY).as_deref(),
+        Some("email.send")
+    );
+    assert!(matches!(
+        p.headers().as_ref().and_then(|h| h.inner().get("x-custom")),
+        Some(AMQPValue::Boolean(true))
+    ));
+    for q in ["warren.audit", "warren.notifications", "warren.orders"] {
+        assert_eq!(app.depth(q).await, 0, "{q}");
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_http_api_lists_shows_and_purges_with_filters() {
+    let c = Flaky::default();
+    let app = start(&c).await;
+    let ids = park(&app, 4).await;
+
+    let (status, list) = call(&app, Method::GET, "/v1/dlq", None).await;
+    assert_eq!(status, 200);
+    let queues = list["queues"].as_array().expect("queues");
+    assert_eq!(queues.len(), 7);
+    assert!(queues.contains(&json!({"queue": QUEUE, "dead_queue": DEAD, "parked": 4})));
+    assert!(queues.contains(
+        &json!({"queue": "warren.email", "dead_queue": "warren.email.dead", "parked": 0})
+    ));
+
+    let (status, peek) = call(
+        &app,
+        Method::GET,
+        "/v1/dlq/warren.notifications?limit=2",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(peek["parked"], 4);
+    assert_eq!(peek["messages"].as_array().expect("messages").len(), 2);
+    assert_eq!(peek["messages"][0]["reason"], "invalid");
+    assert_eq!(peek["messages"][0]["type"], "user.registered");
+    let (status, peek) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/dlq/warren.notifications?message_id={}", ids[3]),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(peek["messages"][0]["message_id"], ids[3].to_string());
+    assert_eq!(peek["messages"].as_array().expect("messages").len(), 1);
+
+    let (status, err) = call(&app, Method::GET, "/v1/dlq/warren.nope", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(err["error"]["code"], "unknown_queue");
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/v1/dlq/warren.notifications?limit=0",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = call(&app, Method::DELETE, "/v1/dlq/warren.notifications", None).await;
+    assert_eq!(status, 405);
+
+    // A misspelt filter is refused, not taken as "everything".
+    let (status, err) = call(
+        &app,
+        Method::POST,
+        "/v1/dlq/warren.notifications/purge",
+        Some(json!({"messageId": ids[0]})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(err["error"]["code"], "invalid_json");
+    settled(&app, DEAD, 4).await;
+
+    let (status, answer) = call(
+        &app,
+        Method::POST,
+        "/v1/dlq/warren.notifications/purge",
+        Some(json!({"message_id": ids[0]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer, json!({"queue": QUEUE, "purged": 1}));
+    let (_, answer) = call(
+        &app,
+        Method::POST,
+        "/v1/dlq/warren.notifications.dead/purge",
+        Some(json!({"limit": 1})),
+    )
+    .await;
+    assert_eq!(answer, json!({"queue": QUEUE, "purged": 1}));
+    settled(&app, DEAD, 2).await;
+    // No body at all: every parked message.
+    let resp = app
+        .request(Method::POST, "/v1/dlq/warren.notifications/purge")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.expect("json"),
+        json!({"queue": QUEUE, "purged": 2})
+    );
+    settled(&app, DEAD, 0).await;
+    assert!(c.seen().len() == 4, "purged messages are not handled");
+
+    let (status, purged) = call(&app, Method::GET, "/v1/failed-jobs?status=purged", None).await;
+    assert_eq!(status, 200);
+    let purged = purged["failed_jobs"].as_array().expect("rows").clone();
+    assert_eq!(purged.len(), 4);
+    assert!(purged.iter().all(|r| r["updated_at"].is_string()));
+    let (_, parked) = call(&app, Method::GET, "/v1/failed-jobs?status=parked", None).await;
+    assert_eq!(parked["failed_jobs"], json!([]));
+    let (status, _) = call(&app, Method::GET, "/v1/failed-jobs?status=bogus", None).await;
+    assert_eq!(status, 400);
+
+    // Metrics carry templates, not raw paths.
+    let (_, _) = call(&app, Method::GET, "/v1/failed-jobs", None).await;
+    let metrics = app
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    for template in [
+        "/v1/dlq",
+        "/v1/dlq/{queue}",
+        "/v1/dlq/{queue}/purge",
+        "/v1/failed-jobs",
+    ] {
+        assert!(
+            metrics.contains(&format!("path=\"{template}\"")),
+            "{template} in metrics"
+        );
+    }
+    assert!(!metrics.contains("warren.notifications/purge"));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn retrying_a_failed_job_replays_its_message_once() {
+    let c = Flaky::default();
+    let app = start(&c).await;
+    let ids = park(&app, 2).await;
+
+    let (status, list) = call(
+        &app,
+        Method::GET,
+        "/v1/failed-jobs?queue=warren.notifications&limit=10",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let list = list["failed_jobs"].as_array().expect("rows").clone();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["message_id"], ids[1].to_string(), "newest first");
+    assert_eq!(list[1]["message_id"], ids[0].to_string());
+    assert_eq!(list[1]["status"], "parked");
+    assert_eq!(list[1]["reason"], "invalid");
+    let row_id = list[1]["id"].as_str().expect("id").to_owned();
+
+    c.succeed.store(true, Ordering::SeqCst);
+    let path = format!("/v1/failed-jobs/{row_id}/retry");
+    let (status, answer) = call(&app, Method::POST, &path, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["replayed"], 1);
+    assert_eq!(answer["queue"], QUEUE);
+    assert_eq!(answer["message_id"], ids[0].to_string());
+    eventually(Duration::from_secs(10), "handled", || async {
+        (c.seen_of(ids[0]).len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(c.seen_of(ids[0]), vec![1, 1]);
+    settled(&app, DEAD, 1).await;
+    let r = rows(&app).await;
+    assert_eq!(statuses(&r, ids[0]), vec!["retried"]);
+    assert_eq!(statuses(&r, ids[1]), vec!["parked"]);
+
+    let (status, err) = call(&app, Method::POST, &path, None).await;
+    assert_eq!(status, 409);
+    assert_eq!(err["error"]["code"], "not_parked");
+    let (status, err) = call(
+        &app,
+        Method::POST,
+        &format!("/v1/failed-jobs/{}/retry", Uuid::now_v7()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(err["error"]["code"], "failed_job_not_found");
+    let (status, _) = call(&app, Method::POST, "/v1/failed-jobs/not-a-uuid/retry", None).await;
+    assert_eq!(status, 404);
+
+    let (status, answer) = call(
+        &app,
+        Method::POST,
+        "/v1/dlq/warren.notifications/replay",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer, json!({"queue": QUEUE, "replayed": 1}));
+    eventually(Duration::from_secs(10), "handled", || async {
+        (c.seen_of(ids[1]).len() == 2).then_some(())
+    })
+    .await;
+    settled(&app, DEAD, 0).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_dlq_endpoints_need_the_bearer_token() {
+    let token = "dlq-test-token-0123456789";
+    let app = spawn_app_with(
+        move |mut s| {
+            s.http.tokens = vec![Secret::new(token)];
+            s
+        },
+        |a| a,
+    )
+    .await;
+    for (method, path) in [
+        (Method::GET, "/v1/dlq"),
+        (Method::GET, "/v1/dlq/warren.email"),
+        (Method::POST, "/v1/dlq/warren.email/replay"),
+        (Method::POST, "/v1/dlq/warren.email/purge"),
+        (Method::GET, "/v1/failed-jobs"),
+    ] {
+        let (status, _) = call(&app, method.clone(), path, None).await;
+        assert_eq!(status, 401, "{method} {path}");
+    }
+    let resp = app
+        .request(Method::GET, "/v1/dlq")
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let list: Value = resp.json().await.expect("json");
+    assert!(
+        list["queues"]
+            .as_array()
+            .expect("queues")
+            .iter()
+            .all(|q| q["parked"] == 0)
+    );
+    app.cleanup().await;
+}
+
+async fn cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(args)
+        .env_remove("WARREN_CONFIG")
+        .env("WARREN_AMQP__URL", app.vhost.amqp_url())
+        .env(
+            "WARREN_AMQP__MANAGEMENT_URL",
+            crate::helpers::management_url(),
+        )
+        .env("WARREN_DATABASE__URL", &app.db.url)
+        .env("WARREN_LOG__FILTER", "warn")
+        .output()
+        .await
+        .expect("warren runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_lists_shows_replays_and_purges() {
+    let c = Flaky::default();
+    let app = start(&c).await;
+    let ids = park(&app, 3).await;
+
+    let (code, out, err) = cli(&app, &["dlq", "list"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let counts: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(counts.contains(&vec![DEAD, "3"]), "{out}");
+    assert!(counts.contains(&vec!["warren.email.dead", "0"]), "{out}");
+
+    let (code, out, err) = cli(&app, &["dlq", "show", QUEUE, "--limit", "1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("3 parked in warren.notifications.dead; showing 1"),
+        "{out}"
+    );
+    assert!(out.contains("reason:     invalid"), "{out}");
+
+    let (code, _, err) = cli(&app, &["dlq", "purge", QUEUE]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("--yes"), "{err}");
+    settled(&app, DEAD, 3).await;
+
+    let (code, out, err) = cli(&app, &["dlq", "replay", QUEUE, "--older-than", "1h"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("replayed 0 messages from warren.notifications.dead"),
+        "{out}"
+    );
+
+    let id = ids[2].to_string();
+    let (code, out, err) = cli(&app, &["dlq", "purge", QUEUE, "--message-id", &id, "--yes"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("purged 1 message from warren.notifications.dead"),
+        "{out}"
+    );
+
+    c.succeed.store(true, Ordering::SeqCst);
+    let (code, out, err) = cli(&app, &["dlq", "replay", DEAD]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("replayed 2 messages from warren.notifications.dead"),
+        "{out}"
+    );
+    eventually(Duration::from_secs(10), "handled", || async {
+        (c.seen().len() == 5).then_some(())
+    })
+    .await;
+    settled(&app, DEAD, 0).await;
+    let r = rows(&app).await;
+    assert_eq!(statuses(&r, ids[0]), vec!["retried"]);
+    assert_eq!(statuses(&r, ids[2]), vec!["purged"]);
+
+    let (code, _, err) = cli(&app, &["dlq", "replay", "warren.nope"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not a work queue"), "{err}");
+    app.cleanup().await;
+}
