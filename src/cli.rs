@@ -61,6 +61,12 @@ pub enum Command {
     },
     /// Print the effective settings, secrets redacted, as JSON.
     Config,
+    /// Benchmarks against the configured broker and database (in a scratch vhost).
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
 }
 
 /// `warren dlq ...`
@@ -124,6 +130,14 @@ impl From<FilterArgs> for Filter {
             limit: a.limit,
         }
     }
+}
+
+/// `warren bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Job throughput: publish, drain, and publish -> consume -> handle -> ack at once, with
+    /// the inbox and one database write per job.
+    Jobs(crate::bench::JobsBench),
 }
 
 /// `warren topology ...`
@@ -200,6 +214,12 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Dlq { action } => dlq(action, &settings).await,
+        Command::Bench { which } => match which {
+            BenchCommand::Jobs(opts) => {
+                crate::bench::jobs(settings, opts).await?;
+                Ok(0)
+            }
+        },
         Command::Config => {
             let redacted = toml_redacted(&settings)?;
             println!("{redacted}");

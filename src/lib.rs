@@ -10,10 +10,12 @@
 //! - [`store`]: the sea-orm database (PostgreSQL or SQLite) and migrations at start.
 //! - [`telemetry`]: tracing subscriber, W3C trace context, Prometheus metrics.
 //! - [`retry`]: every in-process retry policy.
+//! - [`bench`]: `warren bench jobs`, the job throughput benchmark.
 
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
