@@ -178,7 +178,7 @@ impl Default for AmqpSettings {
         Self {
             url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             management_url: Secret::new("http://guest:guest@127.0.0.1:15672"),
-            pool_size: 2,
+            pool_size: 4,
             publish_channels: 8,
             publish_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use warp::{
     Filter, Reply,
+    filters::BoxedFilter,
     http::{HeaderValue, Method, StatusCode},
     reply::Response,
 };
@@ -325,7 +326,9 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
         )
 }
 
-fn routes(body_limit: u64) -> impl Filter<Extract = (Route,), Error = warp::Rejection> + Clone {
+/// The route tree. Each route is boxed: the unboxed tree's type nests deep enough to overflow
+/// the compiler's recursion limit in release builds, and the boxing costs one indirect call.
+fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
     // Path before method: an unknown path is 404, a known path with the wrong method 405.
     let publish = warp::path!("v1" / "events" / String)
         .and(warp::post())
@@ -344,7 +347,8 @@ fn routes(body_limit: u64) -> impl Filter<Extract = (Route,), Error = warp::Reje
                 traceparent,
                 body,
             },
-        );
+        )
+        .boxed();
     let enqueue = warp::path!("v1" / "jobs" / String)
         .and(warp::post())
         .and(warp::header::optional::<String>("authorization"))
@@ -360,53 +364,67 @@ fn routes(body_limit: u64) -> impl Filter<Extract = (Route,), Error = warp::Reje
                 traceparent,
                 body,
             },
-        );
+        )
+        .boxed();
     let list_events = warp::path!("v1" / "events")
         .and(warp::get())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::query::<ListQuery>())
-        .map(|auth, query| Route::ListEvents { auth, query });
+        .map(|auth, query| Route::ListEvents { auth, query })
+        .boxed();
     let list_notifications = warp::path!("v1" / "notifications")
         .and(warp::get())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::query::<ListQuery>())
-        .map(|auth, query| Route::ListNotifications { auth, query });
+        .map(|auth, query| Route::ListNotifications { auth, query })
+        .boxed();
     let healthz = warp::path!("healthz")
         .and(warp::get())
-        .map(|| Route::Healthz);
-    let readyz = warp::path!("readyz").and(warp::get()).map(|| Route::Readyz);
+        .map(|| Route::Healthz)
+        .boxed();
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .map(|| Route::Readyz)
+        .boxed();
     let metrics = warp::path!("metrics")
         .and(warp::get())
-        .map(|| Route::Metrics);
+        .map(|| Route::Metrics)
+        .boxed();
     let auth = || warp::header::optional::<String>("authorization");
     let dlq_list = warp::path!("v1" / "dlq")
         .and(warp::get())
         .and(auth())
-        .map(|auth| Route::DlqList { auth });
+        .map(|auth| Route::DlqList { auth })
+        .boxed();
     let dlq_show = warp::path!("v1" / "dlq" / String)
         .and(warp::get())
         .and(warp::query::<DlqShowQuery>())
         .and(auth())
-        .map(|queue, query, auth| Route::DlqShow { queue, query, auth });
+        .map(|queue, query, auth| Route::DlqShow { queue, query, auth })
+        .boxed();
     let dlq_replay = warp::path!("v1" / "dlq" / String / "replay")
         .and(warp::post())
         .and(auth())
         .and(optional_body(body_limit))
-        .map(|queue, auth, body| Route::DlqReplay { queue, auth, body });
+        .map(|queue, auth, body| Route::DlqReplay { queue, auth, body })
+        .boxed();
     let dlq_purge = warp::path!("v1" / "dlq" / String / "purge")
         .and(warp::post())
         .and(auth())
         .and(optional_body(body_limit))
-        .map(|queue, auth, body| Route::DlqPurge { queue, auth, body });
+        .map(|queue, auth, body| Route::DlqPurge { queue, auth, body })
+        .boxed();
     let failed_jobs = warp::path!("v1" / "failed-jobs")
         .and(warp::get())
         .and(warp::query::<FailedJobsQuery>())
         .and(auth())
-        .map(|query, auth| Route::FailedJobs { query, auth });
+        .map(|query, auth| Route::FailedJobs { query, auth })
+        .boxed();
     let retry = warp::path!("v1" / "failed-jobs" / Uuid / "retry")
         .and(warp::post())
         .and(auth())
-        .map(|id, auth| Route::RetryFailedJob { id, auth });
+        .map(|id, auth| Route::RetryFailedJob { id, auth })
+        .boxed();
     publish
         .or(enqueue)
         .unify()
@@ -432,6 +450,7 @@ fn routes(body_limit: u64) -> impl Filter<Extract = (Route,), Error = warp::Reje
         .unify()
         .or(metrics)
         .unify()
+        .boxed()
 }
 
 /// A body that may be absent: without `Content-Length` (and without `Transfer-Encoding`) it is
