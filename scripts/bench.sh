@@ -6,7 +6,7 @@
 #   scripts/bench.sh --queue-type classic   the same topology with classic queues
 #   scripts/bench.sh --queue-type both      both, one after the other (what BENCHMARKS.md shows)
 #   scripts/bench.sh --tuning               publish_channels / pool_size variants at 500 connections
-#   scripts/bench.sh --queue-type both --tuning   everything (about 20 minutes at 20 s per run)
+#   scripts/bench.sh --queue-type both --tuning   everything (about 40 minutes on a quiet machine)
 #
 # What it does: starts RabbitMQ (scripts/services.sh rabbitmq); builds warren in release
 # (cargo build --release; CARGO_TARGET_DIR is honoured, default target/); creates a dedicated
@@ -32,19 +32,25 @@
 #
 # Settings (environment):
 #   BENCH_SECONDS (20)            length of each measured run
+#   BENCH_REPEAT (3)              runs per row, in rounds (100, 500, 1000, 100, ...); the table
+#                                 shows the median run and the req/s range
 #   BENCH_WARMUP_SECONDS (5)      warm-up after each start of warren
 #   BENCH_CONCURRENCY ("100 500 1000")
 #   BENCH_HEALTHZ_CONNECTIONS (100)
 #   BENCH_TUNE_CONNECTIONS (500)  concurrency of the --tuning runs
-#   BENCH_TUNE_VARIANTS ("8:2 16:2 32:2 8:4 32:4 8:2")  publish_channels:pool_size; the default
-#                                 first and last measures the run-to-run noise
+#   BENCH_TUNE_VARIANTS ("8:2 16:2 32:2 8:4 32:4")  publish_channels:pool_size, run in rounds
 #   BENCH_PORT (8089), BENCH_VHOST (warren-bench), BENCH_OUTPUT (BENCHMARKS.md)
 #   BENCH_MAX_LOAD (3), BENCH_MAX_FOREIGN_CPU (0.3), BENCH_QUIET_TIMEOUT (900), BENCH_RETRIES (2)
 #   BENCH_KEEP_LOGS (0)           1: keep the temp dir (warren's log, wrk outputs) after success
 #   BENCH_MGMT_URL (http://127.0.0.1:15672), BENCH_MGMT_USER/BENCH_MGMT_PASS (guest/guest)
 #   WARREN_* variables pass through to warren (WARREN_AMQP__PUBLISH_CHANNELS, ...), except the
 #   ones the benchmark sets: AMQP URL, HTTP address, database URL and topology file.
-# Options: --no-build uses the binary already built in $CARGO_TARGET_DIR/release.
+# Options:
+#   --no-build      use the binary already built in $CARGO_TARGET_DIR/release
+#   --rev REV       build git revision REV (e.g. HEAD) from a clean snapshot (git archive into
+#                   $CARGO_TARGET_DIR/bench-src) instead of the working tree, and use its
+#                   broker-topology.json: for when the working tree is mid-edit
+#   --tuning-only   only the --tuning runs
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -57,6 +63,7 @@ usage() {
 QUEUE_TYPES=(quorum)
 TUNING=0
 BUILD=1
+REV=
 while [ $# -gt 0 ]; do
   case "$1" in
     --queue-type)
@@ -79,24 +86,31 @@ while [ $# -gt 0 ]; do
     --tuning) TUNING=1; shift ;;
     --tuning-only) TUNING=1; QUEUE_TYPES=(); shift ;;
     --no-build) BUILD=0; shift ;;
+    --rev)
+      [ $# -ge 2 ] || usage
+      REV=$2
+      shift 2
+      ;;
     -h | --help) usage ;;
     *) usage ;;
   esac
 done
 COMMAND="scripts/bench.sh"
 for v in $(compgen -e | grep -E '^(BENCH_|CARGO_TARGET_DIR$|WARREN_)' | sort); do
-  COMMAND="$v=${!v} $COMMAND"
+  COMMAND="$v=$(printf %q "${!v}") $COMMAND"
 done
 [ ${#QUEUE_TYPES[@]} -eq 0 ] || COMMAND+=" --queue-type $([ ${#QUEUE_TYPES[@]} -eq 2 ] && echo both || echo "${QUEUE_TYPES[0]}")"
 [ "$TUNING" = 0 ] || COMMAND+=" --tuning"
 [ "$BUILD" = 1 ] || COMMAND+=" --no-build"
+[ -z "$REV" ] || COMMAND+=" --rev $REV"
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-20}
 WARMUP=${BENCH_WARMUP_SECONDS:-5}
 read -r -a CONCURRENCY <<<"${BENCH_CONCURRENCY:-100 500 1000}"
 HEALTHZ_CONNECTIONS=${BENCH_HEALTHZ_CONNECTIONS:-100}
 TUNE_CONNECTIONS=${BENCH_TUNE_CONNECTIONS:-500}
-read -r -a TUNE_VARIANTS <<<"${BENCH_TUNE_VARIANTS:-8:2 16:2 32:2 8:4 32:4 8:2}"
+read -r -a TUNE_VARIANTS <<<"${BENCH_TUNE_VARIANTS:-8:2 16:2 32:2 8:4 32:4}"
+REPEAT=${BENCH_REPEAT:-3}
 PORT=${BENCH_PORT:-8089}
 VHOST=${BENCH_VHOST:-warren-bench}
 OUTPUT=${BENCH_OUTPUT:-BENCHMARKS.md}
@@ -111,6 +125,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET_DIR/release/warren
 BASE=http://127.0.0.1:$PORT
 HELPER=(python3 "$ROOT/scripts/bench_report.py")
+case "$OUTPUT" in /*) ;; *) OUTPUT=$ROOT/$OUTPUT ;; esac
 
 say() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -129,9 +144,21 @@ mgmt() {
 # Set-up
 
 scripts/services.sh rabbitmq
+SRC=$ROOT
+if [ -n "$REV" ]; then
+  # A clean tree of REV at a stable path (unchanged files keep their mtimes: no rebuild).
+  REV_HASH=$(git rev-parse --verify "$REV^{commit}") || die "unknown git revision $REV"
+  SRC=$(realpath -m "$TARGET_DIR/bench-src")
+  if [ "$(cat "$SRC/.bench-rev" 2>/dev/null)" != "$REV_HASH" ]; then
+    rm -rf "$SRC"
+    mkdir -p "$SRC"
+    git archive "$REV_HASH" | tar -x -C "$SRC"
+    echo "$REV_HASH" >"$SRC/.bench-rev"
+  fi
+fi
 if [ "$BUILD" = 1 ]; then
-  say "building warren (release, target dir $TARGET_DIR)"
-  cargo build --release --bin warren
+  say "building warren (release, from $SRC, target dir $TARGET_DIR)"
+  CARGO_TARGET_DIR=$(realpath -m "$TARGET_DIR") cargo build --release --bin warren --manifest-path "$SRC/Cargo.toml"
 fi
 [ -x "$BIN" ] || die "no binary at $BIN (build it, or drop --no-build)"
 if curl -s -m 2 -o /dev/null "$BASE/healthz"; then
@@ -166,7 +193,7 @@ cleanup() {
   local rc=$?
   stop_warren
   if [ "$vhost_created" = 1 ]; then
-    mgmt DELETE "/api/vhosts/$VHOST_ENC" >/dev/null 2>&1 || say "could not delete vhost $VHOST"
+    delete_vhost 180 || say "could not delete vhost $VHOST (delete it with: curl -u guest:guest -X DELETE $MGMT/api/vhosts/$VHOST_ENC)"
   fi
   if [ "$ok" = 1 ] && [ "${BENCH_KEEP_LOGS:-0}" != 1 ]; then
     rm -rf "$WORK"
@@ -178,8 +205,22 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Deletes the vhost and waits until it is gone (a delete can stall while the broker is busy
+# with other vhosts; a leftover vhost would keep queues of the other type: 406 on declare).
+delete_vhost() {
+  local deadline=$((SECONDS + ${1:-300}))
+  while :; do
+    case "$(curl -s -m 10 -o /dev/null -w '%{http_code}' -u "$MGMT_AUTH" "$MGMT/api/vhosts/$VHOST_ENC")" in
+      404) return 0 ;;
+      200) curl -s -m 120 -o /dev/null -u "$MGMT_AUTH" -X DELETE "$MGMT/api/vhosts/$VHOST_ENC" || true ;;
+      *) sleep 2 ;;
+    esac
+    [ $SECONDS -lt $deadline ] || return 1
+  done
+}
+
 reset_vhost() {
-  mgmt DELETE "/api/vhosts/$VHOST_ENC" >/dev/null 2>&1 || true
+  delete_vhost 300 || die "vhost $VHOST could not be deleted within 300 s"
   mgmt PUT "/api/vhosts/$VHOST_ENC" '{}' >/dev/null
   vhost_created=1
   mgmt PUT "/api/permissions/$VHOST_ENC/${MGMT_AUTH%%:*}" \
@@ -232,11 +273,27 @@ broker_info() {
   mgmt GET "/api/vhosts/$VHOST_ENC/connections?columns=name,channels" | python3 -c '
 import json, sys
 c = json.load(sys.stdin)
-print(json.dumps({"connections": len(c), "channels": sum(x.get("channels", 0) for x in c)}))'
+n = sorted((x.get("channels", 0) for x in c), reverse=True)
+print(json.dumps({"connections": len(c), "channels": sum(n), "per_connection": "+".join(map(str, n))}))'
 }
 
-# Depth of the two queues user.registered lands in, once the management counters settle (JSON).
+# Depth of the two queues user.registered lands in (JSON): exact, from rabbitmqctl (the
+# management API's counters lag by up to 5 s); the management API when rabbitmqctl fails.
 queue_depth() {
+  local out
+  sleep 1 # let the confirms of requests still in flight when wrk stopped arrive
+  if out=$(timeout 60 rabbitmqctl -q list_queues -p "$VHOST" name messages --no-table-headers 2>/dev/null |
+    python3 -c '
+import json, sys
+d = dict(line.split()[:2] for line in sys.stdin if len(line.split()) >= 2)
+print(json.dumps({q: int(d[q]) for q in ("warren.audit", "warren.notifications")}))'); then
+    echo "$out"
+  else
+    queue_depth_mgmt
+  fi
+}
+
+queue_depth_mgmt() {
   local prev='' cur i
   for i in $(seq 1 12); do
     cur=$(for q in warren.audit warren.notifications; do
@@ -256,9 +313,9 @@ queue_depth() {
 wait_quiet() {
   local deadline=$((SECONDS + QUIET_TIMEOUT)) said=0 load foreign
   while :; do
-    "${HELPER[@]}" cpu-snap "$warren_pid" >"$WORK/q0.json"
+    "${HELPER[@]}" cpu-snap --tree $$ "$warren_pid" >"$WORK/q0.json"
     sleep 3
-    "${HELPER[@]}" cpu-snap "$warren_pid" >"$WORK/q1.json"
+    "${HELPER[@]}" cpu-snap --tree $$ "$warren_pid" >"$WORK/q1.json"
     foreign=$("${HELPER[@]}" foreign "$WORK/q0.json" "$WORK/q1.json")
     load=$(cut -d' ' -f1 /proc/loadavg)
     if python3 -c 'import sys; a = list(map(float, sys.argv[1:])); sys.exit(0 if a[0] <= a[1] and a[2] <= a[3] else 1)' \
@@ -315,13 +372,12 @@ wrk_args() {
 # measure SET QUEUE_TYPE CHANNELS POOL ROUTE CONNECTIONS TOPOLOGY REPEAT
 measure() {
   local set=$1 qt=$2 ch=$3 pool=$4 route=$5 conns=$6 topology=$7 repeat=$8
-  local attempt=1 rc tag lua url load offset depth=() broker
+  local attempt=1 rc tag lua url key load offset depth=() broker sampler
   if [ "$route" = publish ]; then
-    lua=$WORK/post.lua url=$PUBLISH_URL
+    lua=$WORK/post.lua url=$PUBLISH_URL key=published:confirmed
   else
-    lua=$WORK/get.lua url=$BASE/healthz
+    lua=$WORK/get.lua url=$BASE/healthz key="http:GET /healthz 200"
   fi
-  broker=$(broker_info)
   while :; do
     tag="$set-$qt-$ch-$pool-$route-$conns-$repeat-$attempt"
     wait_quiet
@@ -330,15 +386,21 @@ measure() {
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     offset=$(stat -c %s "$LOG")
     "${HELPER[@]}" metrics "$BASE/metrics" >"$WORK/m0-$tag.json"
-    "${HELPER[@]}" cpu-snap "$warren_pid" >"$WORK/c0-$tag.json"
-    say "run: $route, $conns connections, ${SECONDS_PER_RUN}s ($qt, channels $ch, pool $pool, attempt $attempt, load $load)"
+    "${HELPER[@]}" cpu-snap --tree $$ "$warren_pid" >"$WORK/c0-$tag.json"
+    say "run: $route, $conns connections, ${SECONDS_PER_RUN}s ($qt, channels $ch, pool $pool, run $((repeat + 1)), attempt $attempt, load $load)"
+    # Warren's counter once a second: the slowest second shows stalls that averages hide.
+    "${HELPER[@]}" sample "$BASE/metrics" "$key" "$((SECONDS_PER_RUN + 1))" "$WORK/s-$tag.json" &
+    sampler=$!
     wrk_args "$conns" "$SECONDS_PER_RUN" "$lua" "$url"
     "${WRK_ARGS[@]}" >"$WORK/wrk-$tag.txt" 2>&1 ||
       { cat "$WORK/wrk-$tag.txt" >&2; die "wrk failed"; }
-    "${HELPER[@]}" cpu-snap "$warren_pid" >"$WORK/c1-$tag.json"
-    "${HELPER[@]}" metrics "$BASE/metrics" >"$WORK/m1-$tag.json"
+    "${HELPER[@]}" cpu-snap --tree $$ "$warren_pid" >"$WORK/c1-$tag.json"
+    wait "$sampler" || true
     depth=()
+    # Waiting for the queue counters to settle also lets late confirms land before the scrape.
     [ "$route" != publish ] || depth=(--depth "$(queue_depth)")
+    "${HELPER[@]}" metrics "$BASE/metrics" >"$WORK/m1-$tag.json"
+    broker=$(broker_info)
     kill -0 "$warren_pid" 2>/dev/null || { tail -n 30 "$LOG" >&2; die "warren died during the run"; }
     rc=0
     "${HELPER[@]}" record --set "$set" --queue-type "$qt" --channels "$ch" --pool "$pool" \
@@ -346,6 +408,7 @@ measure() {
       --wrk-out "$WORK/wrk-$tag.txt" --cpu-before "$WORK/c0-$tag.json" --cpu-after "$WORK/c1-$tag.json" \
       --metrics-before "$WORK/m0-$tag.json" --metrics-after "$WORK/m1-$tag.json" \
       --load-start "$load" --log "$LOG" --log-offset "$offset" --broker "$broker" "${depth[@]}" \
+      --series "$WORK/s-$tag.json" \
       --max-load "$MAX_LOAD" --max-foreign "$MAX_FOREIGN" --results "$WORK/results-$set.jsonl" || rc=$?
     [ "$rc" = 0 ] || [ "$rc" = 3 ] || die "could not record the run"
     if [ "$rc" = 3 ] && [ "$attempt" -le "$RETRIES" ]; then
@@ -366,13 +429,20 @@ warm_up() {
 }
 
 # The effective publish_channels and pool_size warren will use (WARREN_* may override them).
-effective() { # effective KEY
-  "$BIN" config 2>/dev/null | sed -n "s/^$1 = \([0-9]*\)$/\1/p" | head -n 1
+effective() { # effective KEY (a key of the [amqp] settings)
+  "$BIN" config 2>/dev/null | python3 -c '
+import json, re, sys
+text, key = sys.stdin.read(), sys.argv[1]
+try:
+    print(json.loads(text)["amqp"][key])
+except (ValueError, KeyError):
+    m = re.search(r"^" + key + r" = (\d+)$", text, re.M)
+    print(m.group(1) if m else "")' "$1"
 }
 
 finish_set() { # finish_set SET: render it into the output file
   cat "$WORK/results-$1.jsonl" >>"$WORK/results.jsonl"
-  "${HELPER[@]}" render --results "$WORK/results.jsonl" --meta "$WORK/meta.json" --file "$ROOT/$OUTPUT"
+  "${HELPER[@]}" render --results "$WORK/results.jsonl" --meta "$WORK/meta.json" --file "$OUTPUT"
   say "wrote the $1 results to $OUTPUT"
 }
 
@@ -384,9 +454,13 @@ CHANNELS=$(effective publish_channels)
 POOL=$(effective pool_size)
 { [ -n "$CHANNELS" ] && [ -n "$POOL" ]; } || die "cannot read publish_channels/pool_size from '$BIN config'"
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)
-[ "$dirty" = 0 ] || commit="$commit + uncommitted changes in $dirty files at build time"
+if [ -n "$REV" ]; then
+  commit="$(git rev-parse --short "$REV_HASH") (clean snapshot, --rev $REV)"
+else
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  dirty=$(git status --porcelain 2>/dev/null | wc -l)
+  [ "$dirty" = 0 ] || commit="$commit + $dirty uncommitted/untracked paths in the working tree"
+fi
 rmq=$(mgmt GET /api/overview | python3 -c 'import json, sys; d = json.load(sys.stdin); print(d["rabbitmq_version"], d["erlang_version"])')
 "${HELPER[@]}" meta \
   "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
@@ -400,19 +474,21 @@ rmq=$(mgmt GET /api/overview | python3 -c 'import json, sys; d = json.load(sys.s
   "wrk=$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)" \
   "command=$COMMAND" \
   "wrk_cmd=$(wrk_args N "$SECONDS_PER_RUN" post.lua "$PUBLISH_URL"; echo "${WRK_ARGS[*]}")" \
-  "seconds=$SECONDS_PER_RUN" "warmup=$WARMUP" "body_bytes=${#BODY}" "vhost=$VHOST" \
+  "seconds=$SECONDS_PER_RUN" "warmup=$WARMUP" "body_bytes=${#BODY}" "vhost=$VHOST" "repeat=$REPEAT" \
   "settings=publish_channels=$CHANNELS, pool_size=$POOL, publish_timeout_ms=$(effective publish_timeout_ms)" \
   "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)" >"$WORK/meta.json"
 
 for qt in "${QUEUE_TYPES[@]}"; do
   say "==== $qt queues"
   topology=$WORK/topology-$qt.json
-  "${HELPER[@]}" topology "$qt" broker-topology.json "$topology"
+  "${HELPER[@]}" topology "$qt" "$SRC/broker-topology.json" "$topology"
   reset_vhost
   start_warren "$CHANNELS" "$POOL" "$topology"
   warm_up
-  for c in "${CONCURRENCY[@]}"; do
-    measure "$qt" "$qt" "$CHANNELS" "$POOL" publish "$c" "$topology" 0
+  for ((r = 0; r < REPEAT; r++)); do
+    for c in "${CONCURRENCY[@]}"; do
+      measure "$qt" "$qt" "$CHANNELS" "$POOL" publish "$c" "$topology" "$r"
+    done
   done
   measure "$qt" "$qt" "$CHANNELS" "$POOL" healthz "$HEALTHZ_CONNECTIONS" "$topology" 0
   stop_warren
@@ -423,15 +499,15 @@ if [ "$TUNING" = 1 ]; then
   qt=${QUEUE_TYPES[0]:-quorum}
   say "==== tuning at $TUNE_CONNECTIONS connections ($qt queues)"
   topology=$WORK/topology-$qt.json
-  "${HELPER[@]}" topology "$qt" broker-topology.json "$topology"
-  i=0
-  for v in "${TUNE_VARIANTS[@]}"; do
-    reset_vhost
-    start_warren "${v%%:*}" "${v##*:}" "$topology"
-    warm_up
-    measure tuning "$qt" "${v%%:*}" "${v##*:}" publish "$TUNE_CONNECTIONS" "$topology" "$i"
-    stop_warren
-    i=$((i + 1))
+  "${HELPER[@]}" topology "$qt" "$SRC/broker-topology.json" "$topology"
+  for ((r = 0; r < REPEAT; r++)); do
+    for v in "${TUNE_VARIANTS[@]}"; do
+      reset_vhost
+      start_warren "${v%%:*}" "${v##*:}" "$topology"
+      warm_up
+      measure tuning "$qt" "${v%%:*}" "${v##*:}" publish "$TUNE_CONNECTIONS" "$topology" "$r"
+      stop_warren
+    done
   done
   finish_set tuning
 fi
