@@ -837,29 +837,42 @@ async fn publish_event(
         .into_response());
     }
 
+    publish_for_request(state, ctx, EVENTS_EXCHANGE, &event, traceparent.as_deref()).await?;
+    Ok(warp::reply::with_status(
+        warp::reply::json(&json!({"event_id": event.event_id, "status": "accepted"})),
+        StatusCode::ACCEPTED,
+    )
+    .into_response())
+}
+
+/// Publishes `message` (routing key = its name) with the request's id as correlation id and
+/// `x-request-id`, and a child of the caller's trace (or a new trace), and waits for the
+/// confirm.
+async fn publish_for_request(
+    state: &HttpState,
+    ctx: &Ctx,
+    exchange: &str,
+    message: &Event,
+    traceparent: Option<&str>,
+) -> Result<(), ApiError> {
     let trace = traceparent
-        .as_deref()
         .and_then(TraceParent::parse)
         .map(|t| t.child())
         .unwrap_or_else(TraceParent::start);
-    let mut meta = Meta::for_event(&event);
+    let mut meta = Meta::for_event(message);
     meta.correlation_id = Some(ctx.request_id.clone());
     meta.request_id = Some(ctx.request_id.clone());
     meta.traceparent = Some(trace.header());
     state
         .publisher
         .publish(
-            EVENTS_EXCHANGE,
-            &event.event_name,
-            &event.to_json(),
+            exchange,
+            &message.event_name,
+            &message.to_json(),
             meta.properties(),
         )
         .await?;
-    Ok(warp::reply::with_status(
-        warp::reply::json(&json!({"event_id": event.event_id, "status": "accepted"})),
-        StatusCode::ACCEPTED,
-    )
-    .into_response())
+    Ok(())
 }
 
 /// Checks the content type and parses the body as a JSON object (a message's `data`).
@@ -899,24 +912,7 @@ async fn enqueue_job(
     let data = parse_data(content_type.as_deref(), &body)?;
     let job = Event::new(name, None, data);
     tracing::Span::current().record("job_id", tracing::field::display(job.event_id));
-    let trace = traceparent
-        .as_deref()
-        .and_then(TraceParent::parse)
-        .map(|t| t.child())
-        .unwrap_or_else(TraceParent::start);
-    let mut meta = Meta::for_event(&job);
-    meta.correlation_id = Some(ctx.request_id.clone());
-    meta.request_id = Some(ctx.request_id.clone());
-    meta.traceparent = Some(trace.header());
-    state
-        .publisher
-        .publish(
-            COMMANDS_EXCHANGE,
-            &job.event_name,
-            &job.to_json(),
-            meta.properties(),
-        )
-        .await?;
+    publish_for_request(state, ctx, COMMANDS_EXCHANGE, &job, traceparent.as_deref()).await?;
     Ok(warp::reply::with_status(
         warp::reply::json(&json!({"job_id": job.event_id, "status": "queued"})),
         StatusCode::ACCEPTED,
