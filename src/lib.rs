@@ -9,6 +9,7 @@
 //! - [`dispatch`]: the in-process listener registry for `?mode=sync`.
 //! - [`store`]: the sea-orm database (PostgreSQL or SQLite) and migrations at start.
 //! - [`telemetry`]: tracing subscriber, W3C trace context, Prometheus metrics.
+//! - [`saga`]: saga definitions and the pure saga state machine (the adapter comes next).
 //! - [`retry`]: every in-process retry policy.
 //! - [`bench`]: `warren bench jobs`, the job throughput benchmark.
 
@@ -23,6 +24,7 @@ pub mod dispatch;
 pub mod http;
 pub mod jobs;
 pub mod retry;
+pub mod saga;
 pub mod store;
 pub mod telemetry;
 
