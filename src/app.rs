@@ -22,6 +22,11 @@ use crate::{
         notifications::Notifications,
         runner::{Runner, RunnerContext},
     },
+    saga::{
+        Sagas,
+        orchestrator::{Orchestrator, run_relay, run_timer},
+        participants::{Inventory, Orders, ParticipantConsumer, Payments},
+    },
     store::{self, StoreError},
     telemetry::Metrics,
 };
@@ -34,10 +39,20 @@ pub enum Role {
     /// The consumer modules chosen with [`App::modules`] plus any added with
     /// [`App::consumer`].
     Worker,
+    /// The saga orchestrator: the `warren.saga` consumer, the deadline timer and the outbox
+    /// relay.
+    Saga,
 }
 
-/// The built-in consumer modules, by name.
-pub const BUILTIN_MODULES: &[&str] = &["email", "notifications", "audit"];
+/// The built-in consumer modules, by name: the jobs, then the order saga's participants.
+pub const BUILTIN_MODULES: &[&str] = &[
+    "email",
+    "notifications",
+    "audit",
+    "orders",
+    "inventory",
+    "payments",
+];
 
 /// Why a module name was refused.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +77,9 @@ pub enum StartError {
     /// The e-mail module's settings.
     #[error(transparent)]
     Email(#[from] EmailError),
+    /// The saga definitions.
+    #[error(transparent)]
+    Sagas(#[from] crate::saga::DefinitionsError),
     /// The HTTP listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -105,6 +123,8 @@ pub struct Running {
     pub publisher: Publisher,
     /// Becomes true once the topology is declared.
     pub topology_ready: tokio::sync::watch::Receiver<bool>,
+    /// The saga engine.
+    pub sagas: Sagas,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -185,14 +205,36 @@ impl App {
             });
         }
 
+        let sagas = Sagas::new(
+            db.clone(),
+            publisher.clone(),
+            self.metrics.clone(),
+            crate::saga::definitions(&settings.saga)?,
+        );
+        let ctx = RunnerContext {
+            broker: broker.clone(),
+            publisher: publisher.clone(),
+            db: db.clone(),
+            metrics: self.metrics.clone(),
+            topology: topology.clone(),
+        };
+        if roles.contains(&Role::Saga) {
+            let orchestrator: Arc<dyn Consumer> = Arc::new(Orchestrator::new(sagas.clone()));
+            let runner = Runner::new(orchestrator, ctx.clone(), &settings.jobs);
+            tasks.spawn(runner.run(shutdown.clone()));
+            tasks.spawn(run_timer(
+                sagas.clone(),
+                std::time::Duration::from_millis(settings.saga.tick_ms),
+                shutdown.clone(),
+            ));
+            tasks.spawn(run_relay(
+                sagas.clone(),
+                std::time::Duration::from_millis(settings.saga.relay_ms),
+                std::time::Duration::from_millis(settings.saga.relay_grace_ms),
+                shutdown.clone(),
+            ));
+        }
         if roles.contains(&Role::Worker) {
-            let ctx = RunnerContext {
-                broker: broker.clone(),
-                publisher: publisher.clone(),
-                db: db.clone(),
-                metrics: self.metrics.clone(),
-                topology: topology.clone(),
-            };
             let mut consumers = Vec::new();
             for name in &self.modules {
                 consumers.push(builtin_module(name, &settings, &db, &publisher)?);
@@ -219,6 +261,7 @@ impl App {
                 topology_ready: topology_ready.clone(),
                 topology: topology.clone(),
                 metrics: self.metrics.clone(),
+                sagas: sagas.clone(),
                 dlq: Dlq::new(
                     broker.clone(),
                     publisher.clone(),
@@ -251,6 +294,7 @@ impl App {
             broker,
             publisher,
             topology_ready,
+            sagas,
             tasks,
             shutdown,
         })
@@ -284,6 +328,21 @@ pub fn builtin_module(
         "audit" => Ok(Arc::new(Audit::new(db.clone()))),
         "email" => Ok(Arc::new(Email::new(db.clone(), &settings.email)?)),
         "notifications" => Ok(Arc::new(Notifications::new(db.clone(), publisher.clone()))),
+        "orders" => Ok(Arc::new(ParticipantConsumer::new(
+            Orders,
+            db.clone(),
+            publisher.clone(),
+        ))),
+        "inventory" => Ok(Arc::new(ParticipantConsumer::new(
+            Inventory,
+            db.clone(),
+            publisher.clone(),
+        ))),
+        "payments" => Ok(Arc::new(ParticipantConsumer::new(
+            Payments,
+            db.clone(),
+            publisher.clone(),
+        ))),
         other => Err(UnknownModule(other.to_owned()).into()),
     }
 }

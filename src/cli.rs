@@ -36,17 +36,33 @@ pub enum Command {
     /// Run the HTTP front: accept events over HTTP and publish them, with publisher confirms,
     /// to the `warren.events` topic exchange (or run in-process listeners with ?mode=sync).
     Serve,
-    /// Run every role in one process: the HTTP front and every consumer module. The
-    /// zero-setup default (local RabbitMQ, SQLite file).
+    /// Run every role in one process: the HTTP front, every consumer module (jobs and saga
+    /// participants) and the saga orchestrator. The zero-setup default (local RabbitMQ,
+    /// SQLite file).
     All,
     /// Run consumer modules: consume their durable queues with manual ack; failures wait in
     /// the broker's delay tiers (60 s after a reported failure, 120 s after an error), and
     /// after the last attempt go to the module's dead-letter queue.
     Worker {
-        /// Comma-separated modules to run (default: all). Known: email, notifications, audit.
+        /// Comma-separated modules to run (default: all). Known: email, notifications, audit,
+        /// orders, inventory, payments.
         #[arg(long, value_delimiter = ',')]
         modules: Vec<String>,
     },
+    /// Run the orders participant of the order saga (`order.create`, `order.cancel`).
+    Orders,
+    /// Run the inventory participant (`inventory.deduct`, `inventory.restore`).
+    Inventory,
+    /// Run the payments participant (`balance.deduct`, `balance.refund`).
+    Payments,
+    /// The saga orchestrator and its operator commands.
+    Saga {
+        /// What to do.
+        #[command(subcommand)]
+        action: SagaAction,
+    },
+    /// Set stock per SKU and balances per user (for demos and load tests).
+    Seed(SeedArgs),
     /// Apply, verify or export the broker topology (exchanges, queues, bindings).
     Topology {
         /// What to do with the topology.
@@ -132,6 +148,74 @@ impl From<FilterArgs> for Filter {
     }
 }
 
+/// `warren saga ...`
+#[derive(Debug, Subcommand)]
+pub enum SagaAction {
+    /// Run the orchestrator: consume participants' replies and `saga.start` commands from
+    /// `warren.saga`, apply step deadlines, and relay commands left in the outbox.
+    Run,
+    /// List sagas, newest first.
+    List {
+        /// Only sagas in this state: running, compensating, completed, compensated,
+        /// needs_intervention.
+        #[arg(long)]
+        state: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// List open interventions instead.
+        #[arg(long)]
+        interventions: bool,
+    },
+    /// Print one saga as JSON: state, steps, timeline and interventions (by saga id, or by
+    /// order number).
+    Show {
+        /// Saga id, or an order number.
+        id: String,
+    },
+    /// Send the failed compensation of an intervention again.
+    Retry {
+        /// Intervention id (see `warren saga list --interventions`).
+        intervention: uuid::Uuid,
+        /// A note for the timeline.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Record that an operator undid a failed compensation by hand.
+    Resolve {
+        /// Intervention id.
+        intervention: uuid::Uuid,
+        /// What was done (required).
+        #[arg(long)]
+        note: String,
+    },
+}
+
+/// `warren seed`.
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Stock of a SKU: `SKU=UNITS` (repeatable).
+    #[arg(long = "sku", value_parser = parse_pair)]
+    pub skus: Vec<(String, i64)>,
+    /// Balance of a user in minor units: `USER=AMOUNT` (repeatable).
+    #[arg(long = "account", value_parser = parse_pair)]
+    pub accounts: Vec<(String, i64)>,
+    /// Seed the demo catalogue (SKU-1..3, users u-1..3).
+    #[arg(long)]
+    pub demo: bool,
+}
+
+fn parse_pair(s: &str) -> Result<(String, i64), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=NUMBER, got {s:?}"))?;
+    let n = v
+        .trim()
+        .parse::<i64>()
+        .map_err(|e| format!("{v:?} is not a whole number: {e}"))?;
+    Ok((k.trim().to_owned(), n))
+}
+
 /// `warren bench ...`
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -181,11 +265,23 @@ pub fn vhost_of(amqp_url: &str) -> String {
 /// Runs a parsed command line with loaded settings; returns the process exit code.
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Serve | Command::All | Command::Worker { .. } => {
+        Command::Serve
+        | Command::All
+        | Command::Worker { .. }
+        | Command::Orders
+        | Command::Inventory
+        | Command::Payments
+        | Command::Saga {
+            action: SagaAction::Run,
+        } => {
             let (roles, modules): (Vec<Role>, Vec<String>) = match cli.command {
                 Command::Serve => (vec![Role::Http], Vec::new()),
                 Command::Worker { modules } => (vec![Role::Worker], modules),
-                _ => (vec![Role::Http, Role::Worker], Vec::new()),
+                Command::Orders => (vec![Role::Worker], vec!["orders".to_owned()]),
+                Command::Inventory => (vec![Role::Worker], vec!["inventory".to_owned()]),
+                Command::Payments => (vec![Role::Worker], vec!["payments".to_owned()]),
+                Command::Saga { .. } => (vec![Role::Saga], Vec::new()),
+                _ => (vec![Role::Http, Role::Worker, Role::Saga], Vec::new()),
             };
             tracing::info!(
                 amqp = %redact_url(settings.amqp.url.expose()),
@@ -197,6 +293,8 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             let mut app = App::new(settings);
             if !modules.is_empty() {
                 app = app.modules(modules);
+            } else if !roles.contains(&Role::Worker) {
+                app = app.modules(Vec::<String>::new());
             }
             let running = app.start(&roles, shutdown.clone()).await?;
             let stop = shutdown.clone();
@@ -214,6 +312,32 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Dlq { action } => dlq(action, &settings).await,
+        Command::Saga { action } => saga(action, &settings).await,
+        Command::Seed(args) => {
+            let mut seed = if args.demo {
+                crate::saga::order::Seed::demo()
+            } else {
+                crate::saga::order::Seed::default()
+            };
+            seed.inventory.extend(args.skus);
+            seed.accounts.extend(args.accounts);
+            if seed.inventory.is_empty() && seed.accounts.is_empty() {
+                eprintln!("warren: nothing to seed: give --sku, --account or --demo");
+                return Ok(2);
+            }
+            if let Err(e) = seed.validate() {
+                eprintln!("warren: {e}");
+                return Ok(2);
+            }
+            let db = store::connect(&settings.database).await?;
+            seed.apply(&db).await?;
+            println!(
+                "seeded {} SKU(s) and {} account(s)",
+                seed.inventory.len(),
+                seed.accounts.len()
+            );
+            Ok(0)
+        }
         Command::Bench { which } => match which {
             BenchCommand::Jobs(opts) => {
                 crate::bench::jobs(settings, opts).await?;
@@ -264,6 +388,104 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             }
         }
     }
+}
+
+async fn saga(action: SagaAction, settings: &Settings) -> anyhow::Result<i32> {
+    let db = store::connect(&settings.database).await?;
+    let broker = Broker::new(settings, "warren saga")?;
+    let publisher = Publisher::new(
+        broker.clone(),
+        1,
+        settings.amqp.publish_timeout(),
+        Metrics::new(),
+    );
+    let sagas = crate::saga::Sagas::new(
+        db.clone(),
+        publisher.clone(),
+        Metrics::new(),
+        crate::saga::definitions(&settings.saga)?,
+    );
+    let result = saga_action(&sagas, action).await;
+    publisher.close().await;
+    broker.close();
+    let _ = db.close().await;
+    result
+}
+
+async fn saga_action(sagas: &crate::saga::Sagas, action: SagaAction) -> anyhow::Result<i32> {
+    match action {
+        SagaAction::Run => {
+            eprintln!("warren: `saga run` runs as a role");
+            return Ok(2);
+        }
+        SagaAction::List {
+            state,
+            limit,
+            interventions: true,
+        } => {
+            if state.is_some() {
+                eprintln!("warren: --state does not apply to --interventions");
+                return Ok(2);
+            }
+            let rows = sagas.interventions(false, limit).await?;
+            println!("{} open intervention(s)", rows.len());
+            for r in rows {
+                println!(
+                    "{}  saga {}  step {} ({})  {}  {}: {}",
+                    r.id, r.saga_id, r.step, r.step_name, r.status, r.compensation, r.reason
+                );
+            }
+        }
+        SagaAction::List { state, limit, .. } => {
+            if let Some(s) = state.as_deref()
+                && !crate::saga::engine::STATUSES.contains(&s)
+            {
+                eprintln!(
+                    "warren: --state must be one of {}",
+                    crate::saga::engine::STATUSES.join(", ")
+                );
+                return Ok(2);
+            }
+            let rows = sagas.list(state.as_deref(), None, limit).await?;
+            for r in rows {
+                println!(
+                    "{}  {:<6}  {:<18}  step {}  {}  {}",
+                    r.id,
+                    r.kind,
+                    r.status,
+                    r.step,
+                    r.business_key.as_deref().unwrap_or("-"),
+                    r.created_at.to_rfc3339()
+                );
+            }
+        }
+        SagaAction::Show { id } => {
+            let saga_id = match uuid::Uuid::parse_str(&id) {
+                Ok(u) => u,
+                Err(_) => match sagas.by_key("order", &id).await? {
+                    Some(u) => u,
+                    None => {
+                        eprintln!("warren: no saga with id or order number {id:?}");
+                        return Ok(1);
+                    }
+                },
+            };
+            let view = sagas.get(saga_id).await?;
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        }
+        SagaAction::Retry { intervention, note } => {
+            let view = sagas.retry(intervention, note).await?;
+            println!("retried: saga {} is now {}", view.saga.id, view.saga.status);
+        }
+        SagaAction::Resolve { intervention, note } => {
+            let view = sagas.resolve(intervention, note).await?;
+            println!(
+                "resolved: saga {} is now {}",
+                view.saga.id, view.saga.status
+            );
+        }
+    }
+    Ok(0)
 }
 
 fn plural(n: usize) -> &'static str {

@@ -73,6 +73,51 @@ pub struct Settings {
     pub jobs: JobsSettings,
     /// The e-mail module's SMTP server.
     pub email: EmailSettings,
+    /// The saga orchestrator.
+    pub saga: SagaSettings,
+}
+
+/// Saga orchestrator settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SagaSettings {
+    /// How long each step of the built-in order saga may take before it counts as failed
+    /// (ms).
+    pub deadline_ms: u64,
+    /// Whether a failed "order created" notification rolls the order back (`true`, the
+    /// article: every completed step is compensated) or completes the saga with a warning in
+    /// its timeline (`false`).
+    pub notify_rolls_back: bool,
+    /// How often the orchestrator looks for passed deadlines (ms).
+    pub tick_ms: u64,
+    /// How often the outbox relay looks for commands not yet confirmed by the broker (ms).
+    pub relay_ms: u64,
+    /// A command stays in the outbox this long before the relay (rather than the process that
+    /// stored it) publishes it (ms).
+    pub relay_grace_ms: u64,
+    /// More saga definitions (a JSON array of definitions: kind and steps), beside the
+    /// built-in order saga.
+    pub definitions_file: Option<PathBuf>,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        Self {
+            deadline_ms: 30_000,
+            notify_rolls_back: true,
+            tick_ms: 500,
+            relay_ms: 1_000,
+            relay_grace_ms: 3_000,
+            definitions_file: None,
+        }
+    }
+}
+
+impl SagaSettings {
+    /// The step deadline.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
 }
 
 /// E-mail settings.
@@ -348,6 +393,12 @@ impl Settings {
             return Err(invalid(
                 "jobs.concurrency",
                 "concurrency and prefetch must be at least 1",
+            ));
+        }
+        if self.saga.deadline_ms == 0 || self.saga.tick_ms == 0 || self.saga.relay_ms == 0 {
+            return Err(invalid(
+                "saga.deadline_ms",
+                "deadline_ms, tick_ms and relay_ms must be at least 1",
             ));
         }
         if self.http.body_limit_bytes == 0 {

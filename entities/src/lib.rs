@@ -4,9 +4,17 @@
 //! Later capabilities add their tables here with a new migration each, never by editing an
 //! applied one.
 
+pub mod accounts;
 pub mod email_log;
 pub mod event_log;
 pub mod failed_jobs;
+pub mod inventory;
 pub mod migration;
 pub mod notifications;
+pub mod orders;
 pub mod processed_messages;
+pub mod saga_commands;
+pub mod saga_interventions;
+pub mod saga_outbox;
+pub mod saga_steps;
+pub mod sagas;

@@ -6,7 +6,9 @@
 use serde_json::json;
 use warp::http::StatusCode;
 
-use crate::{broker::publisher::PublishError, jobs::dlq::DlqError, store::StoreError};
+use crate::{
+    broker::publisher::PublishError, jobs::dlq::DlqError, saga::SagaError, store::StoreError,
+};
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,15 @@ pub enum ApiError {
         /// Its work queue.
         queue: String,
     },
+    /// The order (or other saga input) breaks a rule.
+    #[error("invalid order: {0}")]
+    InvalidOrder(String),
+    /// A saga operation failed.
+    #[error(transparent)]
+    Saga(#[from] SagaError),
+    /// No order with this number.
+    #[error("no order {0:?}")]
+    OrderNotFound(String),
     /// Something unexpected.
     #[error("internal error")]
     Internal(String),
@@ -95,7 +106,22 @@ impl ApiError {
             }
             ApiError::Dlq(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotParked { .. } => StatusCode::CONFLICT,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::InvalidOrder(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::OrderNotFound(_)
+            | ApiError::Saga(
+                SagaError::NotFound(_)
+                | SagaError::InterventionNotFound(_)
+                | SagaError::UnknownKind(_),
+            ) => StatusCode::NOT_FOUND,
+            ApiError::Saga(SagaError::Duplicate { .. } | SagaError::Conflict(_)) => {
+                StatusCode::CONFLICT
+            }
+            ApiError::Saga(SagaError::Db { .. } | SagaError::Contended(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Saga(SagaError::Corrupt(..)) | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -124,16 +150,30 @@ impl ApiError {
             ApiError::Dlq(_) => "broker_unavailable",
             ApiError::FailedJobNotFound(_) => "failed_job_not_found",
             ApiError::NotParked { .. } => "not_parked",
+            ApiError::InvalidOrder(_) => "invalid_order",
+            ApiError::OrderNotFound(_) => "order_not_found",
+            ApiError::Saga(SagaError::NotFound(_)) => "saga_not_found",
+            ApiError::Saga(SagaError::InterventionNotFound(_)) => "intervention_not_found",
+            ApiError::Saga(SagaError::UnknownKind(_)) => "unknown_saga_kind",
+            ApiError::Saga(SagaError::Duplicate { .. }) => "order_exists",
+            ApiError::Saga(SagaError::Conflict(_)) => "saga_conflict",
+            ApiError::Saga(SagaError::Db { .. }) => "database_unavailable",
+            ApiError::Saga(SagaError::Contended(_)) => "saga_contended",
+            ApiError::Saga(SagaError::Corrupt(..)) => "saga_corrupt",
             ApiError::Internal(_) => "internal",
         }
     }
 
     /// The JSON body.
     pub fn body(&self, request_id: &str) -> serde_json::Value {
-        json!({
+        let mut body = json!({
             "error": {"code": self.code(), "message": self.to_string()},
             "request_id": request_id,
-        })
+        });
+        if let ApiError::Saga(SagaError::Duplicate { saga_id, .. }) = self {
+            body["saga_id"] = json!(saga_id);
+        }
+        body
     }
 
     /// Maps a warp rejection (no route matched, or a filter refused the request).

@@ -7,6 +7,7 @@
 //! `http_request_duration_seconds` by route template, never by raw path.
 
 pub mod error;
+pub mod sagas;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
@@ -61,6 +62,8 @@ pub struct HttpState {
     pub topology_ready: tokio::sync::watch::Receiver<bool>,
     /// The dead-letter tools.
     pub dlq: Dlq,
+    /// The saga engine.
+    pub sagas: crate::saga::Sagas,
 }
 
 /// Query of `POST /v1/events/{name}`.
@@ -217,6 +220,70 @@ pub enum Route {
         /// Authorization header.
         auth: Option<String>,
     },
+    /// `POST /v1/orders`.
+    CreateOrder {
+        /// Authorization header.
+        auth: Option<String>,
+        /// Content-Type header.
+        content_type: Option<String>,
+        /// Incoming W3C trace context.
+        traceparent: Option<String>,
+        /// The raw body.
+        body: Bytes,
+    },
+    /// `GET /v1/orders/{order_no}`.
+    GetOrder {
+        /// The order number.
+        order_no: String,
+        /// Authorization header.
+        auth: Option<String>,
+    },
+    /// `GET /v1/sagas`.
+    ListSagas {
+        /// Filters.
+        query: sagas::SagaListQuery,
+        /// Authorization header.
+        auth: Option<String>,
+    },
+    /// `GET /v1/sagas/{id}`.
+    GetSaga {
+        /// The saga id.
+        id: Uuid,
+        /// Authorization header.
+        auth: Option<String>,
+    },
+    /// `GET /v1/interventions`.
+    ListInterventions {
+        /// Filters.
+        query: sagas::InterventionsQuery,
+        /// Authorization header.
+        auth: Option<String>,
+    },
+    /// `POST /v1/interventions/{id}/retry`.
+    RetryIntervention {
+        /// The intervention id.
+        id: Uuid,
+        /// Authorization header.
+        auth: Option<String>,
+        /// Optional `{"note": ...}`.
+        body: Bytes,
+    },
+    /// `POST /v1/interventions/{id}/resolve`.
+    ResolveIntervention {
+        /// The intervention id.
+        id: Uuid,
+        /// Authorization header.
+        auth: Option<String>,
+        /// `{"note": ...}`.
+        body: Bytes,
+    },
+    /// `POST /v1/admin/seed`.
+    Seed {
+        /// Authorization header.
+        auth: Option<String>,
+        /// `{"inventory": {sku: n}, "accounts": {user: n}}`.
+        body: Bytes,
+    },
     /// `GET /healthz`.
     Healthz,
     /// `GET /readyz`.
@@ -238,6 +305,14 @@ impl Route {
             Route::DlqPurge { .. } => "/v1/dlq/{queue}/purge",
             Route::FailedJobs { .. } => "/v1/failed-jobs",
             Route::RetryFailedJob { .. } => "/v1/failed-jobs/{id}/retry",
+            Route::CreateOrder { .. } => "/v1/orders",
+            Route::GetOrder { .. } => "/v1/orders/{order_no}",
+            Route::ListSagas { .. } => "/v1/sagas",
+            Route::GetSaga { .. } => "/v1/sagas/{id}",
+            Route::ListInterventions { .. } => "/v1/interventions",
+            Route::RetryIntervention { .. } => "/v1/interventions/{id}/retry",
+            Route::ResolveIntervention { .. } => "/v1/interventions/{id}/resolve",
+            Route::Seed { .. } => "/v1/admin/seed",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -252,6 +327,8 @@ fn template_for(path: &str) -> &'static str {
     } else if path.starts_with("/v1/jobs/") {
         "/v1/jobs/{name}"
     } else if let Some(t) = dlq_template_for(path) {
+        t
+    } else if let Some(t) = sagas::template_for(path) {
         t
     } else {
         match path {
@@ -444,6 +521,8 @@ fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
         .unify()
         .or(retry)
         .unify()
+        .or(sagas::routes(body_limit))
+        .unify()
         .or(healthz)
         .unify()
         .or(readyz)
@@ -634,6 +713,17 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
         Route::RetryFailedJob { id, auth } => {
             authorize(state, auth.as_deref())?;
             retry_failed_job(state, id).await
+        }
+        Route::CreateOrder { ref auth, .. }
+        | Route::GetOrder { ref auth, .. }
+        | Route::ListSagas { ref auth, .. }
+        | Route::GetSaga { ref auth, .. }
+        | Route::ListInterventions { ref auth, .. }
+        | Route::RetryIntervention { ref auth, .. }
+        | Route::ResolveIntervention { ref auth, .. }
+        | Route::Seed { ref auth, .. } => {
+            authorize(state, auth.as_deref())?;
+            sagas::handle(state, ctx, route).await
         }
     }
 }

@@ -1,6 +1,8 @@
-//! The `notifications` module: consumes `order.*` and `user.*` events (and `notification.*`
-//! commands) from `warren.notifications` and stores in-app notifications; `user.registered`
-//! also enqueues the welcome e-mail (`email.send`).
+//! The `notifications` module: consumes `order.*` and `user.*` events from
+//! `warren.notifications` and stores in-app notifications; `user.registered` also enqueues
+//! the welcome e-mail (`email.send`). The order saga's `notification.send` command arrives on
+//! the same queue and is handled as a saga participant
+//! ([`crate::saga::participants::OrderNotification`]).
 //!
 //! Exactly-once effect: the notification row and the inbox row are written in one
 //! transaction, so a redelivered event adds no second row. The welcome e-mail command is
@@ -19,20 +21,29 @@ use crate::{
     },
     http::COMMANDS_EXCHANGE,
     jobs::{Consumer, Job, JobError},
+    saga::participants::{OrderNotification, ParticipantConsumer},
     store,
 };
+
+/// The saga command this module takes.
+const SEND_COMMAND: &str = "notification.send";
 
 /// The notifications module.
 #[derive(Debug, Clone)]
 pub struct Notifications {
     db: sea_orm::DatabaseConnection,
     publisher: Publisher,
+    saga: ParticipantConsumer<OrderNotification>,
 }
 
 impl Notifications {
     /// The module, storing in `db` and enqueueing e-mails through `publisher`.
     pub fn new(db: sea_orm::DatabaseConnection, publisher: Publisher) -> Self {
-        Self { db, publisher }
+        Self {
+            saga: ParticipantConsumer::new(OrderNotification, db.clone(), publisher.clone()),
+            db,
+            publisher,
+        }
     }
 
     async fn enqueue_welcome(&self, job: &Job) -> Result<(), JobError> {
@@ -99,7 +110,16 @@ impl Consumer for Notifications {
         "warren.notifications"
     }
 
+    async fn on_failed(&self, job: &Job, error: &str) {
+        if job.routing_key == SEND_COMMAND {
+            self.saga.give_up(job, error).await;
+        }
+    }
+
     async fn handle(&self, job: &Job) -> Result<(), JobError> {
+        if job.routing_key == SEND_COMMAND {
+            return self.saga.handle_command(job).await;
+        }
         let event = &job.event;
         if event.event_name == "user.registered" {
             self.enqueue_welcome(job).await?;

@@ -75,18 +75,34 @@ impl SagaDef {
         }
     }
 
-    /// The article's order saga: create order, deduct inventory, deduct balance, notify.
+    /// The article's order saga: create order, deduct inventory, deduct balance, notify;
+    /// every step with the default deadline, and (as in the article) a failed notification
+    /// rolls the whole order back.
     pub fn order() -> Self {
-        Self::builder("order")
+        Self::order_with(DEFAULT_DEADLINE, true)
+    }
+
+    /// The order saga with every step's `deadline`, and whether a failed notification rolls
+    /// the order back (`true`, the article) or is recorded as a warning while the saga
+    /// completes (`false`).
+    pub fn order_with(deadline: Duration, notify_rolls_back: bool) -> Self {
+        let b = Self::builder("order")
             .step("create_order", "order.create")
             .compensate_with("order.cancel")
+            .deadline(deadline)
             .step("deduct_inventory", "inventory.deduct")
             .compensate_with("inventory.restore")
+            .deadline(deadline)
             .step("deduct_balance", "balance.deduct")
             .compensate_with("balance.refund")
+            .deadline(deadline)
             .step("notify", "notification.send")
-            .no_rollback()
-            .build()
+            .deadline(deadline);
+        if notify_rolls_back {
+            b.build()
+        } else {
+            b.no_rollback().build()
+        }
     }
 }
 
@@ -234,6 +250,16 @@ pub enum Input {
         /// Which command timed out.
         action: Action,
     },
+    /// An operator asks to send a failed compensation again.
+    Retry {
+        /// Step index.
+        step: usize,
+    },
+    /// An operator undid a failed compensation by hand.
+    Resolve {
+        /// Step index.
+        step: usize,
+    },
 }
 
 /// What the adapter must send (after storing the new state).
@@ -351,6 +377,29 @@ pub fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaState, Vec
             if s.steps.get(*step) == Some(&StepStatus::Compensating) {
                 s.steps[*step] = StepStatus::CompensationFailed;
                 compensate_next(def, &mut s, &mut out);
+            }
+        }
+        Input::Retry { step } => {
+            // Only once every other compensation has settled: one command in flight at a time.
+            if s.status == Status::NeedsIntervention
+                && s.steps.get(*step) == Some(&StepStatus::CompensationFailed)
+            {
+                s.status = Status::Compensating;
+                s.steps[*step] = StepStatus::Compensating;
+                out.push(Command {
+                    step: *step,
+                    action: Action::Compensate,
+                    routing_key: def.steps[*step].compensation.clone().unwrap_or_default(),
+                    deadline: def.steps[*step].deadline,
+                });
+            }
+        }
+        Input::Resolve { step } => {
+            if s.steps.get(*step) == Some(&StepStatus::CompensationFailed) {
+                s.steps[*step] = StepStatus::Compensated;
+                if s.status == Status::NeedsIntervention {
+                    compensate_next(def, &mut s, &mut out);
+                }
             }
         }
     }
@@ -578,10 +627,71 @@ mod tests {
 
     #[test]
     fn given_a_step_without_rollback_when_it_fails_then_the_saga_goes_on_and_completes() {
-        let def = SagaDef::order();
+        let def = SagaDef::order_with(DEFAULT_DEADLINE, false);
         let (s, _) = run(&def, &[Input::Start, ok(0), ok(1), ok(2), fail(3)]);
         assert_eq!(s.status, Status::Completed);
         assert_eq!(s.steps[3], StepStatus::Failed);
+    }
+
+    #[test]
+    fn given_the_article_default_when_the_notification_fails_then_the_order_is_rolled_back() {
+        let def = SagaDef::order();
+        let (s, sent) = run(&def, &[Input::Start, ok(0), ok(1), ok(2), fail(3)]);
+        assert_eq!(s.status, Status::Compensating);
+        assert_eq!(sent[4], vec![comp(2, "balance.refund")]);
+    }
+
+    #[test]
+    fn given_a_saga_needing_intervention_when_an_operator_retries_then_the_compensation_is_sent_again()
+     {
+        let def = SagaDef::order();
+        let (s, _) = run(
+            &def,
+            &[
+                Input::Start,
+                ok(0),
+                ok(1),
+                fail(2),
+                undone(1, false),
+                undone(0, true),
+            ],
+        );
+        assert_eq!(s.status, Status::NeedsIntervention);
+        // Retrying a step whose compensation did not fail changes nothing.
+        let (same, none) = apply(&def, &s, &Input::Retry { step: 0 });
+        assert_eq!((same, none.len()), (s.clone(), 0));
+        let (s, cmds) = apply(&def, &s, &Input::Retry { step: 1 });
+        assert_eq!(s.status, Status::Compensating);
+        assert_eq!(
+            cmds.iter()
+                .map(|c| (c.step, c.action, c.routing_key.clone()))
+                .collect::<Vec<_>>(),
+            vec![comp(1, "inventory.restore")]
+        );
+        let (failed_again, _) = apply(&def, &s, &undone(1, false));
+        assert_eq!(failed_again.status, Status::NeedsIntervention);
+        let (s, _) = apply(&def, &s, &undone(1, true));
+        assert_eq!(s.status, Status::Compensated);
+    }
+
+    #[test]
+    fn given_a_saga_needing_intervention_when_an_operator_resolves_it_then_it_is_compensated() {
+        let def = SagaDef::order();
+        let (s, _) = run(
+            &def,
+            &[
+                Input::Start,
+                ok(0),
+                ok(1),
+                fail(2),
+                undone(1, false),
+                undone(0, true),
+            ],
+        );
+        let (s, cmds) = apply(&def, &s, &Input::Resolve { step: 1 });
+        assert!(cmds.is_empty());
+        assert_eq!(s.status, Status::Compensated);
+        assert_eq!(s.steps[1], StepStatus::Compensated);
     }
 
     #[test]

@@ -1,7 +1,73 @@
-//! Orchestration sagas (issue 4, in progress): a generic saga definition and its pure state
-//! machine. The adapter that persists `sagas`/`saga_steps` and publishes commands, the
-//! participants and the HTTP/CLI surface come next; see `docs/architecture.md`.
+//! Orchestration sagas (SPEC section 6): generic saga definitions and their pure state
+//! machine ([`machine`]), the adapter that persists sagas and sends their commands through an
+//! outbox ([`engine`]), the orchestrator role ([`orchestrator`]), the wire contract
+//! ([`protocol`]), the participants of the order saga ([`participants`]) and its input
+//! ([`order`]).
 
+pub mod engine;
 pub mod machine;
+pub mod orchestrator;
+pub mod order;
+pub mod participants;
+pub mod protocol;
 
+use crate::config::SagaSettings;
+
+pub use engine::{Applied, SagaError, SagaView, Sagas};
 pub use machine::{Action, Command, Input, SagaDef, SagaState, Status, StepDef};
+
+/// Why the saga definitions could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionsError {
+    /// The file.
+    #[error("cannot read saga definitions from {path}: {source}")]
+    Read {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Its content.
+    #[error("saga definitions in {path} are not valid: {reason}")]
+    Invalid {
+        /// The path.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The built-in order saga (from settings) plus those of `saga.definitions_file`.
+pub fn definitions(settings: &SagaSettings) -> Result<Vec<SagaDef>, DefinitionsError> {
+    let mut defs = vec![SagaDef::order_with(
+        settings.deadline(),
+        settings.notify_rolls_back,
+    )];
+    if let Some(path) = &settings.definitions_file {
+        let text = std::fs::read_to_string(path).map_err(|source| DefinitionsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let more: Vec<SagaDef> =
+            serde_json::from_str(&text).map_err(|e| DefinitionsError::Invalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        for d in more {
+            if d.steps.is_empty() {
+                return Err(DefinitionsError::Invalid {
+                    path: path.clone(),
+                    reason: format!("saga {:?} has no steps", d.kind),
+                });
+            }
+            if defs.iter().any(|e| e.kind == d.kind) {
+                return Err(DefinitionsError::Invalid {
+                    path: path.clone(),
+                    reason: format!("saga kind {:?} is defined twice", d.kind),
+                });
+            }
+            defs.push(d);
+        }
+    }
+    Ok(defs)
+}

@@ -64,6 +64,26 @@ pub struct ConnectionLabels {
     pub kind: &'static str,
 }
 
+/// Saga labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SagaLabels {
+    /// Saga kind (`order`).
+    pub kind: String,
+}
+
+/// Finished saga labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SagaOutcomeLabels {
+    /// Saga kind.
+    pub kind: String,
+    /// `completed`, `compensated`, `needs_intervention`.
+    pub outcome: &'static str,
+}
+
+fn saga_histogram() -> Histogram {
+    Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])
+}
+
 fn duration_histogram() -> Histogram {
     // The article's buckets (0.1, 0.5, 1, 2, 5) plus finer ones below 0.1 s, where an
     // event-driven front answers.
@@ -86,6 +106,9 @@ struct Inner {
     active_connections: Family<ConnectionLabels, Gauge>,
     jobs: Family<JobLabels, Counter>,
     job_duration: Family<QueueLabels, Histogram, fn() -> Histogram>,
+    sagas_started: Family<SagaLabels, Counter>,
+    sagas_finished: Family<SagaOutcomeLabels, Counter>,
+    saga_duration: Family<SagaOutcomeLabels, Histogram, fn() -> Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -146,8 +169,32 @@ impl Metrics {
             "Time a handler took, by queue",
             job_duration.clone(),
         );
+        let sagas_started = Family::<SagaLabels, Counter>::default();
+        registry.register(
+            "sagas_started",
+            "Sagas started, by kind",
+            sagas_started.clone(),
+        );
+        let sagas_finished = Family::<SagaOutcomeLabels, Counter>::default();
+        registry.register(
+            "sagas_finished",
+            "Sagas that reached a terminal state, by kind and outcome",
+            sagas_finished.clone(),
+        );
+        let saga_duration =
+            Family::<SagaOutcomeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                saga_histogram,
+            );
+        registry.register(
+            "saga_duration_seconds",
+            "Time from a saga's start to its terminal state, by kind and outcome",
+            saga_duration.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                sagas_started,
+                sagas_finished,
+                saga_duration,
                 registry,
                 http_requests,
                 http_duration,
@@ -210,6 +257,29 @@ impl Metrics {
             .get_or_create(&QueueLabels {
                 queue: queue.to_owned(),
             })
+            .observe(seconds);
+    }
+
+    /// Counts a started saga.
+    pub fn saga_started(&self, kind: &str) {
+        self.inner
+            .sagas_started
+            .get_or_create(&SagaLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a finished saga and records how long it took.
+    pub fn saga_finished(&self, kind: &str, outcome: &'static str, seconds: f64) {
+        let labels = SagaOutcomeLabels {
+            kind: kind.to_owned(),
+            outcome,
+        };
+        self.inner.sagas_finished.get_or_create(&labels).inc();
+        self.inner
+            .saga_duration
+            .get_or_create(&labels)
             .observe(seconds);
     }
 

@@ -517,11 +517,27 @@ async fn retrying_a_failed_job_replays_its_message_once() {
     assert_eq!(status, 200);
     let list = list["failed_jobs"].as_array().expect("rows").clone();
     assert_eq!(list.len(), 2);
-    assert_eq!(list[0]["message_id"], ids[1].to_string(), "newest first");
-    assert_eq!(list[1]["message_id"], ids[0].to_string());
-    assert_eq!(list[1]["status"], "parked");
-    assert_eq!(list[1]["reason"], "invalid");
-    let row_id = list[1]["id"].as_str().expect("id").to_owned();
+    // Both parked (handlers run concurrently, so the parking order is not fixed); newest
+    // first by row id.
+    let mut listed: Vec<String> = list
+        .iter()
+        .map(|r| r["message_id"].as_str().expect("id").to_owned())
+        .collect();
+    listed.sort();
+    let mut expected: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(
+        list[0]["id"].as_str() > list[1]["id"].as_str(),
+        "newest first"
+    );
+    let row = list
+        .iter()
+        .find(|r| r["message_id"] == ids[0].to_string())
+        .expect("row of the first job");
+    assert_eq!(row["status"], "parked");
+    assert_eq!(row["reason"], "invalid");
+    let row_id = row["id"].as_str().expect("id").to_owned();
 
     c.succeed.store(true, Ordering::SeqCst);
     let path = format!("/v1/failed-jobs/{row_id}/retry");

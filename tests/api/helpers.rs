@@ -158,6 +158,8 @@ pub struct TestApp {
     pub running: Option<Running>,
     /// Stops the service.
     pub shutdown: CancellationToken,
+    /// The settings it runs with.
+    pub settings: Settings,
 }
 
 /// Starts warren with default test settings.
@@ -206,7 +208,7 @@ pub async fn spawn_roles(
     let db = TestDb::new().await;
     let s = settings(test_settings(&vhost, &db.url));
     let shutdown = CancellationToken::new();
-    let running = app(App::new(s))
+    let running = app(App::new(s.clone()))
         .start(roles, shutdown.clone())
         .await
         .expect("warren starts");
@@ -218,6 +220,7 @@ pub async fn spawn_roles(
         db,
         running: Some(running),
         shutdown,
+        settings: s,
     };
     app.wait_for_topology().await;
     app
@@ -315,6 +318,32 @@ impl TestApp {
             .expect("queue exists");
         let _ = conn.close(200, "".into()).await;
         q.message_count()
+    }
+
+    /// Starts another warren on the same vhost and database (stopped by `shutdown`).
+    pub async fn start_extra(
+        &self,
+        roles: &[Role],
+        app: impl FnOnce(App) -> App,
+        shutdown: CancellationToken,
+    ) -> Running {
+        let mut s = self.settings.clone();
+        s.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        app(App::new(s))
+            .start(roles, shutdown)
+            .await
+            .expect("extra warren starts")
+    }
+
+    /// `GET path` answered 200, as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.expect("JSON body")
     }
 
     /// A connection to the test database.

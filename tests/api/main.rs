@@ -9,5 +9,6 @@ mod jobs;
 mod modules;
 mod publish;
 mod reliability;
+mod saga;
 mod smtp;
 mod topology;

@@ -184,7 +184,7 @@ async fn spawn_app_with_broker_at(port: u16) -> crate::helpers::TestApp {
     s.amqp.connect_timeout_ms = 500;
     s.http.retry_after_secs = 7;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = warren::App::new(s)
+    let running = warren::App::new(s.clone())
         .start(&[warren::Role::Http], shutdown.clone())
         .await
         .expect("starts without a broker");
@@ -196,6 +196,7 @@ async fn spawn_app_with_broker_at(port: u16) -> crate::helpers::TestApp {
         db,
         running: Some(running),
         shutdown,
+        settings: s,
     }
 }
 

@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 
 mod m0001_foundation;
 mod m0002_modules;
+mod m0003_saga;
 
 /// Runs warren's migrations.
 #[derive(Debug)]
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_foundation::Migration),
             Box::new(m0002_modules::Migration),
+            Box::new(m0003_saga::Migration),
         ]
     }
 }
