@@ -10,5 +10,6 @@ mod modules;
 mod publish;
 mod reliability;
 mod saga;
+mod saga_load;
 mod smtp;
 mod topology;

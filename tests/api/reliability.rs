@@ -47,7 +47,7 @@ impl Consumer for Counting {
 }
 
 /// A child process killed when the test ends, pass or fail.
-struct KillOnDrop(std::process::Child);
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -56,7 +56,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-async fn connection_names(app: &TestApp) -> Vec<String> {
+pub(crate) async fn connection_names(app: &TestApp) -> Vec<String> {
     app.vhost
         .api
         .get(&format!("vhosts/{}/connections", encode(&app.vhost.name)))
@@ -67,7 +67,7 @@ async fn connection_names(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
-async fn close_connections(app: &TestApp, names: &[String]) {
+pub(crate) async fn close_connections(app: &TestApp, names: &[String]) {
     for name in names {
         let path = format!(
             "connections/{}",
