@@ -1,4 +1,10 @@
-//! `warren bench jobs`: end-to-end job throughput on a real broker and database.
+//! `warren bench jobs` and `warren bench sagas`: end-to-end throughput on a real broker and
+//! database.
+//!
+//! `bench sagas` starts every role in process (HTTP front, participants, orchestrator), seeds
+//! ample stock and balances, posts N orders over HTTP with C concurrent clients, and waits
+//! until every saga has completed: sagas per second from the first POST to the last
+//! completion, and the saga durations (start to completion) as percentiles.
 //!
 //! Creates a scratch vhost through the management API, then measures two things with a
 //! consumer that does what a real job does (the inbox check, one database write, the inbox
@@ -122,7 +128,20 @@ async fn wait_done(done: &AtomicU64, n: u64, limit: Duration) -> anyhow::Result<
 
 /// Runs the job benchmark against the broker and database in `settings`.
 pub async fn jobs(mut settings: Settings, opts: JobsBench) -> anyhow::Result<()> {
-    let vhost = format!("warren-bench-jobs-{}", std::process::id());
+    let (api, vhost) = scratch_vhost(&mut settings, "jobs").await?;
+    settings.jobs.concurrency = opts.concurrency;
+    settings.jobs.prefetch = opts.prefetch;
+    let result = run_phases(settings, &opts).await;
+    let _ = api.delete(&format!("vhosts/{}", encode(&vhost))).await;
+    result
+}
+
+/// Creates a scratch vhost for a benchmark and points `settings` at it.
+async fn scratch_vhost(
+    settings: &mut Settings,
+    what: &str,
+) -> anyhow::Result<(Management, String)> {
+    let vhost = format!("warren-bench-{what}-{}", std::process::id());
     let api = Management::new(settings.amqp.management_url.expose())?;
     let user = url::Url::parse(settings.amqp.url.expose())?
         .username()
@@ -140,11 +159,194 @@ pub async fn jobs(mut settings: Settings, opts: JobsBench) -> anyhow::Result<()>
         .map_or(base.as_str(), |(b, _)| b)
         .to_owned();
     settings.amqp.url = Secret::new(format!("{base}/{}", encode(&vhost)));
+    Ok((api, vhost))
+}
+
+/// Options of `warren bench sagas`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SagasBench {
+    /// Orders to place.
+    #[arg(long, default_value_t = 2_000)]
+    pub orders: usize,
+    /// Concurrent HTTP clients placing them.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Handlers running at once per module.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+}
+
+/// Runs the saga benchmark against the broker and database in `settings`.
+pub async fn sagas(mut settings: Settings, opts: SagasBench) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        opts.orders > 0 && opts.clients > 0,
+        "orders and clients must be positive"
+    );
+    let (api, vhost) = scratch_vhost(&mut settings, "sagas").await?;
     settings.jobs.concurrency = opts.concurrency;
-    settings.jobs.prefetch = opts.prefetch;
-    let result = run_phases(settings, &opts).await;
+    settings.jobs.prefetch = u16::try_from(opts.concurrency * 2).unwrap_or(u16::MAX);
+    settings.http.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let result = run_sagas(settings, &opts).await;
     let _ = api.delete(&format!("vhosts/{}", encode(&vhost))).await;
     result
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn run_sagas(settings: Settings, opts: &SagasBench) -> anyhow::Result<()> {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+
+    let run = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp());
+    let db_kind = if crate::store::is_sqlite(settings.database.url.expose()) {
+        "SQLite"
+    } else {
+        "PostgreSQL"
+    };
+    let shutdown = CancellationToken::new();
+    let running = App::new(settings.clone())
+        .start(&[Role::Http, Role::Worker, Role::Saga], shutdown.clone())
+        .await?;
+    let mut ready = running.topology_ready.clone();
+    tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| *r)).await??;
+    let base = format!(
+        "http://{}",
+        running
+            .http_addr
+            .ok_or_else(|| anyhow::anyhow!("no HTTP address"))?
+    );
+    let sku = format!("BENCH-{run}");
+    let users: Vec<String> = (0..100).map(|i| format!("bench-{run}-{i}")).collect();
+    let seed = crate::saga::order::Seed {
+        inventory: [(
+            sku.clone(),
+            i64::try_from(opts.orders).unwrap_or(i64::MAX) * 10,
+        )]
+        .into_iter()
+        .collect(),
+        accounts: users.iter().map(|u| (u.clone(), 1_000_000_000)).collect(),
+    };
+    seed.apply(&running.db).await?;
+
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..opts.clients {
+        let (http, base, next, sku, users) = (
+            http.clone(),
+            base.clone(),
+            next.clone(),
+            sku.clone(),
+            users.clone(),
+        );
+        let (n, run) = (opts.orders as u64, run.clone());
+        clients.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let body = json!({
+                    "order_no": format!("B-{run}-{i}"),
+                    "user_id": users[usize::try_from(i).unwrap_or(0) % users.len()],
+                    "items": [{"sku": sku, "qty": 1, "price": 500}],
+                    "total_amount": 500,
+                });
+                let t = Instant::now();
+                let r = http
+                    .post(format!("{base}/v1/orders"))
+                    .json(&body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status() == 202, "order refused: {}", r.status());
+                latencies.push(t.elapsed().as_secs_f64());
+            }
+        });
+    }
+    let mut accept = Vec::new();
+    while let Some(r) = clients.join_next().await {
+        accept.extend(r??);
+    }
+    let placed = started.elapsed();
+    let limit = Instant::now() + Duration::from_secs(600);
+    let db = running.db.clone();
+    let finished = loop {
+        let done = entities::sagas::Entity::find()
+            .filter(entities::sagas::Column::BusinessKey.starts_with(format!("B-{run}-")))
+            .filter(entities::sagas::Column::Status.is_in([
+                "completed",
+                "compensated",
+                "needs_intervention",
+            ]))
+            .count(&db)
+            .await?;
+        if done >= opts.orders as u64 {
+            break started.elapsed();
+        }
+        anyhow::ensure!(
+            Instant::now() < limit,
+            "only {done} of {} sagas ended in 600 s",
+            opts.orders
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rows = entities::sagas::Entity::find()
+        .filter(entities::sagas::Column::BusinessKey.starts_with(format!("B-{run}-")))
+        .all(&db)
+        .await?;
+    let completed = rows.iter().filter(|r| r.status == "completed").count();
+    let mut durations: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| {
+            r.finished_at
+                .map(|f| (f - r.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6)
+        })
+        .collect();
+    durations.sort_by(f64::total_cmp);
+    accept.sort_by(f64::total_cmp);
+    shutdown.cancel();
+    running.wait().await;
+
+    let rate = opts.orders as f64 / finished.as_secs_f64();
+    println!(
+        "placed:    {} orders in {placed:.2?} ({} clients; accept p50 {:.1} ms, p99 {:.1} ms)",
+        opts.orders,
+        opts.clients,
+        percentile(&accept, 50.0) * 1e3,
+        percentile(&accept, 99.0) * 1e3
+    );
+    println!(
+        "completed: {completed} of {} sagas in {finished:.2?} = {rate:.0} sagas/s end to end",
+        opts.orders
+    );
+    println!(
+        "saga duration: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        percentile(&durations, 50.0) * 1e3,
+        percentile(&durations, 99.0) * 1e3,
+        durations.last().copied().unwrap_or(0.0) * 1e3
+    );
+    println!(
+        "| {db_kind} | {} | {} | {} | {rate:.0} | {:.0} ms | {:.0} ms | {:.0} ms |",
+        opts.orders,
+        opts.clients,
+        opts.concurrency,
+        percentile(&durations, 50.0) * 1e3,
+        percentile(&durations, 99.0) * 1e3,
+        durations.last().copied().unwrap_or(0.0) * 1e3
+    );
+    anyhow::ensure!(
+        completed == opts.orders,
+        "{} sagas did not complete",
+        opts.orders - completed
+    );
+    Ok(())
 }
 
 async fn run_phases(settings: Settings, opts: &JobsBench) -> anyhow::Result<()> {

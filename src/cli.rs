@@ -222,6 +222,9 @@ pub enum BenchCommand {
     /// Job throughput: publish, drain, and publish -> consume -> handle -> ack at once, with
     /// the inbox and one database write per job.
     Jobs(crate::bench::JobsBench),
+    /// Order sagas end to end: orders placed over HTTP, every role in process, until each
+    /// saga completed; sagas per second and saga duration percentiles.
+    Sagas(crate::bench::SagasBench),
 }
 
 /// `warren topology ...`
@@ -341,6 +344,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Bench { which } => match which {
             BenchCommand::Jobs(opts) => {
                 crate::bench::jobs(settings, opts).await?;
+                Ok(0)
+            }
+            BenchCommand::Sagas(opts) => {
+                crate::bench::sagas(settings, opts).await?;
                 Ok(0)
             }
         },

@@ -248,23 +248,8 @@ impl Sagas {
         let id = saga_id.unwrap_or_else(Uuid::now_v7);
         tracing::Span::current().record("saga_id", tracing::field::display(id));
         let db = &self.inner.db;
-        if sagas::Entity::find_by_id(id)
-            .one(db)
-            .await
-            .map_err(self::db("reading a saga"))?
-            .is_some()
-        {
-            return Ok(id);
-        }
-        if let Some(key) = &business_key
-            && let Some(existing) = self.find_by_key(kind, key).await?
-        {
-            return Err(SagaError::Duplicate {
-                kind: kind.to_owned(),
-                key: key.clone(),
-                saga_id: existing,
-            });
-        }
+        // A repeated start with the same id, or a taken business key, is found when the
+        // insert below conflicts: the common path reads nothing first.
         let state = SagaState::new(def);
         let (next, cmds) = apply(def, &state, &Input::Start);
         let now = Utc::now();
@@ -472,7 +457,12 @@ impl Sagas {
         now: DateTime<Utc>,
     ) -> Result<(), SagaError> {
         for (i, (old, new)) in before.steps.iter().zip(&after.steps).enumerate() {
-            if old == new {
+            // Only failed compensations, and what follows them, touch interventions: the
+            // common path (execute, done, compensated without failure) reads nothing here.
+            let relevant = matches!(new, StepStatus::CompensationFailed)
+                || *old == StepStatus::CompensationFailed
+                || *new == StepStatus::Compensated;
+            if old == new || !relevant {
                 continue;
             }
             let open = saga_interventions::Entity::find()

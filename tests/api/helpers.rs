@@ -327,7 +327,18 @@ impl TestApp {
         app: impl FnOnce(App) -> App,
         shutdown: CancellationToken,
     ) -> Running {
-        let mut s = self.settings.clone();
+        self.start_extra_with(roles, |s| s, app, shutdown).await
+    }
+
+    /// [`Self::start_extra`] with adjusted settings.
+    pub async fn start_extra_with(
+        &self,
+        roles: &[Role],
+        settings: impl FnOnce(Settings) -> Settings,
+        app: impl FnOnce(App) -> App,
+        shutdown: CancellationToken,
+    ) -> Running {
+        let mut s = settings(self.settings.clone());
         s.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         app(App::new(s))
             .start(roles, shutdown)

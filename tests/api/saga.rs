@@ -200,6 +200,82 @@ async fn happy_path_creates_the_order_deducts_stock_and_balance_and_notifies() {
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["error"]["code"], "order_exists");
     assert_eq!(body["saga_id"], id.as_str());
+
+    // The same views from the command line.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(args)
+            .env("WARREN_AMQP__URL", app.vhost.amqp_url())
+            .env("WARREN_DATABASE__URL", &app.db.url)
+            .env("WARREN_LOG__FILTER", "error")
+            .output()
+            .expect("warren runs");
+        assert!(out.status.success(), "warren {args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let listed = cli(&["saga", "list", "--state", "completed"]);
+    assert!(listed.contains(&id) && listed.contains("A-100"), "{listed}");
+    let shown: Value = serde_json::from_str(&cli(&["saga", "show", "A-100"])).expect("json");
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["timeline"].as_array().map(Vec::len), Some(9));
+    assert!(cli(&["seed", "--sku", "SKU-CLI=7"]).contains("seeded 1 SKU"));
+    assert_eq!(stock(&app, "SKU-CLI").await, 7);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_order_accepted_while_the_broker_is_down_is_sent_by_the_relay_when_it_is_back() {
+    // The orchestrator and participants run on the real broker; a second front is pointed at
+    // a port where no broker listens.
+    let app = spawn_saga(ALL, |s| s, |a| a).await;
+    seed(&app, json!({"SKU-1": 10}), json!({"u-1": 10_000})).await;
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let stop = CancellationToken::new();
+    let cut_off = app
+        .start_extra_with(
+            &[Role::Http],
+            |mut s| {
+                s.amqp.url = warren::config::Secret::new(format!(
+                    "amqp://guest:guest@127.0.0.1:{dead_port}/%2f"
+                ));
+                s.amqp.connect_timeout_ms = 300;
+                s.amqp.declare_topology = false;
+                s
+            },
+            |a| a,
+            stop.clone(),
+        )
+        .await;
+    let front = format!("http://{}", cut_off.http_addr.expect("http"));
+    let r = app
+        .http
+        .post(format!("{front}/v1/orders"))
+        .json(&order("A-600", "u-1", "SKU-1", 1, 100))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 202, "stored with its first command, answered");
+    let id = r.json::<Value>().await.expect("json")["saga_id"]
+        .as_str()
+        .expect("saga_id")
+        .to_owned();
+    let view = until_status(&app, &id, "completed", Duration::from_secs(30)).await;
+    assert_eq!(timeline(&view)[1], t(0, "execute", "sent"));
+    assert_eq!(stock(&app, "SKU-1").await, 9);
+    assert_eq!(
+        entities::saga_outbox::Entity::find()
+            .count(&app.db().await)
+            .await
+            .expect("count"),
+        0,
+        "the outbox is empty once the broker confirmed"
+    );
+    stop.cancel();
+    cut_off.wait().await;
     app.cleanup().await;
 }
 
