@@ -597,15 +597,40 @@ impl Sagas {
     pub async fn relay_once(&self, grace: Duration) -> Result<usize, SagaError> {
         let db = &self.inner.db;
         let cutoff = Utc::now() - millis(grace);
-        let txn = db.begin().await.map_err(self::db("relaying the outbox"))?;
-        let mut q = saga_outbox::Entity::find()
+        let q = saga_outbox::Entity::find()
             .filter(saga_outbox::Column::CreatedAt.lte(cutoff))
             .order_by_asc(saga_outbox::Column::Id)
             .limit(200);
-        if db.get_database_backend() == DbBackend::Postgres {
-            q = q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        let sent = if db.get_database_backend() == DbBackend::Postgres {
+            // Claim the rows, so relays in other processes skip them.
+            let txn = db.begin().await.map_err(self::db("relaying the outbox"))?;
+            let rows = q
+                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                .all(&txn)
+                .await
+                .map_err(self::db("reading the outbox"))?;
+            let sent = self.relay_rows(&txn, rows).await?;
+            txn.commit()
+                .await
+                .map_err(self::db("committing the relay"))?;
+            sent
+        } else {
+            // SQLite has one connection: holding a transaction across publishes would stall
+            // every other query. One process relays; a repeat is harmless anyway.
+            let rows = q.all(db).await.map_err(self::db("reading the outbox"))?;
+            self.relay_rows(db, rows).await?
+        };
+        if sent > 0 {
+            tracing::info!(sent, "Relayed commands from the outbox.");
         }
-        let rows = q.all(&txn).await.map_err(self::db("reading the outbox"))?;
+        Ok(sent)
+    }
+
+    async fn relay_rows<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        rows: Vec<saga_outbox::Model>,
+    ) -> Result<usize, SagaError> {
         let mut sent = 0;
         for row in rows {
             if let Err(e) = self.publish_command(&row).await {
@@ -613,16 +638,10 @@ impl Sagas {
                 break;
             }
             saga_outbox::Entity::delete_by_id(row.id)
-                .exec(&txn)
+                .exec(conn)
                 .await
-                .map_err(self::db("deleting a relayed command"))?;
+                .map_err(db("deleting a relayed command"))?;
             sent += 1;
-        }
-        txn.commit()
-            .await
-            .map_err(self::db("committing the relay"))?;
-        if sent > 0 {
-            tracing::info!(sent, "Relayed commands from the outbox.");
         }
         Ok(sent)
     }
