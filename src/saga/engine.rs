@@ -140,6 +140,8 @@ struct Inner {
     metrics: Metrics,
     defs: HashMap<String, SagaDef>,
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Ids of confirmed commands, deleted from the outbox in batches by a background task.
+    confirmed: tokio::sync::mpsc::UnboundedSender<Uuid>,
 }
 
 impl std::fmt::Debug for Sagas {
@@ -198,6 +200,8 @@ impl Sagas {
         metrics: Metrics,
         defs: impl IntoIterator<Item = SagaDef>,
     ) -> Self {
+        let (confirmed, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(delete_confirmed(db.clone(), rx));
         Self {
             inner: Arc::new(Inner {
                 db,
@@ -207,6 +211,7 @@ impl Sagas {
                 locks: (0..LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
+                confirmed,
             }),
         }
     }
@@ -564,9 +569,12 @@ impl Sagas {
                     "Command stays in the outbox; the relay will send it.");
                 return;
             }
-            if let Err(e) = saga_outbox::Entity::delete_by_id(row.id)
-                .exec(&self.inner.db)
-                .await
+            // Deleted in a batch a few milliseconds later: one statement (and one commit)
+            // for many commands. Until then the relay's grace period keeps it from a resend.
+            if self.inner.confirmed.send(row.id).is_err()
+                && let Err(e) = saga_outbox::Entity::delete_by_id(row.id)
+                    .exec(&self.inner.db)
+                    .await
             {
                 tracing::warn!(error = %e, "Cannot delete a sent command from the outbox; it may be sent again (participants drop repeats).");
             }
@@ -840,6 +848,34 @@ impl Sagas {
                 iv.saga_id,
                 status_str(status)
             ))),
+        }
+    }
+}
+
+/// Deletes confirmed commands from the outbox in batches (up to 500 ids, or what arrived in
+/// 20 ms), until the engine is dropped. A batch that fails to delete is left to the relay,
+/// which sends those commands again (participants drop repeats).
+async fn delete_confirmed(
+    db: DatabaseConnection,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Uuid>,
+) {
+    const BATCH: usize = 500;
+    while let Some(first) = rx.recv().await {
+        let mut ids = vec![first];
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+        while ids.len() < BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(id)) => ids.push(id),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Err(e) = saga_outbox::Entity::delete_many()
+            .filter(saga_outbox::Column::Id.is_in(ids.clone()))
+            .exec(&db)
+            .await
+        {
+            tracing::warn!(error = %e, n = ids.len(),
+                "Cannot delete sent commands from the outbox; the relay will send them again.");
         }
     }
 }
