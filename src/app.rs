@@ -24,7 +24,7 @@ use crate::{
     },
     saga::{
         Sagas,
-        orchestrator::{Orchestrator, run_relay, run_timer},
+        orchestrator::{Orchestrator, run_gauges, run_relay, run_timer},
         participants::{Inventory, Orders, ParticipantConsumer, Payments},
     },
     store::{self, StoreError},
@@ -113,6 +113,8 @@ impl std::fmt::Debug for App {
 pub struct Running {
     /// Where the HTTP front listens, when it runs.
     pub http_addr: Option<SocketAddr>,
+    /// Where the metrics listener listens (processes without the HTTP front).
+    pub metrics_addr: Option<SocketAddr>,
     /// Metrics of this process.
     pub metrics: Metrics,
     /// The database connection.
@@ -205,6 +207,8 @@ impl App {
             });
         }
 
+        self.metrics.watch_broker(&broker);
+        self.metrics.watch_database(&db);
         let sagas = Sagas::new(
             db.clone(),
             publisher.clone(),
@@ -225,6 +229,11 @@ impl App {
             tasks.spawn(run_timer(
                 sagas.clone(),
                 std::time::Duration::from_millis(settings.saga.tick_ms),
+                shutdown.clone(),
+            ));
+            tasks.spawn(run_gauges(
+                sagas.clone(),
+                std::time::Duration::from_secs(5),
                 shutdown.clone(),
             ));
             tasks.spawn(run_relay(
@@ -251,6 +260,23 @@ impl App {
                 .register("audit.record", "#", 0, AuditListener::new(db.clone()));
         }
 
+        let mut metrics_addr = None;
+        if !roles.contains(&Role::Http)
+            && let Some(addr) = settings.metrics.addr
+        {
+            match crate::telemetry::serve_metrics(self.metrics.clone(), addr, shutdown.clone())
+                .await
+            {
+                Ok((bound, server)) => {
+                    tracing::info!(addr = %bound, "Metrics listener up (GET /metrics).");
+                    metrics_addr = Some(bound);
+                    tasks.spawn(server);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e,
+                    "Cannot listen for metrics; this process is not scrapeable (set metrics.addr)."),
+            }
+        }
+
         let mut http_addr = None;
         if roles.contains(&Role::Http) {
             let state = HttpState {
@@ -262,6 +288,7 @@ impl App {
                 topology: topology.clone(),
                 metrics: self.metrics.clone(),
                 sagas: sagas.clone(),
+                slow_events: Arc::default(),
                 dlq: Dlq::new(
                     broker.clone(),
                     publisher.clone(),
@@ -289,6 +316,7 @@ impl App {
         tasks.close();
         Ok(Running {
             http_addr,
+            metrics_addr,
             metrics: self.metrics,
             db,
             broker,

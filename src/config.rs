@@ -75,6 +75,26 @@ pub struct Settings {
     pub email: EmailSettings,
     /// The saga orchestrator.
     pub saga: SagaSettings,
+    /// The metrics listener of processes without the HTTP front.
+    pub metrics: MetricsSettings,
+}
+
+/// Metrics settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where a process without the HTTP front (`worker`, `saga run`, a participant) serves
+    /// `GET /metrics` and `GET /healthz`; `None` turns the listener off. Processes with the
+    /// HTTP front serve `/metrics` on `http.addr`.
+    pub addr: Option<SocketAddr>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
 }
 
 /// Saga orchestrator settings.
@@ -279,6 +299,11 @@ pub struct HttpSettings {
     pub tokens: Vec<Secret>,
     /// Seconds announced in `Retry-After` when the broker cannot take a message.
     pub retry_after_secs: u32,
+    /// A request slower than this (ms) is counted in `http_slow_requests_total` and
+    /// announced as a `system.slow_request` event (at most `slow_request_events_per_sec`).
+    pub slow_request_ms: u64,
+    /// Most `system.slow_request` events published per second (the counter counts all).
+    pub slow_request_events_per_sec: u32,
 }
 
 impl Default for HttpSettings {
@@ -288,6 +313,8 @@ impl Default for HttpSettings {
             body_limit_bytes: 256 * 1024,
             tokens: Vec::new(),
             retry_after_secs: 5,
+            slow_request_ms: 1_000,
+            slow_request_events_per_sec: 10,
         }
     }
 }

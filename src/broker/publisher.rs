@@ -120,6 +120,11 @@ impl Publisher {
         &self.inner.broker
     }
 
+    /// The metrics it reports to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     async fn channel(&self, slot: &Slot) -> Result<(Channel, ConnectionStatus), PublishError> {
         let mut guard = slot.channel.lock().await;
         if let Some((ch, status)) = guard.as_ref()
@@ -128,11 +133,14 @@ impl Publisher {
         {
             return Ok((ch.clone(), status.clone()));
         }
-        *guard = None;
+        if guard.take().is_some() {
+            self.inner.metrics.channels(-1);
+        }
         let (ch, status) = self.inner.broker.channel_with_status().await?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| PublishError::Unavailable(BrokerError::Channel(e)))?;
+        self.inner.metrics.channels(1);
         *guard = Some((ch.clone(), status.clone()));
         Ok((ch, status))
     }
@@ -188,7 +196,9 @@ impl Publisher {
         {
             Ok(c) => c,
             Err(e) => {
-                slot.channel.lock().await.take();
+                if slot.channel.lock().await.take().is_some() {
+                    self.inner.metrics.channels(-1);
+                }
                 return Err(PublishError::Channel(e));
             }
         };
@@ -207,6 +217,7 @@ impl Publisher {
     pub async fn close(&self) {
         for slot in &self.inner.slots {
             if let Some((ch, _)) = slot.channel.lock().await.take() {
+                self.inner.metrics.channels(-1);
                 let _ = ch.close(200, "shutdown".into()).await;
             }
         }

@@ -64,6 +64,31 @@ pub struct HttpState {
     pub dlq: Dlq,
     /// The saga engine.
     pub sagas: crate::saga::Sagas,
+    /// Caps the `system.slow_request` events per second.
+    pub slow_events: Arc<SlowEvents>,
+}
+
+/// A per-second budget of `system.slow_request` events: under overload every request is
+/// slow, and one event per request would add to the load that made them slow.
+#[derive(Debug, Default)]
+pub struct SlowEvents {
+    second: std::sync::atomic::AtomicU64,
+    used: std::sync::atomic::AtomicU32,
+}
+
+impl SlowEvents {
+    /// Whether one more event fits in this second's budget of `per_sec`.
+    pub fn take(&self, per_sec: u32) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        if self.second.swap(now, Relaxed) != now {
+            self.used.store(0, Relaxed);
+        }
+        self.used.fetch_add(1, Relaxed) < per_sec
+    }
 }
 
 /// Query of `POST /v1/events/{name}`.
@@ -289,7 +314,10 @@ pub enum Route {
     /// `GET /readyz`.
     Readyz,
     /// `GET /metrics`.
-    Metrics,
+    Metrics {
+        /// Accept header (OpenMetrics or the classic text format).
+        accept: Option<String>,
+    },
 }
 
 impl Route {
@@ -315,7 +343,7 @@ impl Route {
             Route::Seed { .. } => "/v1/admin/seed",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
-            Route::Metrics => "/metrics",
+            Route::Metrics { .. } => "/metrics",
         }
     }
 }
@@ -465,7 +493,8 @@ fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
         .boxed();
     let metrics = warp::path!("metrics")
         .and(warp::get())
-        .map(|| Route::Metrics)
+        .and(warp::header::optional::<String>("accept"))
+        .map(|accept| Route::Metrics { accept })
         .boxed();
     let auth = || warp::header::optional::<String>("authorization");
     let dlq_list = warp::path!("v1" / "dlq")
@@ -599,7 +628,58 @@ async fn answer(state: &HttpState, ctx: Ctx, route: Result<Route, warp::Rejectio
         response.status().as_u16(),
         elapsed.as_secs_f64(),
     );
+    let threshold = state.settings.http.slow_request_ms;
+    if elapsed.as_millis() >= u128::from(threshold) {
+        state
+            .metrics
+            .slow_request(method_label(&ctx.method), template);
+        if state
+            .slow_events
+            .take(state.settings.http.slow_request_events_per_sec)
+        {
+            slow_request_event(state, &ctx, template, response.status().as_u16(), elapsed);
+        }
+    }
     response
+}
+
+/// Publishes `system.slow_request` (the article's monitor event) without delaying the answer.
+fn slow_request_event(
+    state: &HttpState,
+    ctx: &Ctx,
+    template: &'static str,
+    status: u16,
+    elapsed: std::time::Duration,
+) {
+    let event = Event::new(
+        "system.slow_request",
+        None,
+        json!({
+            "method": method_label(&ctx.method),
+            "path": template,
+            "status": status,
+            "duration_ms": (elapsed.as_secs_f64() * 1000.0).round(),
+            "threshold_ms": state.settings.http.slow_request_ms,
+            "request_id": ctx.request_id,
+        }),
+    );
+    let mut meta = Meta::for_event(&event);
+    meta.request_id = Some(ctx.request_id.clone());
+    meta.correlation_id = Some(ctx.request_id.clone());
+    let publisher = state.publisher.clone();
+    tokio::spawn(async move {
+        if let Err(e) = publisher
+            .publish(
+                EVENTS_EXCHANGE,
+                "system.slow_request",
+                &event.to_json(),
+                meta.properties(),
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "Cannot publish system.slow_request.");
+        }
+    });
 }
 
 fn error_response(state: &HttpState, ctx: &Ctx, e: ApiError) -> Response {
@@ -628,17 +708,9 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
     match route {
         Route::Healthz => Ok(warp::reply::json(&json!({"status": "ok"})).into_response()),
         Route::Readyz => Ok(readyz(state).await),
-        Route::Metrics => {
-            state.metrics.set_connections(
-                "amqp",
-                i64::try_from(state.publisher.broker().connections()).unwrap_or(0),
-            );
-            Ok(warp::reply::with_header(
-                state.metrics.render(),
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
-            .into_response())
+        Route::Metrics { accept } => {
+            let (body, content_type) = state.metrics.render_for(accept.as_deref());
+            Ok(warp::reply::with_header(body, "content-type", content_type).into_response())
         }
         Route::PublishEvent {
             name,
@@ -885,7 +957,7 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-#[tracing::instrument(skip_all, fields(event_name = %name, request_id = %ctx.request_id, event_id))]
+#[tracing::instrument(skip_all, fields(event_name = %name, request_id = %ctx.request_id, event_id, trace_id))]
 async fn publish_event(
     state: &HttpState,
     ctx: &Ctx,
@@ -949,6 +1021,7 @@ async fn publish_for_request(
         .and_then(TraceParent::parse)
         .map(|t| t.child())
         .unwrap_or_else(TraceParent::start);
+    tracing::Span::current().record("trace_id", trace.trace_id.as_str());
     let mut meta = Meta::for_event(message);
     meta.correlation_id = Some(ctx.request_id.clone());
     meta.request_id = Some(ctx.request_id.clone());
@@ -986,7 +1059,7 @@ fn parse_data(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Val
     Ok(data)
 }
 
-#[tracing::instrument(skip_all, fields(job_name = %name, request_id = %ctx.request_id, job_id))]
+#[tracing::instrument(skip_all, fields(job_name = %name, request_id = %ctx.request_id, job_id, trace_id))]
 async fn enqueue_job(
     state: &HttpState,
     ctx: &Ctx,

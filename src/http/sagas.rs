@@ -163,7 +163,7 @@ fn limit(requested: Option<u64>) -> Result<u64, ApiError> {
 }
 
 /// `POST /v1/orders`: validates and starts the order saga.
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, order_no, saga_id))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, order_no, saga_id, trace_id))]
 pub(super) async fn create_order(
     state: &HttpState,
     ctx: &Ctx,
@@ -179,6 +179,7 @@ pub(super) async fn create_order(
         .and_then(TraceParent::parse)
         .map(|t| t.child())
         .unwrap_or_else(TraceParent::start);
+    tracing::Span::current().record("trace_id", trace.trace_id.as_str());
     let payload = serde_json::to_value(&order).map_err(|e| ApiError::Internal(e.to_string()))?;
     let id = state
         .sagas

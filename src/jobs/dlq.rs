@@ -359,7 +359,18 @@ impl Dlq {
     /// removed. Returns how many were replayed.
     #[tracing::instrument(skip(self), fields(replayed))]
     pub async fn replay(&self, queue: &str, filter: &Filter) -> Result<usize, DlqError> {
-        let n = self.pass(queue, filter, Action::Replay).await?;
+        let work_queue = self.work_queue(queue)?;
+        let metrics = self.publisher.metrics();
+        let n = match self.pass(queue, filter, Action::Replay).await {
+            Ok(n) => n,
+            Err(e) => {
+                if let DlqError::Stopped { done, .. } = &e {
+                    metrics.replayed(&work_queue, *done as u64);
+                }
+                return Err(e);
+            }
+        };
+        metrics.replayed(&work_queue, n as u64);
         tracing::Span::current().record("replayed", n);
         tracing::info!(replayed = n, "Replayed parked messages.");
         Ok(n)

@@ -154,6 +154,19 @@ impl Runner {
     /// Consumes until `shutdown`; never returns early on broker trouble (it reconnects).
     #[tracing::instrument(skip_all, fields(module = self.consumer.name(), queue = self.consumer.queue()))]
     pub async fn run(self, shutdown: CancellationToken) {
+        // Every queue's series exist from the start, at zero, so dashboards and alerts see
+        // an idle queue as 0 rather than as no data.
+        let queue = self.consumer.queue().to_owned();
+        self.ctx.metrics.touch_queue(&queue);
+        for action in [
+            "consumed",
+            "acked",
+            "dead_lettered",
+            "retried_60s",
+            "retried_120s",
+        ] {
+            self.ctx.metrics.queue_message_touch(&queue, action);
+        }
         let mut delays = crate::retry::reconnect();
         loop {
             if shutdown.is_cancelled() {
@@ -186,6 +199,8 @@ impl Runner {
             tracing::error!(error = %e, "Topology declaration failed; consuming anyway (run `warren topology verify`).");
         }
         let channel = self.ctx.broker.channel().await?;
+        self.ctx.metrics.channels(1);
+        let _open = ChannelGauge(self.ctx.metrics.clone());
         channel
             .basic_qos(self.limits.prefetch, BasicQosOptions::default())
             .await
@@ -278,14 +293,25 @@ struct Parts {
     limits: Limits,
 }
 
+/// Takes a consuming channel off the `amqp_channels` gauge when the session ends.
+struct ChannelGauge(Metrics);
+
+impl Drop for ChannelGauge {
+    fn drop(&mut self) {
+        self.0.channels(-1);
+    }
+}
+
 impl Parts {
     fn queue(&self) -> &str {
         self.consumer.queue()
     }
 
-    #[tracing::instrument(skip_all, fields(queue = self.consumer.queue(), message_id, attempt, trace_id))]
+    #[tracing::instrument(skip_all, fields(queue = self.consumer.queue(), message_id, attempt, trace_id, request_id))]
     async fn process(&self, delivery: Delivery) {
         let started = Instant::now();
+        self.ctx.metrics.queue_message(self.queue(), "consumed");
+        let _in_flight = self.ctx.metrics.in_flight(self.queue());
         let props = delivery.properties.clone();
         let attempt = header_int(&props, H_ATTEMPT)
             .and_then(|a| u32::try_from(a).ok())
@@ -295,6 +321,9 @@ impl Parts {
         span.record("attempt", attempt);
         if let Some(tp) = header_str(&props, H_TRACEPARENT) {
             span.record("trace_id", tp.get(3..35).unwrap_or(""));
+        }
+        if let Some(rid) = header_str(&props, H_REQUEST_ID) {
+            span.record("request_id", rid.as_str());
         }
         let event: Event = match serde_json::from_slice(&delivery.data) {
             Ok(e) => e,
@@ -438,14 +467,13 @@ impl Parts {
             .await
         {
             Ok(()) => {
-                self.ctx.metrics.job(
-                    self.queue(),
-                    if tier == FAILURE_TIER {
-                        "retried_60s"
-                    } else {
-                        "retried_120s"
-                    },
-                );
+                let action = if tier == FAILURE_TIER {
+                    "retried_60s"
+                } else {
+                    "retried_120s"
+                };
+                self.ctx.metrics.job(self.queue(), action);
+                self.ctx.metrics.queue_message(self.queue(), action);
                 self.ack(delivery).await
             }
             Err(e) => {
@@ -480,6 +508,9 @@ impl Parts {
             return self.requeue(delivery).await;
         }
         self.ctx.metrics.job(self.queue(), "dead_lettered");
+        self.ctx
+            .metrics
+            .queue_message(self.queue(), "dead_lettered");
         let message_id = job.map(|j| j.message_id).or_else(|| {
             delivery
                 .properties
@@ -553,6 +584,8 @@ impl Parts {
         if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
             // The channel is gone: the broker will redeliver; the inbox absorbs the repeat.
             tracing::warn!(error = %e, "Ack failed; the message will be redelivered.");
+        } else {
+            self.ctx.metrics.queue_message(self.queue(), "acked");
         }
         Settled::Acked
     }
@@ -567,6 +600,7 @@ impl Parts {
         {
             tracing::warn!(error = %e, "Nack failed; the message will be redelivered.");
         }
+        self.ctx.metrics.queue_message(self.queue(), "requeued");
         Settled::Requeued
     }
 }

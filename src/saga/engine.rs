@@ -715,6 +715,55 @@ impl Sagas {
         Ok(changed)
     }
 
+    /// Refreshes the saga gauges: sagas per kind in each non-terminal state (running,
+    /// compensating, needs_intervention; terminal states grow without bound and are counted
+    /// by `sagas_finished_total` instead), open interventions, and the outbox.
+    pub async fn refresh_gauges(&self) -> Result<(), SagaError> {
+        use sea_orm::{
+            PaginatorTrait,
+            sea_query::{Expr, ExprTrait},
+        };
+        const LIVE: [&str; 3] = ["running", "compensating", "needs_intervention"];
+        let db = &self.inner.db;
+        let rows: Vec<(String, String, i64)> = sagas::Entity::find()
+            .select_only()
+            .column(sagas::Column::Kind)
+            .column(sagas::Column::Status)
+            .column_as(Expr::col(sagas::Column::Id).count(), "n")
+            .filter(sagas::Column::Status.is_in(LIVE))
+            .group_by(sagas::Column::Kind)
+            .group_by(sagas::Column::Status)
+            .into_tuple()
+            .all(db)
+            .await
+            .map_err(self::db("counting sagas by state"))?;
+        let mut counts: Vec<(String, String, i64)> = Vec::new();
+        for kind in self.inner.defs.keys() {
+            for state in LIVE {
+                let n = rows
+                    .iter()
+                    .find(|(k, s, _)| k == kind && s == state)
+                    .map_or(0, |r| r.2);
+                counts.push((kind.clone(), state.to_owned(), n));
+            }
+        }
+        self.inner.metrics.set_sagas(&counts);
+        let open = saga_interventions::Entity::find()
+            .filter(saga_interventions::Column::Status.ne("resolved"))
+            .count(db)
+            .await
+            .map_err(self::db("counting interventions"))?;
+        self.inner
+            .metrics
+            .set_interventions_open(i64::try_from(open).unwrap_or(i64::MAX));
+        let (depth, oldest) = self.outbox_depth().await?;
+        self.inner.metrics.set_outbox(
+            i64::try_from(depth).unwrap_or(i64::MAX),
+            oldest.map_or(0.0, |d| d.as_secs_f64()),
+        );
+        Ok(())
+    }
+
     /// A saga with its steps, timeline and interventions.
     pub async fn get(&self, id: Uuid) -> Result<SagaView, SagaError> {
         let db = &self.inner.db;

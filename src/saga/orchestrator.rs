@@ -115,6 +115,19 @@ pub async fn run_timer(sagas: Sagas, every: Duration, shutdown: CancellationToke
     }
 }
 
+/// Refreshes the saga gauges (states, interventions, outbox) every `every` until shutdown.
+pub async fn run_gauges(sagas: Sagas, every: Duration, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = sagas.refresh_gauges().await {
+            tracing::warn!(error = %e, "Cannot refresh the saga gauges.");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// Publishes what the outbox still holds every `every` until shutdown.
 pub async fn run_relay(
     sagas: Sagas,

@@ -3,11 +3,17 @@
 //! Label values stay bounded: HTTP paths are route templates (`/v1/events/{name}`), never raw
 //! paths; exchanges and queues come from the topology; outcomes are fixed words.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 
@@ -57,10 +63,34 @@ pub struct QueueLabels {
     pub queue: String,
 }
 
+/// `queue_messages_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueActionLabels {
+    /// The work queue.
+    pub queue: String,
+    /// consumed, acked, requeued, retried_60s, retried_120s, dead_lettered, replayed.
+    pub action: &'static str,
+}
+
+/// `sagas` gauge labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SagaStateLabels {
+    /// Saga kind.
+    pub kind: String,
+    /// running, compensating, completed, compensated, needs_intervention.
+    pub state: String,
+}
+
+/// `warren_build_info` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
 /// `active_connections` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
-    /// `amqp` or `database`.
+    /// `amqp_connections`, `amqp_channels` or `database_in_use`.
     pub kind: &'static str,
 }
 
@@ -109,6 +139,22 @@ struct Inner {
     sagas_started: Family<SagaLabels, Counter>,
     sagas_finished: Family<SagaOutcomeLabels, Counter>,
     saga_duration: Family<SagaOutcomeLabels, Histogram, fn() -> Histogram>,
+    queue_messages: Family<QueueActionLabels, Counter>,
+    in_flight: Family<QueueLabels, Gauge>,
+    slow_requests: Family<RouteLabels, Counter>,
+    sagas: Family<SagaStateLabels, Gauge>,
+    interventions_open: Gauge,
+    outbox_depth: Gauge,
+    outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+    amqp_channels: Gauge,
+    probes: Arc<Probes>,
+}
+
+/// What `render` asks at scrape time: the broker pool and the database pool.
+#[derive(Default)]
+struct Probes {
+    broker: OnceLock<crate::broker::Broker>,
+    db: OnceLock<sea_orm::DatabaseConnection>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -190,8 +236,72 @@ impl Metrics {
             "Time from a saga's start to its terminal state, by kind and outcome",
             saga_duration.clone(),
         );
+        let queue_messages = Family::<QueueActionLabels, Counter>::default();
+        registry.register(
+            "queue_messages",
+            "Messages by queue and what the runner did: consumed, acked, requeued, retried_60s, retried_120s, dead_lettered, replayed",
+            queue_messages.clone(),
+        );
+        let in_flight = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "messages_in_flight",
+            "Messages a handler is working on now, by queue",
+            in_flight.clone(),
+        );
+        let slow_requests = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "http_slow_requests",
+            "Requests slower than http.slow_request_ms, by method and route template",
+            slow_requests.clone(),
+        );
+        let sagas = Family::<SagaStateLabels, Gauge>::default();
+        registry.register(
+            "sagas",
+            "Sagas per kind and state now (refreshed every few seconds by the orchestrator)",
+            sagas.clone(),
+        );
+        let interventions_open = Gauge::default();
+        registry.register(
+            "saga_interventions_open",
+            "Failed compensations waiting for an operator",
+            interventions_open.clone(),
+        );
+        let outbox_depth = Gauge::default();
+        registry.register(
+            "saga_outbox_depth",
+            "Saga commands stored and not yet confirmed by the broker",
+            outbox_depth.clone(),
+        );
+        let outbox_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "saga_outbox_oldest_seconds",
+            "Age of the oldest command waiting in the saga outbox (0 when empty)",
+            outbox_oldest.clone(),
+        );
+        let amqp_channels = Gauge::default();
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "warren_build_info",
+            "Always 1; the version label says which warren runs",
+            build,
+        );
+        registry.register_collector(Box::new(ProcessCollector::new()));
         Self {
             inner: Arc::new(Inner {
+                queue_messages,
+                in_flight,
+                slow_requests,
+                sagas,
+                interventions_open,
+                outbox_depth,
+                outbox_oldest,
+                amqp_channels,
+                probes: Arc::new(Probes::default()),
                 sagas_started,
                 sagas_finished,
                 saga_duration,
@@ -283,20 +393,272 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Sets a connection gauge.
-    pub fn set_connections(&self, kind: &'static str, n: i64) {
+    /// Counts one message event of a queue (consumed, acked, retried_60s, ...).
+    pub fn queue_message(&self, queue: &str, action: &'static str) {
+        self.inner
+            .queue_messages
+            .get_or_create(&QueueActionLabels {
+                queue: queue.to_owned(),
+                action,
+            })
+            .inc();
+    }
+
+    /// Makes a `queue_messages_total` series exist (at zero).
+    pub fn queue_message_touch(&self, queue: &str, action: &'static str) {
+        let _ = self.inner.queue_messages.get_or_create(&QueueActionLabels {
+            queue: queue.to_owned(),
+            action,
+        });
+    }
+
+    /// Counts `n` messages replayed from a queue's dead-letter queue.
+    pub fn replayed(&self, queue: &str, n: u64) {
+        self.inner
+            .queue_messages
+            .get_or_create(&QueueActionLabels {
+                queue: queue.to_owned(),
+                action: "replayed",
+            })
+            .inc_by(n);
+    }
+
+    /// Messages of `queue` a handler works on now (a guard: dropping it counts the end).
+    pub fn in_flight(&self, queue: &str) -> InFlight {
+        let gauge = self
+            .inner
+            .in_flight
+            .get_or_create(&QueueLabels {
+                queue: queue.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// Makes `queue`'s series exist (at zero) before its first message.
+    pub fn touch_queue(&self, queue: &str) {
+        let _ = self.inner.in_flight.get_or_create(&QueueLabels {
+            queue: queue.to_owned(),
+        });
+    }
+
+    /// Counts a slow request.
+    pub fn slow_request(&self, method: &'static str, path: &'static str) {
+        self.inner
+            .slow_requests
+            .get_or_create(&RouteLabels { method, path })
+            .inc();
+    }
+
+    /// Sets the sagas-per-state gauges (every state of every kind given, zero included).
+    pub fn set_sagas(&self, counts: &[(String, String, i64)]) {
+        for (kind, state, n) in counts {
+            self.inner
+                .sagas
+                .get_or_create(&SagaStateLabels {
+                    kind: kind.clone(),
+                    state: state.clone(),
+                })
+                .set(*n);
+        }
+    }
+
+    /// Sets the open interventions gauge.
+    pub fn set_interventions_open(&self, n: i64) {
+        self.inner.interventions_open.set(n);
+    }
+
+    /// Sets the outbox gauges.
+    pub fn set_outbox(&self, depth: i64, oldest_seconds: f64) {
+        self.inner.outbox_depth.set(depth);
+        self.inner.outbox_oldest.set(oldest_seconds);
+    }
+
+    /// An AMQP channel opened (`+1`) or closed (`-1`).
+    pub fn channels(&self, delta: i64) {
+        self.inner.amqp_channels.inc_by(delta);
+    }
+
+    /// Lets `render` report the broker pool's connections.
+    pub fn watch_broker(&self, broker: &crate::broker::Broker) {
+        let _ = self.inner.probes.broker.set(broker.clone());
+    }
+
+    /// Lets `render` report the database pool's connections in use.
+    pub fn watch_database(&self, db: &sea_orm::DatabaseConnection) {
+        let _ = self.inner.probes.db.set(db.clone());
+    }
+
+    fn set_connections(&self, kind: &'static str, n: i64) {
         self.inner
             .active_connections
             .get_or_create(&ConnectionLabels { kind })
             .set(n);
     }
 
+    /// The registry in the format the scraper asked for: OpenMetrics when `accept` names
+    /// `application/openmetrics-text` (Prometheus does), else the classic Prometheus text
+    /// format 0.0.4 (curl, promtool). Returns the body and its content type.
+    pub fn render_for(&self, accept: Option<&str>) -> (String, &'static str) {
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            (
+                self.render(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        } else {
+            (
+                to_text_format(&self.render()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
+    }
+
     /// The registry in the OpenMetrics text format.
     pub fn render(&self) -> String {
+        if let Some(b) = self.inner.probes.broker.get() {
+            self.set_connections(
+                "amqp_connections",
+                i64::try_from(b.connections()).unwrap_or(0),
+            );
+        }
+        self.set_connections("amqp_channels", self.inner.amqp_channels.get().max(0));
+        if let Some(db) = self.inner.probes.db.get() {
+            self.set_connections("database_in_use", database_in_use(db));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.inner.registry);
         out
+    }
+}
+
+/// OpenMetrics text to the Prometheus text format 0.0.4: a counter family's `# HELP` and
+/// `# TYPE` lines name it with its `_total` suffix (as its samples do), and `# EOF` and
+/// `# UNIT` lines go.
+fn to_text_format(open_metrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in open_metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, "counter")) = rest.split_once(' ')
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut out = String::with_capacity(open_metrics.len() + counters.len() * 12);
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Dropped when a handler finishes: takes the message off `messages_in_flight`.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn database_in_use(db: &sea_orm::DatabaseConnection) -> i64 {
+    use sea_orm::DbBackend;
+    let (size, idle) = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let p = db.get_postgres_connection_pool();
+            (p.size(), p.num_idle())
+        }
+        DbBackend::Sqlite => {
+            let p = db.get_sqlite_connection_pool();
+            (p.size(), p.num_idle())
+        }
+        _ => (0, 0),
+    };
+    i64::from(size) - i64::try_from(idle).unwrap_or(0)
+}
+
+/// The process metrics every Prometheus client exports (`process_resident_memory_bytes`,
+/// `process_cpu_seconds_total`, `process_start_time_seconds`), read from `/proc/self` at
+/// each scrape. Per-request memory (the article's `X-Memory-Usage`) has no meaning in an
+/// async server where requests share one heap; the process's resident memory is the
+/// honest figure.
+#[derive(Debug)]
+struct ProcessCollector {
+    start_time: f64,
+}
+
+impl ProcessCollector {
+    fn new() -> Self {
+        let start_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        Self { start_time }
+    }
+}
+
+/// Resident memory (bytes) and CPU time (seconds) of this process, from `/proc/self`.
+fn proc_self() -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at state (field 3);
+    // utime and stime are fields 14 and 15, in USER_HZ (100 per second on Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((rss_kb * 1024.0, (utime + stime) / 100.0))
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let start = ConstGauge::new(self.start_time);
+        let m = encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+            None,
+            start.metric_type(),
+        )?;
+        start.encode(m)?;
+        if let Some((rss, cpu)) = proc_self() {
+            let rss = ConstGauge::new(rss);
+            let m = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory of the process, in bytes",
+                None,
+                rss.metric_type(),
+            )?;
+            rss.encode(m)?;
+            let cpu = ConstCounter::new(cpu);
+            let m = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time of the process, in seconds",
+                None,
+                cpu.metric_type(),
+            )?;
+            cpu.encode(m)?;
+        }
+        Ok(())
     }
 }
 
@@ -323,6 +685,53 @@ mod tests {
                 r#"messages_published_total{exchange="warren.events",outcome="confirmed"} 1"#
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn exports_process_memory_and_build_info() {
+        let m = Metrics::new();
+        let text = m.render();
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("rss exported");
+        assert!(rss > 1_000_000.0, "{rss}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+        assert!(text.contains("warren_build_info{version="), "{text}");
+    }
+
+    #[test]
+    fn the_text_format_names_counter_families_with_their_total_suffix() {
+        let m = Metrics::new();
+        m.published("warren.events", "confirmed");
+        let (text, ct) = m.render_for(Some("*/*"));
+        assert!(ct.starts_with("text/plain; version=0.0.4"));
+        assert!(
+            text.contains("# TYPE messages_published_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP messages_published_total "), "{text}");
+        assert!(!text.contains("# EOF"));
+        let (open, ct) = m.render_for(Some("application/openmetrics-text; version=1.0.0"));
+        assert!(ct.starts_with("application/openmetrics-text"));
+        assert!(open.contains("# TYPE messages_published counter"));
+        assert!(open.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn in_flight_counts_down_when_the_guard_drops() {
+        let m = Metrics::new();
+        let g = m.in_flight("warren.email");
+        assert!(
+            m.render()
+                .contains(r#"messages_in_flight{queue="warren.email"} 1"#)
+        );
+        drop(g);
+        assert!(
+            m.render()
+                .contains(r#"messages_in_flight{queue="warren.email"} 0"#)
         );
     }
 }

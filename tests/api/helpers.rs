@@ -141,6 +141,8 @@ pub fn test_settings(vhost: &TestVhost, db_url: &str) -> Settings {
     s.database.max_connections = 3;
     s.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
     s.http.body_limit_bytes = 4096;
+    // Worker-only processes in tests get a metrics listener on a free port.
+    s.metrics.addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     s
 }
 

@@ -2,11 +2,13 @@
 
 #![allow(unreachable_pub)]
 
+mod dashboards;
 mod dlq;
 mod helpers;
 mod http_front;
 mod jobs;
 mod modules;
+mod observability;
 mod publish;
 mod reliability;
 mod saga;
