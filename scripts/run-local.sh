@@ -15,10 +15,19 @@ have_compose_file() {
 
 if have_compose_file && docker compose version >/dev/null 2>&1 && timeout 15 docker info >/dev/null 2>&1; then
   echo "run-local: Docker engine found, starting the stack with docker compose"
+  if [ ! -f .env ]; then
+    # Local-only demo credentials (every port is bound to 127.0.0.1); edit .env to change.
+    sed -e 's/^RABBITMQ_DEFAULT_PASS=.*/RABBITMQ_DEFAULT_PASS=warren-local/' \
+        -e 's/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=warren-local/' \
+        -e 's/^GRAFANA_ADMIN_PASSWORD=.*/GRAFANA_ADMIN_PASSWORD=warren-local/' .env.example > .env
+    echo "run-local: created .env from .env.example (passwords: warren-local)"
+  fi
   docker compose up -d --build
   docker compose ps
-  echo "run-local: RabbitMQ management UI: http://localhost:15672 (guest/guest)"
   echo "run-local: warren API:             http://127.0.0.1:8080"
+  echo "run-local: RabbitMQ management UI: http://127.0.0.1:15672 (user and password in .env)"
+  echo "run-local: Grafana:                http://127.0.0.1:3000 (admin, password in .env)"
+  echo "run-local: Prometheus:             http://127.0.0.1:9090; Mailpit: http://127.0.0.1:8025"
   echo "run-local: logs: docker compose logs -f; stop: docker compose down"
   exit 0
 fi

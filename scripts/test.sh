@@ -15,8 +15,19 @@ export WARREN_TEST_AMQP_URL="${WARREN_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.
 export WARREN_TEST_MANAGEMENT_URL="${WARREN_TEST_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15672}"
 export WARREN_TEST_DATABASE_URL="${WARREN_TEST_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5432}"
 
+# The whole suite, then the tests of the optional `otlp` feature (a second build of the test
+# binary with the feature on). Both run; the exit status is non-zero if either failed.
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  exec cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+  cargo nextest run --workspace --all-targets --no-fail-fast "$@" || status=$?
+  if [ $# -eq 0 ]; then
+    cargo nextest run -p warren --test api --features otlp --no-fail-fast -E 'test(/^otlp::/)' || status=$?
+  fi
+else
+  echo "test: cargo-nextest not installed, falling back to cargo test"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
+  if [ $# -eq 0 ]; then
+    cargo test -p warren --test api --features otlp --no-fail-fast otlp:: || status=$?
+  fi
 fi
-echo "test: cargo-nextest not installed, falling back to cargo test"
-exec cargo test --workspace --no-fail-fast "$@"
+exit "$status"

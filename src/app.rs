@@ -42,6 +42,8 @@ pub enum Role {
     /// The saga orchestrator: the `warren.saga` consumer, the deadline timer and the outbox
     /// relay.
     Saga,
+    /// The cron scheduler (any number of instances; each tick fires once).
+    Scheduler,
 }
 
 /// The built-in consumer modules, by name: the jobs, then the order saga's participants.
@@ -52,6 +54,7 @@ pub const BUILTIN_MODULES: &[&str] = &[
     "orders",
     "inventory",
     "payments",
+    "maintenance",
 ];
 
 /// Why a module name was refused.
@@ -80,6 +83,9 @@ pub enum StartError {
     /// The saga definitions.
     #[error(transparent)]
     Sagas(#[from] crate::saga::DefinitionsError),
+    /// The schedules.
+    #[error("invalid schedule: {0}")]
+    Scheduler(String),
     /// The HTTP listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -243,6 +249,15 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        if roles.contains(&Role::Scheduler) {
+            let scheduler = crate::scheduler::Scheduler::new(
+                db.clone(),
+                publisher.clone(),
+                &settings.scheduler,
+            )
+            .map_err(StartError::Scheduler)?;
+            tasks.spawn(scheduler.run(shutdown.clone()));
+        }
         if roles.contains(&Role::Worker) {
             let mut consumers = Vec::new();
             for name in &self.modules {
@@ -335,6 +350,7 @@ impl Running {
         self.tasks.wait().await;
         self.publisher.close().await;
         self.broker.close();
+        crate::telemetry::flush();
         tracing::info!("warren stopped.");
     }
 
@@ -356,6 +372,10 @@ pub fn builtin_module(
         "audit" => Ok(Arc::new(Audit::new(db.clone()))),
         "email" => Ok(Arc::new(Email::new(db.clone(), &settings.email)?)),
         "notifications" => Ok(Arc::new(Notifications::new(db.clone(), publisher.clone()))),
+        "maintenance" => Ok(Arc::new(crate::jobs::maintenance::Maintenance::new(
+            db.clone(),
+            publisher.clone(),
+        ))),
         "orders" => Ok(Arc::new(ParticipantConsumer::new(
             Orders,
             db.clone(),

@@ -63,6 +63,19 @@ pub enum Command {
     },
     /// Set stock per SKU and balances per user (for demos and load tests).
     Seed(SeedArgs),
+    /// Run the cron scheduler: publish each schedule's event or job at its ticks (settings
+    /// `scheduler.schedules`). Run as many as you like: each tick fires once.
+    Scheduler,
+    /// Probe a warren's health endpoint: exit 0 when it answers 200 (container
+    /// healthchecks without curl).
+    Healthcheck {
+        /// The URL to GET.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Apply, verify or export the broker topology (exchanges, queues, bindings).
     Topology {
         /// What to do with the topology.
@@ -274,6 +287,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         | Command::Orders
         | Command::Inventory
         | Command::Payments
+        | Command::Scheduler
         | Command::Saga {
             action: SagaAction::Run,
         } => {
@@ -284,7 +298,11 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
                 Command::Inventory => (vec![Role::Worker], vec!["inventory".to_owned()]),
                 Command::Payments => (vec![Role::Worker], vec!["payments".to_owned()]),
                 Command::Saga { .. } => (vec![Role::Saga], Vec::new()),
-                _ => (vec![Role::Http, Role::Worker, Role::Saga], Vec::new()),
+                Command::Scheduler => (vec![Role::Scheduler], Vec::new()),
+                _ => (
+                    vec![Role::Http, Role::Worker, Role::Saga, Role::Scheduler],
+                    Vec::new(),
+                ),
             };
             tracing::info!(
                 amqp = %redact_url(settings.amqp.url.expose()),
@@ -316,6 +334,22 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         }
         Command::Dlq { action } => dlq(action, &settings).await,
         Command::Saga { action } => saga(action, &settings).await,
+        Command::Healthcheck { url, timeout_ms } => {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_millis(timeout_ms))
+                .build()?;
+            match client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => Ok(0),
+                Ok(r) => {
+                    eprintln!("warren: {url} answered {}", r.status());
+                    Ok(1)
+                }
+                Err(e) => {
+                    eprintln!("warren: {url}: {e}");
+                    Ok(1)
+                }
+            }
+        }
         Command::Seed(args) => {
             let mut seed = if args.demo {
                 crate::saga::order::Seed::demo()

@@ -77,6 +77,78 @@ pub struct Settings {
     pub saga: SagaSettings,
     /// The metrics listener of processes without the HTTP front.
     pub metrics: MetricsSettings,
+    /// The cron scheduler.
+    pub scheduler: SchedulerSettings,
+}
+
+/// What a scheduler does, at start, about ticks no instance fired while none ran.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MissedTicks {
+    /// Fire the most recent missed tick of each schedule once (not every missed one), if the
+    /// schedule has fired before.
+    #[default]
+    Latest,
+    /// Fire nothing missed; wait for the next tick.
+    Skip,
+}
+
+/// One cron schedule: publishes an event or enqueues a job at each tick.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// Unique name (`nightly-cleanup`).
+    pub name: String,
+    /// Cron expression in UTC, 5 fields (minute granularity) or 6 (leading seconds):
+    /// `0 30 3 * * *` is 03:30:00 every day.
+    pub cron: String,
+    /// Event to publish on `warren.events` (`report.requested`).
+    #[serde(default)]
+    pub event: Option<String>,
+    /// Job to enqueue on `warren.commands` (`maintenance.cleanup`).
+    #[serde(default)]
+    pub job: Option<String>,
+    /// The message's `data` (a JSON object; `{}` by default).
+    #[serde(default = "empty_object")]
+    pub data: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// The schedules (default: the nightly cleanup and the daily report).
+    pub schedules: Vec<ScheduleSettings>,
+    /// Ticks missed while no scheduler ran: `latest` or `skip`.
+    pub missed: MissedTicks,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            schedules: vec![
+                ScheduleSettings {
+                    name: "nightly-cleanup".to_owned(),
+                    cron: "0 30 3 * * *".to_owned(),
+                    event: None,
+                    job: Some("maintenance.cleanup".to_owned()),
+                    data: serde_json::json!({"older_than_days": 30}),
+                },
+                ScheduleSettings {
+                    name: "daily-report".to_owned(),
+                    cron: "0 0 7 * * *".to_owned(),
+                    event: None,
+                    job: Some("maintenance.report".to_owned()),
+                    data: empty_object(),
+                },
+            ],
+            missed: MissedTicks::Latest,
+        }
+    }
 }
 
 /// Metrics settings.
@@ -338,6 +410,9 @@ pub struct LogSettings {
     pub filter: String,
     /// Text or JSON lines.
     pub format: LogFormat,
+    /// OTLP/HTTP traces URL (`http://collector:4318/v1/traces`) to export spans to; needs a
+    /// build with the cargo feature `otlp`. Off by default.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for LogSettings {
@@ -345,6 +420,7 @@ impl Default for LogSettings {
         Self {
             filter: "info,lapin=warn,sqlx=warn,sea_orm=warn".to_owned(),
             format: LogFormat::Text,
+            otlp_endpoint: None,
         }
     }
 }
@@ -427,6 +503,33 @@ impl Settings {
                 "saga.deadline_ms",
                 "deadline_ms, tick_ms and relay_ms must be at least 1",
             ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for sch in &self.scheduler.schedules {
+            if !names.insert(sch.name.as_str()) {
+                return Err(invalid(
+                    "scheduler.schedules",
+                    &format!("schedule name {:?} is used twice", sch.name),
+                ));
+            }
+            if sch.event.is_some() == sch.job.is_some() {
+                return Err(invalid(
+                    "scheduler.schedules",
+                    &format!("schedule {:?} needs exactly one of event or job", sch.name),
+                ));
+            }
+            if !sch.data.is_object() {
+                return Err(invalid(
+                    "scheduler.schedules",
+                    &format!("schedule {:?}: data must be a JSON object", sch.name),
+                ));
+            }
+            if let Err(e) = crate::scheduler::parse_cron(&sch.cron) {
+                return Err(invalid(
+                    "scheduler.schedules",
+                    &format!("schedule {:?}: {e}", sch.name),
+                ));
+            }
         }
         if self.http.body_limit_bytes == 0 {
             return Err(invalid("http.body_limit_bytes", "must be at least 1"));

@@ -25,6 +25,7 @@ pub mod http;
 pub mod jobs;
 pub mod retry;
 pub mod saga;
+pub mod scheduler;
 pub mod store;
 pub mod telemetry;
 

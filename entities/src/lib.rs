@@ -18,3 +18,4 @@ pub mod saga_interventions;
 pub mod saga_outbox;
 pub mod saga_steps;
 pub mod sagas;
+pub mod schedule_ticks;

@@ -544,7 +544,14 @@ impl Management {
             base,
             user,
             password,
-            http: reqwest::Client::new(),
+            // Bounded: a broker busy with vhost operations must fail a call, not hang it.
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .map_err(|e| TopologyError::Management {
+                    url: crate::config::redact_url(url),
+                    reason: e.to_string(),
+                })?,
         })
     }
 
@@ -644,6 +651,7 @@ mod tests {
             "warren.inventory",
             "warren.payments",
             "warren.saga",
+            "warren.maintenance",
         ] {
             assert!(work.contains(&q), "{q} is a work queue");
             let def = t.queues.iter().find(|d| d.name == q).expect("declared");

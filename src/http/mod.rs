@@ -10,6 +10,7 @@ pub mod error;
 pub mod sagas;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+use tracing::Instrument;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -32,7 +33,7 @@ use crate::{
     dispatch::Dispatcher,
     jobs::dlq::{self, Dlq},
     store,
-    telemetry::{Metrics, trace::TraceParent},
+    telemetry::Metrics,
 };
 pub use error::ApiError;
 
@@ -404,6 +405,7 @@ struct Ctx {
     method: Method,
     path: String,
     request_id: String,
+    traceparent: Option<String>,
 }
 
 fn valid_request_id(s: &str) -> bool {
@@ -414,19 +416,24 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     let rid = warp::header::optional::<String>("x-request-id")
         .or(warp::any().map(|| None))
         .unify();
+    let tp = warp::header::optional::<String>("traceparent")
+        .or(warp::any().map(|| None))
+        .unify();
     warp::any()
         .map(Instant::now)
         .and(warp::method())
         .and(warp::path::full())
         .and(rid)
+        .and(tp)
         .map(
-            |start, method, path: warp::path::FullPath, rid: Option<String>| Ctx {
+            |start, method, path: warp::path::FullPath, rid: Option<String>, tp| Ctx {
                 start,
                 method,
                 path: path.as_str().to_owned(),
                 request_id: rid
                     .filter(|r| valid_request_id(r))
                     .unwrap_or_else(|| Uuid::now_v7().to_string()),
+                traceparent: tp,
             },
         )
 }
@@ -592,7 +599,16 @@ pub fn api(state: HttpState) -> impl Filter<Extract = (Response,), Error = Infal
         .and(parsed)
         .then(move |ctx: Ctx, route: Result<Route, warp::Rejection>| {
             let state = state.clone();
-            async move { answer(&state, ctx, route).await }
+            // One span per request, parented (when spans are exported) on the caller's
+            // traceparent before it is entered.
+            let span = tracing::info_span!(
+                "http.request",
+                method = %ctx.method,
+                path = %ctx.path,
+                request_id = %ctx.request_id,
+            );
+            crate::telemetry::set_remote_parent(&span, ctx.traceparent.as_deref());
+            async move { answer(&state, ctx, route).await }.instrument(span)
         })
 }
 
@@ -1017,10 +1033,7 @@ async fn publish_for_request(
     message: &Event,
     traceparent: Option<&str>,
 ) -> Result<(), ApiError> {
-    let trace = traceparent
-        .and_then(TraceParent::parse)
-        .map(|t| t.child())
-        .unwrap_or_else(TraceParent::start);
+    let trace = crate::telemetry::outgoing(traceparent);
     tracing::Span::current().record("trace_id", trace.trace_id.as_str());
     let mut meta = Meta::for_event(message);
     meta.correlation_id = Some(ctx.request_id.clone());

@@ -9,12 +9,9 @@ use uuid::Uuid;
 use warp::{Filter, filters::BoxedFilter, http::StatusCode, reply::Reply as _};
 
 use super::{ApiError, Ctx, HttpState, Response, Route, optional_body};
-use crate::{
-    saga::{
-        engine::STATUSES,
-        order::{OrderRequest, Seed},
-    },
-    telemetry::trace::TraceParent,
+use crate::saga::{
+    engine::STATUSES,
+    order::{OrderRequest, Seed},
 };
 
 /// Default and largest `?limit=` of the saga lists.
@@ -174,11 +171,7 @@ pub(super) async fn create_order(
     let order: OrderRequest = json_body(content_type.as_deref(), &body)?;
     order.validate().map_err(ApiError::InvalidOrder)?;
     tracing::Span::current().record("order_no", order.order_no.as_str());
-    let trace = traceparent
-        .as_deref()
-        .and_then(TraceParent::parse)
-        .map(|t| t.child())
-        .unwrap_or_else(TraceParent::start);
+    let trace = crate::telemetry::outgoing(traceparent.as_deref());
     tracing::Span::current().record("trace_id", trace.trace_id.as_str());
     let payload = serde_json::to_value(&order).map_err(|e| ApiError::Internal(e.to_string()))?;
     let id = state

@@ -31,6 +31,7 @@ use lapin::{
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Consumer, Job, JobError};
@@ -108,7 +109,13 @@ pub struct Runner {
     consumer: Arc<dyn Consumer>,
     ctx: RunnerContext,
     limits: Limits,
+    same_message: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
+
+/// Lock stripes that keep two deliveries of one message id from running the inbox check and
+/// the handler at the same time in one process (a publisher's retry can put both copies in
+/// one prefetch window).
+const MESSAGE_STRIPES: usize = 64;
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,6 +155,11 @@ impl Runner {
             consumer,
             ctx,
             limits,
+            same_message: Arc::new(
+                (0..MESSAGE_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+            ),
         }
     }
 
@@ -283,6 +295,7 @@ impl Runner {
             consumer: self.consumer.clone(),
             ctx: self.ctx.clone(),
             limits: self.limits,
+            same_message: self.same_message.clone(),
         })
     }
 }
@@ -291,6 +304,7 @@ struct Parts {
     consumer: Arc<dyn Consumer>,
     ctx: RunnerContext,
     limits: Limits,
+    same_message: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
 
 /// Takes a consuming channel off the `amqp_channels` gauge when the session ends.
@@ -307,8 +321,25 @@ impl Parts {
         self.consumer.queue()
     }
 
-    #[tracing::instrument(skip_all, fields(queue = self.consumer.queue(), message_id, attempt, trace_id, request_id))]
+    /// Handles one delivery inside its own span (a child of the message's `traceparent` when
+    /// spans are exported).
     async fn process(&self, delivery: Delivery) {
+        let span = tracing::info_span!(
+            "job",
+            queue = self.consumer.queue(),
+            message_id = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+        );
+        crate::telemetry::set_remote_parent(
+            &span,
+            header_str(&delivery.properties, H_TRACEPARENT).as_deref(),
+        );
+        self.process_in_span(delivery).instrument(span).await;
+    }
+
+    async fn process_in_span(&self, delivery: Delivery) {
         let started = Instant::now();
         self.ctx.metrics.queue_message(self.queue(), "consumed");
         let _in_flight = self.ctx.metrics.in_flight(self.queue());
@@ -358,6 +389,15 @@ impl Parts {
         };
 
         let inbox = self.consumer.use_inbox();
+        // Check, handle and mark one message id at a time (in this process); across
+        // processes, a handler that must not repeat marks the inbox in its own transaction.
+        let _same = if inbox {
+            let stripe =
+                usize::try_from(message_id.as_u128() % MESSAGE_STRIPES as u128).unwrap_or(0);
+            Some(self.same_message[stripe].lock().await)
+        } else {
+            None
+        };
         if inbox {
             match store::inbox_seen(&self.ctx.db, self.consumer.name(), message_id).await {
                 Ok(true) => {

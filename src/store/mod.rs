@@ -59,9 +59,45 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     }
     let db = Database::connect(opts).await.map_err(StoreError::Connect)?;
     if settings.migrate {
-        Migrator::up(&db, None).await.map_err(StoreError::Migrate)?;
+        if is_sqlite(url) {
+            Migrator::up(&db, None).await.map_err(StoreError::Migrate)?;
+        } else {
+            migrate_locked(url).await?;
+        }
     }
     Ok(db)
+}
+
+/// Key of the advisory lock that serializes migrations (any constant shared by every warren).
+const MIGRATION_LOCK: i64 = 0x7761_7272_656e; // "warren"
+
+/// Runs the migrations on PostgreSQL under a session advisory lock, on a connection of its
+/// own: when many processes start at once on an empty database (a compose stack), one
+/// migrates and the others wait, then find nothing to do, instead of colliding.
+async fn migrate_locked(url: &str) -> Result<(), StoreError> {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false)
+        .max_connections(1)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5));
+    let conn = Database::connect(opts).await.map_err(StoreError::Connect)?;
+    let lock = |sql: String| {
+        let conn = conn.clone();
+        async move {
+            conn.execute_unprepared(&sql)
+                .await
+                .map(drop)
+                .map_err(|source| StoreError::Query {
+                    doing: "taking the migration lock",
+                    source,
+                })
+        }
+    };
+    lock(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).await?;
+    let result = Migrator::up(&conn, None).await.map_err(StoreError::Migrate);
+    let _ = lock(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).await;
+    let _ = conn.close().await;
+    result
 }
 
 /// Checks that the database answers.

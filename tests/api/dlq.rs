@@ -177,7 +177,7 @@ async fn replay_moves_parked_messages_back_with_attempt_one_and_cannot_loop() {
 
     // list: exact counts for every work queue.
     let list = dlq.list().await.expect("list");
-    assert_eq!(list.len(), 7, "every work queue: {list:?}");
+    assert_eq!(list.len(), 8, "every work queue: {list:?}");
     for q in &list {
         let want = if q.queue == QUEUE { 3 } else { 0 };
         assert_eq!(q.parked, want, "{q:?}");
@@ -379,7 +379,7 @@ async fn the_http_api_lists_shows_and_purges_with_filters() {
     let (status, list) = call(&app, Method::GET, "/v1/dlq", None).await;
     assert_eq!(status, 200);
     let queues = list["queues"].as_array().expect("queues");
-    assert_eq!(queues.len(), 7);
+    assert_eq!(queues.len(), 8);
     assert!(queues.contains(&json!({"queue": QUEUE, "dead_queue": DEAD, "parked": 4})));
     assert!(queues.contains(
         &json!({"queue": "warren.email", "dead_queue": "warren.email.dead", "parked": 0})

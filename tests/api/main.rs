@@ -3,15 +3,19 @@
 #![allow(unreachable_pub)]
 
 mod dashboards;
+mod deployment;
 mod dlq;
 mod helpers;
 mod http_front;
 mod jobs;
 mod modules;
 mod observability;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod publish;
 mod reliability;
 mod saga;
 mod saga_load;
+mod scheduler;
 mod smtp;
 mod topology;

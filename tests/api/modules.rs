@@ -210,14 +210,20 @@ async fn user_registered_stores_a_notification_and_sends_the_welcome_email_once(
     })
     .await;
     assert!(mails[0].data.contains("Welcome, Neo!"), "{}", mails[0].data);
-    let list: serde_json::Value = app
-        .request(reqwest::Method::GET, "/v1/notifications?user_id=user-9")
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    // The welcome e-mail is enqueued before the notification's transaction commits, so the
+    // mail can arrive first.
+    let list: serde_json::Value = eventually(Duration::from_secs(10), "notification", || async {
+        let v: serde_json::Value = app
+            .request(reqwest::Method::GET, "/v1/notifications?user_id=user-9")
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        (!v["notifications"].as_array()?.is_empty()).then_some(v)
+    })
+    .await;
     let n = list["notifications"].as_array().expect("list");
     assert_eq!(n.len(), 1, "{list}");
     assert_eq!(n[0]["event_name"], "user.registered");

@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_foundation;
 mod m0002_modules;
 mod m0003_saga;
+mod m0004_scheduler;
 
 /// Runs warren's migrations.
 #[derive(Debug)]
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_foundation::Migration),
             Box::new(m0002_modules::Migration),
             Box::new(m0003_saga::Migration),
+            Box::new(m0004_scheduler::Migration),
         ]
     }
 }
