@@ -423,3 +423,142 @@ async fn run_phases(settings: Settings, opts: &JobsBench) -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// Options of `warren bench scale`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScaleBench {
+    /// Messages per run.
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: u64,
+    /// Worker process counts to run, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub processes: Vec<usize>,
+}
+
+/// Runs the scale-out benchmark against the broker and database in `settings`.
+pub async fn scale(mut settings: Settings, opts: ScaleBench) -> anyhow::Result<()> {
+    anyhow::ensure!(opts.messages > 0, "messages must be positive");
+    let (api, vhost) = scratch_vhost(&mut settings, "scale").await?;
+    let result = run_scale(settings, &opts).await;
+    let _ = api.delete(&format!("vhosts/{}", encode(&vhost))).await;
+    result
+}
+
+/// Kills the worker processes when dropped (also when the run fails).
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn run_scale(settings: Settings, opts: &ScaleBench) -> anyhow::Result<()> {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    let db = crate::store::connect(&settings.database).await?;
+    let broker = Broker::new(&settings, "warren bench scale")?;
+    broker
+        .declare(&crate::broker::topology::Topology::for_settings(&settings)?)
+        .await?;
+    let publisher = Publisher::new(
+        broker.clone(),
+        settings.amqp.publish_channels,
+        settings.amqp.publish_timeout(),
+        Metrics::new(),
+    );
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for &k in &opts.processes {
+        anyhow::ensure!(k > 0, "process counts must be positive");
+        // Park N jobs first (no consumer yet), so the drain is measured alone.
+        let before = entities::notifications::Entity::find().count(&db).await?;
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..64u64 {
+            let publisher = publisher.clone();
+            let share = opts.messages / 64 + u64::from(t < opts.messages % 64);
+            handles.push(tokio::spawn(async move {
+                for i in 0..share {
+                    let e = Event::new(
+                        "notification.bench",
+                        None,
+                        json!({"user_id": format!("b-{t}"), "i": i}),
+                    );
+                    let meta = Meta::for_event(&e);
+                    publisher
+                        .publish(
+                            crate::http::COMMANDS_EXCHANGE,
+                            "notification.bench",
+                            &e.to_json(),
+                            meta.properties(),
+                        )
+                        .await?;
+                }
+                Ok::<(), crate::broker::publisher::PublishError>(())
+            }));
+        }
+        for h in handles {
+            h.await??;
+        }
+        let publish = started.elapsed();
+        let mut children = Children(Vec::new());
+        for _ in 0..k {
+            children.0.push(
+                std::process::Command::new(&exe)
+                    .args(["worker", "--modules", "notifications"])
+                    .env("WARREN_AMQP__URL", settings.amqp.url.expose())
+                    .env("WARREN_DATABASE__URL", settings.database.url.expose())
+                    .env("WARREN_METRICS__ADDR", "127.0.0.1:0")
+                    .env("WARREN_LOG__FILTER", "error")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()?,
+            );
+        }
+        // The clock starts when the first worker takes a message.
+        let limit = Instant::now() + Duration::from_secs(900);
+        let first = loop {
+            let n = entities::notifications::Entity::find().count(&db).await?;
+            if n > before {
+                break Instant::now();
+            }
+            anyhow::ensure!(Instant::now() < limit, "no worker started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        loop {
+            let n = entities::notifications::Entity::find().count(&db).await?;
+            if n >= before + opts.messages {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < limit,
+                "only {} of {} handled",
+                n - before,
+                opts.messages
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let drain = first.elapsed();
+        drop(children);
+        let rate = opts.messages as f64 / drain.as_secs_f64();
+        println!(
+            "{k} worker process(es): {} jobs drained in {drain:.2?} = {rate:.0} jobs/s (parked in {publish:.2?})",
+            opts.messages
+        );
+        rows.push((k, rate));
+    }
+    publisher.close().await;
+    broker.close();
+    let base = rows.first().map_or(1.0, |r| r.1);
+    for (k, rate) in &rows {
+        println!(
+            "| {k} | {} | {rate:.0} | {:.2}x |",
+            opts.messages,
+            rate / base
+        );
+    }
+    Ok(())
+}

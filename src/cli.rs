@@ -238,6 +238,9 @@ pub enum BenchCommand {
     /// Order sagas end to end: orders placed over HTTP, every role in process, until each
     /// saga completed; sagas per second and saga duration percentiles.
     Sagas(crate::bench::SagasBench),
+    /// Scale-out: N messages parked in `warren.notifications`, then drained by 1, then by 2
+    /// `warren worker` processes (children of this one); messages per second for each.
+    Scale(crate::bench::ScaleBench),
 }
 
 /// `warren topology ...`
@@ -382,6 +385,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             }
             BenchCommand::Sagas(opts) => {
                 crate::bench::sagas(settings, opts).await?;
+                Ok(0)
+            }
+            BenchCommand::Scale(opts) => {
+                crate::bench::scale(settings, opts).await?;
                 Ok(0)
             }
         },

@@ -16,6 +16,7 @@ mod publish;
 mod reliability;
 mod saga;
 mod saga_load;
+mod scale;
 mod scheduler;
 mod smtp;
 mod topology;
