@@ -4,14 +4,19 @@
 //! - [`config`]: typed settings, loaded once (defaults, file, `WARREN_*`).
 //! - [`cli`]: the `warren` command line; [`app`]: roles and their lifecycle.
 //! - [`broker`]: AMQP pool, topology (`broker-topology.json`), envelope, confirming publisher.
-//! - [`http`]: the warp front (publish events, sync dispatch, health, metrics).
-//! - [`jobs`]: the consumer trait and the runner (ack, retries, dead letters, inbox).
+//! - [`http`]: the warp front (publish events, sync dispatch, orders and sagas, dead letters,
+//!   health, metrics).
+//! - [`jobs`]: the consumer trait, the runner (ack, retries, dead letters, inbox) and the
+//!   built-in modules (e-mail, notifications, audit, maintenance).
 //! - [`dispatch`]: the in-process listener registry for `?mode=sync`.
 //! - [`store`]: the sea-orm database (PostgreSQL or SQLite) and migrations at start.
-//! - [`telemetry`]: tracing subscriber, W3C trace context, Prometheus metrics.
-//! - [`saga`]: saga definitions and the pure saga state machine (the adapter comes next).
+//! - [`telemetry`]: tracing subscriber (optional OTLP export), W3C trace context, Prometheus
+//!   metrics.
+//! - [`saga`]: saga definitions, the pure state machine, the persisting engine with its
+//!   outbox, the orchestrator role and the order saga's participants.
+//! - [`scheduler`]: cron schedules fired once per tick across instances.
 //! - [`retry`]: every in-process retry policy.
-//! - [`bench`]: `warren bench jobs`, the job throughput benchmark.
+//! - [`bench`]: `warren bench jobs|sagas|scale`.
 
 #![forbid(unsafe_code)]
 
