@@ -81,7 +81,15 @@ impl Consumer for BenchJob {
     }
 }
 
-async fn publish_all(publisher: &Publisher, n: u64, tasks: u64) -> anyhow::Result<Duration> {
+/// Publishes `n` messages named `name` on `exchange` from `tasks` concurrent tasks; each
+/// message's data carries a `user_id` and some padding. Returns how long it took.
+async fn publish_all(
+    publisher: &Publisher,
+    n: u64,
+    tasks: u64,
+    exchange: &'static str,
+    name: &'static str,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut handles = Vec::new();
     for t in 0..tasks {
@@ -90,18 +98,13 @@ async fn publish_all(publisher: &Publisher, n: u64, tasks: u64) -> anyhow::Resul
         handles.push(tokio::spawn(async move {
             for i in 0..share {
                 let e = Event::new(
-                    "bench.job",
+                    name,
                     None,
-                    json!({"task": t, "i": i, "pad": "x".repeat(120)}),
+                    json!({"user_id": format!("bench-{t}"), "i": i, "pad": "x".repeat(120)}),
                 );
                 let meta = Meta::for_event(&e);
                 publisher
-                    .publish(
-                        crate::http::EVENTS_EXCHANGE,
-                        "bench.job",
-                        &e.to_json(),
-                        meta.properties(),
-                    )
+                    .publish(exchange, name, &e.to_json(), meta.properties())
                     .await?;
             }
             Ok::<(), crate::broker::publisher::PublishError>(())
@@ -364,7 +367,14 @@ async fn run_phases(settings: Settings, opts: &JobsBench) -> anyhow::Result<()> 
     );
 
     // Phase 1: publish N, then drain them with one worker.
-    let publish = publish_all(&publisher, n, opts.publishers).await?;
+    let publish = publish_all(
+        &publisher,
+        n,
+        opts.publishers,
+        crate::http::EVENTS_EXCHANGE,
+        "bench.job",
+    )
+    .await?;
     let done = Arc::new(AtomicU64::new(0));
     let shutdown = CancellationToken::new();
     let started = Instant::now();
@@ -381,7 +391,14 @@ async fn run_phases(settings: Settings, opts: &JobsBench) -> anyhow::Result<()> 
 
     // Phase 2: end to end, the same worker running while N more are published.
     let started = Instant::now();
-    let e2e_publish = publish_all(&publisher, n, opts.publishers).await?;
+    let e2e_publish = publish_all(
+        &publisher,
+        n,
+        opts.publishers,
+        crate::http::EVENTS_EXCHANGE,
+        "bench.job",
+    )
+    .await?;
     wait_done(&done, 2 * n, Duration::from_secs(600)).await?;
     let e2e = started.elapsed();
     shutdown.cancel();
@@ -475,35 +492,14 @@ async fn run_scale(settings: Settings, opts: &ScaleBench) -> anyhow::Result<()> 
         anyhow::ensure!(k > 0, "process counts must be positive");
         // Park N jobs first (no consumer yet), so the drain is measured alone.
         let before = entities::notifications::Entity::find().count(&db).await?;
-        let started = Instant::now();
-        let mut handles = Vec::new();
-        for t in 0..64u64 {
-            let publisher = publisher.clone();
-            let share = opts.messages / 64 + u64::from(t < opts.messages % 64);
-            handles.push(tokio::spawn(async move {
-                for i in 0..share {
-                    let e = Event::new(
-                        "notification.bench",
-                        None,
-                        json!({"user_id": format!("b-{t}"), "i": i}),
-                    );
-                    let meta = Meta::for_event(&e);
-                    publisher
-                        .publish(
-                            crate::http::COMMANDS_EXCHANGE,
-                            "notification.bench",
-                            &e.to_json(),
-                            meta.properties(),
-                        )
-                        .await?;
-                }
-                Ok::<(), crate::broker::publisher::PublishError>(())
-            }));
-        }
-        for h in handles {
-            h.await??;
-        }
-        let publish = started.elapsed();
+        let publish = publish_all(
+            &publisher,
+            opts.messages,
+            64,
+            crate::http::COMMANDS_EXCHANGE,
+            "notification.bench",
+        )
+        .await?;
         let mut children = Children(Vec::new());
         for _ in 0..k {
             children.0.push(
