@@ -129,6 +129,21 @@ async fn wait_done(done: &AtomicU64, n: u64, limit: Duration) -> anyhow::Result<
     Ok(())
 }
 
+/// A broker with the topology declared, and a confirming publisher on it.
+async fn bench_publisher(settings: &Settings, name: &str) -> anyhow::Result<(Broker, Publisher)> {
+    let broker = Broker::new(settings, name)?;
+    broker
+        .declare(&crate::broker::topology::Topology::for_settings(settings)?)
+        .await?;
+    let publisher = Publisher::new(
+        broker.clone(),
+        settings.amqp.publish_channels,
+        settings.amqp.publish_timeout(),
+        Metrics::new(),
+    );
+    Ok((broker, publisher))
+}
+
 /// Runs the job benchmark against the broker and database in `settings`.
 pub async fn jobs(mut settings: Settings, opts: JobsBench) -> anyhow::Result<()> {
     let (api, vhost) = scratch_vhost(&mut settings, "jobs").await?;
@@ -355,16 +370,7 @@ async fn run_sagas(settings: Settings, opts: &SagasBench) -> anyhow::Result<()> 
 async fn run_phases(settings: Settings, opts: &JobsBench) -> anyhow::Result<()> {
     let n = opts.messages;
     let db = crate::store::connect(&settings.database).await?;
-    let broker = Broker::new(&settings, "warren bench publisher")?;
-    broker
-        .declare(&crate::broker::topology::Topology::for_settings(&settings)?)
-        .await?;
-    let publisher = Publisher::new(
-        broker.clone(),
-        settings.amqp.publish_channels,
-        settings.amqp.publish_timeout(),
-        Metrics::new(),
-    );
+    let (broker, publisher) = bench_publisher(&settings, "warren bench publisher").await?;
 
     // Phase 1: publish N, then drain them with one worker.
     let publish = publish_all(
@@ -476,16 +482,7 @@ impl Drop for Children {
 async fn run_scale(settings: Settings, opts: &ScaleBench) -> anyhow::Result<()> {
     use sea_orm::{EntityTrait, PaginatorTrait};
     let db = crate::store::connect(&settings.database).await?;
-    let broker = Broker::new(&settings, "warren bench scale")?;
-    broker
-        .declare(&crate::broker::topology::Topology::for_settings(&settings)?)
-        .await?;
-    let publisher = Publisher::new(
-        broker.clone(),
-        settings.amqp.publish_channels,
-        settings.amqp.publish_timeout(),
-        Metrics::new(),
-    );
+    let (broker, publisher) = bench_publisher(&settings, "warren bench scale").await?;
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     for &k in &opts.processes {

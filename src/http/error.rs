@@ -116,9 +116,9 @@ impl ApiError {
             ApiError::Saga(SagaError::Duplicate { .. } | SagaError::Conflict(_)) => {
                 StatusCode::CONFLICT
             }
-            ApiError::Saga(SagaError::Db { .. } | SagaError::Contended(_)) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Saga(
+                SagaError::Db { .. } | SagaError::Contended(_) | SagaError::Publish(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Saga(SagaError::Corrupt(..)) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -159,6 +159,7 @@ impl ApiError {
             ApiError::Saga(SagaError::Conflict(_)) => "saga_conflict",
             ApiError::Saga(SagaError::Db { .. }) => "database_unavailable",
             ApiError::Saga(SagaError::Contended(_)) => "saga_contended",
+            ApiError::Saga(SagaError::Publish(_)) => "broker_unavailable",
             ApiError::Saga(SagaError::Corrupt(..)) => "saga_corrupt",
             ApiError::Internal(_) => "internal",
         }

@@ -78,6 +78,9 @@ pub enum SagaError {
         #[source]
         source: DbErr,
     },
+    /// The broker did not confirm a command (it stays in the outbox for the relay).
+    #[error("cannot publish a saga command: {0}")]
+    Publish(#[from] crate::broker::publisher::PublishError),
     /// Another process kept winning the version race.
     #[error("saga {0} kept changing under this update; try again")]
     Contended(Uuid),
@@ -596,7 +599,7 @@ impl Sagas {
                 meta.properties(),
             )
             .await
-            .map_err(|e| SagaError::Conflict(format!("cannot publish: {e}")))
+            .map_err(SagaError::Publish)
     }
 
     /// One relay pass: publishes commands older than `grace` still in the outbox (a crash or

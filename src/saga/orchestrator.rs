@@ -37,9 +37,10 @@ fn job_error(e: SagaError) -> JobError {
         | SagaError::InterventionNotFound(_)
         | SagaError::Duplicate { .. }
         | SagaError::Corrupt(..) => JobError::Invalid(e.to_string()),
-        SagaError::Conflict(_) | SagaError::Db { .. } | SagaError::Contended(_) => {
-            JobError::Error(e.to_string())
-        }
+        SagaError::Conflict(_)
+        | SagaError::Db { .. }
+        | SagaError::Contended(_)
+        | SagaError::Publish(_) => JobError::Error(e.to_string()),
     }
 }
 

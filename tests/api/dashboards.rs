@@ -21,7 +21,7 @@ use warren::{
 
 use crate::{
     helpers::eventually,
-    saga::{order, place, seed, spawn_saga, until_status},
+    saga::{FaultyRestore, order, place, seed, spawn_saga, until_status},
 };
 
 fn repo(path: &str) -> PathBuf {
@@ -205,38 +205,6 @@ async fn query(http: &reqwest::Client, prom: &str, q: &str) -> Result<usize, Str
     query_result(http, prom, q).await.map(|r| r.len())
 }
 
-/// The inventory participant whose `inventory.restore` always errors: a compensation that
-/// keeps failing, so one saga needs an operator.
-struct BrokenRestore {
-    inner: ParticipantConsumer<Inventory>,
-}
-
-#[async_trait::async_trait]
-impl Consumer for BrokenRestore {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn queue(&self) -> &str {
-        self.inner.queue()
-    }
-
-    fn use_inbox(&self) -> bool {
-        false
-    }
-
-    async fn handle(&self, job: &Job) -> Result<(), JobError> {
-        if job.routing_key == "inventory.restore" {
-            return Err(JobError::Error("injected: restore is broken".into()));
-        }
-        self.inner.handle(job).await
-    }
-
-    async fn on_failed(&self, job: &Job, error: &str) {
-        self.inner.on_failed(job, error).await;
-    }
-}
-
 /// Fails every e-mail job: retries, then dead letters.
 struct FailingEmail(Arc<AtomicBool>);
 
@@ -279,8 +247,10 @@ async fn every_dashboard_panel_and_alert_rule_returns_data_from_a_real_prometheu
                 let seen = seen.clone();
                 move |a| {
                     a.modules(Vec::<String>::new())
-                        .consumer(BrokenRestore {
-                            inner: ParticipantConsumer::new(Inventory, db, publisher),
+                        // A compensation that keeps failing, so one saga needs an operator.
+                        .consumer(FaultyRestore {
+                            inner: Arc::new(ParticipantConsumer::new(Inventory, db, publisher)),
+                            failing: Arc::new(AtomicBool::new(true)),
                         })
                         .consumer(FailingEmail(seen))
                 }

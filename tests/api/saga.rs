@@ -397,9 +397,11 @@ async fn a_participant_that_never_answers_hits_the_deadline_and_its_late_success
 
 /// The inventory participant with a switch that makes `inventory.restore` error.
 #[derive(Clone)]
-struct FaultyRestore {
-    inner: Arc<ParticipantConsumer<Inventory>>,
-    failing: Arc<AtomicBool>,
+pub struct FaultyRestore {
+    /// The real participant.
+    pub inner: Arc<ParticipantConsumer<Inventory>>,
+    /// While true, every `inventory.restore` errors.
+    pub failing: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
