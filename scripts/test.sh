@@ -30,4 +30,8 @@ else
     cargo test -p warren --test api --features otlp --no-fail-fast otlp:: || status=$?
   fi
 fi
+# The benchmark suite's smoke run (seconds; sanity of every figure, no absolute speeds).
+if [ $# -eq 0 ]; then
+  scripts/bench-suite.sh --smoke || status=$?
+fi
 exit "$status"

@@ -12,7 +12,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     broker::{Broker, BrokerError, publisher::Publisher, topology::Topology},
     config::Settings,
-    dispatch::{AuditListener, Dispatcher, Listener},
+    dispatch::{AuditListener, Dispatcher, Listener, NotificationListener, WelcomeEmailListener},
     http::{self, HttpState},
     jobs::{
         Consumer,
@@ -271,8 +271,29 @@ impl App {
         }
 
         if self.builtin_listeners {
+            // The article's synchronous mode does the consumers' work inside the request:
+            // the notification row and the welcome e-mail (highest priority first), then audit.
             self.dispatcher
                 .register("audit.record", "#", 0, AuditListener::new(db.clone()));
+            for pattern in ["user.*", "order.*"] {
+                self.dispatcher.register(
+                    "notifications.store",
+                    pattern,
+                    10,
+                    NotificationListener::new(db.clone()),
+                );
+            }
+            match crate::jobs::email::Email::new(db.clone(), &settings.email) {
+                Ok(email) => {
+                    self.dispatcher.register(
+                        "email.welcome",
+                        "user.registered",
+                        20,
+                        WelcomeEmailListener::new(email),
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "No welcome e-mail in sync mode."),
+            }
         }
 
         let mut metrics_addr = None;

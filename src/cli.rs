@@ -241,6 +241,16 @@ pub enum BenchCommand {
     /// Scale-out: N messages parked in `warren.notifications`, then drained by 1, then by 2
     /// `warren worker` processes (children of this one); messages per second for each.
     Scale(crate::bench::ScaleBench),
+    /// The ceiling: a raw lapin publisher, a raw lapin consumer draining what it published,
+    /// and both at once, on one queue of a scratch vhost.
+    Raw(crate::bench::baseline::RawBench),
+    /// The ceiling of the HTTP front: a bare warp+lapin server publishing each request's body
+    /// with a confirm (`POST /publish/{routing_key}`), to the configured broker, until killed.
+    BareServer(crate::bench::baseline::BareServer),
+    /// Broker-side retry delay accuracy: N jobs failing once with a short delay.
+    RetryDelay(crate::bench::retry_delay::RetryDelayBench),
+    /// An SMTP receiver that accepts and counts every mail (for the sync-mode benchmark).
+    SmtpSink(crate::bench::smtp_sink::SmtpSink),
 }
 
 /// `warren topology ...`
@@ -389,6 +399,22 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             }
             BenchCommand::Scale(opts) => {
                 crate::bench::scale(settings, opts).await?;
+                Ok(0)
+            }
+            BenchCommand::Raw(opts) => {
+                crate::bench::baseline::raw(settings, opts).await?;
+                Ok(0)
+            }
+            BenchCommand::BareServer(opts) => {
+                crate::bench::baseline::bare_server(settings.amqp.url.expose(), opts).await?;
+                Ok(0)
+            }
+            BenchCommand::RetryDelay(opts) => {
+                crate::bench::retry_delay::retry_delay(settings, opts).await?;
+                Ok(0)
+            }
+            BenchCommand::SmtpSink(opts) => {
+                crate::bench::smtp_sink::smtp_sink(opts).await?;
                 Ok(0)
             }
         },

@@ -185,6 +185,60 @@ impl Listener for AuditListener {
     }
 }
 
+/// Sync mode's notification listener: stores the in-app notification row, as the
+/// `notifications` module does in async mode.
+pub struct NotificationListener {
+    db: sea_orm::DatabaseConnection,
+}
+
+impl NotificationListener {
+    /// A notification listener writing to `db`.
+    pub fn new(db: sea_orm::DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait::async_trait]
+impl Listener for NotificationListener {
+    async fn handle(&self, event: &Event) -> Result<serde_json::Value, ListenerError> {
+        use sea_orm::EntityTrait;
+        entities::notifications::Entity::insert(crate::jobs::notifications::notification_row(
+            event,
+        ))
+        .exec_without_returning(&self.db)
+        .await
+        .map_err(|e| ListenerError::new(format!("cannot store the notification: {e}")))?;
+        Ok(serde_json::json!({"notified": true}))
+    }
+}
+
+/// Sync mode's welcome e-mail: sends it over SMTP inside the request and writes its
+/// `email_log` row, as the article's synchronous `SendEmailJob` did.
+pub struct WelcomeEmailListener {
+    email: crate::jobs::email::Email,
+}
+
+impl WelcomeEmailListener {
+    /// A listener sending through `email`.
+    pub fn new(email: crate::jobs::email::Email) -> Self {
+        Self { email }
+    }
+}
+
+#[async_trait::async_trait]
+impl Listener for WelcomeEmailListener {
+    async fn handle(&self, event: &Event) -> Result<serde_json::Value, ListenerError> {
+        let Some(mail) = crate::jobs::notifications::welcome_email(event) else {
+            return Ok(serde_json::json!({"sent": false, "reason": "no email in the event"}));
+        };
+        self.email
+            .send(event.event_id, 1, mail)
+            .await
+            .map_err(|e| ListenerError::new(e.to_string()))?;
+        Ok(serde_json::json!({"sent": true}))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+// mimalloc instead of glibc malloc: under load the HTTP front and lapin allocate small buffers
+// on every thread, and glibc's arenas spent a fifth of the publish path's CPU (perf, see
+// BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = warren::cli::Cli::parse();

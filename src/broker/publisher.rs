@@ -69,8 +69,31 @@ impl PublishError {
     }
 }
 
+/// One confirm channel. The fast path reads the open channel under a short synchronous lock;
+/// opening a channel (the slow path) is serialized by an async lock, so callers that find it
+/// closed do not all open one.
 struct Slot {
-    channel: Mutex<Option<(Channel, ConnectionStatus)>>,
+    current: std::sync::Mutex<Option<(Channel, ConnectionStatus)>>,
+    opening: Mutex<()>,
+}
+
+impl Slot {
+    fn open_channel(&self) -> Option<(Channel, ConnectionStatus)> {
+        let guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .filter(|(ch, status)| ch.status().connected() && status.connected())
+            .cloned()
+    }
+
+    /// Forgets the channel; true when there was one.
+    fn forget(&self) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+    }
 }
 
 /// A publisher over a set of confirm channels. Cheap to clone.
@@ -101,7 +124,8 @@ impl Publisher {
     pub fn new(broker: Broker, channels: usize, timeout: Duration, metrics: Metrics) -> Self {
         let slots = (0..channels.max(1))
             .map(|_| Slot {
-                channel: Mutex::new(None),
+                current: std::sync::Mutex::new(None),
+                opening: Mutex::new(()),
             })
             .collect();
         Self {
@@ -126,14 +150,15 @@ impl Publisher {
     }
 
     async fn channel(&self, slot: &Slot) -> Result<(Channel, ConnectionStatus), PublishError> {
-        let mut guard = slot.channel.lock().await;
-        if let Some((ch, status)) = guard.as_ref()
-            && ch.status().connected()
-            && status.connected()
-        {
-            return Ok((ch.clone(), status.clone()));
+        if let Some(open) = slot.open_channel() {
+            return Ok(open);
         }
-        if guard.take().is_some() {
+        let _opening = slot.opening.lock().await;
+        // Another caller may have opened it while this one waited.
+        if let Some(open) = slot.open_channel() {
+            return Ok(open);
+        }
+        if slot.forget() {
             self.inner.metrics.channels(-1);
         }
         let (ch, status) = self.inner.broker.channel_with_status().await?;
@@ -141,7 +166,8 @@ impl Publisher {
             .await
             .map_err(|e| PublishError::Unavailable(BrokerError::Channel(e)))?;
         self.inner.metrics.channels(1);
-        *guard = Some((ch.clone(), status.clone()));
+        *slot.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((ch.clone(), status.clone()));
         Ok((ch, status))
     }
 
@@ -196,7 +222,7 @@ impl Publisher {
         {
             Ok(c) => c,
             Err(e) => {
-                if slot.channel.lock().await.take().is_some() {
+                if slot.forget() {
                     self.inner.metrics.channels(-1);
                 }
                 return Err(PublishError::Channel(e));
@@ -216,7 +242,12 @@ impl Publisher {
     /// Closes the publisher's channels.
     pub async fn close(&self) {
         for slot in &self.inner.slots {
-            if let Some((ch, _)) = slot.channel.lock().await.take() {
+            let taken = slot
+                .current
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some((ch, _)) = taken {
                 self.inner.metrics.channels(-1);
                 let _ = ch.close(200, "shutdown".into()).await;
             }

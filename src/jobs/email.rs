@@ -91,7 +91,8 @@ impl Email {
 
     async fn log(
         &self,
-        job: &Job,
+        job_id: uuid::Uuid,
+        attempt: u32,
         email: &str,
         subject: &str,
         status: &str,
@@ -99,12 +100,12 @@ impl Email {
     ) {
         let row = entities::email_log::ActiveModel {
             id: Set(uuid::Uuid::now_v7()),
-            job_id: Set(job.message_id),
+            job_id: Set(job_id),
             email: Set(email.to_owned()),
             subject: Set(subject.to_owned()),
             status: Set(status.to_owned()),
             error: Set(error),
-            attempt: Set(i32::try_from(job.attempt).unwrap_or(i32::MAX)),
+            attempt: Set(i32::try_from(attempt).unwrap_or(i32::MAX)),
             send_time: Set(Utc::now()),
         };
         if let Err(e) = entities::email_log::Entity::insert(row)
@@ -140,14 +141,34 @@ impl Consumer for Email {
     #[tracing::instrument(skip_all, fields(job_id = %job.message_id, attempt = job.attempt))]
     async fn handle(&self, job: &Job) -> Result<(), JobError> {
         let data: SendEmail = job.data()?;
+        self.send(job.message_id, job.attempt, data).await
+    }
+}
+
+impl Email {
+    /// Sends one e-mail and writes its `email_log` row (`job_id` names the job or event it
+    /// belongs to). The error says whether a retry can help (see the module docs).
+    pub async fn send(
+        &self,
+        job_id: uuid::Uuid,
+        attempt: u32,
+        data: SendEmail,
+    ) -> Result<(), JobError> {
         let email = required(data.email, "email")?;
         let subject = required(data.subject, "subject")?;
         let to: Mailbox = match email.parse() {
             Ok(m) => m,
             Err(e) => {
                 let reason = format!("invalid email address {email:?}: {e}");
-                self.log(job, &email, &subject, "failed", Some(reason.clone()))
-                    .await;
+                self.log(
+                    job_id,
+                    attempt,
+                    &email,
+                    &subject,
+                    "failed",
+                    Some(reason.clone()),
+                )
+                .await;
                 return Err(JobError::Invalid(reason));
             }
         };
@@ -158,30 +179,34 @@ impl Consumer for Email {
             .header(ContentType::TEXT_HTML)
             .body(data.content)
             .map_err(|e| JobError::Invalid(format!("cannot build the message: {e}")))?;
-        match self.mailer.send(message).await {
+        let (status, error, result) = match self.mailer.send(message).await {
             Ok(_) => {
-                self.log(job, &email, &subject, "sent", None).await;
                 tracing::info!("E-mail sent.");
-                Ok(())
+                ("sent", None, Ok(()))
             }
             Err(e) if e.is_permanent() => {
                 let reason = format!("SMTP server refused for good: {e}");
-                self.log(job, &email, &subject, "failed", Some(reason.clone()))
-                    .await;
-                Err(JobError::Invalid(reason))
+                (
+                    "failed",
+                    Some(reason.clone()),
+                    Err(JobError::Invalid(reason)),
+                )
             }
             Err(e) if e.is_transient() => {
                 let reason = format!("SMTP server refused for now: {e}");
-                self.log(job, &email, &subject, "failed", Some(reason.clone()))
-                    .await;
-                Err(JobError::Failed(reason))
+                (
+                    "failed",
+                    Some(reason.clone()),
+                    Err(JobError::Failed(reason)),
+                )
             }
             Err(e) => {
                 let reason = format!("cannot send through SMTP: {e}");
-                self.log(job, &email, &subject, "error", Some(reason.clone()))
-                    .await;
-                Err(JobError::Error(reason))
+                ("error", Some(reason.clone()), Err(JobError::Error(reason)))
             }
-        }
+        };
+        self.log(job_id, attempt, &email, &subject, status, error)
+            .await;
+        result
     }
 }

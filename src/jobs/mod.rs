@@ -19,6 +19,7 @@
 pub mod audit;
 pub mod dlq;
 pub mod email;
+pub mod inbox;
 pub mod maintenance;
 pub mod notifications;
 pub mod runner;

@@ -20,7 +20,7 @@ use crate::{
         publisher::Publisher,
     },
     http::COMMANDS_EXCHANGE,
-    jobs::{Consumer, Job, JobError},
+    jobs::{Consumer, Job, JobError, email::SendEmail},
     saga::participants::{OrderNotification, ParticipantConsumer},
     store,
 };
@@ -47,24 +47,14 @@ impl Notifications {
     }
 
     async fn enqueue_welcome(&self, job: &Job) -> Result<(), JobError> {
-        let Some(email) = job.event.data.get("email").and_then(|e| e.as_str()) else {
+        let Some(mail) = welcome_email(&job.event) else {
             tracing::info!("user.registered without an email: no welcome e-mail.");
             return Ok(());
         };
-        let name = job
-            .event
-            .data
-            .get("name")
-            .and_then(|n| n.as_str())
-            .unwrap_or("there");
         let mut cmd = Event::new(
             "email.send",
             job.event.aggregate_id.clone(),
-            json!({
-                "email": email,
-                "subject": "Welcome!",
-                "content": format!("<h1>Welcome, {}!</h1><p>Thanks for signing up.</p>", html_escape(name)),
-            }),
+            json!({"email": mail.email, "subject": mail.subject, "content": mail.content}),
         );
         cmd.event_id = Uuid::new_v5(&job.message_id, b"welcome-email");
         let mut meta = Meta::for_event(&cmd);
@@ -80,6 +70,46 @@ impl Notifications {
             )
             .await
             .map_err(|e| JobError::Error(format!("cannot enqueue the welcome e-mail: {e}")))
+    }
+}
+
+/// The welcome e-mail for a `user.registered` event (None without an `email` field).
+pub fn welcome_email(event: &Event) -> Option<SendEmail> {
+    let email = event.data.get("email").and_then(|e| e.as_str())?;
+    let name = event
+        .data
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("there");
+    Some(SendEmail {
+        email: Some(email.to_owned()),
+        subject: Some("Welcome!".to_owned()),
+        content: format!(
+            "<h1>Welcome, {}!</h1><p>Thanks for signing up.</p>",
+            html_escape(name)
+        ),
+    })
+}
+
+/// The in-app notification row for `event`.
+pub fn notification_row(event: &Event) -> entities::notifications::ActiveModel {
+    let user_id = event
+        .data
+        .get("user_id")
+        .and_then(|u| match u {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .or_else(|| event.aggregate_id.clone());
+    entities::notifications::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        user_id: Set(user_id),
+        event_id: Set(event.event_id),
+        event_name: Set(event.event_name.clone()),
+        title: Set(title(&event.event_name)),
+        data: Set(event.data.clone()),
+        created_at: Set(Utc::now()),
     }
 }
 
@@ -124,24 +154,7 @@ impl Consumer for Notifications {
         if event.event_name == "user.registered" {
             self.enqueue_welcome(job).await?;
         }
-        let user_id = event
-            .data
-            .get("user_id")
-            .and_then(|u| match u {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            })
-            .or_else(|| event.aggregate_id.clone());
-        let row = entities::notifications::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            user_id: Set(user_id),
-            event_id: Set(event.event_id),
-            event_name: Set(event.event_name.clone()),
-            title: Set(title(&event.event_name)),
-            data: Set(event.data.clone()),
-            created_at: Set(Utc::now()),
-        };
+        let row = notification_row(event);
         let txn = self
             .db
             .begin()

@@ -34,7 +34,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Consumer, Job, JobError};
+use super::{Consumer, Job, JobError, inbox::Inbox};
 use crate::{
     broker::{
         Broker, BrokerError,
@@ -109,7 +109,7 @@ pub struct Runner {
     consumer: Arc<dyn Consumer>,
     ctx: RunnerContext,
     limits: Limits,
-    same_message: Arc<Vec<tokio::sync::Mutex<()>>>,
+    parts: Arc<Parts>,
 }
 
 /// Lock stripes that keep two deliveries of one message id from running the inbox check and
@@ -151,15 +151,23 @@ impl Runner {
             max_attempts: m.max_attempts.unwrap_or(settings.max_attempts),
             grace: Duration::from_millis(settings.shutdown_grace_ms),
         };
+        let inbox = consumer
+            .use_inbox()
+            .then(|| Inbox::spawn(ctx.db.clone(), consumer.name().to_owned()));
+        let parts = Arc::new(Parts {
+            consumer: consumer.clone(),
+            ctx: ctx.clone(),
+            limits,
+            same_message: (0..MESSAGE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            inbox,
+        });
         Self {
             consumer,
             ctx,
             limits,
-            same_message: Arc::new(
-                (0..MESSAGE_STRIPES)
-                    .map(|_| tokio::sync::Mutex::new(()))
-                    .collect(),
-            ),
+            parts,
         }
     }
 
@@ -267,7 +275,7 @@ impl Runner {
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break;
                     };
-                    let this = self.clone_parts();
+                    let this = self.parts.clone();
                     in_flight.spawn(async move {
                         this.process(delivery).await;
                         drop(permit);
@@ -289,22 +297,15 @@ impl Runner {
         let _ = channel.close(200, "consumer stopping".into()).await;
         result
     }
-
-    fn clone_parts(&self) -> Arc<Parts> {
-        Arc::new(Parts {
-            consumer: self.consumer.clone(),
-            ctx: self.ctx.clone(),
-            limits: self.limits,
-            same_message: self.same_message.clone(),
-        })
-    }
 }
 
 struct Parts {
     consumer: Arc<dyn Consumer>,
     ctx: RunnerContext,
     limits: Limits,
-    same_message: Arc<Vec<tokio::sync::Mutex<()>>>,
+    same_message: Vec<tokio::sync::Mutex<()>>,
+    /// The batched inbox, when the consumer uses one.
+    inbox: Option<Inbox>,
 }
 
 /// Takes a consuming channel off the `amqp_channels` gauge when the session ends.
@@ -388,18 +389,18 @@ impl Parts {
             request_id: header_str(&props, H_REQUEST_ID),
         };
 
-        let inbox = self.consumer.use_inbox();
+        let inbox = self.inbox.as_ref();
         // Check, handle and mark one message id at a time (in this process); across
         // processes, a handler that must not repeat marks the inbox in its own transaction.
-        let _same = if inbox {
+        let _same = if inbox.is_some() {
             let stripe =
                 usize::try_from(message_id.as_u128() % MESSAGE_STRIPES as u128).unwrap_or(0);
             Some(self.same_message[stripe].lock().await)
         } else {
             None
         };
-        if inbox {
-            match store::inbox_seen(&self.ctx.db, self.consumer.name(), message_id).await {
+        if let Some(inbox) = inbox {
+            match inbox.seen(message_id).await {
                 Ok(true) => {
                     tracing::info!("Duplicate message skipped (already in the inbox).");
                     self.ctx.metrics.job(self.queue(), "duplicate");
@@ -456,9 +457,8 @@ impl Parts {
 
         match result {
             Ok(()) => {
-                if inbox
-                    && let Err(e) =
-                        store::inbox_mark(&self.ctx.db, self.consumer.name(), message_id).await
+                if let Some(inbox) = inbox
+                    && let Err(e) = inbox.mark(message_id).await
                 {
                     // The effect happened; without the inbox row a redelivery could repeat it,
                     // so the ack still goes out (the message is done) and the gap is logged.

@@ -9,7 +9,10 @@ use warren::{
     dispatch::{Listener, ListenerError},
 };
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::{
+    helpers::{spawn_app, spawn_app_with},
+    smtp::SmtpSink,
+};
 
 struct Answer(&'static str);
 
@@ -31,8 +34,13 @@ impl Listener for Fails {
 
 #[tokio::test]
 async fn sync_mode_returns_results_in_priority_order_with_a_failing_listener_in_the_middle() {
+    let sink = SmtpSink::start().await;
+    let smtp = sink.url();
     let app = spawn_app_with(
-        |s| s,
+        move |mut s| {
+            s.email.smtp_url = Secret::new(smtp);
+            s
+        },
         |a| {
             a.listener(
                 "send_welcome_email",
@@ -73,9 +81,17 @@ async fn sync_mode_returns_results_in_priority_order_with_a_failing_listener_in_
             ("fraud_check", "success"),
             ("send_welcome_email", "success"),
             ("credit_points", "failed"),
+            ("email.welcome", "success"),
+            ("notifications.store", "success"),
             ("audit.record", "success"),
         ]
     );
+    // The built-in listeners did the consumers' work inside the request: the welcome e-mail
+    // reached the SMTP server, the notification row exists.
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(mails[0].to[0].contains("x@example.com"), "{mails:?}");
+    assert!(mails[0].data.contains("Welcome"), "{mails:?}");
     assert_eq!(
         results[1]["result"],
         json!({"by": "email", "saw": "user.registered"})
@@ -95,6 +111,13 @@ async fn sync_mode_returns_results_in_priority_order_with_a_failing_listener_in_
     let row = row.expect("audit row written");
     assert_eq!(row.aggregate_id.as_deref(), Some("u-7"));
     assert_eq!(row.data, json!({"email": "x@example.com"}));
+    let notes = entities::notifications::Entity::find()
+        .all(&db)
+        .await
+        .expect("query");
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].event_id, event_id);
+    assert_eq!(notes[0].user_id.as_deref(), Some("u-7"));
     // Sync mode does not publish.
     assert!(app.drain("warren.audit").await.is_empty());
     app.cleanup().await;

@@ -1,5 +1,8 @@
-//! `warren bench jobs` and `warren bench sagas`: end-to-end throughput on a real broker and
-//! database.
+//! `warren bench ...`: throughput on a real broker and database, each in a scratch vhost.
+//! `jobs`, `sagas`, `scale` measure warren; [`baseline`] holds the ceilings it is measured
+//! against (a bare warp+lapin publish loop, a raw lapin publisher and consumer),
+//! [`retry_delay`] the accuracy of broker-side retry delays, [`smtp_sink`] the mail receiver
+//! of the synchronous-mode benchmark. `scripts/bench-suite.sh` runs them all.
 //!
 //! `bench sagas` starts every role in process (HTTP front, participants, orchestrator), seeds
 //! ample stock and balances, posts N orders over HTTP with C concurrent clients, and waits
@@ -14,6 +17,10 @@
 //!   handle -> ack at once).
 //!
 //! Prints one line per phase and a Markdown table row; `scripts/bench.sh` records it.
+
+pub mod baseline;
+pub mod retry_delay;
+pub mod smtp_sink;
 
 use std::{
     sync::{
@@ -54,12 +61,24 @@ pub struct JobsBench {
     /// Concurrent publishing tasks.
     #[arg(long, default_value_t = 256)]
     pub publishers: u64,
+    /// What each job does: `db` (one database write, like a real job), `noop` (nothing; the
+    /// runner's inbox check and row still happen) or `noop-no-inbox` (nothing at all: the
+    /// runner's own cost).
+    #[arg(long, default_value = "db")]
+    pub handler: String,
+}
+
+/// Prints one machine-readable result line (`BENCH {json}`) for the benchmark suite.
+pub fn emit(value: &serde_json::Value) {
+    println!("BENCH {value}");
 }
 
 /// A job that does what real jobs do: one database write (plus the runner's inbox).
 struct BenchJob {
     db: sea_orm::DatabaseConnection,
     done: Arc<AtomicU64>,
+    write: bool,
+    inbox: bool,
 }
 
 #[async_trait::async_trait]
@@ -72,10 +91,16 @@ impl Consumer for BenchJob {
         "warren.audit"
     }
 
+    fn use_inbox(&self) -> bool {
+        self.inbox
+    }
+
     async fn handle(&self, job: &Job) -> Result<(), JobError> {
-        crate::store::record_event(&self.db, &job.event)
-            .await
-            .map_err(|e| JobError::Error(e.to_string()))?;
+        if self.write {
+            crate::store::record_event(&self.db, &job.event)
+                .await
+                .map_err(|e| JobError::Error(e.to_string()))?;
+        }
         self.done.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -146,6 +171,10 @@ async fn bench_publisher(settings: &Settings, name: &str) -> anyhow::Result<(Bro
 
 /// Runs the job benchmark against the broker and database in `settings`.
 pub async fn jobs(mut settings: Settings, opts: JobsBench) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(opts.handler.as_str(), "db" | "noop" | "noop-no-inbox"),
+        "handler must be db, noop or noop-no-inbox"
+    );
     let (api, vhost) = scratch_vhost(&mut settings, "jobs").await?;
     settings.jobs.concurrency = opts.concurrency;
     settings.jobs.prefetch = opts.prefetch;
@@ -359,6 +388,16 @@ async fn run_sagas(settings: Settings, opts: &SagasBench) -> anyhow::Result<()> 
         percentile(&durations, 99.0) * 1e3,
         durations.last().copied().unwrap_or(0.0) * 1e3
     );
+    emit(&json!({
+        "bench": "sagas",
+        "database": db_kind,
+        "orders": opts.orders,
+        "clients": opts.clients,
+        "completed": completed,
+        "rate": rate,
+        "p50_ms": percentile(&durations, 50.0) * 1e3,
+        "p99_ms": percentile(&durations, 99.0) * 1e3,
+    }));
     anyhow::ensure!(
         completed == opts.orders,
         "{} sagas did not complete",
@@ -389,6 +428,8 @@ async fn run_phases(settings: Settings, opts: &JobsBench) -> anyhow::Result<()> 
         .consumer(BenchJob {
             db: db.clone(),
             done: done.clone(),
+            write: opts.handler == "db",
+            inbox: opts.handler != "noop-no-inbox",
         })
         .start(&[Role::Worker], shutdown.clone())
         .await?;
@@ -431,13 +472,25 @@ async fn run_phases(settings: Settings, opts: &JobsBench) -> anyhow::Result<()> 
         rate(e2e),
         e2e_publish
     );
+    let db_kind = if crate::store::is_sqlite(settings.database.url.expose()) {
+        "SQLite"
+    } else {
+        "PostgreSQL"
+    };
+    emit(&json!({
+        "bench": "jobs",
+        "database": db_kind,
+        "handler": opts.handler,
+        "messages": n,
+        "concurrency": opts.concurrency,
+        "prefetch": opts.prefetch,
+        "publish_rate": rate(publish),
+        "drain_rate": rate(drain),
+        "e2e_rate": rate(e2e),
+    }));
     println!(
         "| {} | {} | {} | {:.0} | {:.0} | {:.0} |",
-        if crate::store::is_sqlite(settings.database.url.expose()) {
-            "SQLite"
-        } else {
-            "PostgreSQL"
-        },
+        db_kind,
         opts.concurrency,
         opts.prefetch,
         rate(publish),
@@ -542,6 +595,9 @@ async fn run_scale(settings: Settings, opts: &ScaleBench) -> anyhow::Result<()> 
             opts.messages
         );
         rows.push((k, rate));
+        emit(
+            &json!({"bench": "scale", "processes": k, "messages": opts.messages, "drain_rate": rate}),
+        );
     }
     publisher.close().await;
     broker.close();
