@@ -133,6 +133,19 @@ async fn apply(db: &sea_orm::DatabaseConnection, consumer: &str, batch: Vec<Op>)
     }
 }
 
+/// The ids, the last one repeated up to the next power of two. The database driver prepares
+/// each distinct statement text once per connection and keeps a bounded cache; batches of
+/// every size would be up to 512 statement shapes to prepare, padded ones come in ten. A repeated id changes nothing: `IN` ignores it,
+/// and `ON CONFLICT DO NOTHING` skips the second insert of the same key.
+fn padded(ids: impl Iterator<Item = Uuid>) -> impl Iterator<Item = Uuid> {
+    let ids: Vec<Uuid> = ids.collect();
+    let want = ids.len().next_power_of_two();
+    let last = ids.last().copied();
+    ids.into_iter()
+        .chain(std::iter::repeat_n(last, want).flatten())
+        .take(want)
+}
+
 async fn lookup<T>(
     db: &sea_orm::DatabaseConnection,
     consumer: &str,
@@ -145,7 +158,7 @@ async fn lookup<T>(
         .select_only()
         .column(processed_messages::Column::MessageId)
         .filter(processed_messages::Column::Consumer.eq(consumer))
-        .filter(processed_messages::Column::MessageId.is_in(ids.iter().map(|(id, _)| *id)))
+        .filter(processed_messages::Column::MessageId.is_in(padded(ids.iter().map(|(id, _)| *id))))
         .into_tuple::<Uuid>()
         .all(db)
         .await
