@@ -141,28 +141,6 @@ def wait_http(url, timeout=60):
     raise RuntimeError(f"{url} not ready in {timeout} s")
 
 
-def exact_depth(vhost, queue, settle_s=60):
-    """The queue's message count from rabbitmqctl, once it stopped changing (a quorum queue's
-    count trails its confirms while the backlog is applied; the management API's figures lag
-    further, by the statistics interval)."""
-    def once():
-        r = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages",
-                            "--no-table-headers"], capture_output=True, text=True, timeout=60)
-        for line in r.stdout.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == queue:
-                return int(parts[1])
-        return None
-    last, deadline = once(), time.time() + settle_s
-    while time.time() < deadline:
-        time.sleep(1)
-        now = once()
-        if now == last:
-            return now
-        last = now
-    return last
-
-
 def rss_mb(pid):
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as f:
@@ -243,6 +221,17 @@ class Suite:
         print(r.stdout.strip(), file=sys.stderr)
         return bench_lines(r.stdout)
 
+    def depth(self, amqp_url, queue):
+        """The queue's exact message count (a passive declare through `warren bench depth`;
+        the management API's and rabbitmqctl's counts of a quorum queue trail by seconds)."""
+        r = subprocess.run([self.bin, "bench", "depth", queue], env=self.env(WARREN_AMQP__URL=amqp_url),
+                           capture_output=True, text=True, timeout=60, check=True)
+        for line in r.stdout.splitlines():
+            name, _, count = line.rpartition(" ")
+            if name == queue:
+                return int(count)
+        return None
+
     def psql(self, sql):
         subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", f"{self.pg}/postgres", "-c", sql], check=True,
                        capture_output=True)
@@ -312,7 +301,7 @@ class Suite:
                 r = self.wrk(target, c, self.seconds, sample_pid=pid)
                 r.update({"mode": mode, "concurrency": c})
                 if mode != "sync":
-                    r["queued"] = exact_depth(vhost, "warren.audit")
+                    r["queued"] = self.depth(url, "warren.audit")
                 self.results["http"].append(r)
                 log(f"  {r['rps']:.0f} req/s, p99 {r['p99_ms']} ms, ok {r['ok']}, queued {r.get('queued')}")
                 if mode == "event" and c == max(self.conc):

@@ -251,6 +251,8 @@ pub enum BenchCommand {
     RetryDelay(crate::bench::retry_delay::RetryDelayBench),
     /// An SMTP receiver that accepts and counts every mail (for the sync-mode benchmark).
     SmtpSink(crate::bench::smtp_sink::SmtpSink),
+    /// Exact message counts of queues (passive declare), one `name count` line each.
+    Depth(crate::bench::baseline::Depth),
 }
 
 /// `warren topology ...`
@@ -411,6 +413,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             }
             BenchCommand::RetryDelay(opts) => {
                 crate::bench::retry_delay::retry_delay(settings, opts).await?;
+                Ok(0)
+            }
+            BenchCommand::Depth(opts) => {
+                crate::bench::baseline::depth(settings.amqp.url.expose(), opts).await?;
                 Ok(0)
             }
             BenchCommand::SmtpSink(opts) => {

@@ -16,7 +16,9 @@
 //!   outbox, the orchestrator role and the order saga's participants.
 //! - [`scheduler`]: cron schedules fired once per tick across instances.
 //! - [`retry`]: every in-process retry policy.
-//! - [`bench`]: `warren bench jobs|sagas|scale`.
+//! - [`bench`]: `warren bench ...`: warren's throughput (jobs, sagas, scale), the ceilings it is
+//!   measured against (a bare warp+lapin server, a raw lapin publisher and consumer), retry
+//!   delay accuracy, and the SMTP receiver of the sync-mode benchmark (`scripts/bench-suite.sh`).
 
 #![forbid(unsafe_code)]
 
