@@ -679,16 +679,16 @@ async fn duplicate_delivery_of_every_command_and_reply_deducts_nothing_twice() {
         Some(out)
     })
     .await;
-    assert_eq!(
-        finals,
-        [
-            "completed",
-            "completed",
-            "compensated",
-            "completed",
-            "compensated"
-        ]
-    );
+    // The sagas run concurrently, so which order of a group meets the shortage first is a
+    // race: one of D-1..D-3 is short of stock, one of D-4/D-5 short of balance.
+    let compensated = |range: std::ops::Range<usize>| {
+        finals[range]
+            .iter()
+            .filter(|s| s.as_str() == "compensated")
+            .count()
+    };
+    assert_eq!(compensated(0..3), 1, "{finals:?}");
+    assert_eq!(compensated(3..5), 1, "{finals:?}");
     // Wait for the duplicates still in flight to be handled, then check the effects.
     eventually(Duration::from_secs(20), "queues drained", || async {
         let mut total = 0;
@@ -707,7 +707,11 @@ async fn duplicate_delivery_of_every_command_and_reply_deducts_nothing_twice() {
     let copied = stop_tap(stop, tap).await;
     assert!(copied >= 20, "the tap duplicated {copied} messages");
     assert_eq!(stock(&app, "SKU-1").await, 1);
-    assert_eq!(stock(&app, "SKU-2").await, 99, "D-5 restored its unit");
+    assert_eq!(
+        stock(&app, "SKU-2").await,
+        99,
+        "the short-balance order restored its unit"
+    );
     assert_eq!(balance(&app, "u-1").await, 100_000 - 400);
     assert_eq!(balance(&app, "u-2").await, 50);
     let db = app.db().await;
