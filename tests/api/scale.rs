@@ -73,22 +73,28 @@ async fn two_worker_processes_share_a_queue_and_a_killed_one_loses_nothing() {
     })
     .await;
 
-    let mut posts = tokio::task::JoinSet::new();
-    for chunk in 0..20 {
-        let http = app.http.clone();
-        let url = format!("{}/v1/events/order.created", app.base);
-        posts.spawn(async move {
-            for i in 0..EVENTS / 20 {
-                let r = http
-                    .post(&url)
-                    .json(&json!({"user_id": format!("u-{chunk}"), "i": i}))
-                    .send()
-                    .await
-                    .expect("sent");
-                assert_eq!(r.status(), 202);
-            }
-        });
-    }
+    // Half the events, then worker A is killed once it has taken a share of them (the
+    // queue still holds work, so A dies with messages in hand), then the other half, which
+    // only B can take.
+    let post_half = |half: usize| {
+        let mut posts = tokio::task::JoinSet::new();
+        for chunk in 0..10 {
+            let http = app.http.clone();
+            let url = format!("{}/v1/events/order.created", app.base);
+            posts.spawn(async move {
+                for i in 0..EVENTS / 20 {
+                    let r = http
+                        .post(&url)
+                        .json(&json!({"user_id": format!("u-{half}-{chunk}"), "i": i}))
+                        .send()
+                        .await
+                        .expect("sent");
+                    assert_eq!(r.status(), 202);
+                }
+            });
+        }
+        posts
+    };
     let db = app.db().await;
     let stored = || async {
         entities::notifications::Entity::find()
@@ -96,15 +102,18 @@ async fn two_worker_processes_share_a_queue_and_a_killed_one_loses_nothing() {
             .await
             .unwrap_or(0) as usize
     };
-    // Kill worker A mid-run, once it has done a share of the work.
+    let mut first = post_half(0);
     let a_share = eventually(Duration::from_secs(60), "worker A has worked", || async {
-        let n = consumed(&app.http, port_a).await?;
-        (n >= 50 && stored().await < EVENTS).then_some(n)
+        consumed(&app.http, port_a).await.filter(|n| *n >= 20)
     })
     .await;
     a.0.kill().expect("SIGKILL worker A");
     let _ = a.0.wait();
-    while let Some(r) = posts.join_next().await {
+    let mut second = post_half(1);
+    while let Some(r) = first.join_next().await {
+        r.expect("publisher task");
+    }
+    while let Some(r) = second.join_next().await {
         r.expect("publisher task");
     }
     eventually(Duration::from_secs(90), "every event stored", || async {
