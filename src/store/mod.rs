@@ -139,34 +139,31 @@ pub async fn record_event(db: &DatabaseConnection, event: &Event) -> Result<(), 
         })
 }
 
-/// Whether `consumer` already applied `message_id` (the inbox).
-pub async fn inbox_seen(
-    db: &DatabaseConnection,
-    consumer: &str,
-    message_id: uuid::Uuid,
-) -> Result<bool, StoreError> {
-    processed_messages::Entity::find_by_id((consumer.to_owned(), message_id))
-        .one(db)
-        .await
-        .map(|r| r.is_some())
-        .map_err(|source| StoreError::Query {
-            doing: "reading the inbox",
-            source,
-        })
-}
-
 /// Records that `consumer` applied `message_id`; recording twice is a no-op.
 pub async fn inbox_mark<C: ConnectionTrait>(
     db: &C,
     consumer: &str,
     message_id: uuid::Uuid,
 ) -> Result<(), StoreError> {
-    let row = processed_messages::ActiveModel {
-        consumer: Set(consumer.to_owned()),
-        message_id: Set(message_id),
-        processed_at: Set(Utc::now()),
-    };
-    processed_messages::Entity::insert(row)
+    inbox_mark_many(db, consumer, std::iter::once(message_id)).await
+}
+
+/// Records that `consumer` applied each of `message_ids` in one statement; ids already
+/// recorded (or repeated in the list) are skipped.
+pub async fn inbox_mark_many<C: ConnectionTrait>(
+    db: &C,
+    consumer: &str,
+    message_ids: impl IntoIterator<Item = uuid::Uuid>,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let rows = message_ids
+        .into_iter()
+        .map(|id| processed_messages::ActiveModel {
+            consumer: Set(consumer.to_owned()),
+            message_id: Set(id),
+            processed_at: Set(now),
+        });
+    processed_messages::Entity::insert_many(rows)
         .on_conflict_do_nothing_on([
             processed_messages::Column::Consumer,
             processed_messages::Column::MessageId,
