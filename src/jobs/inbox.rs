@@ -30,8 +30,11 @@ pub enum InboxError {
     Closed,
 }
 
-/// Batches in the database at once, per consumer.
-const IN_FLIGHT: usize = 4;
+/// Batches in the database at once, per consumer. Each batch holds up to two pooled
+/// connections (its read and its write run together), and every consumer of a process shares
+/// one pool: four in flight starved the pool under the saga load test, and measured no faster
+/// than one.
+const IN_FLIGHT: usize = 1;
 
 /// Most message ids in one statement (well under SQLite's and PostgreSQL's bind limits).
 const MAX_BATCH: usize = 512;
@@ -78,7 +81,7 @@ impl Inbox {
 }
 
 async fn run(db: sea_orm::DatabaseConnection, consumer: String, mut rx: mpsc::Receiver<Op>) {
-    // Up to IN_FLIGHT batches in the database at once: while one commits, the next collects.
+    // Up to IN_FLIGHT batches in the database at once; while one is there, the next collects.
     // Two batches never hold the same message id's read and write at once: the runner holds
     // a message id's lock from its read until after its write.
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
