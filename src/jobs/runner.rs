@@ -34,11 +34,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Consumer, Job, JobError, inbox::Inbox};
+use super::{
+    Consumer, Job, JobError,
+    decode::{Delivered, decode},
+    inbox::Inbox,
+};
 use crate::{
     broker::{
         Broker, BrokerError,
-        envelope::{Event, H_ATTEMPT, H_REQUEST_ID, H_TRACEPARENT, Meta, header_int, header_str},
+        envelope::{Event, H_ATTEMPT, H_TRACEPARENT, Meta, header_str},
         publisher::{PublishError, Publisher},
         topology::{DEAD_EXCHANGE, ERROR_TIER, FAILURE_TIER, Topology},
     },
@@ -344,50 +348,32 @@ impl Parts {
         let started = Instant::now();
         self.ctx.metrics.queue_message(self.queue(), "consumed");
         let _in_flight = self.ctx.metrics.in_flight(self.queue());
-        let props = delivery.properties.clone();
-        let attempt = header_int(&props, H_ATTEMPT)
-            .and_then(|a| u32::try_from(a).ok())
-            .filter(|a| *a >= 1)
-            .unwrap_or(1);
+        let delivered = Delivered {
+            body: &delivery.data,
+            properties: &delivery.properties,
+            exchange: delivery.exchange.as_str(),
+            routing_key: delivery.routing_key.as_str(),
+        };
         let span = tracing::Span::current();
-        span.record("attempt", attempt);
-        if let Some(tp) = header_str(&props, H_TRACEPARENT) {
-            span.record("trace_id", tp.get(3..35).unwrap_or(""));
-        }
-        if let Some(rid) = header_str(&props, H_REQUEST_ID) {
-            span.record("request_id", rid.as_str());
-        }
-        let event: Event = match serde_json::from_slice(&delivery.data) {
-            Ok(e) => e,
+        let job = match decode(&delivered, self.queue(), self.limits.max_attempts) {
+            Ok(job) => job,
             Err(e) => {
-                let error = format!("undecodable message body: {e}");
+                span.record("attempt", e.attempt);
                 self.ctx.metrics.job(self.queue(), "undecodable");
-                self.park(&delivery, None, attempt, "undecodable", &error)
+                self.park(&delivery, None, e.attempt, "undecodable", &e.to_string())
                     .await;
                 return;
             }
         };
-        let message_id = props
-            .message_id()
-            .as_ref()
-            .and_then(|m| m.as_str().parse::<Uuid>().ok())
-            .unwrap_or(event.event_id);
+        let (attempt, message_id) = (job.attempt, job.message_id);
+        span.record("attempt", attempt);
         span.record("message_id", tracing::field::display(message_id));
-        let job = Job {
-            routing_key: header_str(&props, H_ORIGINAL_ROUTING_KEY)
-                .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
-            event,
-            message_id,
-            attempt,
-            max_attempts: self.limits.max_attempts,
-            queue: self.queue().to_owned(),
-            correlation_id: props
-                .correlation_id()
-                .as_ref()
-                .map(|c| c.as_str().to_owned()),
-            traceparent: header_str(&props, H_TRACEPARENT),
-            request_id: header_str(&props, H_REQUEST_ID),
-        };
+        if let Some(tp) = &job.traceparent {
+            span.record("trace_id", tp.get(3..35).unwrap_or(""));
+        }
+        if let Some(rid) = &job.request_id {
+            span.record("request_id", rid.as_str());
+        }
 
         let inbox = self.inbox.as_ref();
         // Check, handle and mark one message id at a time (in this process); across
@@ -650,20 +636,23 @@ fn long(s: &str) -> AMQPValue {
 }
 
 /// The delivery's headers plus the failure headers; the original exchange and routing key are
-/// set once, on the first failure, and kept after.
+/// set once, on the first failure, and kept after (see [`super::decode`] for when recorded
+/// ones are believed).
 fn failure_headers(delivery: &Delivery, error: &str) -> FieldTable {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     let truncated: String = error.chars().take(1000).collect();
     headers.insert(H_ERROR.into(), long(&truncated));
     headers.insert(H_FAILED_AT.into(), long(&Utc::now().to_rfc3339()));
-    if !headers.inner().contains_key(H_ORIGINAL_EXCHANGE) {
-        headers.insert(H_ORIGINAL_EXCHANGE.into(), long(delivery.exchange.as_str()));
+    // On a delivery through warren.requeue these are the headers of the first failure; on any
+    // other (a first delivery, or a foreign publisher's forged headers) they are the real ones.
+    let (exchange, routing_key) = Delivered {
+        body: &delivery.data,
+        properties: &delivery.properties,
+        exchange: delivery.exchange.as_str(),
+        routing_key: delivery.routing_key.as_str(),
     }
-    if !headers.inner().contains_key(H_ORIGINAL_ROUTING_KEY) {
-        headers.insert(
-            H_ORIGINAL_ROUTING_KEY.into(),
-            long(delivery.routing_key.as_str()),
-        );
-    }
+    .origin();
+    headers.insert(H_ORIGINAL_EXCHANGE.into(), long(&exchange));
+    headers.insert(H_ORIGINAL_ROUTING_KEY.into(), long(&routing_key));
     headers
 }
