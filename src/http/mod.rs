@@ -43,6 +43,10 @@ pub const EVENTS_EXCHANGE: &str = "warren.events";
 pub const COMMANDS_EXCHANGE: &str = "warren.commands";
 /// Longest accepted event name.
 pub const MAX_EVENT_NAME: usize = 128;
+/// Largest accepted request head: the names and values of all headers together, in bytes.
+/// Beyond it the answer is 431 `headers_too_large`. (hyper itself refuses heads beyond about
+/// 400 KiB, or with more than 100 headers, with a bare 431 before warren sees them.)
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -587,10 +591,30 @@ fn optional_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = warp::Re
     sized.or(absent).unify()
 }
 
+/// Refuses a request whose headers add up to more than [`MAX_HEADER_BYTES`].
+fn header_limit() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and_then(|headers: warp::http::HeaderMap| async move {
+            let size: usize = headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len())
+                .sum();
+            if size > MAX_HEADER_BYTES {
+                Err(warp::reject::custom(error::HeadersTooLarge(
+                    MAX_HEADER_BYTES,
+                )))
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one()
+}
+
 /// The whole HTTP API as one filter (what the server and `warp::test` run).
 pub fn api(state: HttpState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let limit = state.settings.http.body_limit_bytes;
-    let parsed = routes(limit)
+    let parsed = header_limit()
+        .and(routes(limit))
         .map(Ok::<Route, warp::Rejection>)
         .recover(|r: warp::Rejection| async move { Ok::<_, Infallible>(Err::<Route, _>(r)) })
         .unify();

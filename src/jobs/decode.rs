@@ -22,10 +22,15 @@
 //!   so a foreign 100 KiB header never reaches spans, logs or the alert event.
 //! - `message_id` is used when it is a UUID; otherwise the body's `event_id` is the id (the
 //!   inbox keys on it).
-//! - Other headers (`x-death`, a forged `x-warren-reason`) are carried along untouched and
-//!   never read; the runner overwrites warren's failure headers when it retries or parks.
+//! - Other headers (a forged `x-warren-reason`) are carried along untouched and never read; the
+//!   runner overwrites warren's failure headers when it retries or parks.
+//! - `x-death` is never read, but RabbitMQ reads it when it dead-letters a message (a delay
+//!   tier's TTL expiry): RabbitMQ 3.10's at-least-once dead-letter worker crashes on an
+//!   `x-death` array holding anything but tables with an integer `count`, and the message then
+//!   stays in the tier for good. So the runner drops an `x-death` that is not
+//!   [well formed](x_death_is_well_formed) before it republishes a message.
 
-use lapin::BasicProperties;
+use lapin::{BasicProperties, types::AMQPValue};
 use uuid::Uuid;
 
 use super::{
@@ -115,6 +120,39 @@ pub fn valid_request_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_REQUEST_ID && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Whether an `x-death` header value has the shape RabbitMQ writes: an array of tables, each
+/// with `queue` and `reason` strings and an integer `count`.
+pub fn x_death_is_well_formed(value: &AMQPValue) -> bool {
+    let AMQPValue::FieldArray(entries) = value else {
+        return false;
+    };
+    entries.as_slice().iter().all(|entry| {
+        let AMQPValue::FieldTable(t) = entry else {
+            return false;
+        };
+        let t = t.inner();
+        let string = |k: &str| {
+            matches!(
+                t.get(k),
+                Some(AMQPValue::LongString(_) | AMQPValue::ShortString(_))
+            )
+        };
+        let count = matches!(
+            t.get("count"),
+            Some(
+                AMQPValue::LongLongInt(_)
+                    | AMQPValue::LongInt(_)
+                    | AMQPValue::LongUInt(_)
+                    | AMQPValue::ShortInt(_)
+                    | AMQPValue::ShortUInt(_)
+                    | AMQPValue::ShortShortInt(_)
+                    | AMQPValue::ShortShortUInt(_)
+            )
+        );
+        string("queue") && string("reason") && count
+    })
+}
+
 /// Decodes a delivery consumed from `queue` into the [`Job`] a handler sees.
 pub fn decode(d: &Delivered<'_>, queue: &str, max_attempts: u32) -> Result<Job, DecodeError> {
     let attempt = d.attempt(max_attempts);
@@ -147,7 +185,7 @@ pub fn decode(d: &Delivered<'_>, queue: &str, max_attempts: u32) -> Result<Job, 
 mod tests {
     use super::*;
     use crate::broker::envelope::Meta;
-    use lapin::types::{AMQPValue, FieldTable, LongString};
+    use lapin::types::{FieldArray, FieldTable, LongString};
     use serde_json::json;
 
     fn with_headers(pairs: &[(&str, AMQPValue)]) -> BasicProperties {
@@ -298,5 +336,34 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(decode(&delivered(deep.as_bytes(), &p, "warren.events"), "q", 3).is_err());
+    }
+
+    #[test]
+    fn only_an_x_death_of_the_shape_rabbitmq_writes_is_well_formed() {
+        let entry = |count: AMQPValue| {
+            let mut t = FieldTable::default();
+            t.insert(
+                "queue".into(),
+                AMQPValue::LongString("warren.retry.60s".into()),
+            );
+            t.insert("reason".into(), AMQPValue::LongString("expired".into()));
+            t.insert("count".into(), count);
+            AMQPValue::FieldTable(t)
+        };
+        let array = |v: Vec<AMQPValue>| AMQPValue::FieldArray(FieldArray::from(v));
+        assert!(x_death_is_well_formed(&array(vec![])));
+        assert!(x_death_is_well_formed(&array(vec![
+            entry(AMQPValue::LongLongInt(2)),
+            entry(AMQPValue::LongInt(1)),
+        ])));
+        for bad in [
+            AMQPValue::LongString("garbage".into()),
+            AMQPValue::LongLongInt(5),
+            array(vec![AMQPValue::LongString("not a table".into())]),
+            array(vec![entry(AMQPValue::LongString("many".into()))]),
+            array(vec![AMQPValue::FieldTable(FieldTable::default())]),
+        ] {
+            assert!(!x_death_is_well_formed(&bad), "{bad:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 #![allow(unreachable_pub)]
 
+mod bad_input;
 mod dashboards;
 mod deployment;
 mod dlq;
