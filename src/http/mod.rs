@@ -442,9 +442,11 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
         )
 }
 
-/// The route tree. Each route is boxed: the unboxed tree's type nests deep enough to overflow
-/// the compiler's recursion limit in release builds, and the boxing costs one indirect call.
-fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
+/// The route tree: parses a request into a [`Route`] or a rejection, touching nothing else
+/// (public for the fuzz targets in `fuzz/`). Each route is boxed: the unboxed tree's type nests
+/// deep enough to overflow the compiler's recursion limit in release builds, and the boxing
+/// costs one indirect call.
+pub fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
     // Path before method: an unknown path is 404, a known path with the wrong method 405.
     let publish = warp::path!("v1" / "events" / String)
         .and(warp::post())
@@ -1075,8 +1077,10 @@ async fn publish_for_request(
     Ok(())
 }
 
-/// Checks the content type and parses the body as a JSON object (a message's `data`).
-fn parse_data(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+/// Checks the content type and parses the body as a JSON object (a message's `data`). Nesting
+/// deeper than serde_json's recursion limit (128) is refused as invalid JSON, never a stack
+/// overflow.
+pub fn parse_data(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, ApiError> {
     if let Some(ct) = content_type {
         let media = ct
             .split(';')

@@ -6,6 +6,7 @@ mod bad_input;
 mod dashboards;
 mod deployment;
 mod dlq;
+mod fuzz_corpus;
 mod helpers;
 mod http_front;
 mod jobs;
