@@ -53,10 +53,26 @@ impl<'a> Reader<'a> {
         String::from_utf8_lossy(self.chunk()).into_owned()
     }
 
+    /// A chunk as an AMQP short string.
+    pub fn short(&mut self) -> ShortString {
+        short_string(self.chunk())
+    }
+
     /// Everything left.
     pub fn rest(self) -> &'a [u8] {
         self.data
     }
+}
+
+/// Lossy text cut to 255 bytes, as an AMQP short string (a longer one cannot be built, nor sent).
+pub fn short_string(bytes: &[u8]) -> ShortString {
+    let mut s = String::from_utf8_lossy(bytes).into_owned();
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    ShortString::from(s)
 }
 
 /// An AMQP header value of a kind chosen by `r` (integers, strings, arrays, tables).
@@ -73,7 +89,7 @@ fn header_value(r: &mut Reader<'_>, depth: u8) -> AMQPValue {
         1 => AMQPValue::LongInt(int as i32),
         2 => AMQPValue::ShortShortUInt(int as u8),
         3 => AMQPValue::LongString(LongString::from(raw.to_vec())),
-        4 => AMQPValue::ShortString(ShortString::from(String::from_utf8_lossy(raw).into_owned())),
+        4 => AMQPValue::ShortString(short_string(raw)),
         5 => AMQPValue::Boolean(int & 1 == 1),
         6 if depth < 3 => {
             let n = r.byte() % 4;
@@ -125,10 +141,10 @@ pub fn envelope(data: &[u8]) {
     }
     let mut props = BasicProperties::default().with_headers(headers.clone());
     if r.byte() & 1 == 1 {
-        props = props.with_message_id(ShortString::from(r.text()));
+        props = props.with_message_id(r.short());
     }
     if r.byte() & 1 == 1 {
-        props = props.with_correlation_id(ShortString::from(r.text()));
+        props = props.with_correlation_id(r.short());
     }
     let body = r.rest();
     let d = Delivered {
