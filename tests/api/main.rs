@@ -5,6 +5,7 @@
 mod dashboards;
 mod deployment;
 mod dlq;
+mod gate;
 mod helpers;
 mod http_front;
 mod jobs;
@@ -12,6 +13,7 @@ mod modules;
 mod observability;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod outbox;
 mod publish;
 mod reliability;
 mod saga;
