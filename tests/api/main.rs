@@ -2,6 +2,7 @@
 
 #![allow(unreachable_pub)]
 
+mod chaos;
 mod dashboards;
 mod deployment;
 mod dlq;
