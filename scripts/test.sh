@@ -17,9 +17,9 @@ command -v promtool >/dev/null 2>&1 || scripts/services.sh install prometheus
 export WARREN_TEST_AMQP_URL="${WARREN_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672}"
 export WARREN_TEST_MANAGEMENT_URL="${WARREN_TEST_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15672}"
 export WARREN_TEST_DATABASE_URL="${WARREN_TEST_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5432}"
-export WARREN_CHAOS_AMQP_URL="${WARREN_CHAOS_AMQP_URL:-amqp://guest:guest@127.0.0.1:5673}"
-export WARREN_CHAOS_MANAGEMENT_URL="${WARREN_CHAOS_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15673}"
-export WARREN_CHAOS_DATABASE_URL="${WARREN_CHAOS_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5433}"
+export WARREN_TEST_CHAOS_AMQP_URL="${WARREN_TEST_CHAOS_AMQP_URL:-amqp://guest:guest@127.0.0.1:5673}"
+export WARREN_TEST_CHAOS_MANAGEMENT_URL="${WARREN_TEST_CHAOS_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15673}"
+export WARREN_TEST_CHAOS_DATABASE_URL="${WARREN_TEST_CHAOS_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5433}"
 
 # The whole suite, then the tests of the optional `otlp` feature (a second build of the test
 # binary with the feature on). Both run; the exit status is non-zero if either failed.

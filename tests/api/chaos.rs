@@ -35,19 +35,22 @@ fn env_or(key: &str, default: &str) -> String {
 }
 
 fn chaos_amqp() -> String {
-    env_or("WARREN_CHAOS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5673")
+    env_or(
+        "WARREN_TEST_CHAOS_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5673",
+    )
 }
 
 fn chaos_management() -> String {
     env_or(
-        "WARREN_CHAOS_MANAGEMENT_URL",
+        "WARREN_TEST_CHAOS_MANAGEMENT_URL",
         "http://guest:guest@127.0.0.1:15673",
     )
 }
 
 fn chaos_pg() -> String {
     env_or(
-        "WARREN_CHAOS_DATABASE_URL",
+        "WARREN_TEST_CHAOS_DATABASE_URL",
         "postgres://warren:warren@127.0.0.1:5433",
     )
 }
