@@ -10,6 +10,12 @@ use crate::{
     broker::publisher::PublishError, jobs::dlq::DlqError, saga::SagaError, store::StoreError,
 };
 
+/// A request whose headers together exceed the limit (the limit in bytes).
+#[derive(Debug)]
+pub struct HeadersTooLarge(pub usize);
+
+impl warp::reject::Reject for HeadersTooLarge {}
+
 /// Everything an HTTP request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -28,6 +34,12 @@ pub enum ApiError {
     /// No Content-Length header.
     #[error("a Content-Length header is required")]
     LengthRequired,
+    /// The request's headers together are larger than [`super::MAX_HEADER_BYTES`].
+    #[error("request headers are larger than the limit of {0} bytes")]
+    HeadersTooLarge(usize),
+    /// A header is missing, not visible ASCII, or does not parse.
+    #[error("{0}")]
+    InvalidHeader(String),
     /// The body is not JSON.
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
@@ -98,7 +110,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::InvalidJson(_)
+            | ApiError::InvalidHeader(_)
             | ApiError::InvalidQuery(_)
             | ApiError::InvalidEventName { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -137,6 +151,8 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::LengthRequired => "length_required",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
+            ApiError::InvalidHeader(_) => "invalid_header",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::NotAnObject(_) => "data_not_an_object",
@@ -189,6 +205,8 @@ impl ApiError {
         };
         if rejection.is_not_found() {
             ApiError::NotFound
+        } else if let Some(HeadersTooLarge(limit)) = rejection.find::<HeadersTooLarge>() {
+            ApiError::HeadersTooLarge(*limit)
         } else if rejection.find::<PayloadTooLarge>().is_some() {
             ApiError::PayloadTooLarge(body_limit)
         } else if rejection.find::<LengthRequired>().is_some() {
@@ -198,9 +216,12 @@ impl ApiError {
         } else if let Some(e) = rejection.find::<InvalidQuery>() {
             ApiError::InvalidQuery(e.to_string())
         } else if let Some(e) = rejection.find::<InvalidHeader>() {
-            ApiError::InvalidQuery(format!("invalid header {}", e.name()))
+            ApiError::InvalidHeader(format!(
+                "invalid header {}: not visible ASCII, or not the expected form",
+                e.name()
+            ))
         } else if let Some(e) = rejection.find::<MissingHeader>() {
-            ApiError::InvalidQuery(format!("missing header {}", e.name()))
+            ApiError::InvalidHeader(format!("missing header {}", e.name()))
         } else if rejection.find::<MethodNotAllowed>().is_some() {
             ApiError::MethodNotAllowed
         } else {

@@ -43,6 +43,10 @@ pub const EVENTS_EXCHANGE: &str = "warren.events";
 pub const COMMANDS_EXCHANGE: &str = "warren.commands";
 /// Longest accepted event name.
 pub const MAX_EVENT_NAME: usize = 128;
+/// Largest accepted request head: the names and values of all headers together, in bytes.
+/// Beyond it the answer is 431 `headers_too_large`. (hyper itself refuses heads beyond about
+/// 400 KiB, or with more than 100 headers, with a bare 431 before warren sees them.)
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -440,9 +444,11 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
         )
 }
 
-/// The route tree. Each route is boxed: the unboxed tree's type nests deep enough to overflow
-/// the compiler's recursion limit in release builds, and the boxing costs one indirect call.
-fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
+/// The route tree: parses a request into a [`Route`] or a rejection, touching nothing else
+/// (public for the fuzz targets in `fuzz/`). Each route is boxed: the unboxed tree's type nests
+/// deep enough to overflow the compiler's recursion limit in release builds, and the boxing
+/// costs one indirect call.
+pub fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
     // Path before method: an unknown path is 404, a known path with the wrong method 405.
     let publish = warp::path!("v1" / "events" / String)
         .and(warp::post())
@@ -589,10 +595,30 @@ fn optional_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = warp::Re
     sized.or(absent).unify()
 }
 
+/// Refuses a request whose headers add up to more than [`MAX_HEADER_BYTES`].
+fn header_limit() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and_then(|headers: warp::http::HeaderMap| async move {
+            let size: usize = headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len())
+                .sum();
+            if size > MAX_HEADER_BYTES {
+                Err(warp::reject::custom(error::HeadersTooLarge(
+                    MAX_HEADER_BYTES,
+                )))
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one()
+}
+
 /// The whole HTTP API as one filter (what the server and `warp::test` run).
 pub fn api(state: HttpState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let limit = state.settings.http.body_limit_bytes;
-    let parsed = routes(limit)
+    let parsed = header_limit()
+        .and(routes(limit))
         .map(Ok::<Route, warp::Rejection>)
         .recover(|r: warp::Rejection| async move { Ok::<_, Infallible>(Err::<Route, _>(r)) })
         .unify();
@@ -1049,8 +1075,10 @@ async fn publish_for_request(
     Ok(state.outbox.send(exchange, message, &meta).await?)
 }
 
-/// Checks the content type and parses the body as a JSON object (a message's `data`).
-fn parse_data(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+/// Checks the content type and parses the body as a JSON object (a message's `data`). Nesting
+/// deeper than serde_json's recursion limit (128) is refused as invalid JSON, never a stack
+/// overflow.
+pub fn parse_data(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, ApiError> {
     if let Some(ct) = content_type {
         let media = ct
             .split(';')

@@ -17,6 +17,7 @@
 //! message (the inbox absorbs it), never loses one.
 
 pub mod audit;
+pub mod decode;
 pub mod dlq;
 pub mod email;
 pub mod inbox;

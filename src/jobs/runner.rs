@@ -34,11 +34,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Consumer, Job, JobError, inbox::Inbox};
+use super::{
+    Consumer, Job, JobError,
+    decode::{Delivered, decode},
+    inbox::Inbox,
+};
 use crate::{
     broker::{
         Broker, BrokerError,
-        envelope::{Event, H_ATTEMPT, H_REQUEST_ID, H_TRACEPARENT, Meta, header_int, header_str},
+        envelope::{Event, H_ATTEMPT, H_TRACEPARENT, Meta, header_str},
         publisher::{PublishError, Publisher},
         topology::{DEAD_EXCHANGE, ERROR_TIER, FAILURE_TIER, Topology},
     },
@@ -60,6 +64,8 @@ pub const H_ORIGINAL_ROUTING_KEY: &str = "x-warren-original-routing-key";
 pub const H_REASON: &str = "x-warren-reason";
 /// Header on parked messages: the queue they were parked from.
 pub const H_QUEUE: &str = "x-warren-queue";
+/// Header RabbitMQ writes when it dead-letters a message (a delay tier's TTL expiry).
+pub const H_X_DEATH: &str = "x-death";
 /// Header on replayed messages: when they were replayed.
 pub const H_REPLAYED_AT: &str = "x-warren-replayed-at";
 
@@ -374,50 +380,32 @@ impl Parts {
         let started = Instant::now();
         self.ctx.metrics.queue_message(self.queue(), "consumed");
         let _in_flight = self.ctx.metrics.in_flight(self.queue());
-        let props = delivery.properties.clone();
-        let attempt = header_int(&props, H_ATTEMPT)
-            .and_then(|a| u32::try_from(a).ok())
-            .filter(|a| *a >= 1)
-            .unwrap_or(1);
+        let delivered = Delivered {
+            body: &delivery.data,
+            properties: &delivery.properties,
+            exchange: delivery.exchange.as_str(),
+            routing_key: delivery.routing_key.as_str(),
+        };
         let span = tracing::Span::current();
-        span.record("attempt", attempt);
-        if let Some(tp) = header_str(&props, H_TRACEPARENT) {
-            span.record("trace_id", tp.get(3..35).unwrap_or(""));
-        }
-        if let Some(rid) = header_str(&props, H_REQUEST_ID) {
-            span.record("request_id", rid.as_str());
-        }
-        let event: Event = match serde_json::from_slice(&delivery.data) {
-            Ok(e) => e,
+        let job = match decode(&delivered, self.queue(), self.limits.max_attempts) {
+            Ok(job) => job,
             Err(e) => {
-                let error = format!("undecodable message body: {e}");
+                span.record("attempt", e.attempt);
                 self.ctx.metrics.job(self.queue(), "undecodable");
-                self.park(&delivery, None, attempt, "undecodable", &error)
+                self.park(&delivery, None, e.attempt, "undecodable", &e.to_string())
                     .await;
                 return;
             }
         };
-        let message_id = props
-            .message_id()
-            .as_ref()
-            .and_then(|m| m.as_str().parse::<Uuid>().ok())
-            .unwrap_or(event.event_id);
+        let (attempt, message_id) = (job.attempt, job.message_id);
+        span.record("attempt", attempt);
         span.record("message_id", tracing::field::display(message_id));
-        let job = Job {
-            routing_key: header_str(&props, H_ORIGINAL_ROUTING_KEY)
-                .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
-            event,
-            message_id,
-            attempt,
-            max_attempts: self.limits.max_attempts,
-            queue: self.queue().to_owned(),
-            correlation_id: props
-                .correlation_id()
-                .as_ref()
-                .map(|c| c.as_str().to_owned()),
-            traceparent: header_str(&props, H_TRACEPARENT),
-            request_id: header_str(&props, H_REQUEST_ID),
-        };
+        if let Some(tp) = &job.traceparent {
+            span.record("trace_id", tp.get(3..35).unwrap_or(""));
+        }
+        if let Some(rid) = &job.request_id {
+            span.record("request_id", rid.as_str());
+        }
 
         let inbox = self.inbox.as_ref();
         // Check, handle and mark one message id at a time (in this process); across
@@ -588,21 +576,18 @@ impl Parts {
                 .as_ref()
                 .and_then(|m| m.as_str().parse().ok())
         });
-        let job_name = job.map(|j| j.event.event_name.clone()).or_else(|| {
-            delivery
-                .properties
-                .kind()
-                .as_ref()
-                .map(|k| k.as_str().to_owned())
-        });
+        let job_name = job
+            .map(|j| j.event.event_name.as_str())
+            .or_else(|| delivery.properties.kind().as_ref().map(|k| k.as_str()))
+            .map(db_text);
         let row = store::NewFailedJob {
             queue: self.queue().to_owned(),
             message_id,
             job_name,
             attempts: attempt,
-            error: error.to_owned(),
+            error: db_text(error),
             reason: reason.to_owned(),
-            payload: String::from_utf8_lossy(&delivery.data).into_owned(),
+            payload: payload_text(&delivery.data),
         };
         if let Err(e) = store::insert_failed_job(&self.ctx.db, row).await {
             tracing::error!(error = %e, "Parked the message but could not write its failed_jobs row.");
@@ -682,25 +667,84 @@ impl Parts {
     }
 }
 
+/// Longest message body copied into a `failed_jobs` row (the parked message keeps all of it).
+pub const MAX_FAILED_PAYLOAD: usize = 64 * 1024;
+
+/// `s` as PostgreSQL accepts it in a text column: NUL characters become U+FFFD.
+fn db_text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+/// A message body for the `failed_jobs` row: UTF-8 (invalid bytes as U+FFFD), no NUL, at most
+/// [`MAX_FAILED_PAYLOAD`] bytes of it, with a note when cut.
+fn payload_text(body: &[u8]) -> String {
+    let cut = body.len() > MAX_FAILED_PAYLOAD;
+    let mut text = db_text(&String::from_utf8_lossy(
+        &body[..body.len().min(MAX_FAILED_PAYLOAD)],
+    ));
+    if cut {
+        text.push_str(&format!(
+            "... [cut: {} bytes in all; the parked message holds the whole body]",
+            body.len()
+        ));
+    }
+    text
+}
+
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
 /// The delivery's headers plus the failure headers; the original exchange and routing key are
-/// set once, on the first failure, and kept after.
+/// set once, on the first failure, and kept after (see [`super::decode`] for when recorded
+/// ones are believed).
 fn failure_headers(delivery: &Delivery, error: &str) -> FieldTable {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    if headers
+        .inner()
+        .get(H_X_DEATH)
+        .is_some_and(|d| !super::decode::x_death_is_well_formed(d))
+    {
+        // RabbitMQ's own dead-lettering (the delay tier's TTL expiry) crashes on an x-death it
+        // did not write, and the message then never comes back: drop the forged one; the
+        // broker writes its own on the way back.
+        tracing::warn!("Dropping a malformed x-death header before republishing.");
+        let mut inner = headers.inner().clone();
+        inner.remove(H_X_DEATH);
+        headers = FieldTable::from(inner);
+    }
     let truncated: String = error.chars().take(1000).collect();
     headers.insert(H_ERROR.into(), long(&truncated));
     headers.insert(H_FAILED_AT.into(), long(&Utc::now().to_rfc3339()));
-    if !headers.inner().contains_key(H_ORIGINAL_EXCHANGE) {
-        headers.insert(H_ORIGINAL_EXCHANGE.into(), long(delivery.exchange.as_str()));
+    // On a delivery through warren.requeue these are the headers of the first failure; on any
+    // other (a first delivery, or a foreign publisher's forged headers) they are the real ones.
+    let (exchange, routing_key) = Delivered {
+        body: &delivery.data,
+        properties: &delivery.properties,
+        exchange: delivery.exchange.as_str(),
+        routing_key: delivery.routing_key.as_str(),
     }
-    if !headers.inner().contains_key(H_ORIGINAL_ROUTING_KEY) {
-        headers.insert(
-            H_ORIGINAL_ROUTING_KEY.into(),
-            long(delivery.routing_key.as_str()),
-        );
-    }
+    .origin();
+    headers.insert(H_ORIGINAL_EXCHANGE.into(), long(&exchange));
+    headers.insert(H_ORIGINAL_ROUTING_KEY.into(), long(&routing_key));
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_payload_is_text_postgresql_takes_and_is_bounded() {
+        assert_eq!(payload_text(b"{\"a\":1}"), "{\"a\":1}");
+        assert_eq!(payload_text(b"\xff\x00x"), "\u{FFFD}\u{FFFD}x");
+        let big = vec![b'a'; MAX_FAILED_PAYLOAD * 3];
+        let text = payload_text(&big);
+        assert!(text.len() < MAX_FAILED_PAYLOAD + 100);
+        assert!(text.ends_with(&format!(
+            "{} bytes in all; the parked message holds the whole body]",
+            big.len()
+        )));
+        assert_eq!(db_text("a\0b"), "a\u{FFFD}b");
+    }
 }

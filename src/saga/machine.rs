@@ -317,6 +317,12 @@ pub fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaState, Vec
                     let why = reason.clone().unwrap_or_else(|| "step failed".to_owned());
                     fail_step(def, &mut s, *step, why, &mut out);
                 }
+                // A success after the deadline of a step that does not roll back (the saga
+                // went on): the effect happened, so it is recorded, and undone if the saga is
+                // rolled back later.
+                (Status::Running, StepStatus::TimedOut, true) => {
+                    s.steps[*step] = StepStatus::Done;
+                }
                 // A success after the deadline: the effect happened, so it is undone too.
                 (
                     Status::Compensating | Status::Compensated | Status::NeedsIntervention,
@@ -468,6 +474,9 @@ fn compensate_next(def: &SagaDef, s: &mut SagaState, out: &mut Vec<Command>) {
         Status::Compensated
     };
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {
@@ -631,6 +640,38 @@ mod tests {
         let (s, _) = run(&def, &[Input::Start, ok(0), ok(1), ok(2), fail(3)]);
         assert_eq!(s.status, Status::Completed);
         assert_eq!(s.steps[3], StepStatus::Failed);
+    }
+
+    #[test]
+    fn given_a_step_without_rollback_past_its_deadline_when_its_late_success_comes_before_a_rollback_then_it_is_undone_too()
+     {
+        let def = SagaDef::builder("late")
+            .step("reserve", "stock.reserve")
+            .compensate_with("stock.release")
+            .no_rollback()
+            .step("charge", "card.charge")
+            .build();
+        let (s, sent) = run(
+            &def,
+            &[
+                Input::Start,
+                Input::DeadlinePassed {
+                    step: 0,
+                    action: Action::Execute,
+                },
+                ok(0),
+                fail(1),
+                undone(0, true),
+            ],
+        );
+        assert_eq!(sent[1], vec![exec(1, "card.charge")], "the saga went on");
+        assert_eq!(sent[2], vec![], "the late success is recorded");
+        assert_eq!(
+            sent[3],
+            vec![comp(0, "stock.release")],
+            "and undone on rollback"
+        );
+        assert_eq!(s.status, Status::Compensated);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 
 #![allow(unreachable_pub)]
 
+mod bad_input;
 mod chaos;
 mod dashboards;
 mod deployment;
 mod dlq;
+mod fuzz_corpus;
 mod gate;
 mod helpers;
 mod http_front;
