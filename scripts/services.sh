@@ -206,14 +206,6 @@ EOF
 # Written by warren's scripts/services.sh; rewritten on each run. Local dev/test broker.
 # Every listener on loopback only.
 listeners.tcp.1 = 127.0.0.1:5672
-# AMQPS with the test certificates of /etc/rabbitmq/tls (made by this script). Client
-# certificates are checked when presented, not required.
-listeners.ssl.1 = 127.0.0.1:5671
-ssl_options.cacertfile = /etc/rabbitmq/tls/ca.pem
-ssl_options.certfile = /etc/rabbitmq/tls/server.pem
-ssl_options.keyfile = /etc/rabbitmq/tls/server.key
-ssl_options.verify = verify_peer
-ssl_options.fail_if_no_peer_cert = false
 management.tcp.ip = 127.0.0.1
 management.tcp.port = 15672
 prometheus.tcp.ip = 127.0.0.1
@@ -234,6 +226,21 @@ loopback_users.guest = true
 vm_memory_high_watermark.relative = 0.6
 disk_free_limit.absolute = 256MB
 EOF
+  # The AMQPS listener in a file of its own (RabbitMQ reads conf.d/*.conf after rabbitmq.conf),
+  # so that rabbitmq.conf stays as it was before TLS and scripts that write only that file see
+  # no change to restart for.
+  install -d -o rabbitmq -g rabbitmq -m 755 /etc/rabbitmq/conf.d
+  write_if_changed /etc/rabbitmq/conf.d/10-warren-tls.conf <<EOF
+# Written by warren's scripts/services.sh; rewritten on each run. AMQPS on loopback with the
+# test certificates this script makes in $RMQ_TLS_DIR. Client certificates are checked when
+# presented, not required.
+listeners.ssl.1 = 127.0.0.1:5671
+ssl_options.cacertfile = $RMQ_TLS_DIR/ca.pem
+ssl_options.certfile = $RMQ_TLS_DIR/server.pem
+ssl_options.keyfile = $RMQ_TLS_DIR/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+EOF
   # Enable the plugins offline (writes /etc/rabbitmq/enabled_plugins only, keeps others listed);
   # the node picks them up, with the listener settings above, when it (re)starts.
   if ! grep -qs 'rabbitmq_management[],]' /etc/rabbitmq/enabled_plugins ||
@@ -245,7 +252,8 @@ EOF
   fi
   # Ownership as Debian expects it: the node runs as rabbitmq and must read its config and own
   # its data (root-owned leftovers, e.g. from running rabbitmq tools as root, break the boot).
-  chown rabbitmq:rabbitmq /etc/rabbitmq /etc/rabbitmq/*.conf /etc/rabbitmq/enabled_plugins
+  chown rabbitmq:rabbitmq /etc/rabbitmq /etc/rabbitmq/*.conf /etc/rabbitmq/enabled_plugins \
+    /etc/rabbitmq/conf.d /etc/rabbitmq/conf.d/*.conf
   install -d -o rabbitmq -g rabbitmq -m 755 /var/lib/rabbitmq /var/log/rabbitmq
   find /var/lib/rabbitmq /var/log/rabbitmq \! -user rabbitmq -exec chown rabbitmq:rabbitmq {} +
   if [ -f /var/lib/rabbitmq/.erlang.cookie ]; then chmod 400 /var/lib/rabbitmq/.erlang.cookie; fi
@@ -411,7 +419,7 @@ EOF
 
 if [ "$want_rmq" = 1 ]; then
   say "AMQP:          amqp://guest:guest@127.0.0.1:5672/%2f"
-  say "AMQPS:         amqps://guest:guest@localhost:5671/%2f (CA: $RMQ_TLS_DIR/ca.pem)"
+  say "AMQPS:         amqps://guest:guest@127.0.0.1:5671/%2f (CA: $RMQ_TLS_DIR/ca.pem)"
   say "management UI: http://127.0.0.1:15672 (guest/guest)"
 fi
 if [ "$want_pg" = 1 ]; then

@@ -15,7 +15,7 @@ export WARREN_TEST_AMQP_URL="${WARREN_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.
 export WARREN_TEST_MANAGEMENT_URL="${WARREN_TEST_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15672}"
 export WARREN_TEST_DATABASE_URL="${WARREN_TEST_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5432}"
 # The broker's AMQPS listener and the test CA/certificates scripts/services.sh made for it.
-export WARREN_TEST_AMQPS_URL="${WARREN_TEST_AMQPS_URL:-amqps://guest:guest@localhost:5671}"
+export WARREN_TEST_AMQPS_URL="${WARREN_TEST_AMQPS_URL:-amqps://guest:guest@127.0.0.1:5671}"
 export WARREN_TEST_TLS_DIR="${WARREN_TEST_TLS_DIR:-/etc/rabbitmq/tls}"
 
 # The whole suite, then the tests of the optional `otlp` feature (a second build of the test

@@ -325,6 +325,8 @@ impl App {
                 metrics: self.metrics.clone(),
                 sagas: sagas.clone(),
                 slow_events: Arc::default(),
+                tokens: Arc::new(crate::http::auth::Tokens::new(&settings.http.tokens)),
+                limits: Arc::new(crate::http::limits::Limits::new(&settings.http)),
                 dlq: Dlq::new(
                     broker.clone(),
                     publisher.clone(),
