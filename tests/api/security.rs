@@ -71,6 +71,8 @@ async fn each_route_needs_its_scope_and_a_wrong_scope_is_403_naming_it() {
     let routes: Vec<(Method, &str, Scope)> = vec![
         (Method::POST, "/v1/events/order.created", Scope::Publish),
         (Method::POST, "/v1/jobs/email.send", Scope::Publish),
+        (Method::POST, "/v1/orders", Scope::Publish),
+        (Method::GET, "/v1/orders/A-1", Scope::Read),
         (Method::GET, "/v1/events", Scope::Read),
         (Method::GET, "/v1/notifications", Scope::Read),
         (Method::GET, "/v1/dlq", Scope::Read),
@@ -82,6 +84,7 @@ async fn each_route_needs_its_scope_and_a_wrong_scope_is_403_naming_it() {
         (Method::POST, "/v1/dlq/warren.email/purge", Scope::Admin),
         (Method::POST, failed_job.as_str(), Scope::Admin),
         (Method::POST, intervention.as_str(), Scope::Admin),
+        (Method::POST, "/v1/admin/seed", Scope::Admin),
     ];
     for (method, path, needed) in &routes {
         for (token, scopes) in [
