@@ -295,6 +295,7 @@ fn is_credential(var: &str) -> bool {
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // figment::Jail's error type, not ours
 fn the_compose_stack_has_no_default_credentials() {
     let text = std::fs::read_to_string(repo("docker-compose.yml")).expect("compose");
     // Every user, password and token is required: no `${VAR}`, no `${VAR:-default}`.
