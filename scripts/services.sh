@@ -91,7 +91,9 @@ if [ "$1" = install ]; then
 fi
 
 packages=(curl)
-[ "$want_rmq" = 0 ] || packages+=(rabbitmq-server)
+# openssl makes the test TLS certificates; ca-certificates: warren's AMQPS client (lapin with
+# rustls-native-certs) loads the system roots even when given a CA file, and fails without any.
+[ "$want_rmq" = 0 ] || packages+=(rabbitmq-server openssl ca-certificates)
 [ "$want_pg" = 0 ] || packages+=(postgresql "postgresql-$PG_VERSION" "postgresql-client-$PG_VERSION")
 apt_install "${packages[@]}"
 
