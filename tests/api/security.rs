@@ -589,6 +589,24 @@ async fn secrets_stay_out_of_logs_metrics_readyz_and_error_bodies() {
         "the reason is given: {failed_start}"
     );
 
+    // `warren config` prints the settings with every secret redacted, scopes kept.
+    let config = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("config")
+        .env("WARREN_AMQP__URL", &amqp_url)
+        .env("WARREN_AMQP__MANAGEMENT_URL", &management)
+        .env("WARREN_DATABASE__URL", &wrong_db)
+        .env("WARREN_HTTP__TOKENS", &tokens)
+        .env(
+            "WARREN_EMAIL__SMTP_URL",
+            format!("smtp://mailer:{smtp_password}@127.0.0.1:1"),
+        )
+        .output()
+        .expect("warren config runs");
+    assert!(config.status.success(), "{config:?}");
+    let config = String::from_utf8_lossy(&config.stdout).into_owned();
+    assert!(config.contains("\"publish\""), "scopes are shown: {config}");
+    seen.push(config);
+
     let logs = std::fs::read_to_string(&log_path).expect("logs");
     let _ = std::fs::remove_file(&log_path);
     assert!(logs.contains("Starting warren"), "the log was captured");
@@ -605,7 +623,10 @@ async fn secrets_stay_out_of_logs_metrics_readyz_and_error_bodies() {
             "stderr of the failed start",
             &failed_start,
         )))
-        .chain(seen.iter().map(|s| ("a response body", s)))
+        .chain(
+            seen.iter()
+                .map(|s| ("a response body or `warren config`", s)),
+        )
     {
         for secret in secrets {
             if let Some(at) = text.find(secret) {
