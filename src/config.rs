@@ -82,6 +82,36 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// The cron scheduler.
     pub scheduler: SchedulerSettings,
+    /// The HTTP front's events outbox (events accepted while the broker is away).
+    pub outbox: OutboxSettings,
+}
+
+/// The events outbox: where `POST /v1/events` and `POST /v1/jobs` store what the broker could
+/// not confirm in time, and the relay that publishes it once the broker is back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSettings {
+    /// Store in the database when the broker cannot confirm (202 with `stored: outbox`).
+    /// Off: such a request is answered 503 with `Retry-After`.
+    pub enabled: bool,
+    /// How often the relay looks for stored messages when it has nothing to do (ms).
+    pub relay_ms: u64,
+    /// Most rows one relay pass publishes.
+    pub batch: u64,
+    /// After a failed publish, requests go straight to the outbox for this long (ms), instead
+    /// of each waiting for the broker to fail again. The relay keeps probing the broker.
+    pub breaker_ms: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            relay_ms: 500,
+            batch: 500,
+            breaker_ms: 2_000,
+        }
+    }
 }
 
 /// What a scheduler does, at start, about ticks no instance fired while none ran.
@@ -600,6 +630,12 @@ impl Settings {
             return Err(invalid(
                 "saga.deadline_ms",
                 "deadline_ms, tick_ms and relay_ms must be at least 1",
+            ));
+        }
+        if self.outbox.relay_ms == 0 || self.outbox.batch == 0 {
+            return Err(invalid(
+                "outbox.relay_ms",
+                "relay_ms and batch must be at least 1",
             ));
         }
         let mut names = std::collections::HashSet::new();

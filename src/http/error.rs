@@ -67,6 +67,9 @@ pub enum ApiError {
     /// The broker did not safely take the message.
     #[error("the broker could not take the message: {0}")]
     Broker(#[from] PublishError),
+    /// Neither the broker nor the events outbox could take the message.
+    #[error("the message was not stored: {0}")]
+    NotStored(String),
     /// A dead-letter operation failed (unknown queue, broker or database trouble, or a
     /// replay or purge that stopped part-way; the message says how many were done).
     #[error(transparent)]
@@ -116,7 +119,7 @@ impl ApiError {
             | ApiError::InvalidEventName { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAnObject(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Broker(_) | ApiError::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Dlq(DlqError::UnknownQueue { .. }) | ApiError::FailedJobNotFound(_) => {
                 StatusCode::NOT_FOUND
             }
@@ -163,6 +166,7 @@ impl ApiError {
             ApiError::Broker(PublishError::Blocked) => "broker_blocked",
             ApiError::Broker(PublishError::Nacked) => "broker_nacked",
             ApiError::Broker(_) => "broker_unavailable",
+            ApiError::NotStored(_) => "not_stored",
             ApiError::Dlq(DlqError::UnknownQueue { .. }) => "unknown_queue",
             ApiError::Dlq(DlqError::Stopped { .. }) => "dlq_interrupted",
             ApiError::Dlq(DlqError::Store { .. }) | ApiError::Store(_) => "database_unavailable",
@@ -232,6 +236,15 @@ impl ApiError {
             ApiError::MethodNotAllowed
         } else {
             ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
+        }
+    }
+}
+
+impl From<crate::outbox::OutboxError> for ApiError {
+    fn from(e: crate::outbox::OutboxError) -> Self {
+        match e {
+            crate::outbox::OutboxError::Publish(p) => ApiError::Broker(p),
+            other => ApiError::NotStored(other.to_string()),
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct HttpState {
     pub dlq: Dlq,
     /// The saga engine.
     pub sagas: crate::saga::Sagas,
+    /// Where events and jobs go when the broker cannot confirm them.
+    pub outbox: crate::outbox::EventOutbox,
     /// Caps the `system.slow_request` events per second.
     pub slow_events: Arc<SlowEvents>,
     /// The bearer tokens (as digests) and their scopes.
@@ -1042,9 +1044,14 @@ async fn publish_event(
         .into_response());
     }
 
-    publish_for_request(state, ctx, EVENTS_EXCHANGE, &event, traceparent.as_deref()).await?;
+    let stored =
+        publish_for_request(state, ctx, EVENTS_EXCHANGE, &event, traceparent.as_deref()).await?;
     Ok(warp::reply::with_status(
-        warp::reply::json(&json!({"event_id": event.event_id, "status": "accepted"})),
+        warp::reply::json(&json!({
+            "event_id": event.event_id,
+            "status": "accepted",
+            "stored": stored.as_str(),
+        })),
         StatusCode::ACCEPTED,
     )
     .into_response())
@@ -1052,30 +1059,21 @@ async fn publish_event(
 
 /// Publishes `message` (routing key = its name) with the request's id as correlation id and
 /// `x-request-id`, and a child of the caller's trace (or a new trace), and waits for the
-/// confirm.
+/// confirm; when the broker cannot confirm, stores it in the events outbox.
 async fn publish_for_request(
     state: &HttpState,
     ctx: &Ctx,
-    exchange: &str,
+    exchange: &'static str,
     message: &Event,
     traceparent: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<crate::outbox::Stored, ApiError> {
     let trace = crate::telemetry::outgoing(traceparent);
     tracing::Span::current().record("trace_id", trace.trace_id.as_str());
     let mut meta = Meta::for_event(message);
     meta.correlation_id = Some(ctx.request_id.clone());
     meta.request_id = Some(ctx.request_id.clone());
     meta.traceparent = Some(trace.header());
-    state
-        .publisher
-        .publish(
-            exchange,
-            &message.event_name,
-            &message.to_json(),
-            meta.properties(),
-        )
-        .await?;
-    Ok(())
+    Ok(state.outbox.send(exchange, message, &meta).await?)
 }
 
 /// Checks the content type and parses the body as a JSON object (a message's `data`).
@@ -1115,9 +1113,14 @@ async fn enqueue_job(
     let data = parse_data(content_type.as_deref(), &body)?;
     let job = Event::new(name, None, data);
     tracing::Span::current().record("job_id", tracing::field::display(job.event_id));
-    publish_for_request(state, ctx, COMMANDS_EXCHANGE, &job, traceparent.as_deref()).await?;
+    let stored =
+        publish_for_request(state, ctx, COMMANDS_EXCHANGE, &job, traceparent.as_deref()).await?;
     Ok(warp::reply::with_status(
-        warp::reply::json(&json!({"job_id": job.event_id, "status": "queued"})),
+        warp::reply::json(&json!({
+            "job_id": job.event_id,
+            "status": "queued",
+            "stored": stored.as_str(),
+        })),
         StatusCode::ACCEPTED,
     )
     .into_response())

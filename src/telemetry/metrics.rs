@@ -156,6 +156,10 @@ struct Inner {
     interventions_open: Gauge,
     outbox_depth: Gauge,
     outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+    event_outbox_stored: Counter,
+    event_outbox_relayed: Counter,
+    event_outbox_depth: Gauge,
+    event_outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
     amqp_channels: Gauge,
     probes: Arc<Probes>,
 }
@@ -294,6 +298,30 @@ impl Metrics {
             "Age of the oldest command waiting in the saga outbox (0 when empty)",
             outbox_oldest.clone(),
         );
+        let event_outbox_stored = Counter::default();
+        registry.register(
+            "event_outbox_stored",
+            "Events and jobs the HTTP front stored in the events outbox because the broker could not confirm them",
+            event_outbox_stored.clone(),
+        );
+        let event_outbox_relayed = Counter::default();
+        registry.register(
+            "event_outbox_relayed",
+            "Events and jobs the relay published from the events outbox",
+            event_outbox_relayed.clone(),
+        );
+        let event_outbox_depth = Gauge::default();
+        registry.register(
+            "event_outbox_depth",
+            "Events and jobs waiting in the events outbox for the broker",
+            event_outbox_depth.clone(),
+        );
+        let event_outbox_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "event_outbox_oldest_seconds",
+            "Age of the oldest message waiting in the events outbox (0 when empty)",
+            event_outbox_oldest.clone(),
+        );
         let amqp_channels = Gauge::default();
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -317,6 +345,10 @@ impl Metrics {
                 interventions_open,
                 outbox_depth,
                 outbox_oldest,
+                event_outbox_stored,
+                event_outbox_relayed,
+                event_outbox_depth,
+                event_outbox_oldest,
                 amqp_channels,
                 probes: Arc::new(Probes::default()),
                 sagas_started,
@@ -498,6 +530,22 @@ impl Metrics {
     pub fn set_outbox(&self, depth: i64, oldest_seconds: f64) {
         self.inner.outbox_depth.set(depth);
         self.inner.outbox_oldest.set(oldest_seconds);
+    }
+
+    /// One message stored in the events outbox.
+    pub fn event_outbox_stored(&self) {
+        self.inner.event_outbox_stored.inc();
+    }
+
+    /// `n` messages published by the events outbox relay.
+    pub fn event_outbox_relayed(&self, n: u64) {
+        self.inner.event_outbox_relayed.inc_by(n);
+    }
+
+    /// Sets the events outbox gauges.
+    pub fn set_event_outbox(&self, depth: i64, oldest_seconds: f64) {
+        self.inner.event_outbox_depth.set(depth);
+        self.inner.event_outbox_oldest.set(oldest_seconds);
     }
 
     /// An AMQP channel opened (`+1`) or closed (`-1`).

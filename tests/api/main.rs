@@ -2,9 +2,11 @@
 
 #![allow(unreachable_pub)]
 
+mod chaos;
 mod dashboards;
 mod deployment;
 mod dlq;
+mod gate;
 mod helpers;
 mod http_front;
 mod jobs;
@@ -12,6 +14,7 @@ mod modules;
 mod observability;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod outbox;
 mod publish;
 mod reliability;
 mod saga;
