@@ -334,6 +334,8 @@ impl App {
                 sagas: sagas.clone(),
                 outbox: outbox.clone(),
                 slow_events: Arc::default(),
+                tokens: Arc::new(crate::http::auth::Tokens::new(&settings.http.tokens)),
+                limits: Arc::new(crate::http::limits::Limits::new(&settings.http)),
                 dlq: Dlq::new(
                     broker.clone(),
                     publisher.clone(),

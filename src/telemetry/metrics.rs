@@ -37,6 +37,15 @@ pub struct RouteLabels {
     pub path: &'static str,
 }
 
+/// Labels of publish requests refused by a limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Route template.
+    pub path: &'static str,
+    /// `rate_limited` (429) or `overloaded` (503, no in-flight slot).
+    pub reason: &'static str,
+}
+
 /// `messages_published_total` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PublishLabels {
@@ -142,6 +151,7 @@ struct Inner {
     queue_messages: Family<QueueActionLabels, Counter>,
     in_flight: Family<QueueLabels, Gauge>,
     slow_requests: Family<RouteLabels, Counter>,
+    publish_refused: Family<RefusedLabels, Counter>,
     sagas: Family<SagaStateLabels, Gauge>,
     interventions_open: Gauge,
     outbox_depth: Gauge,
@@ -258,6 +268,12 @@ impl Metrics {
             "Requests slower than http.slow_request_ms, by method and route template",
             slow_requests.clone(),
         );
+        let publish_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "http_publish_refused",
+            "Publish requests refused by a limit before any work: rate_limited (429, over http.rate_limit_per_sec) or overloaded (503, http.max_in_flight_publishes reached)",
+            publish_refused.clone(),
+        );
         let sagas = Family::<SagaStateLabels, Gauge>::default();
         registry.register(
             "sagas",
@@ -324,6 +340,7 @@ impl Metrics {
                 queue_messages,
                 in_flight,
                 slow_requests,
+                publish_refused,
                 sagas,
                 interventions_open,
                 outbox_depth,
@@ -480,6 +497,14 @@ impl Metrics {
         self.inner
             .slow_requests
             .get_or_create(&RouteLabels { method, path })
+            .inc();
+    }
+
+    /// Counts a publish request refused by a limit (`rate_limited` or `overloaded`).
+    pub fn publish_refused(&self, path: &'static str, reason: &'static str) {
+        self.inner
+            .publish_refused
+            .get_or_create(&RefusedLabels { path, reason })
             .inc();
     }
 

@@ -23,5 +23,6 @@ mod saga;
 mod saga_load;
 mod scale;
 mod scheduler;
+mod security;
 mod smtp;
 mod topology;
