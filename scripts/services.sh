@@ -91,7 +91,9 @@ if [ "$1" = install ]; then
 fi
 
 packages=(curl)
-[ "$want_rmq" = 0 ] || packages+=(rabbitmq-server)
+# openssl makes the test TLS certificates; ca-certificates: warren's AMQPS client (lapin with
+# rustls-native-certs) loads the system roots even when given a CA file, and fails without any.
+[ "$want_rmq" = 0 ] || packages+=(rabbitmq-server openssl ca-certificates)
 [ "$want_pg" = 0 ] || packages+=(postgresql "postgresql-$PG_VERSION" "postgresql-client-$PG_VERSION")
 apt_install "${packages[@]}"
 
@@ -134,10 +136,61 @@ rmq_logs() {
   fi
 }
 
+# Test TLS material for the AMQPS listener (127.0.0.1:5671), in $RMQ_TLS_DIR:
+#   ca.pem, ca.key          a test CA (self-signed)
+#   server.pem, server.key  the broker's certificate (CN localhost, SAN localhost and 127.0.0.1)
+#   client.pem, client.key  a client certificate from the same CA (optional client auth)
+#   other-ca.pem            an unrelated CA that signed nothing here (tests of a wrong CA)
+# Made once and kept while valid for at least 30 more days; sets CHANGED=1 when (re)made.
+# Test material only: the keys are readable by the rabbitmq user and by root.
+RMQ_TLS_DIR=/etc/rabbitmq/tls
+rmq_tls_ok() {
+  local d=$RMQ_TLS_DIR f
+  for f in ca.pem ca.key server.pem server.key client.pem client.key other-ca.pem; do
+    [ -s "$d/$f" ] || return 1
+  done
+  openssl verify -CAfile "$d/ca.pem" "$d/server.pem" "$d/client.pem" >/dev/null 2>&1 &&
+    openssl x509 -checkend $((30 * 86400)) -noout -in "$d/server.pem" >/dev/null 2>&1 &&
+    openssl x509 -checkend $((30 * 86400)) -noout -in "$d/ca.pem" >/dev/null 2>&1
+}
+rmq_tls() {
+  local d=$RMQ_TLS_DIR tmp leaf
+  install -d -o rabbitmq -g rabbitmq -m 755 "$d"
+  if ! rmq_tls_ok; then
+    say "rabbitmq: generating a test CA and server/client certificates in $d"
+    tmp=$(mktemp -d)
+    (
+      set -e
+      cd "$tmp"
+      ca_ext=(-addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign')
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj '/CN=warren test CA' \
+        "${ca_ext[@]}" -keyout ca.key -out ca.pem 2>/dev/null
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj '/CN=warren unrelated test CA' \
+        "${ca_ext[@]}" -keyout other-ca.key -out other-ca.pem 2>/dev/null
+      leaf='basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment'
+      printf '%s\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n' "$leaf" >server.ext
+      printf '%s\nextendedKeyUsage=clientAuth\n' "$leaf" >client.ext
+      for name in server client; do
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=${name/server/localhost}" \
+          -keyout "$name.key" -out "$name.csr" 2>/dev/null
+        openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+          -extfile "$name.ext" -out "$name.pem" 2>/dev/null
+      done
+      install -o rabbitmq -g rabbitmq -m 644 ca.pem other-ca.pem server.pem client.pem "$d/"
+      install -o rabbitmq -g rabbitmq -m 600 ca.key server.key client.key "$d/"
+    ) || { rm -rf "$tmp"; die "rabbitmq: cannot generate the test TLS certificates with openssl"; }
+    rm -rf "$tmp"
+    rmq_tls_ok || die "rabbitmq: the generated certificates in $d do not verify"
+    CHANGED=1
+  fi
+}
+
 rmq_configure() {
   # Sets CHANGED=1 when anything changed that a running node must be restarted for.
   CHANGED=0
   install -d -o rabbitmq -g rabbitmq -m 755 /etc/rabbitmq
+  rmq_tls
   write_if_changed /etc/rabbitmq/rabbitmq-env.conf <<'EOF'
 # Written by warren's scripts/services.sh; rewritten on each run.
 # A fixed node name that always resolves to loopback: the CLI tools find the node through epmd
@@ -175,6 +228,21 @@ loopback_users.guest = true
 vm_memory_high_watermark.relative = 0.6
 disk_free_limit.absolute = 256MB
 EOF
+  # The AMQPS listener in a file of its own (RabbitMQ reads conf.d/*.conf after rabbitmq.conf),
+  # so that rabbitmq.conf stays as it was before TLS and scripts that write only that file see
+  # no change to restart for.
+  install -d -o rabbitmq -g rabbitmq -m 755 /etc/rabbitmq/conf.d
+  write_if_changed /etc/rabbitmq/conf.d/10-warren-tls.conf <<EOF
+# Written by warren's scripts/services.sh; rewritten on each run. AMQPS on loopback with the
+# test certificates this script makes in $RMQ_TLS_DIR. Client certificates are checked when
+# presented, not required.
+listeners.ssl.1 = 127.0.0.1:5671
+ssl_options.cacertfile = $RMQ_TLS_DIR/ca.pem
+ssl_options.certfile = $RMQ_TLS_DIR/server.pem
+ssl_options.keyfile = $RMQ_TLS_DIR/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+EOF
   # Enable the plugins offline (writes /etc/rabbitmq/enabled_plugins only, keeps others listed);
   # the node picks them up, with the listener settings above, when it (re)starts.
   if ! grep -qs 'rabbitmq_management[],]' /etc/rabbitmq/enabled_plugins ||
@@ -186,7 +254,8 @@ EOF
   fi
   # Ownership as Debian expects it: the node runs as rabbitmq and must read its config and own
   # its data (root-owned leftovers, e.g. from running rabbitmq tools as root, break the boot).
-  chown rabbitmq:rabbitmq /etc/rabbitmq /etc/rabbitmq/*
+  chown rabbitmq:rabbitmq /etc/rabbitmq /etc/rabbitmq/*.conf /etc/rabbitmq/enabled_plugins \
+    /etc/rabbitmq/conf.d /etc/rabbitmq/conf.d/*.conf
   install -d -o rabbitmq -g rabbitmq -m 755 /var/lib/rabbitmq /var/log/rabbitmq
   find /var/lib/rabbitmq /var/log/rabbitmq \! -user rabbitmq -exec chown rabbitmq:rabbitmq {} +
   if [ -f /var/lib/rabbitmq/.erlang.cookie ]; then chmod 400 /var/lib/rabbitmq/.erlang.cookie; fi
@@ -230,6 +299,12 @@ rmq_wait_api() {
   done
 }
 
+# The AMQPS listener answers a TLS handshake that verifies against the test CA.
+rmq_tls_listener_ok() {
+  timeout 10 openssl s_client -connect 127.0.0.1:5671 -CAfile "$RMQ_TLS_DIR/ca.pem" \
+    -verify_return_error -verify_hostname localhost </dev/null >/dev/null 2>&1
+}
+
 ensure_rabbitmq() {
   local restart
   # The node is rabbit@localhost and epmd listens on 127.0.0.1: localhost must resolve to it.
@@ -241,7 +316,9 @@ ensure_rabbitmq() {
   rmq_configure
   restart=$CHANGED
   if rmq_api_ok && [ "$restart" = 0 ]; then
-    say "rabbitmq: already running (management API answers)"
+    rmq_tls_listener_ok ||
+      die "rabbitmq: running, but no verified TLS handshake on 127.0.0.1:5671 (a node started before this config? restart it: rabbitmqctl shutdown, then run this again)"
+    say "rabbitmq: already running (management API and AMQPS listener answer)"
     return 0
   fi
   if rmq_node_up; then
@@ -261,7 +338,8 @@ ensure_rabbitmq() {
     rmq_start
   fi
   rmq_wait_api
-  say "rabbitmq: running, management API answers"
+  rmq_tls_listener_ok || { rmq_logs; die "rabbitmq: no verified TLS handshake on 127.0.0.1:5671"; }
+  say "rabbitmq: running, management API and AMQPS listener answer"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -343,6 +421,7 @@ EOF
 
 if [ "$want_rmq" = 1 ]; then
   say "AMQP:          amqp://guest:guest@127.0.0.1:5672/%2f"
+  say "AMQPS:         amqps://guest:guest@127.0.0.1:5671/%2f (CA: $RMQ_TLS_DIR/ca.pem)"
   say "management UI: http://127.0.0.1:15672 (guest/guest)"
 fi
 if [ "$want_pg" = 1 ]; then

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/services.sh all
+# The chaos suite's own broker node and PostgreSQL cluster (tests/api/chaos.rs stops, kills and
+# alarms them, so they are not the ones the other tests share).
+scripts/chaos-services.sh all
 # Debian packages the tests use: promtool (package prometheus) checks the metrics output.
 command -v promtool >/dev/null 2>&1 || scripts/services.sh install prometheus
 
@@ -14,6 +17,12 @@ command -v promtool >/dev/null 2>&1 || scripts/services.sh install prometheus
 export WARREN_TEST_AMQP_URL="${WARREN_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672}"
 export WARREN_TEST_MANAGEMENT_URL="${WARREN_TEST_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15672}"
 export WARREN_TEST_DATABASE_URL="${WARREN_TEST_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5432}"
+# The broker's AMQPS listener and the test CA/certificates scripts/services.sh made for it.
+export WARREN_TEST_AMQPS_URL="${WARREN_TEST_AMQPS_URL:-amqps://guest:guest@127.0.0.1:5671}"
+export WARREN_TEST_TLS_DIR="${WARREN_TEST_TLS_DIR:-/etc/rabbitmq/tls}"
+export WARREN_TEST_CHAOS_AMQP_URL="${WARREN_TEST_CHAOS_AMQP_URL:-amqp://guest:guest@127.0.0.1:5673}"
+export WARREN_TEST_CHAOS_MANAGEMENT_URL="${WARREN_TEST_CHAOS_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15673}"
+export WARREN_TEST_CHAOS_DATABASE_URL="${WARREN_TEST_CHAOS_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5433}"
 
 # The whole suite, then the tests of the optional `otlp` feature (a second build of the test
 # binary with the feature on). Both run; the exit status is non-zero if either failed.

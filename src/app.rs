@@ -22,6 +22,7 @@ use crate::{
         notifications::Notifications,
         runner::{Runner, RunnerContext},
     },
+    outbox::{EventOutbox, run_relay as run_outbox_relay},
     saga::{
         Sagas,
         orchestrator::{Orchestrator, run_gauges, run_relay, run_timer},
@@ -315,6 +316,13 @@ impl App {
 
         let mut http_addr = None;
         if roles.contains(&Role::Http) {
+            let outbox = EventOutbox::new(
+                db.clone(),
+                publisher.clone(),
+                self.metrics.clone(),
+                settings.outbox.clone(),
+            );
+            tasks.spawn(run_outbox_relay(outbox.clone(), shutdown.clone()));
             let state = HttpState {
                 settings: settings.clone(),
                 publisher: publisher.clone(),
@@ -324,7 +332,10 @@ impl App {
                 topology: topology.clone(),
                 metrics: self.metrics.clone(),
                 sagas: sagas.clone(),
+                outbox: outbox.clone(),
                 slow_events: Arc::default(),
+                tokens: Arc::new(crate::http::auth::Tokens::new(&settings.http.tokens)),
+                limits: Arc::new(crate::http::limits::Limits::new(&settings.http)),
                 dlq: Dlq::new(
                     broker.clone(),
                     publisher.clone(),

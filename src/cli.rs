@@ -686,6 +686,7 @@ fn toml_redacted(settings: &Settings) -> anyhow::Result<String> {
         ["amqp", "url"],
         ["amqp", "management_url"],
         ["database", "url"],
+        ["email", "smtp_url"],
     ] {
         if let Some(v) = value.get_mut(path[0]).and_then(|s| s.get_mut(path[1])) {
             let redacted = v.as_str().map(redact_url).unwrap_or_default();
@@ -697,8 +698,13 @@ fn toml_redacted(settings: &Settings) -> anyhow::Result<String> {
         .and_then(|h| h.get_mut("tokens"))
         .and_then(|t| t.as_array_mut())
     {
-        list.iter_mut()
-            .for_each(|t| *t = serde_json::Value::String("[redacted]".into()));
+        // A plain token becomes "[redacted]"; a scoped one keeps its scopes.
+        for t in list.iter_mut() {
+            match t.get_mut("token") {
+                Some(token) => *token = serde_json::Value::String("[redacted]".into()),
+                None => *t = serde_json::Value::String("[redacted]".into()),
+            }
+        }
     }
     Ok(serde_json::to_string_pretty(&value)?)
 }

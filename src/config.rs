@@ -5,6 +5,9 @@
 //! (`WARREN_AMQP__URL`, `WARREN_HTTP__ADDR`, `WARREN_HTTP__TOKENS='["t1","t2"]'`). Nothing else
 //! in warren reads the environment. Secrets (URLs with passwords, tokens) are wrapped in
 //! [`Secret`], whose `Debug` and `Display` never print the value.
+//!
+//! Scoped bearer tokens fit in one variable too, as a TOML-like inline array:
+//! `WARREN_HTTP__TOKENS='[{token="…", scopes=["publish"]}, {token="…", scopes=["admin"]}]'`.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -79,6 +82,36 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// The cron scheduler.
     pub scheduler: SchedulerSettings,
+    /// The HTTP front's events outbox (events accepted while the broker is away).
+    pub outbox: OutboxSettings,
+}
+
+/// The events outbox: where `POST /v1/events` and `POST /v1/jobs` store what the broker could
+/// not confirm in time, and the relay that publishes it once the broker is back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSettings {
+    /// Store in the database when the broker cannot confirm (202 with `stored: outbox`).
+    /// Off: such a request is answered 503 with `Retry-After`.
+    pub enabled: bool,
+    /// How often the relay looks for stored messages when it has nothing to do (ms).
+    pub relay_ms: u64,
+    /// Most rows one relay pass publishes.
+    pub batch: u64,
+    /// After a failed publish, requests go straight to the outbox for this long (ms), instead
+    /// of each waiting for the broker to fail again. The relay keeps probing the broker.
+    pub breaker_ms: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            relay_ms: 500,
+            batch: 500,
+            breaker_ms: 2_000,
+        }
+    }
 }
 
 /// What a scheduler does, at start, about ticks no instance fired while none ran.
@@ -308,6 +341,15 @@ pub struct AmqpSettings {
     pub topology_file: Option<PathBuf>,
     /// Declare the topology when a process starts.
     pub declare_topology: bool,
+    /// With an `amqps://` URL: a PEM file of CA certificates to trust for the broker's
+    /// certificate, on top of the system's roots (which must exist: package ca-certificates).
+    pub tls_ca_file: Option<PathBuf>,
+    /// With an `amqps://` URL: a PEM client certificate (chain) to present to the broker;
+    /// needs `tls_client_key_file`.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// With an `amqps://` URL: the PEM (PKCS#8, PKCS#1 or SEC1) private key of
+    /// `tls_client_cert_file`.
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 impl Default for AmqpSettings {
@@ -321,6 +363,9 @@ impl Default for AmqpSettings {
             connect_timeout_ms: 3_000,
             topology_file: None,
             declare_topology: true,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
         }
     }
 }
@@ -367,8 +412,19 @@ pub struct HttpSettings {
     pub addr: SocketAddr,
     /// Largest accepted request body, in bytes.
     pub body_limit_bytes: u64,
-    /// Bearer tokens accepted on `/v1/*`; empty means no authentication.
-    pub tokens: Vec<Secret>,
+    /// Bearer tokens accepted on `/v1/*`; empty means no authentication. A plain string is a
+    /// token with every scope; `{token = "...", scopes = ["publish", "read", "admin"]}` limits
+    /// it (see [`Scope`]).
+    pub tokens: Vec<TokenSetting>,
+    /// Publish requests (`POST /v1/events`, `/v1/jobs`, `/v1/orders`) allowed per second per
+    /// token (per client IP address when no tokens are set); 0 turns rate limiting off.
+    pub rate_limit_per_sec: u32,
+    /// Publish requests a token may send at once above the steady rate (the bucket size);
+    /// 0 means the same as `rate_limit_per_sec`.
+    pub rate_limit_burst: u32,
+    /// Publish requests handled at once by this process; one more is answered 503 with
+    /// `Retry-After` at once rather than queued. 0 means no bound.
+    pub max_in_flight_publishes: usize,
     /// Seconds announced in `Retry-After` when the broker cannot take a message.
     pub retry_after_secs: u32,
     /// A request slower than this (ms) is counted in `http_slow_requests_total` and
@@ -384,10 +440,82 @@ impl Default for HttpSettings {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 256 * 1024,
             tokens: Vec::new(),
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 0,
+            max_in_flight_publishes: 1024,
             retry_after_secs: 5,
             slow_request_ms: 1_000,
             slow_request_events_per_sec: 10,
         }
+    }
+}
+
+/// What a bearer token may do on `/v1/*`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Publish: `POST /v1/events/{name}`, `/v1/jobs/{name}`, `/v1/orders`.
+    Publish,
+    /// Read: every `GET` under `/v1` (audit log, notifications, dead letters, failed jobs,
+    /// orders, sagas, interventions).
+    Read,
+    /// Operate: dead-letter replay and purge, failed-job retry, intervention retry and
+    /// resolve, `POST /v1/admin/seed`. Includes `read`.
+    Admin,
+}
+
+impl Scope {
+    /// The scope's name as written in settings and error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Publish => "publish",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// One entry of `http.tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TokenSetting {
+    /// A plain token: every scope (what `http.tokens` held before scopes existed).
+    Plain(Secret),
+    /// A token limited to `scopes`.
+    Scoped {
+        /// The token.
+        token: Secret,
+        /// What it may do (at least one).
+        scopes: Vec<Scope>,
+    },
+}
+
+impl From<Secret> for TokenSetting {
+    fn from(token: Secret) -> Self {
+        TokenSetting::Plain(token)
+    }
+}
+
+impl TokenSetting {
+    /// The token itself.
+    pub fn token(&self) -> &Secret {
+        match self {
+            TokenSetting::Plain(t) | TokenSetting::Scoped { token: t, .. } => t,
+        }
+    }
+
+    /// The scopes it grants (a plain token: all of them; `admin` includes `read`).
+    pub fn scopes(&self) -> Vec<Scope> {
+        let mut scopes = match self {
+            TokenSetting::Plain(_) => vec![Scope::Publish, Scope::Read, Scope::Admin],
+            TokenSetting::Scoped { scopes, .. } => scopes.clone(),
+        };
+        if scopes.contains(&Scope::Admin) {
+            scopes.push(Scope::Read);
+        }
+        scopes.sort();
+        scopes.dedup();
+        scopes
     }
 }
 
@@ -504,6 +632,12 @@ impl Settings {
                 "deadline_ms, tick_ms and relay_ms must be at least 1",
             ));
         }
+        if self.outbox.relay_ms == 0 || self.outbox.batch == 0 {
+            return Err(invalid(
+                "outbox.relay_ms",
+                "relay_ms and batch must be at least 1",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for sch in &self.scheduler.schedules {
             if !names.insert(sch.name.as_str()) {
@@ -534,10 +668,59 @@ impl Settings {
         if self.http.body_limit_bytes == 0 {
             return Err(invalid("http.body_limit_bytes", "must be at least 1"));
         }
-        if self.http.tokens.iter().any(|t| t.expose().len() < 16) {
+        if self
+            .http
+            .tokens
+            .iter()
+            .any(|t| t.token().expose().len() < 16)
+        {
             return Err(invalid(
                 "http.tokens",
                 "each token must be at least 16 characters",
+            ));
+        }
+        if self
+            .http
+            .tokens
+            .iter()
+            .any(|t| matches!(t, TokenSetting::Scoped { scopes, .. } if scopes.is_empty()))
+        {
+            return Err(invalid(
+                "http.tokens",
+                "a scoped token needs at least one scope (publish, read, admin)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !self
+            .http
+            .tokens
+            .iter()
+            .all(|t| seen.insert(t.token().expose()))
+        {
+            return Err(invalid("http.tokens", "a token is listed twice"));
+        }
+        if self.http.rate_limit_burst > 0 && self.http.rate_limit_per_sec == 0 {
+            return Err(invalid(
+                "http.rate_limit_burst",
+                "set http.rate_limit_per_sec too (0 turns rate limiting off)",
+            ));
+        }
+        let tls_files = [
+            &self.amqp.tls_ca_file,
+            &self.amqp.tls_client_cert_file,
+            &self.amqp.tls_client_key_file,
+        ];
+        if tls_files.iter().any(|f| f.is_some()) && !self.amqp.url.expose().starts_with("amqps://")
+        {
+            return Err(invalid(
+                "amqp.tls_ca_file",
+                "TLS files are set but amqp.url is not amqps:// (they would be ignored)",
+            ));
+        }
+        if self.amqp.tls_client_cert_file.is_some() != self.amqp.tls_client_key_file.is_some() {
+            return Err(invalid(
+                "amqp.tls_client_cert_file",
+                "set both tls_client_cert_file and tls_client_key_file, or neither",
             ));
         }
         Ok(())
@@ -565,13 +748,20 @@ mod tests {
     fn secrets_never_print() {
         let s = Settings {
             http: HttpSettings {
-                tokens: vec![Secret::new("a-very-secret-token-123")],
+                tokens: vec![
+                    TokenSetting::Plain(Secret::new("a-very-secret-token-123")),
+                    TokenSetting::Scoped {
+                        token: Secret::new("another-secret-token-456"),
+                        scopes: vec![Scope::Publish],
+                    },
+                ],
                 ..HttpSettings::default()
             },
             ..Settings::default()
         };
         let printed = format!("{s:?}");
         assert!(!printed.contains("a-very-secret-token-123"));
+        assert!(!printed.contains("another-secret-token-456"));
         assert!(!printed.contains("guest:guest"));
         assert!(printed.contains("[redacted]"));
     }
@@ -616,6 +806,100 @@ mod tests {
             assert!(err.is_some_and(|e| e.contains("database.url")));
             Ok(())
         });
+    }
+
+    #[test]
+    fn plain_and_scoped_tokens_load_from_toml_and_from_one_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "warren.toml",
+                r#"
+[[http.tokens]]
+token = "publisher-token-0123456789"
+scopes = ["publish"]
+
+[[http.tokens]]
+token = "operator-token-0123456789"
+scopes = ["admin"]
+"#,
+            )?;
+            let s = Settings::load(Some(std::path::Path::new("warren.toml")))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.http.tokens.len(), 2);
+            assert_eq!(s.http.tokens[0].scopes(), vec![Scope::Publish]);
+            assert_eq!(s.http.tokens[1].scopes(), vec![Scope::Read, Scope::Admin]);
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "WARREN_HTTP__TOKENS",
+                r#"["plain-token-0123456789", {token="reader-token-0123456789", scopes=["read"]}]"#,
+            );
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.http.tokens[0],
+                TokenSetting::Plain(Secret::new("plain-token-0123456789"))
+            );
+            assert_eq!(
+                s.http.tokens[0].scopes(),
+                vec![Scope::Publish, Scope::Read, Scope::Admin]
+            );
+            assert_eq!(s.http.tokens[1].scopes(), vec![Scope::Read]);
+            assert_eq!(s.http.tokens[1].token().expose(), "reader-token-0123456789");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_tokens_and_limits_are_refused() {
+        let with = |f: &dyn Fn(&mut Settings)| {
+            let mut s = Settings::default();
+            f(&mut s);
+            s.validate().err().map(|e| e.to_string())
+        };
+        let scoped = |t: &str, scopes: Vec<Scope>| TokenSetting::Scoped {
+            token: Secret::new(t),
+            scopes,
+        };
+        assert!(
+            with(&|s| s.http.tokens = vec![scoped("long-enough-token-123", vec![])])
+                .is_some_and(|e| e.contains("at least one scope"))
+        );
+        assert!(
+            with(&|s| s.http.tokens = vec![scoped("short", vec![Scope::Read])])
+                .is_some_and(|e| e.contains("16 characters"))
+        );
+        assert!(
+            with(&|s| {
+                s.http.tokens = vec![
+                    scoped("long-enough-token-123", vec![Scope::Read]),
+                    TokenSetting::Plain(Secret::new("long-enough-token-123")),
+                ]
+            })
+            .is_some_and(|e| e.contains("twice"))
+        );
+        assert!(
+            with(&|s| s.http.rate_limit_burst = 5)
+                .is_some_and(|e| e.contains("rate_limit_per_sec"))
+        );
+        assert!(
+            with(&|s| s.amqp.tls_ca_file = Some("/ca.pem".into()))
+                .is_some_and(|e| e.contains("amqps://"))
+        );
+        assert!(
+            with(&|s| {
+                s.amqp.url = Secret::new("amqps://u:p@h/%2f");
+                s.amqp.tls_client_cert_file = Some("/c.pem".into());
+            })
+            .is_some_and(|e| e.contains("tls_client_key_file"))
+        );
+        assert!(
+            with(&|s| {
+                s.amqp.url = Secret::new("amqps://u:p@h/%2f");
+                s.amqp.tls_ca_file = Some("/ca.pem".into());
+            })
+            .is_none()
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod config;
 pub mod dispatch;
 pub mod http;
 pub mod jobs;
+pub mod outbox;
 pub mod retry;
 pub mod saga;
 pub mod scheduler;

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod email_log;
 pub mod event_log;
+pub mod event_outbox;
 pub mod failed_jobs;
 pub mod inventory;
 pub mod migration;

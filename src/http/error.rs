@@ -7,7 +7,8 @@ use serde_json::json;
 use warp::http::StatusCode;
 
 use crate::{
-    broker::publisher::PublishError, jobs::dlq::DlqError, saga::SagaError, store::StoreError,
+    broker::publisher::PublishError, config::Scope, jobs::dlq::DlqError, saga::SagaError,
+    store::StoreError,
 };
 
 /// A request whose headers together exceed the limit (the limit in bytes).
@@ -28,6 +29,18 @@ pub enum ApiError {
     /// Missing or wrong bearer token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// The token is valid but lacks the scope this route needs.
+    #[error("this token lacks the `{}` scope this route needs", .0.as_str())]
+    Forbidden(Scope),
+    /// The caller sent more publish requests than `http.rate_limit_per_sec` allows.
+    #[error("too many requests: over this caller's rate limit, retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until the next request would be accepted (rounded up).
+        retry_after_secs: u64,
+    },
+    /// `http.max_in_flight_publishes` publishes are being handled already.
+    #[error("overloaded: {0} publish requests are in flight already, retry shortly")]
+    Overloaded(usize),
     /// The body is larger than `http.body_limit_bytes`.
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(u64),
@@ -66,6 +79,9 @@ pub enum ApiError {
     /// The broker did not safely take the message.
     #[error("the broker could not take the message: {0}")]
     Broker(#[from] PublishError),
+    /// Neither the broker nor the events outbox could take the message.
+    #[error("the message was not stored: {0}")]
+    NotStored(String),
     /// A dead-letter operation failed (unknown queue, broker or database trouble, or a
     /// replay or purge that stopped part-way; the message says how many were done).
     #[error(transparent)]
@@ -105,6 +121,9 @@ impl ApiError {
             ApiError::NotFound | ApiError::UnknownJob(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -114,7 +133,7 @@ impl ApiError {
             | ApiError::InvalidEventName { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAnObject(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Broker(_) | ApiError::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Dlq(DlqError::UnknownQueue { .. }) | ApiError::FailedJobNotFound(_) => {
                 StatusCode::NOT_FOUND
             }
@@ -146,6 +165,9 @@ impl ApiError {
             ApiError::UnknownJob(_) => "unknown_job",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::LengthRequired => "length_required",
             ApiError::HeadersTooLarge(_) => "headers_too_large",
@@ -160,6 +182,7 @@ impl ApiError {
             ApiError::Broker(PublishError::Blocked) => "broker_blocked",
             ApiError::Broker(PublishError::Nacked) => "broker_nacked",
             ApiError::Broker(_) => "broker_unavailable",
+            ApiError::NotStored(_) => "not_stored",
             ApiError::Dlq(DlqError::UnknownQueue { .. }) => "unknown_queue",
             ApiError::Dlq(DlqError::Stopped { .. }) => "dlq_interrupted",
             ApiError::Dlq(DlqError::Store { .. }) | ApiError::Store(_) => "database_unavailable",
@@ -187,10 +210,22 @@ impl ApiError {
             "error": {"code": self.code(), "message": self.to_string()},
             "request_id": request_id,
         });
-        if let ApiError::Saga(SagaError::Duplicate { saga_id, .. }) = self {
-            body["saga_id"] = json!(saga_id);
+        match self {
+            ApiError::Saga(SagaError::Duplicate { saga_id, .. }) => {
+                body["saga_id"] = json!(saga_id);
+            }
+            ApiError::Forbidden(scope) => body["error"]["required_scope"] = json!(scope.as_str()),
+            _ => {}
         }
         body
+    }
+
+    /// Seconds for `Retry-After` that the error itself knows (a rate limit's wait).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
     }
 
     /// Maps a warp rejection (no route matched, or a filter refused the request).
@@ -222,6 +257,15 @@ impl ApiError {
             ApiError::MethodNotAllowed
         } else {
             ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
+        }
+    }
+}
+
+impl From<crate::outbox::OutboxError> for ApiError {
+    fn from(e: crate::outbox::OutboxError) -> Self {
+        match e {
+            crate::outbox::OutboxError::Publish(p) => ApiError::Broker(p),
+            other => ApiError::NotStored(other.to_string()),
         }
     }
 }

@@ -5,8 +5,14 @@
 //! answers it. Wrapping both is the monitor: it gives every response `X-Request-ID` (echoed
 //! or generated) and `X-Execution-Time`, and records `http_requests_total` and
 //! `http_request_duration_seconds` by route template, never by raw path.
+//!
+//! Access: every `/v1` route needs a bearer token with a scope ([`auth`]): `publish` for the
+//! publish routes, `read` for the `GET`s, `admin` for the operator actions. The publish routes
+//! are also rate-limited per caller and bounded in flight ([`limits`]).
 
+pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod sagas;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
@@ -29,7 +35,7 @@ use crate::{
         envelope::{Event, Meta},
         publisher::Publisher,
     },
-    config::Settings,
+    config::{Scope, Settings},
     dispatch::Dispatcher,
     jobs::dlq::{self, Dlq},
     store,
@@ -69,8 +75,14 @@ pub struct HttpState {
     pub dlq: Dlq,
     /// The saga engine.
     pub sagas: crate::saga::Sagas,
+    /// Where events and jobs go when the broker cannot confirm them.
+    pub outbox: crate::outbox::EventOutbox,
     /// Caps the `system.slow_request` events per second.
     pub slow_events: Arc<SlowEvents>,
+    /// The bearer tokens (as digests) and their scopes.
+    pub tokens: Arc<auth::Tokens>,
+    /// Rate and in-flight limits of the publish routes.
+    pub limits: Arc<limits::Limits>,
 }
 
 /// A per-second budget of `system.slow_request` events: under overload every request is
@@ -410,6 +422,7 @@ struct Ctx {
     path: String,
     request_id: String,
     traceparent: Option<String>,
+    remote: Option<SocketAddr>,
 }
 
 fn valid_request_id(s: &str) -> bool {
@@ -429,8 +442,9 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
         .and(warp::path::full())
         .and(rid)
         .and(tp)
+        .and(warp::addr::remote())
         .map(
-            |start, method, path: warp::path::FullPath, rid: Option<String>, tp| Ctx {
+            |start, method, path: warp::path::FullPath, rid: Option<String>, tp, remote| Ctx {
                 start,
                 method,
                 path: path.as_str().to_owned(),
@@ -438,6 +452,7 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
                     .filter(|r| valid_request_id(r))
                     .unwrap_or_else(|| Uuid::now_v7().to_string()),
                 traceparent: tp,
+                remote,
             },
         )
 }
@@ -733,7 +748,10 @@ fn error_response(state: &HttpState, ctx: &Ctx, e: ApiError) -> Response {
     }
     let mut resp = warp::reply::with_status(warp::reply::json(&e.body(&ctx.request_id)), status)
         .into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if let Some(secs) = e.retry_after_secs() {
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from(secs));
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut().insert(
             "retry-after",
             HeaderValue::from(state.settings.http.retry_after_secs),
@@ -762,7 +780,7 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
             traceparent,
             body,
         } => {
-            authorize(state, auth.as_deref())?;
+            let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/events/{name}")?;
             publish_event(state, ctx, name, query, content_type, traceparent, body).await
         }
         Route::EnqueueJob {
@@ -772,26 +790,26 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
             traceparent,
             body,
         } => {
-            authorize(state, auth.as_deref())?;
+            let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/jobs/{name}")?;
             enqueue_job(state, ctx, name, content_type, traceparent, body).await
         }
         Route::ListEvents { auth, query } => {
-            authorize(state, auth.as_deref())?;
+            authorize(state, auth.as_deref(), Scope::Read)?;
             let rows = crate::store::list_events(&state.db, &query).await?;
             Ok(warp::reply::json(&json!({"events": rows})).into_response())
         }
         Route::ListNotifications { auth, query } => {
-            authorize(state, auth.as_deref())?;
+            authorize(state, auth.as_deref(), Scope::Read)?;
             let rows = crate::store::list_notifications(&state.db, &query).await?;
             Ok(warp::reply::json(&json!({"notifications": rows})).into_response())
         }
         Route::DlqList { auth } => {
-            authorize(state, auth.as_deref())?;
+            authorize(state, auth.as_deref(), Scope::Read)?;
             let queues = state.dlq.list().await?;
             Ok(warp::reply::json(&json!({ "queues": queues })).into_response())
         }
         Route::DlqShow { queue, query, auth } => {
-            authorize(state, auth.as_deref())?;
+            authorize(state, auth.as_deref(), Scope::Read)?;
             let (default, max) = DLQ_SHOW_LIMIT;
             let limit = query.limit.unwrap_or(default);
             if limit == 0 || limit > max {
@@ -807,36 +825,42 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
             Ok(warp::reply::json(&peek).into_response())
         }
         Route::DlqReplay { queue, auth, body } => {
-            authorize(state, auth.as_deref())?;
+            authorize(state, auth.as_deref(), Scope::Admin)?;
             let filter = dlq_filter(&body)?;
             let queue = state.dlq.work_queue(&queue)?;
             let n = state.dlq.replay(&queue, &filter).await?;
             Ok(warp::reply::json(&json!({"queue": queue, "replayed": n})).into_response())
         }
         Route::DlqPurge { queue, auth, body } => {
-            authorize(state, auth.as_deref())?;
+            authorize(state, auth.as_deref(), Scope::Admin)?;
             let filter = dlq_filter(&body)?;
             let queue = state.dlq.work_queue(&queue)?;
             let n = state.dlq.purge(&queue, &filter).await?;
             Ok(warp::reply::json(&json!({"queue": queue, "purged": n})).into_response())
         }
         Route::FailedJobs { query, auth } => {
-            authorize(state, auth.as_deref())?;
+            authorize(state, auth.as_deref(), Scope::Read)?;
             failed_jobs(state, query).await
         }
         Route::RetryFailedJob { id, auth } => {
-            authorize(state, auth.as_deref())?;
+            authorize(state, auth.as_deref(), Scope::Admin)?;
             retry_failed_job(state, id).await
         }
-        Route::CreateOrder { ref auth, .. }
-        | Route::GetOrder { ref auth, .. }
+        Route::CreateOrder { ref auth, .. } => {
+            let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/orders")?;
+            sagas::handle(state, ctx, route).await
+        }
+        Route::GetOrder { ref auth, .. }
         | Route::ListSagas { ref auth, .. }
         | Route::GetSaga { ref auth, .. }
-        | Route::ListInterventions { ref auth, .. }
-        | Route::RetryIntervention { ref auth, .. }
+        | Route::ListInterventions { ref auth, .. } => {
+            authorize(state, auth.as_deref(), Scope::Read)?;
+            sagas::handle(state, ctx, route).await
+        }
+        Route::RetryIntervention { ref auth, .. }
         | Route::ResolveIntervention { ref auth, .. }
         | Route::Seed { ref auth, .. } => {
-            authorize(state, auth.as_deref())?;
+            authorize(state, auth.as_deref(), Scope::Admin)?;
             sagas::handle(state, ctx, route).await
         }
     }
@@ -931,30 +955,35 @@ async fn retry_failed_job(state: &HttpState, id: Uuid) -> Result<Response, ApiEr
     .into_response())
 }
 
-/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Checks the bearer token for `needed` (see [`auth`]).
+fn authorize(
+    state: &HttpState,
+    header: Option<&str>,
+    needed: Scope,
+) -> Result<auth::Caller, ApiError> {
+    state.tokens.authorize(header, needed)
 }
 
-fn authorize(state: &HttpState, header: Option<&str>) -> Result<(), ApiError> {
-    let tokens = &state.settings.http.tokens;
-    if tokens.is_empty() {
-        return Ok(());
+/// The gate of a publish route, in order: a token with `publish` (401/403), the caller's rate
+/// (429), a free in-flight slot (503 at once). The permit is held until the answer.
+fn admit_publish(
+    state: &HttpState,
+    ctx: &Ctx,
+    header: Option<&str>,
+    template: &'static str,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    let caller = authorize(state, header, Scope::Publish)?;
+    let key = limits::RateKey::new(caller, ctx.remote.map(|a| a.ip()));
+    if let Err(e) = state.limits.check_rate(key) {
+        state.metrics.publish_refused(template, "rate_limited");
+        return Err(e);
     }
-    let presented = header
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or(ApiError::Unauthorized)?;
-    let ok = tokens.iter().fold(false, |acc, t| {
-        acc | ct_eq(t.expose().as_bytes(), presented.as_bytes())
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
+    match state.limits.admit() {
+        Ok(permit) => Ok(permit),
+        Err(e) => {
+            state.metrics.publish_refused(template, "overloaded");
+            Err(e)
+        }
     }
 }
 
@@ -1041,9 +1070,14 @@ async fn publish_event(
         .into_response());
     }
 
-    publish_for_request(state, ctx, EVENTS_EXCHANGE, &event, traceparent.as_deref()).await?;
+    let stored =
+        publish_for_request(state, ctx, EVENTS_EXCHANGE, &event, traceparent.as_deref()).await?;
     Ok(warp::reply::with_status(
-        warp::reply::json(&json!({"event_id": event.event_id, "status": "accepted"})),
+        warp::reply::json(&json!({
+            "event_id": event.event_id,
+            "status": "accepted",
+            "stored": stored.as_str(),
+        })),
         StatusCode::ACCEPTED,
     )
     .into_response())
@@ -1051,30 +1085,21 @@ async fn publish_event(
 
 /// Publishes `message` (routing key = its name) with the request's id as correlation id and
 /// `x-request-id`, and a child of the caller's trace (or a new trace), and waits for the
-/// confirm.
+/// confirm; when the broker cannot confirm, stores it in the events outbox.
 async fn publish_for_request(
     state: &HttpState,
     ctx: &Ctx,
-    exchange: &str,
+    exchange: &'static str,
     message: &Event,
     traceparent: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<crate::outbox::Stored, ApiError> {
     let trace = crate::telemetry::outgoing(traceparent);
     tracing::Span::current().record("trace_id", trace.trace_id.as_str());
     let mut meta = Meta::for_event(message);
     meta.correlation_id = Some(ctx.request_id.clone());
     meta.request_id = Some(ctx.request_id.clone());
     meta.traceparent = Some(trace.header());
-    state
-        .publisher
-        .publish(
-            exchange,
-            &message.event_name,
-            &message.to_json(),
-            meta.properties(),
-        )
-        .await?;
-    Ok(())
+    Ok(state.outbox.send(exchange, message, &meta).await?)
 }
 
 /// Checks the content type and parses the body as a JSON object (a message's `data`). Nesting
@@ -1116,9 +1141,14 @@ async fn enqueue_job(
     let data = parse_data(content_type.as_deref(), &body)?;
     let job = Event::new(name, None, data);
     tracing::Span::current().record("job_id", tracing::field::display(job.event_id));
-    publish_for_request(state, ctx, COMMANDS_EXCHANGE, &job, traceparent.as_deref()).await?;
+    let stored =
+        publish_for_request(state, ctx, COMMANDS_EXCHANGE, &job, traceparent.as_deref()).await?;
     Ok(warp::reply::with_status(
-        warp::reply::json(&json!({"job_id": job.event_id, "status": "queued"})),
+        warp::reply::json(&json!({
+            "job_id": job.event_id,
+            "status": "queued",
+            "stored": stored.as_str(),
+        })),
         StatusCode::ACCEPTED,
     )
     .into_response())
@@ -1223,12 +1253,5 @@ mod tests {
             "/v1/failed-jobs/{id}/retry"
         );
         assert_eq!(template_for("/v1/failed-jobs/123"), "unmatched");
-    }
-
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(ct_eq(b"abc", b"abc"));
-        assert!(!ct_eq(b"abc", b"abd"));
-        assert!(!ct_eq(b"abc", b"abcd"));
     }
 }

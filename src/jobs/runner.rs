@@ -123,6 +123,16 @@ pub struct Runner {
 /// one prefetch window).
 const MESSAGE_STRIPES: usize = 64;
 
+/// Bound on each ack, nack, cancel and close. lapin can wait forever on a channel the server
+/// closed cleanly (connection.close on `rabbitmqctl stop_app`; lapin#409): an unbounded ack
+/// there held its message's stripe lock and handler permit for good, and the consumer stalled
+/// (found by the chaos suite). A bounded one fails, and the broker redelivers.
+const AMQP_OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the consume loop checks that its channel and connection are still open: a
+/// cleanly closed channel may never end the consumer stream (the same lapin behaviour).
+const CHANNEL_CHECK: Duration = Duration::from_secs(1);
+
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
@@ -260,10 +270,20 @@ impl Runner {
         let permits = Arc::new(Semaphore::new(self.limits.concurrency));
         let in_flight = TaskTracker::new();
         let mut result = Ok(true);
+        let mut check = tokio::time::interval(CHANNEL_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => break,
                 next = stream.next() => next,
+                _ = check.tick() => {
+                    if channel.status().connected() {
+                        continue;
+                    }
+                    tracing::warn!("Consumer channel closed without ending its stream; reconnecting.");
+                    result = Ok(true);
+                    break;
+                }
             };
             match next {
                 None => {
@@ -278,7 +298,11 @@ impl Runner {
                     break;
                 }
                 Some(Ok(delivery)) => {
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                    let permit = tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        p = permits.clone().acquire_owned() => p,
+                    };
+                    let Ok(permit) = permit else {
                         break;
                     };
                     let this = self.parts.clone();
@@ -290,9 +314,11 @@ impl Runner {
             }
         }
         // Stop taking new messages, let the in-flight ones finish (bounded), then close.
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        let _ = tokio::time::timeout(
+            AMQP_OP_TIMEOUT,
+            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+        )
+        .await;
         in_flight.close();
         if tokio::time::timeout(self.limits.grace, in_flight.wait())
             .await
@@ -300,7 +326,11 @@ impl Runner {
         {
             tracing::warn!(grace = ?self.limits.grace, "In-flight handlers did not finish in time; their messages will be redelivered.");
         }
-        let _ = channel.close(200, "consumer stopping".into()).await;
+        let _ = tokio::time::timeout(
+            AMQP_OP_TIMEOUT,
+            channel.close(200, "consumer stopping".into()),
+        )
+        .await;
         result
     }
 }
@@ -606,24 +636,31 @@ impl Parts {
     }
 
     async fn ack(&self, delivery: &Delivery) -> Settled {
-        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        match tokio::time::timeout(AMQP_OP_TIMEOUT, delivery.ack(BasicAckOptions::default())).await
+        {
+            Ok(Ok(_)) => self.ctx.metrics.queue_message(self.queue(), "acked"),
             // The channel is gone: the broker will redeliver; the inbox absorbs the repeat.
-            tracing::warn!(error = %e, "Ack failed; the message will be redelivered.");
-        } else {
-            self.ctx.metrics.queue_message(self.queue(), "acked");
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Ack failed; the message will be redelivered.")
+            }
+            Err(_) => tracing::warn!(timeout = ?AMQP_OP_TIMEOUT,
+                "Ack got no answer; the message will be redelivered."),
         }
         Settled::Acked
     }
 
     async fn requeue(&self, delivery: &Delivery) -> Settled {
-        if let Err(e) = delivery
-            .nack(BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await
-        {
-            tracing::warn!(error = %e, "Nack failed; the message will be redelivered.");
+        let nack = delivery.nack(BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        });
+        match tokio::time::timeout(AMQP_OP_TIMEOUT, nack).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Nack failed; the message will be redelivered.")
+            }
+            Err(_) => tracing::warn!(timeout = ?AMQP_OP_TIMEOUT,
+                "Nack got no answer; the message will be redelivered."),
         }
         self.ctx.metrics.queue_message(self.queue(), "requeued");
         Settled::Requeued

@@ -37,6 +37,15 @@ pub struct RouteLabels {
     pub path: &'static str,
 }
 
+/// Labels of publish requests refused by a limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Route template.
+    pub path: &'static str,
+    /// `rate_limited` (429) or `overloaded` (503, no in-flight slot).
+    pub reason: &'static str,
+}
+
 /// `messages_published_total` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PublishLabels {
@@ -142,10 +151,15 @@ struct Inner {
     queue_messages: Family<QueueActionLabels, Counter>,
     in_flight: Family<QueueLabels, Gauge>,
     slow_requests: Family<RouteLabels, Counter>,
+    publish_refused: Family<RefusedLabels, Counter>,
     sagas: Family<SagaStateLabels, Gauge>,
     interventions_open: Gauge,
     outbox_depth: Gauge,
     outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+    event_outbox_stored: Counter,
+    event_outbox_relayed: Counter,
+    event_outbox_depth: Gauge,
+    event_outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
     amqp_channels: Gauge,
     probes: Arc<Probes>,
 }
@@ -254,6 +268,12 @@ impl Metrics {
             "Requests slower than http.slow_request_ms, by method and route template",
             slow_requests.clone(),
         );
+        let publish_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "http_publish_refused",
+            "Publish requests refused by a limit before any work: rate_limited (429, over http.rate_limit_per_sec) or overloaded (503, http.max_in_flight_publishes reached)",
+            publish_refused.clone(),
+        );
         let sagas = Family::<SagaStateLabels, Gauge>::default();
         registry.register(
             "sagas",
@@ -278,6 +298,30 @@ impl Metrics {
             "Age of the oldest command waiting in the saga outbox (0 when empty)",
             outbox_oldest.clone(),
         );
+        let event_outbox_stored = Counter::default();
+        registry.register(
+            "event_outbox_stored",
+            "Events and jobs the HTTP front stored in the events outbox because the broker could not confirm them",
+            event_outbox_stored.clone(),
+        );
+        let event_outbox_relayed = Counter::default();
+        registry.register(
+            "event_outbox_relayed",
+            "Events and jobs the relay published from the events outbox",
+            event_outbox_relayed.clone(),
+        );
+        let event_outbox_depth = Gauge::default();
+        registry.register(
+            "event_outbox_depth",
+            "Events and jobs waiting in the events outbox for the broker",
+            event_outbox_depth.clone(),
+        );
+        let event_outbox_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "event_outbox_oldest_seconds",
+            "Age of the oldest message waiting in the events outbox (0 when empty)",
+            event_outbox_oldest.clone(),
+        );
         let amqp_channels = Gauge::default();
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -296,10 +340,15 @@ impl Metrics {
                 queue_messages,
                 in_flight,
                 slow_requests,
+                publish_refused,
                 sagas,
                 interventions_open,
                 outbox_depth,
                 outbox_oldest,
+                event_outbox_stored,
+                event_outbox_relayed,
+                event_outbox_depth,
+                event_outbox_oldest,
                 amqp_channels,
                 probes: Arc::new(Probes::default()),
                 sagas_started,
@@ -451,6 +500,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a publish request refused by a limit (`rate_limited` or `overloaded`).
+    pub fn publish_refused(&self, path: &'static str, reason: &'static str) {
+        self.inner
+            .publish_refused
+            .get_or_create(&RefusedLabels { path, reason })
+            .inc();
+    }
+
     /// Sets the sagas-per-state gauges (every state of every kind given, zero included).
     pub fn set_sagas(&self, counts: &[(String, String, i64)]) {
         for (kind, state, n) in counts {
@@ -473,6 +530,22 @@ impl Metrics {
     pub fn set_outbox(&self, depth: i64, oldest_seconds: f64) {
         self.inner.outbox_depth.set(depth);
         self.inner.outbox_oldest.set(oldest_seconds);
+    }
+
+    /// One message stored in the events outbox.
+    pub fn event_outbox_stored(&self) {
+        self.inner.event_outbox_stored.inc();
+    }
+
+    /// `n` messages published by the events outbox relay.
+    pub fn event_outbox_relayed(&self, n: u64) {
+        self.inner.event_outbox_relayed.inc_by(n);
+    }
+
+    /// Sets the events outbox gauges.
+    pub fn set_event_outbox(&self, depth: i64, oldest_seconds: f64) {
+        self.inner.event_outbox_depth.set(depth);
+        self.inner.event_outbox_oldest.set(oldest_seconds);
     }
 
     /// An AMQP channel opened (`+1`) or closed (`-1`).

@@ -230,3 +230,200 @@ fn the_dockerfile_builds_one_binary_runs_it_unprivileged_and_checks_its_health()
     assert!(d.contains("\"healthcheck\""), "warren's own probe");
     assert!(warren::cli::Cli::try_parse_from(["warren", "healthcheck"]).is_ok());
 }
+
+/// Every `${...}` of `text` with its name and what follows the name (`:?message`, `:-default`,
+/// or nothing).
+fn interpolations(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        let escaped = rest[..i].ends_with('$');
+        rest = &rest[i + 2..];
+        if escaped {
+            continue; // `$${...}`: a literal for the container's shell
+        }
+        let end = rest.find('}').expect("closed ${...}");
+        let inner = &rest[..end];
+        let name_len = inner
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(inner.len());
+        out.push((inner[..name_len].to_owned(), inner[name_len..].to_owned()));
+        rest = &rest[end + 1..];
+    }
+    out
+}
+
+/// Compose's interpolation of `text` from `env`, enough for this file: `${VAR}`,
+/// `${VAR:?message}` (an error when VAR is unset or empty) and `${VAR:-default}`.
+fn interpolate(text: &str, env: &std::collections::BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            // `$${...}` is a literal `${...}`.
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 2..];
+        let end = rest.find('}').expect("closed");
+        let inner = &rest[..end];
+        let (name, value) = if let Some((name, default)) = inner.split_once(":-") {
+            let v = env.get(name).filter(|v| !v.is_empty()).cloned();
+            (name, v.unwrap_or_else(|| default.to_owned()))
+        } else {
+            let name = inner.split(":?").next().expect("name");
+            let v = env.get(name).filter(|v| !v.is_empty());
+            (
+                name,
+                v.unwrap_or_else(|| panic!("{name} is unset or empty"))
+                    .clone(),
+            )
+        };
+        assert!(!name.is_empty());
+        out.push_str(&value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_credential(var: &str) -> bool {
+    ["USER", "PASS", "TOKEN"].iter().any(|w| var.contains(w))
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's error type, not ours
+fn the_compose_stack_has_no_default_credentials() {
+    let text = std::fs::read_to_string(repo("docker-compose.yml")).expect("compose");
+    // Every user, password and token is required: no `${VAR}`, no `${VAR:-default}`.
+    let uses = interpolations(&text);
+    let credentials: Vec<_> = uses.iter().filter(|(v, _)| is_credential(v)).collect();
+    assert!(credentials.len() >= 8, "{credentials:?}");
+    for (var, rest) in &credentials {
+        assert!(rest.starts_with(":?"), "${{{var}{rest}}} must be required");
+    }
+    // No well-known default credential written out.
+    let lower = text.to_ascii_lowercase();
+    for default in [
+        "guest",
+        "postgres:postgres",
+        "admin:admin",
+        "change-me",
+        "changeme",
+        "warren-local",
+    ] {
+        assert!(
+            !lower.contains(default),
+            "docker-compose.yml holds {default:?}"
+        );
+    }
+    // The services that take credentials get them from those variables; the API has tokens.
+    let c = compose();
+    let env = |svc: &str, var: &str| {
+        c["services"][svc]["environment"][var]
+            .as_str()
+            .unwrap_or_else(|| panic!("{svc}: {var} is set"))
+            .to_owned()
+    };
+    for (svc, var) in [
+        ("rabbitmq", "RABBITMQ_DEFAULT_USER"),
+        ("rabbitmq", "RABBITMQ_DEFAULT_PASS"),
+        ("postgres", "POSTGRES_USER"),
+        ("postgres", "POSTGRES_PASSWORD"),
+        ("grafana", "GF_SECURITY_ADMIN_USER"),
+        ("grafana", "GF_SECURITY_ADMIN_PASSWORD"),
+        ("serve", "WARREN_HTTP__TOKENS"),
+    ] {
+        assert!(
+            env(svc, var).contains(":?"),
+            "{svc}: {var} must come from a required variable"
+        );
+    }
+
+    // .env.example leaves every password and token empty: nobody runs with a published one.
+    let example = std::fs::read_to_string(repo(".env.example")).expect(".env.example");
+    for line in example.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((k, v)) = line.split_once('=')
+            && (k.contains("PASS") || k.contains("TOKEN"))
+        {
+            assert!(v.is_empty(), ".env.example sets {k}");
+        }
+    }
+
+    // `scripts/run-local.sh env` fills each of them with its own random value, and leaves an
+    // existing file alone.
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join(".env");
+    let run = || {
+        let out = std::process::Command::new("bash")
+            .arg(repo("scripts/run-local.sh"))
+            .arg("env")
+            .arg(&file)
+            .output()
+            .expect("run-local.sh runs");
+        assert!(out.status.success(), "{out:?}");
+    };
+    run();
+    let parse = |text: &str| -> std::collections::BTreeMap<String, String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    };
+    let first = std::fs::read_to_string(&file).expect(".env");
+    let vars = parse(&first);
+    let secrets: Vec<&String> = vars
+        .iter()
+        .filter(|(k, _)| k.contains("PASS") || k.contains("TOKEN"))
+        .map(|(_, v)| v)
+        .collect();
+    assert!(secrets.len() >= 5, "{vars:?}");
+    assert!(
+        secrets
+            .iter()
+            .all(|s| s.len() >= 32 && s.chars().all(|c| c.is_ascii_alphanumeric()))
+    );
+    assert_eq!(
+        secrets.iter().collect::<BTreeSet<_>>().len(),
+        secrets.len(),
+        "each secret is its own"
+    );
+    run();
+    assert_eq!(
+        std::fs::read_to_string(&file).expect(".env"),
+        first,
+        "left alone"
+    );
+
+    // With that .env the file interpolates, and the API's tokens parse as warren settings:
+    // one publish+read token and one admin token.
+    let resolved: serde_norway::Value =
+        serde_norway::from_str(&interpolate(&text, &vars)).expect("interpolated YAML");
+    let tokens = resolved["services"]["serve"]["environment"]["WARREN_HTTP__TOKENS"]
+        .as_str()
+        .expect("tokens")
+        .to_owned();
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("WARREN_HTTP__TOKENS", &tokens);
+        let s = warren::Settings::load(None).map_err(|e| e.to_string())?;
+        let got: Vec<_> = s
+            .http
+            .tokens
+            .iter()
+            .map(|t| (t.token().expose().to_owned(), t.scopes()))
+            .collect();
+        use warren::config::Scope::{Admin, Publish, Read};
+        assert_eq!(
+            got,
+            vec![
+                (vars["API_PUBLISH_TOKEN"].clone(), vec![Publish, Read]),
+                (vars["API_ADMIN_TOKEN"].clone(), vec![Read, Admin]),
+            ]
+        );
+        Ok(())
+    });
+}

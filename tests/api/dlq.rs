@@ -593,7 +593,7 @@ async fn the_dlq_endpoints_need_the_bearer_token() {
     let token = "dlq-test-token-0123456789";
     let app = spawn_app_with(
         move |mut s| {
-            s.http.tokens = vec![Secret::new(token)];
+            s.http.tokens = vec![Secret::new(token).into()];
             s
         },
         |a| a,

@@ -55,17 +55,24 @@ pub struct TestVhost {
     pub name: String,
     /// Management API client.
     pub api: Management,
+    /// The broker's AMQP URL without vhost.
+    pub amqp_base: String,
 }
 
 impl TestVhost {
-    /// Creates a fresh vhost.
+    /// Creates a fresh vhost on the test broker.
     pub async fn new() -> Self {
+        Self::new_on(&management_url(), &amqp_base()).await
+    }
+
+    /// Creates a fresh vhost on the broker with this management API and AMQP base URL.
+    pub async fn new_on(management_url: &str, amqp_base: &str) -> Self {
         let name = format!("warren-test-{}", uuid::Uuid::now_v7().simple());
-        let api = Management::new(&management_url()).expect("management url");
+        let api = Management::new(management_url).expect("management url");
         api.put(&format!("vhosts/{}", encode(&name)), &serde_json::json!({}))
             .await
             .expect("create vhost");
-        let user = url::Url::parse(&management_url())
+        let user = url::Url::parse(management_url)
             .expect("url")
             .username()
             .to_owned();
@@ -75,12 +82,16 @@ impl TestVhost {
         )
         .await
         .expect("grant permissions");
-        Self { name, api }
+        Self {
+            name,
+            api,
+            amqp_base: amqp_base.to_owned(),
+        }
     }
 
     /// The AMQP URL of this vhost.
     pub fn amqp_url(&self) -> String {
-        format!("{}/{}", amqp_base(), encode(&self.name))
+        format!("{}/{}", self.amqp_base, encode(&self.name))
     }
 
     /// Deletes the vhost.
@@ -98,13 +109,20 @@ pub struct TestDb {
     pub name: String,
     /// Its URL.
     pub url: String,
+    /// The server's URL without database.
+    pub base: String,
 }
 
 impl TestDb {
-    /// Creates a fresh database.
+    /// Creates a fresh database on the test server.
     pub async fn new() -> Self {
+        Self::new_on(&pg_base()).await
+    }
+
+    /// Creates a fresh database on the server at `base` (a URL without database).
+    pub async fn new_on(base: &str) -> Self {
         let name = format!("warren_test_{}", uuid::Uuid::now_v7().simple());
-        let admin = Database::connect(format!("{}/warren", pg_base()))
+        let admin = Database::connect(format!("{base}/warren"))
             .await
             .expect("connect to the admin database");
         admin
@@ -112,13 +130,17 @@ impl TestDb {
             .await
             .expect("create database");
         let _ = admin.close().await;
-        let url = format!("{}/{name}", pg_base());
-        Self { name, url }
+        let url = format!("{base}/{name}");
+        Self {
+            name,
+            url,
+            base: base.to_owned(),
+        }
     }
 
     /// Drops the database.
     pub async fn drop_db(&self) {
-        if let Ok(admin) = Database::connect(format!("{}/warren", pg_base())).await {
+        if let Ok(admin) = Database::connect(format!("{}/warren", self.base)).await {
             let _ = admin
                 .execute_unprepared(&format!(
                     "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",

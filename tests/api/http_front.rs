@@ -206,8 +206,8 @@ async fn auth_rejects_a_missing_or_wrong_token_and_accepts_the_right_one() {
     let app = spawn_app_with(
         |mut s| {
             s.http.tokens = vec![
-                Secret::new("first-token-0123456789"),
-                Secret::new("second-token-0123456789"),
+                Secret::new("first-token-0123456789").into(),
+                Secret::new("second-token-0123456789").into(),
             ];
             s
         },

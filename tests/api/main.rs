@@ -3,10 +3,12 @@
 #![allow(unreachable_pub)]
 
 mod bad_input;
+mod chaos;
 mod dashboards;
 mod deployment;
 mod dlq;
 mod fuzz_corpus;
+mod gate;
 mod helpers;
 mod http_front;
 mod jobs;
@@ -14,11 +16,13 @@ mod modules;
 mod observability;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod outbox;
 mod publish;
 mod reliability;
 mod saga;
 mod saga_load;
 mod scale;
 mod scheduler;
+mod security;
 mod smtp;
 mod topology;

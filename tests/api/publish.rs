@@ -183,6 +183,8 @@ async fn spawn_app_with_broker_at(port: u16) -> crate::helpers::TestApp {
     s.amqp.url = warren::config::Secret::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
     s.amqp.connect_timeout_ms = 500;
     s.http.retry_after_secs = 7;
+    // Without the events outbox (tests/api/outbox.rs covers it), an outage is a 503.
+    s.outbox.enabled = false;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = warren::App::new(s.clone())
         .start(&[warren::Role::Http], shutdown.clone())

@@ -6,6 +6,7 @@ mod m0001_foundation;
 mod m0002_modules;
 mod m0003_saga;
 mod m0004_scheduler;
+mod m0005_event_outbox;
 
 /// Runs warren's migrations.
 #[derive(Debug)]
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_modules::Migration),
             Box::new(m0003_saga::Migration),
             Box::new(m0004_scheduler::Migration),
+            Box::new(m0005_event_outbox::Migration),
         ]
     }
 }

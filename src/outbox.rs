@@ -1,0 +1,554 @@
+//! The events outbox: what the HTTP front accepted while the broker could not confirm it.
+//!
+//! `POST /v1/events` and `POST /v1/jobs` publish with a confirm. When the broker cannot take
+//! the message in time (down, blocked by an alarm, no confirm within `amqp.publish_timeout_ms`,
+//! a nack), the message goes to the `event_outbox` table instead and the answer is still 202,
+//! saying `"stored": "outbox"`. Only when neither the broker nor the database can take it is
+//! the answer 503. A message the broker *returned* (no queue is bound for it) is not stored:
+//! the broker is up and said no, and a retry would get the same answer.
+//!
+//! The relay ([`run_relay`], in every process with the HTTP role) publishes stored rows in
+//! insertion order and deletes each once confirmed:
+//! - **Order per aggregate.** Rows with the same `aggregate_id` leave one at a time, in `seq`
+//!   order; a row that cannot be published holds back the rows after it. Rows of different
+//!   aggregates (and rows without one) are published concurrently. While an aggregate has rows
+//!   waiting, this process stores its new events in the outbox too, behind them, instead of
+//!   publishing them ahead.
+//! - **Several instances.** On PostgreSQL a pass holds a transaction-scoped advisory lock, so
+//!   one relay at a time publishes and their orders cannot interleave; the others skip the
+//!   pass. SQLite is one process's database, and has one relay.
+//! - **At least once, exactly once in effect.** A row is deleted after its confirm; a crash in
+//!   between publishes it again with the same message id, as does a confirm that came after
+//!   the HTTP front had given up waiting. Consumers drop repeats by message id (the inbox).
+//!
+//! A breaker keeps an outage cheap: after a failed publish, requests go straight to the outbox
+//! for `outbox.breaker_ms` instead of each waiting for the broker to fail again; the relay
+//! keeps probing and closes it once it publishes.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use entities::event_outbox;
+use futures_util::StreamExt;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{
+        envelope::{Event, Meta},
+        publisher::{PublishError, Publisher},
+    },
+    config::OutboxSettings,
+    telemetry::Metrics,
+};
+
+/// The advisory lock key of the relay on PostgreSQL (`warren` + 1, as bytes).
+const RELAY_LOCK_KEY: i64 = 0x7761_7272_656e_0001;
+/// Aggregates with waiting rows that one refresh reads at most.
+const PENDING_LIMIT: u64 = 10_000;
+/// Groups (aggregates) one relay pass publishes concurrently.
+const RELAY_CONCURRENCY: usize = 64;
+
+/// Where an accepted message was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The broker confirmed it.
+    Broker,
+    /// The database holds it; the relay publishes it when the broker is back.
+    Outbox,
+}
+
+impl Stored {
+    /// `broker` or `outbox`, as the HTTP answer says.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stored::Broker => "broker",
+            Stored::Outbox => "outbox",
+        }
+    }
+}
+
+/// Why a message was not accepted, or a relay pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The broker did not take it and the outbox was not an option (it is disabled, or the
+    /// broker returned the message as unroutable).
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// Neither the broker nor the database could take it.
+    #[error(
+        "the broker could not take the message ({publish}) and the outbox could not store it: {store}"
+    )]
+    NotStored {
+        /// Why the broker did not take it (or why it was not asked: the aggregate had
+        /// messages waiting in the outbox, and publishing past them would break their order).
+        publish: String,
+        /// Why the database did not.
+        #[source]
+        store: DbErr,
+    },
+    /// The relay could not read or update the outbox.
+    #[error("events outbox: {context}: {source}")]
+    Db {
+        /// What the relay was doing.
+        context: &'static str,
+        /// The database error.
+        #[source]
+        source: DbErr,
+    },
+}
+
+fn db(context: &'static str) -> impl FnOnce(DbErr) -> OutboxError {
+    move |source| OutboxError::Db { context, source }
+}
+
+/// The events outbox and its relay. Cheap to clone.
+#[derive(Clone)]
+pub struct EventOutbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    publisher: Publisher,
+    metrics: Metrics,
+    settings: OutboxSettings,
+    started: Instant,
+    /// Until when (ms since `started`) requests bypass the broker; 0 when closed.
+    breaker_until: AtomicU64,
+    /// True while `pending` may hold aggregates (skips the lock on the hot path).
+    any_pending: AtomicBool,
+    pending: Mutex<Pending>,
+    wake: tokio::sync::Notify,
+    /// The last relay pass found the broker away (the loop then waits a whole period).
+    broker_away: AtomicBool,
+}
+
+/// Aggregates with rows waiting in the outbox, as far as this process knows.
+#[derive(Default)]
+struct Pending {
+    set: HashSet<String>,
+    /// Stored since the relay's last refresh began (so the refresh does not forget them).
+    recent: HashSet<String>,
+}
+
+impl std::fmt::Debug for EventOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventOutbox")
+            .field("settings", &self.inner.settings)
+            .finish()
+    }
+}
+
+impl EventOutbox {
+    /// An outbox over `db`, publishing through `publisher`.
+    pub fn new(
+        db: DatabaseConnection,
+        publisher: Publisher,
+        metrics: Metrics,
+        settings: OutboxSettings,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                publisher,
+                metrics,
+                settings,
+                started: Instant::now(),
+                breaker_until: AtomicU64::new(0),
+                any_pending: AtomicBool::new(false),
+                pending: Mutex::new(Pending::default()),
+                wake: tokio::sync::Notify::new(),
+                broker_away: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn breaker_open(&self) -> bool {
+        let until = self.inner.breaker_until.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
+    }
+
+    fn trip_breaker(&self) {
+        let until = self
+            .now_ms()
+            .saturating_add(self.inner.settings.breaker_ms)
+            .max(1);
+        self.inner.breaker_until.store(until, Ordering::Relaxed);
+    }
+
+    fn aggregate_pending(&self, aggregate: Option<&str>) -> bool {
+        let Some(a) = aggregate else { return false };
+        if !self.inner.any_pending.load(Ordering::Acquire) {
+            return false;
+        }
+        let pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.set.contains(a) || pending.recent.contains(a)
+    }
+
+    /// Publishes `event` on `exchange` (routing key = its name) with the broker's confirm, or
+    /// stores it in the outbox when the broker cannot take it. `Ok` means the message is safe.
+    pub async fn send(
+        &self,
+        exchange: &'static str,
+        event: &Event,
+        meta: &Meta,
+    ) -> Result<Stored, OutboxError> {
+        let body = event.to_json();
+        let enabled = self.inner.settings.enabled;
+        if enabled && self.aggregate_pending(event.aggregate_id.as_deref()) {
+            // Behind the aggregate's waiting events, never ahead of them.
+            return match self.store(exchange, event, meta, &body).await {
+                Ok(()) => Ok(Stored::Outbox),
+                Err(store) => Err(OutboxError::NotStored {
+                    publish: "not asked: earlier events of this aggregate wait in the outbox"
+                        .to_owned(),
+                    store,
+                }),
+            };
+        }
+        if enabled && self.breaker_open() {
+            match self.store(exchange, event, meta, &body).await {
+                Ok(()) => return Ok(Stored::Outbox),
+                // The database is away too: the broker may be back.
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot store in the outbox; trying the broker.")
+                }
+            }
+        }
+        let publish = match self
+            .inner
+            .publisher
+            .publish(exchange, &event.event_name, &body, meta.properties())
+            .await
+        {
+            Ok(()) => return Ok(Stored::Broker),
+            Err(e) => e,
+        };
+        if !enabled || matches!(publish, PublishError::Returned { .. }) {
+            return Err(publish.into());
+        }
+        self.trip_breaker();
+        match self.store(exchange, event, meta, &body).await {
+            Ok(()) => {
+                tracing::info!(event_id = %event.event_id, error = %publish,
+                    "Broker could not take the message; stored in the outbox.");
+                Ok(Stored::Outbox)
+            }
+            Err(store) => Err(OutboxError::NotStored {
+                publish: publish.to_string(),
+                store,
+            }),
+        }
+    }
+
+    async fn store(
+        &self,
+        exchange: &'static str,
+        event: &Event,
+        meta: &Meta,
+        body: &[u8],
+    ) -> Result<(), DbErr> {
+        let row = event_outbox::ActiveModel {
+            id: Set(meta.message_id),
+            exchange: Set(exchange.to_owned()),
+            routing_key: Set(event.event_name.clone()),
+            aggregate_id: Set(event.aggregate_id.clone()),
+            body: Set(String::from_utf8_lossy(body).into_owned()),
+            correlation_id: Set(meta.correlation_id.clone()),
+            request_id: Set(meta.request_id.clone()),
+            traceparent: Set(meta.traceparent.clone()),
+            created_at: Set(meta.timestamp),
+            attempts: Set(0),
+            last_error: Set(None),
+            ..Default::default()
+        };
+        event_outbox::Entity::insert(row)
+            .exec(&self.inner.db)
+            .await?;
+        if let Some(a) = &event.aggregate_id {
+            let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.set.insert(a.clone());
+            pending.recent.insert(a.clone());
+            self.inner.any_pending.store(true, Ordering::Release);
+        }
+        self.inner.metrics.event_outbox_stored();
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// One relay pass: publishes up to `outbox.batch` stored rows (oldest first, in order per
+    /// aggregate) and deletes the confirmed ones. Returns how many were published; 0 when
+    /// another instance holds the relay lock.
+    pub async fn relay_once(&self) -> Result<usize, OutboxError> {
+        let conn = &self.inner.db;
+        let limit = self.inner.settings.batch;
+        let sent = if conn.get_database_backend() == DbBackend::Postgres {
+            let txn = conn.begin().await.map_err(db("beginning a relay pass"))?;
+            let locked = txn
+                .query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_try_advisory_xact_lock($1) AS locked",
+                    [RELAY_LOCK_KEY.into()],
+                ))
+                .await
+                .map_err(db("taking the relay lock"))?
+                .map(|r| r.try_get::<bool>("", "locked"))
+                .transpose()
+                .map_err(db("taking the relay lock"))?
+                .unwrap_or(false);
+            if !locked {
+                txn.commit().await.map_err(db("ending a relay pass"))?;
+                return Ok(0);
+            }
+            let sent = self.relay_rows(&txn, limit).await?;
+            txn.commit().await.map_err(db("committing a relay pass"))?;
+            sent
+        } else {
+            self.relay_rows(conn, limit).await?
+        };
+        if sent > 0 {
+            self.inner.metrics.event_outbox_relayed(sent as u64);
+            tracing::info!(sent, "Relayed events from the outbox.");
+        }
+        Ok(sent)
+    }
+
+    async fn relay_rows<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        limit: u64,
+    ) -> Result<usize, OutboxError> {
+        let rows = event_outbox::Entity::find()
+            .order_by_asc(event_outbox::Column::Seq)
+            .limit(limit)
+            .all(conn)
+            .await
+            .map_err(db("reading the outbox"))?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // One group per aggregate (in seq order inside it); a row without one is its own.
+        let mut groups: Vec<Vec<event_outbox::Model>> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for row in rows {
+            match row.aggregate_id.clone() {
+                Some(a) => match index.get(&a) {
+                    Some(&i) => groups[i].push(row),
+                    None => {
+                        index.insert(a, groups.len());
+                        groups.push(vec![row]);
+                    }
+                },
+                None => groups.push(vec![row]),
+            }
+        }
+        let broker_down = AtomicBool::new(false);
+        let outcomes: Vec<GroupOutcome> = futures_util::stream::iter(groups)
+            .map(|group| self.publish_group(group, &broker_down))
+            .buffer_unordered(RELAY_CONCURRENCY)
+            .collect()
+            .await;
+        let mut sent: Vec<i64> = Vec::new();
+        for outcome in &outcomes {
+            sent.extend_from_slice(&outcome.sent);
+        }
+        if !sent.is_empty() {
+            event_outbox::Entity::delete_many()
+                .filter(event_outbox::Column::Seq.is_in(sent.clone()))
+                .exec(conn)
+                .await
+                .map_err(db("deleting relayed rows"))?;
+        }
+        for (seq, reason) in outcomes.into_iter().filter_map(|o| o.refused) {
+            tracing::error!(seq, reason = %reason,
+                "The broker refuses a stored message; it stays in the outbox (and holds back its aggregate).");
+            event_outbox::Entity::update_many()
+                .col_expr(
+                    event_outbox::Column::Attempts,
+                    sea_orm::sea_query::ExprTrait::add(
+                        sea_orm::sea_query::Expr::col(event_outbox::Column::Attempts),
+                        1,
+                    ),
+                )
+                .col_expr(
+                    event_outbox::Column::LastError,
+                    sea_orm::sea_query::Expr::value(reason),
+                )
+                .filter(event_outbox::Column::Seq.eq(seq))
+                .exec(conn)
+                .await
+                .map_err(db("recording a refused row"))?;
+        }
+        let away = broker_down.load(Ordering::Relaxed);
+        self.inner.broker_away.store(away, Ordering::Relaxed);
+        if !sent.is_empty() && !away {
+            // The broker takes messages again: requests may publish directly.
+            self.inner.breaker_until.store(0, Ordering::Relaxed);
+        }
+        Ok(sent.len())
+    }
+
+    /// Publishes one aggregate's rows in order, stopping at the first that fails.
+    async fn publish_group(
+        &self,
+        group: Vec<event_outbox::Model>,
+        broker_down: &AtomicBool,
+    ) -> GroupOutcome {
+        let mut outcome = GroupOutcome::default();
+        for row in group {
+            if broker_down.load(Ordering::Relaxed) {
+                break;
+            }
+            let meta = Meta {
+                message_id: row.id,
+                kind: row.routing_key.clone(),
+                correlation_id: row.correlation_id.clone(),
+                traceparent: row.traceparent.clone(),
+                request_id: row.request_id.clone(),
+                attempt: 1,
+                timestamp: row.created_at,
+            };
+            match self
+                .inner
+                .publisher
+                .publish(
+                    &row.exchange,
+                    &row.routing_key,
+                    row.body.as_bytes(),
+                    meta.properties(),
+                )
+                .await
+            {
+                Ok(()) => outcome.sent.push(row.seq),
+                Err(e @ PublishError::Returned { .. }) => {
+                    outcome.refused = Some((row.seq, e.to_string()));
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "Relay cannot publish yet.");
+                    broker_down.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Rereads which aggregates have rows waiting, and sets the gauges.
+    pub async fn refresh(&self) -> Result<(u64, Option<Duration>), OutboxError> {
+        let conn = &self.inner.db;
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recent
+            .clear();
+        let depth = event_outbox::Entity::find()
+            .count(conn)
+            .await
+            .map_err(db("counting the outbox"))?;
+        let (aggregates, oldest) = if depth == 0 {
+            (Vec::new(), None)
+        } else {
+            let aggregates: Vec<String> = event_outbox::Entity::find()
+                .select_only()
+                .column(event_outbox::Column::AggregateId)
+                .filter(event_outbox::Column::AggregateId.is_not_null())
+                .distinct()
+                .limit(PENDING_LIMIT)
+                .into_tuple()
+                .all(conn)
+                .await
+                .map_err(db("reading waiting aggregates"))?;
+            let oldest = event_outbox::Entity::find()
+                .order_by_asc(event_outbox::Column::Seq)
+                .one(conn)
+                .await
+                .map_err(db("reading the outbox"))?
+                .and_then(|r| (Utc::now() - r.created_at).to_std().ok());
+            (aggregates, oldest)
+        };
+        {
+            let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let recent = std::mem::take(&mut pending.recent);
+            pending.set = aggregates
+                .into_iter()
+                .chain(recent.iter().cloned())
+                .collect();
+            pending.recent = recent;
+            self.inner
+                .any_pending
+                .store(!pending.set.is_empty(), Ordering::Release);
+        }
+        self.inner.metrics.set_event_outbox(
+            i64::try_from(depth).unwrap_or(i64::MAX),
+            oldest.map_or(0.0, |d| d.as_secs_f64()),
+        );
+        Ok((depth, oldest))
+    }
+}
+
+#[derive(Default)]
+struct GroupOutcome {
+    /// Seqs confirmed by the broker.
+    sent: Vec<i64>,
+    /// A row the broker returned, and its reason.
+    refused: Option<(i64, String)>,
+}
+
+/// The relay loop: a pass at once when something was stored, every `outbox.relay_ms`
+/// otherwise, back to back while full batches come; until shutdown.
+pub async fn run_relay(outbox: EventOutbox, shutdown: CancellationToken) {
+    let period = Duration::from_millis(outbox.inner.settings.relay_ms);
+    let batch = usize::try_from(outbox.inner.settings.batch).unwrap_or(usize::MAX);
+    loop {
+        let full = match outbox.relay_once().await {
+            Ok(n) => n >= batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "Outbox relay pass failed; retrying.");
+                false
+            }
+        };
+        if let Err(e) = outbox.refresh().await {
+            tracing::debug!(error = %e, "Cannot refresh the outbox state.");
+        }
+        if full {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        if outbox.inner.broker_away.load(Ordering::Relaxed) {
+            // Probe the broker once a period, not at every store.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+            () = outbox.inner.wake.notified() => {
+                // Let a burst of stores land before the pass (they come while the broker is
+                // away, when there is no hurry).
+                tokio::time::sleep(period.min(Duration::from_millis(50))).await;
+            }
+        }
+    }
+}

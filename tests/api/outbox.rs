@@ -1,0 +1,270 @@
+//! The events outbox: events accepted while the broker is away are stored, then published by
+//! the relay in order per aggregate, once each, also with two HTTP fronts relaying.
+
+use std::{collections::HashMap, time::Duration};
+
+use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use warren::Role;
+
+use crate::{
+    gate::BrokerGate,
+    helpers::{TestApp, eventually, spawn_roles},
+};
+
+/// Starts the HTTP front with its broker behind `gate`.
+async fn front_behind(gate: &BrokerGate, tweak: impl FnOnce(&mut warren::Settings)) -> TestApp {
+    let port = gate.port;
+    spawn_roles(
+        &[Role::Http],
+        move |mut s| {
+            let mut url = url::Url::parse(s.amqp.url.expose()).expect("url");
+            url.set_port(Some(port)).expect("port");
+            s.amqp.url = warren::config::Secret::new(url.to_string());
+            s.amqp.connect_timeout_ms = 500;
+            s.amqp.publish_timeout_ms = 1_000;
+            s.outbox.relay_ms = 200;
+            tweak(&mut s);
+            s
+        },
+        |a| a,
+    )
+    .await
+}
+
+/// Posts `order.updated` for `aggregate` with sequence number `n`; returns where it was stored.
+async fn post(app: &TestApp, base: &str, aggregate: Option<&str>, n: u32) -> (String, String) {
+    let path = match aggregate {
+        Some(a) => format!("{base}/v1/events/order.updated?aggregate_id={a}"),
+        None => format!("{base}/v1/events/order.updated"),
+    };
+    let r = app
+        .http
+        .post(path)
+        .json(&json!({"n": n, "aggregate": aggregate}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 202, "accepted");
+    let body: Value = r.json().await.expect("json");
+    (
+        body["event_id"].as_str().expect("event_id").to_owned(),
+        body["stored"].as_str().expect("stored").to_owned(),
+    )
+}
+
+/// Reads `warren.audit` until `n` messages came; returns their bodies in queue order.
+async fn audit_messages(app: &TestApp, n: usize) -> Vec<(String, Value)> {
+    let got = std::sync::Mutex::new(Vec::new());
+    eventually(
+        Duration::from_secs(30),
+        &format!("{n} events in warren.audit"),
+        || async {
+            let messages = app.drain("warren.audit").await;
+            let mut got = got.lock().expect("lock");
+            for m in messages {
+                let id = m
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+                    .expect("message_id");
+                let body: Value = serde_json::from_slice(&m.data).expect("json body");
+                got.push((id, body));
+            }
+            (got.len() >= n).then_some(())
+        },
+    )
+    .await;
+    got.into_inner().expect("lock")
+}
+
+async fn outbox_rows(app: &TestApp) -> u64 {
+    entities::event_outbox::Entity::find()
+        .count(&app.db().await)
+        .await
+        .expect("count")
+}
+
+/// Waits until the relay emptied the outbox.
+async fn until_outbox_empty(app: &TestApp) {
+    eventually(Duration::from_secs(10), "the outbox empties", || async {
+        (outbox_rows(app).await == 0).then_some(())
+    })
+    .await;
+}
+
+/// Checks that each aggregate's `n` values arrived in increasing order.
+fn assert_ordered_per_aggregate(messages: &[(String, Value)]) {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for (_, body) in messages {
+        let Some(a) = body["aggregate_id"].as_str() else {
+            continue;
+        };
+        let n = body["data"]["n"].as_i64().expect("n");
+        if let Some(prev) = last.insert(a.to_owned(), n) {
+            assert!(
+                n > prev,
+                "aggregate {a}: event {n} arrived after {prev}: {messages:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_accepted_while_the_broker_is_away_are_stored_then_published_in_order_once() {
+    let gate = BrokerGate::to_test_broker().await;
+    // No breaker: each request tries the broker first, so only the per-aggregate rule keeps
+    // A's later events behind its waiting ones.
+    let app = front_behind(&gate, |s| s.outbox.breaker_ms = 0).await;
+    let base = app.base.clone();
+    let mut accepted = Vec::new();
+
+    let (id, stored) = post(&app, &base, Some("A"), 0).await;
+    assert_eq!(stored, "broker", "with the broker up, published directly");
+    accepted.push(id);
+
+    gate.close();
+    for n in 1..=15 {
+        for a in ["A", "B"] {
+            let (id, stored) = post(&app, &base, Some(a), n).await;
+            assert_eq!(stored, "outbox", "broker away: {a} {n} kept in the outbox");
+            accepted.push(id);
+        }
+        let (id, stored) = post(&app, &base, None, n).await;
+        assert_eq!(stored, "outbox");
+        accepted.push(id);
+    }
+    // A job too: the same outbox, on warren.commands.
+    let r = app
+        .request(reqwest::Method::POST, "/v1/jobs/email.send")
+        .json(&json!({"to": "a@example.com"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.expect("json");
+    assert_eq!(job["stored"], "outbox", "{job}");
+    assert_eq!(outbox_rows(&app).await, 46);
+    let metrics = app
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("event_outbox_stored_total 46"),
+        "stored counter: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("event_outbox"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    gate.open();
+    // Right after the broker is back, more events of A: never ahead of A's waiting ones.
+    for n in 16..=20 {
+        let (id, _) = post(&app, &base, Some("A"), n).await;
+        accepted.push(id);
+    }
+    let messages = audit_messages(&app, accepted.len()).await;
+    assert_ordered_per_aggregate(&messages);
+    let mut ids: Vec<&String> = messages.iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), messages.len(), "no event published twice");
+    let mut want = accepted.clone();
+    want.sort();
+    let mut got: Vec<String> = ids.into_iter().cloned().collect();
+    got.sort();
+    assert_eq!(got, want, "every accepted event reached the queue");
+    assert_eq!(
+        app.drain("warren.email").await.len(),
+        1,
+        "the stored job too"
+    );
+    until_outbox_empty(&app).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_fronts_relay_one_outbox_and_each_event_is_published_once() {
+    let gate = BrokerGate::to_test_broker().await;
+    let app = front_behind(&gate, |_| {}).await;
+    let stop = CancellationToken::new();
+    let second = app.start_extra(&[Role::Http], |a| a, stop.clone()).await;
+    let second_base = format!("http://{}", second.http_addr.expect("http"));
+    gate.close();
+    let mut accepted = Vec::new();
+    for n in 1..=40 {
+        let base = if n % 2 == 0 { &app.base } else { &second_base };
+        let (id, stored) = post(&app, base, Some(&format!("agg-{}", n % 4)), n).await;
+        assert_eq!(stored, "outbox");
+        accepted.push(id);
+    }
+    assert_eq!(outbox_rows(&app).await, 40);
+    gate.open();
+    let messages = audit_messages(&app, 40).await;
+    assert_ordered_per_aggregate(&messages);
+    // Settle: both relays keep running; nothing more may arrive.
+    until_outbox_empty(&app).await;
+    let late = app.drain("warren.audit").await;
+    assert!(late.is_empty(), "{} events published twice", late.len());
+    let mut got: Vec<String> = messages.into_iter().map(|(id, _)| id).collect();
+    got.sort();
+    accepted.sort();
+    assert_eq!(got, accepted);
+    stop.cancel();
+    second.wait().await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_neither_broker_nor_outbox_the_answer_is_503_and_nothing_is_claimed() {
+    let gate = BrokerGate::to_test_broker().await;
+    let app = front_behind(&gate, |_| {}).await;
+    gate.close();
+    // The database cannot take the row either.
+    app.db()
+        .await
+        .execute_unprepared("ALTER TABLE event_outbox RENAME TO event_outbox_away")
+        .await
+        .expect("rename");
+    let r = app.post_event("order.created", &json!({"id": 1})).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "not_stored", "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("outbox could not store it"), "{message}");
+    app.db()
+        .await
+        .execute_unprepared("ALTER TABLE event_outbox_away RENAME TO event_outbox")
+        .await
+        .expect("rename back");
+    gate.open();
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_the_outbox_off_a_broker_outage_is_a_503() {
+    let gate = BrokerGate::to_test_broker().await;
+    let app = front_behind(&gate, |s| s.outbox.enabled = false).await;
+    gate.close();
+    let r = app.post_event("order.created", &json!({"id": 1})).await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["error"]["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("broker_")),
+        "{body}"
+    );
+    assert_eq!(outbox_rows(&app).await, 0);
+    gate.open();
+    app.cleanup().await;
+}
