@@ -30,7 +30,7 @@ rmq() {
 }
 
 rabbitmq() {
-  install -d -o rabbitmq -g rabbitmq -m 755 $ETC /var/lib/rabbitmq-chaos /var/log/rabbitmq-chaos
+  install -d -o rabbitmq -g rabbitmq -m 755 $ETC $ETC/conf.d /var/lib/rabbitmq-chaos /var/log/rabbitmq-chaos
   cat >$ETC/rabbitmq-env.conf <<'EOF'
 # Written by warren's scripts/chaos-services.sh: the chaos suite's own node.
 NODENAME=chaos@localhost
@@ -41,6 +41,9 @@ ERL_EPMD_ADDRESS=127.0.0.1
 MNESIA_BASE=/var/lib/rabbitmq-chaos/mnesia
 LOG_BASE=/var/log/rabbitmq-chaos
 CONFIG_FILE=/etc/rabbitmq-chaos/rabbitmq.conf
+# Its own conf.d (empty): not /etc/rabbitmq/conf.d, whose AMQPS listener (127.0.0.1:5671,
+# written by services.sh) belongs to the main node.
+CONFIG_FILES=/etc/rabbitmq-chaos/conf.d
 ENABLED_PLUGINS_FILE=/etc/rabbitmq-chaos/enabled_plugins
 SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"

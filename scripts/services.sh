@@ -268,7 +268,11 @@ rmq_start() {
   rm -f "$pidfile"
   rmq_start_log=$(mktemp /tmp/warren-rabbitmq-start.XXXXXX)
   trap 'rm -f "$rmq_start_log"' EXIT
-  say "rabbitmq: starting (rabbitmq-server -detached as user rabbitmq)"
+  # Open files: RabbitMQ keeps file handles per vhost (message stores, queue indexes, quorum
+  # segments), and a shell's default soft limit (1024) runs out after some hundred test vhosts:
+  # the node then stalls (vhost creation, even its own boot). Take the hard limit.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  say "rabbitmq: starting (rabbitmq-server -detached as user rabbitmq, open files $(ulimit -n))"
   rabbitmq-server -detached >"$rmq_start_log" 2>&1 || { rmq_logs; die "rabbitmq: rabbitmq-server -detached failed"; }
   # await_startup fails at once while the node is not yet reachable: retry until the deadline,
   # and stop early when the node is gone: its pid file (written early in the boot) names a dead
