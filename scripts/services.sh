@@ -203,6 +203,11 @@ ERL_EPMD_ADDRESS=127.0.0.1
 # Erlang distribution (inter-node/CLI port 25672, and the CLI's own 35672-35682) on loopback too.
 SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+# Open files: this file is sourced by the node's start script after it has switched to the
+# rabbitmq user (a ulimit before rabbitmq-server does not survive that switch). RabbitMQ keeps
+# file handles per vhost (message stores, queue indexes), and at the soft limit of 1024 some
+# hundred leftover test vhosts exhausted them: vhost creation, then the boot, stalled.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 EOF
   write_if_changed /etc/rabbitmq/rabbitmq.conf <<'EOF'
 # Written by warren's scripts/services.sh; rewritten on each run. Local dev/test broker.
@@ -268,11 +273,7 @@ rmq_start() {
   rm -f "$pidfile"
   rmq_start_log=$(mktemp /tmp/warren-rabbitmq-start.XXXXXX)
   trap 'rm -f "$rmq_start_log"' EXIT
-  # Open files: RabbitMQ keeps file handles per vhost (message stores, queue indexes, quorum
-  # segments), and a shell's default soft limit (1024) runs out after some hundred test vhosts:
-  # the node then stalls (vhost creation, even its own boot). Take the hard limit.
-  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  say "rabbitmq: starting (rabbitmq-server -detached as user rabbitmq, open files $(ulimit -n))"
+  say "rabbitmq: starting (rabbitmq-server -detached as user rabbitmq)"
   rabbitmq-server -detached >"$rmq_start_log" 2>&1 || { rmq_logs; die "rabbitmq: rabbitmq-server -detached failed"; }
   # await_startup fails at once while the node is not yet reachable: retry until the deadline,
   # and stop early when the node is gone: its pid file (written early in the boot) names a dead
