@@ -21,10 +21,10 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use warren::{App, Role, Settings};
+use warren::{Role, Settings};
 
 use crate::{
-    helpers::{TestApp, TestDb, TestVhost, eventually, test_settings},
+    helpers::{TestApp, TestDb, TestVhost, eventually, spawn_roles_in},
     reliability::KillOnDrop,
 };
 
@@ -81,8 +81,7 @@ fn repo_script(name: &str) -> String {
 }
 
 /// Settings for warren on the chaos broker and database: short timeouts, fast retries.
-fn chaos_settings(vhost: &TestVhost, db: &TestDb) -> Settings {
-    let mut s = test_settings(vhost, &db.url);
+fn chaos_settings(mut s: Settings) -> Settings {
     s.amqp.management_url = warren::config::Secret::new(chaos_management());
     s.amqp.connect_timeout_ms = 1_000;
     s.amqp.publish_timeout_ms = 2_000;
@@ -97,32 +96,16 @@ fn chaos_settings(vhost: &TestVhost, db: &TestDb) -> Settings {
 /// Starts warren with `roles` (and the audit and notifications modules when it works) on a
 /// fresh vhost of the chaos node and a fresh database of the chaos cluster.
 async fn spawn_chaos(roles: &[Role]) -> TestApp {
-    warren::telemetry::init(&warren::config::LogSettings {
-        filter: std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        ..Default::default()
-    });
     let vhost = TestVhost::new_on(&chaos_management(), &chaos_amqp()).await;
     let db = TestDb::new_on(&chaos_pg()).await;
-    let s = chaos_settings(&vhost, &db);
-    let shutdown = CancellationToken::new();
-    let running = App::new(s.clone())
-        .modules(["audit", "notifications"])
-        .start(roles, shutdown.clone())
-        .await
-        .expect("warren starts");
-    let app = TestApp {
-        base: format!("http://{}", running.http_addr.expect("http")),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("client"),
-        vhost,
-        db,
-        running: Some(running),
-        shutdown,
-        settings: s,
-    };
-    app.wait_for_topology().await;
+    let mut app = spawn_roles_in(vhost, db, roles, chaos_settings, |a| {
+        a.modules(["audit", "notifications"])
+    })
+    .await;
+    app.http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
     app
 }
 

@@ -228,8 +228,28 @@ pub async fn spawn_roles(
         filter: std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
         ..Default::default()
     });
-    let vhost = TestVhost::new().await;
-    let db = TestDb::new().await;
+    spawn_roles_in(
+        TestVhost::new().await,
+        TestDb::new().await,
+        roles,
+        settings,
+        app,
+    )
+    .await
+}
+
+/// [`spawn_roles`] in a given vhost and database (e.g. on another broker or server).
+pub async fn spawn_roles_in(
+    vhost: TestVhost,
+    db: TestDb,
+    roles: &[Role],
+    settings: impl FnOnce(Settings) -> Settings,
+    app: impl FnOnce(App) -> App,
+) -> TestApp {
+    warren::telemetry::init(&warren::config::LogSettings {
+        filter: std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        ..Default::default()
+    });
     let s = settings(test_settings(&vhost, &db.url));
     let shutdown = CancellationToken::new();
     let running = app(App::new(s.clone()))
