@@ -323,6 +323,12 @@ impl App {
                 settings.outbox.clone(),
             );
             tasks.spawn(run_outbox_relay(outbox.clone(), shutdown.clone()));
+            let dlq = Dlq::new(
+                broker.clone(),
+                publisher.clone(),
+                db.clone(),
+                topology.clone(),
+            );
             let state = HttpState {
                 settings: settings.clone(),
                 publisher: publisher.clone(),
@@ -336,12 +342,8 @@ impl App {
                 slow_events: Arc::default(),
                 tokens: Arc::new(crate::http::auth::Tokens::new(&settings.http.tokens)),
                 limits: Arc::new(crate::http::limits::Limits::new(&settings.http)),
-                dlq: Dlq::new(
-                    broker.clone(),
-                    publisher.clone(),
-                    db.clone(),
-                    topology.clone(),
-                ),
+                dlq: dlq.clone(),
+                console: crate::console::Console::new(&settings, db.clone(), dlq, sagas.clone()),
             };
             let (addr, server) = http::serve(state, settings.http.addr, shutdown.clone())
                 .await

@@ -146,6 +146,9 @@ pub struct FilterArgs {
     /// Only messages parked at least this long ago (by x-warren-failed-at): 30s, 10m, 2h, 1d.
     #[arg(long, value_parser = parse_duration)]
     pub older_than: Option<Duration>,
+    /// Only messages parked for this reason: exhausted, invalid or undecodable.
+    #[arg(long)]
+    pub reason: Option<String>,
     /// At most this many messages.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -155,8 +158,10 @@ impl From<FilterArgs> for Filter {
     fn from(a: FilterArgs) -> Self {
         Filter {
             message_id: a.message_id,
+            reason: a.reason,
             older_than: a.older_than,
             limit: a.limit,
+            ..Filter::default()
         }
     }
 }

@@ -84,6 +84,38 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     /// The HTTP front's events outbox (events accepted while the broker is away).
     pub outbox: OutboxSettings,
+    /// The operator console at `/console`.
+    pub console: ConsoleSettings,
+}
+
+/// The operator console (`/console`): dead letters, failed jobs, sagas and interventions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    /// Serve `/console` (its pages need a token with the `admin` scope when tokens are set).
+    pub enabled: bool,
+    /// Grafana's address as the operator's browser reaches it, for links to warren's
+    /// dashboards; empty: no Grafana links.
+    pub grafana_url: String,
+    /// The RabbitMQ management UI's address as the operator's browser reaches it; empty: the
+    /// address of `amqp.management_url` without its credentials.
+    pub management_ui_url: String,
+    /// How long a console sign-in lasts (hours).
+    pub session_hours: u64,
+    /// Messages a dead-letter operation moves per page (progress is recorded after each).
+    pub page_size: usize,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            grafana_url: "http://localhost:3000".to_owned(),
+            management_ui_url: String::new(),
+            session_hours: 8,
+            page_size: 500,
+        }
+    }
 }
 
 /// The events outbox: where `POST /v1/events` and `POST /v1/jobs` store what the broker could
@@ -487,6 +519,9 @@ pub enum TokenSetting {
         token: Secret,
         /// What it may do (at least one).
         scopes: Vec<Scope>,
+        /// Who holds it, as the audit log names it (default `token #<index>`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
 }
 
@@ -501,6 +536,14 @@ impl TokenSetting {
     pub fn token(&self) -> &Secret {
         match self {
             TokenSetting::Plain(t) | TokenSetting::Scoped { token: t, .. } => t,
+        }
+    }
+
+    /// The name the audit log gives its holder, when one is set.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            TokenSetting::Plain(_) => None,
+            TokenSetting::Scoped { name, .. } => name.as_deref(),
         }
     }
 
@@ -632,6 +675,12 @@ impl Settings {
                 "deadline_ms, tick_ms and relay_ms must be at least 1",
             ));
         }
+        if self.console.session_hours == 0 || self.console.page_size == 0 {
+            return Err(invalid(
+                "console.page_size",
+                "console.session_hours and console.page_size must be at least 1",
+            ));
+        }
         if self.outbox.relay_ms == 0 || self.outbox.batch == 0 {
             return Err(invalid(
                 "outbox.relay_ms",
@@ -753,6 +802,7 @@ mod tests {
                     TokenSetting::Scoped {
                         token: Secret::new("another-secret-token-456"),
                         scopes: vec![Scope::Publish],
+                        name: None,
                     },
                 ],
                 ..HttpSettings::default()
@@ -860,6 +910,7 @@ scopes = ["admin"]
         let scoped = |t: &str, scopes: Vec<Scope>| TokenSetting::Scoped {
             token: Secret::new(t),
             scopes,
+            name: None,
         };
         assert!(
             with(&|s| s.http.tokens = vec![scoped("long-enough-token-123", vec![])])

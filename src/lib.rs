@@ -14,6 +14,8 @@
 //!   metrics.
 //! - [`saga`]: saga definitions, the pure state machine, the persisting engine with its
 //!   outbox, the orchestrator role and the order saga's participants.
+//! - [`console`]: the operator console's audit log, paged dead-letter operations and overview
+//!   (its pages: [`http::console`]).
 //! - [`scheduler`]: cron schedules fired once per tick across instances.
 //! - [`retry`]: every in-process retry policy.
 //! - [`bench`]: `warren bench ...`: warren's throughput (jobs, sagas, scale), the ceilings it is
@@ -27,6 +29,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dispatch;
 pub mod http;
 pub mod jobs;

@@ -12,6 +12,7 @@ pub mod failed_jobs;
 pub mod inventory;
 pub mod migration;
 pub mod notifications;
+pub mod operator_actions;
 pub mod orders;
 pub mod processed_messages;
 pub mod saga_commands;

@@ -530,8 +530,13 @@ pub struct Management {
 }
 
 impl Management {
-    /// A client for `url` (`http://user:pass@host:15672`).
+    /// A client for `url` (`http://user:pass@host:15672`) whose calls time out after 30 s.
     pub fn new(url: &str) -> Result<Self, TopologyError> {
+        Self::with_timeout(url, std::time::Duration::from_secs(30))
+    }
+
+    /// A client for `url` whose calls time out after `timeout`.
+    pub fn with_timeout(url: &str, timeout: std::time::Duration) -> Result<Self, TopologyError> {
         let mut base = url::Url::parse(url).map_err(|e| TopologyError::Management {
             url: crate::config::redact_url(url),
             reason: e.to_string(),
@@ -546,7 +551,7 @@ impl Management {
             password,
             // Bounded: a broker busy with vhost operations must fail a call, not hang it.
             http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
+                .timeout(timeout)
                 .build()
                 .map_err(|e| TopologyError::Management {
                     url: crate::config::redact_url(url),

@@ -5,12 +5,22 @@
 //! answer takes depends neither on which token matched, nor on how many bytes of a guess were
 //! right, nor on the lengths of the configured tokens (every comparison is of 32 bytes).
 //!
+//! The operator console signs its users in with a token that has `admin`
+//! ([`Tokens::sign_in`]): the browser then holds a session cookie, `expiry` and operator name
+//! signed with HMAC-SHA256 under a key derived from that token. Any warren process configured
+//! with the same token accepts it (no session store), and removing the token from the
+//! settings ends its sessions. The cookie counts as credentials only on requests that also
+//! carry `x-warren-console: 1` (see [`credentials`]): a header a cross-site form or link
+//! cannot send, so the cookie cannot be ridden by another site (it is also `SameSite=Strict`).
+//!
 //! No token configured means no authentication (every request is [`Caller::Anonymous`]).
 //! A missing or unknown token is 401; a known token without the route's scope is 403, naming
 //! the scope needed.
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
+use warp::Filter;
 
 use super::ApiError;
 use crate::config::{Scope, TokenSetting};
@@ -32,10 +42,48 @@ fn bit(scope: Scope) -> u8 {
     }
 }
 
-/// One configured token: its digest and its scopes as bits.
+/// The console's session cookie.
+pub const SESSION_COOKIE: &str = "warren_console";
+/// The header that makes the session cookie count as credentials.
+pub const CONSOLE_HEADER: &str = "x-warren-console";
+/// The `Authorization` scheme [`credentials`] gives a console session.
+const CONSOLE_SCHEME: &str = "console";
+/// Longest operator name a session carries.
+pub const MAX_OPERATOR: usize = 64;
+
+/// One configured token: its digest, its scopes as bits, its holder's name and the key its
+/// console sessions are signed with.
 struct Entry {
     digest: [u8; 32],
     scopes: u8,
+    name: String,
+    session_key: [u8; 32],
+}
+
+/// The credentials of a request: its `Authorization` header or, on a console request (one
+/// with `x-warren-console`), its session cookie, as `Console <cookie>`.
+pub fn credentials() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(warp::header::optional::<String>(CONSOLE_HEADER))
+        .and(warp::cookie::optional::<String>(SESSION_COOKIE))
+        .map(
+            |auth: Option<String>, console: Option<String>, cookie: Option<String>| {
+                auth.or_else(|| console.and(cookie).map(|c| format!("Console {c}")))
+            },
+        )
+}
+
+/// A valid operator name: 1 to 64 characters, none of them control characters.
+pub fn valid_operator(name: &str) -> bool {
+    let n = name.chars().count();
+    (1..=MAX_OPERATOR).contains(&n) && !name.chars().any(char::is_control)
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// The configured tokens, ready for constant-time checks.
@@ -56,9 +104,20 @@ impl Tokens {
     pub fn new(settings: &[TokenSetting]) -> Self {
         let entries = settings
             .iter()
-            .map(|t| Entry {
-                digest: Sha256::digest(t.token().expose().as_bytes()).into(),
-                scopes: t.scopes().into_iter().fold(0, |acc, s| acc | bit(s)),
+            .enumerate()
+            .map(|(i, t)| {
+                let token = t.token().expose().as_bytes();
+                let mut key = Sha256::new();
+                key.update(b"warren console session\0");
+                key.update(token);
+                Entry {
+                    digest: Sha256::digest(token).into(),
+                    scopes: t.scopes().into_iter().fold(0, |acc, s| acc | bit(s)),
+                    name: t
+                        .name()
+                        .map_or_else(|| format!("token #{i}"), str::to_owned),
+                    session_key: key.finalize().into(),
+                }
             })
             .collect();
         Self { entries }
@@ -69,10 +128,19 @@ impl Tokens {
         !self.entries.is_empty()
     }
 
-    /// Checks the `Authorization` header for a token with `needed`.
+    /// Checks the `Authorization` header (or console session, see [`credentials`]) for a
+    /// token with `needed`.
     pub fn authorize(&self, header: Option<&str>, needed: Scope) -> Result<Caller, ApiError> {
         if self.entries.is_empty() {
             return Ok(Caller::Anonymous);
+        }
+        if let Some(cookie) = header.and_then(console_cookie) {
+            let (index, _) = self.session(cookie).ok_or(ApiError::Unauthorized)?;
+            let scopes = self.entries.get(index).map_or(0, |e| e.scopes);
+            if scopes & bit(needed) == 0 {
+                return Err(ApiError::Forbidden(needed));
+            }
+            return Ok(Caller::Token(index));
         }
         let presented = header
             .and_then(|h| {
@@ -102,6 +170,92 @@ impl Tokens {
         }
         Ok(Caller::Token(index as usize))
     }
+
+    /// Who an authorized request comes from, as the audit log records it: `anonymous`, the
+    /// token's name, or `<operator> (console, <token name>)`.
+    pub fn actor(&self, caller: Caller, header: Option<&str>) -> String {
+        let Caller::Token(index) = caller else {
+            return "anonymous".to_owned();
+        };
+        let name = self
+            .entries
+            .get(index)
+            .map_or("unknown token", |e| e.name.as_str());
+        match header
+            .and_then(console_cookie)
+            .and_then(|c| self.session(c))
+        {
+            Some((_, operator)) => format!("{operator} (console, {name})"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// Signs a console session for `token`, which must have `admin`, on behalf of `operator`
+    /// (a name for the audit log; the token's name when empty), valid for `lifetime`. Returns
+    /// the cookie value.
+    pub fn sign_in(
+        &self,
+        token: &str,
+        operator: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<String, ApiError> {
+        let caller = self.authorize(Some(&format!("Bearer {token}")), Scope::Admin)?;
+        let Caller::Token(index) = caller else {
+            return Err(ApiError::Unauthorized);
+        };
+        let operator = operator.trim();
+        let operator = if operator.is_empty() {
+            self.entries
+                .get(index)
+                .map_or("operator", |e| e.name.as_str())
+        } else {
+            operator
+        };
+        if !valid_operator(operator) {
+            return Err(ApiError::InvalidQuery(format!(
+                "the operator name must be 1 to {MAX_OPERATOR} printable characters"
+            )));
+        }
+        let expires = now_secs().saturating_add(lifetime.as_secs());
+        let payload = format!("{index}.{expires}.{}", hex::encode(operator.as_bytes()));
+        let mac = self.mac(index, &payload).ok_or(ApiError::Unauthorized)?;
+        Ok(format!("{payload}.{}", hex::encode(mac)))
+    }
+
+    /// The token index and operator of a valid, unexpired session cookie.
+    fn session(&self, cookie: &str) -> Option<(usize, String)> {
+        let (payload, mac) = cookie.rsplit_once('.')?;
+        let mac = hex::decode(mac).ok()?;
+        let mut parts = payload.splitn(3, '.');
+        let index: usize = parts.next()?.parse().ok()?;
+        let expires: u64 = parts.next()?.parse().ok()?;
+        let operator = String::from_utf8(hex::decode(parts.next()?).ok()?).ok()?;
+        let expected = self.mac(index, payload)?;
+        if !bool::from(expected.as_slice().ct_eq(mac.as_slice())) || expires <= now_secs() {
+            return None;
+        }
+        valid_operator(&operator).then_some((index, operator))
+    }
+
+    fn mac(&self, index: usize, payload: &str) -> Option<[u8; 32]> {
+        let entry = self.entries.get(index)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&entry.session_key).ok()?;
+        mac.update(payload.as_bytes());
+        Some(mac.finalize().into_bytes().into())
+    }
+
+    /// Whether `cookie` is a valid console session (for the console's pages).
+    pub fn session_valid(&self, cookie: Option<&str>) -> bool {
+        !self.enabled() || cookie.is_some_and(|c| self.session(c).is_some())
+    }
+}
+
+/// The cookie of a `Console <cookie>` credential.
+fn console_cookie(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case(CONSOLE_SCHEME)
+        .then_some(rest.trim())
 }
 
 #[cfg(test)]
@@ -115,14 +269,17 @@ mod tests {
             TokenSetting::Scoped {
                 token: Secret::new("publisher-token-0123456789"),
                 scopes: vec![Scope::Publish],
+                name: None,
             },
             TokenSetting::Scoped {
                 token: Secret::new("operator-token-0123456789"),
                 scopes: vec![Scope::Admin],
+                name: None,
             },
             TokenSetting::Scoped {
                 token: Secret::new("reader-token-0123456789"),
                 scopes: vec![Scope::Read],
+                name: None,
             },
         ])
     }

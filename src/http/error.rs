@@ -109,6 +109,19 @@ pub enum ApiError {
     /// No order with this number.
     #[error("no order {0:?}")]
     OrderNotFound(String),
+    /// A console operation or the audit log failed.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
+    /// A replay or purge from the console needs `"confirm": true`; the body carries the count.
+    #[error("{action} of {queue} needs \"confirm\": true; it would move {matched} message(s)")]
+    ConfirmationRequired {
+        /// `dlq.replay` or `dlq.purge`.
+        action: &'static str,
+        /// The work queue.
+        queue: String,
+        /// How many parked messages the selection matches now.
+        matched: u32,
+    },
     /// Something unexpected.
     #[error("internal error")]
     Internal(String),
@@ -139,6 +152,12 @@ impl ApiError {
             }
             ApiError::Dlq(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotParked { .. } => StatusCode::CONFLICT,
+            ApiError::Console(crate::console::ConsoleError::Running { .. }) => StatusCode::CONFLICT,
+            ApiError::Console(crate::console::ConsoleError::NotFound(_)) => StatusCode::NOT_FOUND,
+            ApiError::Console(crate::console::ConsoleError::Db { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::ConfirmationRequired { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidOrder(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::OrderNotFound(_)
             | ApiError::Saga(
@@ -189,6 +208,10 @@ impl ApiError {
             ApiError::Dlq(_) => "broker_unavailable",
             ApiError::FailedJobNotFound(_) => "failed_job_not_found",
             ApiError::NotParked { .. } => "not_parked",
+            ApiError::Console(crate::console::ConsoleError::Running { .. }) => "operation_running",
+            ApiError::Console(crate::console::ConsoleError::NotFound(_)) => "operation_not_found",
+            ApiError::Console(crate::console::ConsoleError::Db { .. }) => "database_unavailable",
+            ApiError::ConfirmationRequired { .. } => "confirmation_required",
             ApiError::InvalidOrder(_) => "invalid_order",
             ApiError::OrderNotFound(_) => "order_not_found",
             ApiError::Saga(SagaError::NotFound(_)) => "saga_not_found",
@@ -215,6 +238,7 @@ impl ApiError {
                 body["saga_id"] = json!(saga_id);
             }
             ApiError::Forbidden(scope) => body["error"]["required_scope"] = json!(scope.as_str()),
+            ApiError::ConfirmationRequired { matched, .. } => body["matched"] = json!(matched),
             _ => {}
         }
         body

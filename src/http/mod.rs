@@ -11,6 +11,7 @@
 //! are also rate-limited per caller and bounded in flight ([`limits`]).
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod limits;
 pub mod sagas;
@@ -36,8 +37,9 @@ use crate::{
         publisher::Publisher,
     },
     config::{Scope, Settings},
+    console::Operation,
     dispatch::Dispatcher,
-    jobs::dlq::{self, Dlq},
+    jobs::dlq::{self, Dlq, DlqError},
     store,
     telemetry::Metrics,
 };
@@ -83,6 +85,8 @@ pub struct HttpState {
     pub tokens: Arc<auth::Tokens>,
     /// Rate and in-flight limits of the publish routes.
     pub limits: Arc<limits::Limits>,
+    /// The operator console's audit log, operations and overview.
+    pub console: crate::console::Console,
 }
 
 /// A per-second budget of `system.slow_request` events: under overload every request is
@@ -143,6 +147,10 @@ pub struct DlqShowQuery {
     pub limit: Option<usize>,
     /// Only the message with this id.
     pub message_id: Option<Uuid>,
+    /// Only messages parked for this reason (`exhausted`, `invalid`, `undecodable`).
+    pub reason: Option<String>,
+    /// Only messages parked at least this long ago (`30s`, `10m`, `2h`, `1d`).
+    pub older_than: Option<String>,
 }
 
 /// Optional JSON body of `POST /v1/dlq/{queue}/replay` and `.../purge`; no body (or `{}`)
@@ -155,6 +163,8 @@ pub struct DlqActionBody {
     pub message_id: Option<Uuid>,
     /// Only messages parked at least this many seconds ago.
     pub older_than_secs: Option<u64>,
+    /// Only messages parked for this reason (`exhausted`, `invalid`, `undecodable`).
+    pub reason: Option<String>,
     /// At most this many messages.
     pub limit: Option<usize>,
 }
@@ -326,6 +336,48 @@ pub enum Route {
         /// `{"inventory": {sku: n}, "accounts": {user: n}}`.
         body: Bytes,
     },
+    /// `GET /console...`: a console page or asset.
+    ConsolePage {
+        /// Which.
+        page: console::Page,
+        /// The session cookie.
+        cookie: Option<String>,
+    },
+    /// `POST /console/login`.
+    ConsoleLogin {
+        /// `token` and `operator`.
+        form: std::collections::HashMap<String, String>,
+        /// Whether the client came over HTTPS (a proxy's `X-Forwarded-Proto`).
+        https: bool,
+    },
+    /// `POST /console/logout`.
+    ConsoleLogout,
+    /// `GET /v1/console/overview`.
+    ConsoleOverview {
+        /// Credentials.
+        auth: Option<String>,
+    },
+    /// `POST /v1/console/operations`.
+    ConsoleStart {
+        /// Credentials.
+        auth: Option<String>,
+        /// The JSON body.
+        body: Bytes,
+    },
+    /// `GET /v1/console/operations/{id}`.
+    ConsoleOperation {
+        /// The operation id.
+        id: Uuid,
+        /// Credentials.
+        auth: Option<String>,
+    },
+    /// `GET /v1/console/audit`.
+    ConsoleAudit {
+        /// Filters.
+        query: console::AuditQuery,
+        /// Credentials.
+        auth: Option<String>,
+    },
     /// `GET /healthz`.
     Healthz,
     /// `GET /readyz`.
@@ -358,6 +410,17 @@ impl Route {
             Route::RetryIntervention { .. } => "/v1/interventions/{id}/retry",
             Route::ResolveIntervention { .. } => "/v1/interventions/{id}/resolve",
             Route::Seed { .. } => "/v1/admin/seed",
+            Route::ConsolePage { page, .. } => match page {
+                console::Page::Index => "/console",
+                console::Page::Login => "/console/login",
+                _ => "/console/{asset}",
+            },
+            Route::ConsoleLogin { .. } => "/console/login",
+            Route::ConsoleLogout => "/console/logout",
+            Route::ConsoleOverview { .. } => "/v1/console/overview",
+            Route::ConsoleStart { .. } => "/v1/console/operations",
+            Route::ConsoleOperation { .. } => "/v1/console/operations/{id}",
+            Route::ConsoleAudit { .. } => "/v1/console/audit",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics { .. } => "/metrics",
@@ -374,6 +437,8 @@ fn template_for(path: &str) -> &'static str {
     } else if let Some(t) = dlq_template_for(path) {
         t
     } else if let Some(t) = sagas::template_for(path) {
+        t
+    } else if let Some(t) = console::template_for(path) {
         t
     } else {
         match path {
@@ -524,7 +589,7 @@ pub fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
         .and(warp::header::optional::<String>("accept"))
         .map(|accept| Route::Metrics { accept })
         .boxed();
-    let auth = || warp::header::optional::<String>("authorization");
+    let auth = auth::credentials;
     let dlq_list = warp::path!("v1" / "dlq")
         .and(warp::get())
         .and(auth())
@@ -579,6 +644,8 @@ pub fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
         .or(retry)
         .unify()
         .or(sagas::routes(body_limit))
+        .unify()
+        .or(console::routes(body_limit))
         .unify()
         .or(healthz)
         .unify()
@@ -817,34 +884,36 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
                     "limit must be 1 to {max}, got {limit}"
                 )));
             }
+            let older_than = query
+                .older_than
+                .as_deref()
+                .map(dlq::parse_duration)
+                .transpose()
+                .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
             let filter = dlq::Filter {
                 message_id: query.message_id,
+                reason: check_reason(query.reason)?,
+                older_than,
                 ..dlq::Filter::default()
             };
             let peek = state.dlq.show(&queue, &filter, limit).await?;
             Ok(warp::reply::json(&peek).into_response())
         }
         Route::DlqReplay { queue, auth, body } => {
-            authorize(state, auth.as_deref(), Scope::Admin)?;
-            let filter = dlq_filter(&body)?;
-            let queue = state.dlq.work_queue(&queue)?;
-            let n = state.dlq.replay(&queue, &filter).await?;
-            Ok(warp::reply::json(&json!({"queue": queue, "replayed": n})).into_response())
+            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
+            dlq_operation(state, &actor, Operation::Replay, &queue, &body).await
         }
         Route::DlqPurge { queue, auth, body } => {
-            authorize(state, auth.as_deref(), Scope::Admin)?;
-            let filter = dlq_filter(&body)?;
-            let queue = state.dlq.work_queue(&queue)?;
-            let n = state.dlq.purge(&queue, &filter).await?;
-            Ok(warp::reply::json(&json!({"queue": queue, "purged": n})).into_response())
+            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
+            dlq_operation(state, &actor, Operation::Purge, &queue, &body).await
         }
         Route::FailedJobs { query, auth } => {
             authorize(state, auth.as_deref(), Scope::Read)?;
             failed_jobs(state, query).await
         }
         Route::RetryFailedJob { id, auth } => {
-            authorize(state, auth.as_deref(), Scope::Admin)?;
-            retry_failed_job(state, id).await
+            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
+            retry_failed_job(state, &actor, id).await
         }
         Route::CreateOrder { ref auth, .. } => {
             let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/orders")?;
@@ -857,13 +926,56 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
             authorize(state, auth.as_deref(), Scope::Read)?;
             sagas::handle(state, ctx, route).await
         }
-        Route::RetryIntervention { ref auth, .. }
-        | Route::ResolveIntervention { ref auth, .. }
-        | Route::Seed { ref auth, .. } => {
+        Route::RetryIntervention { ref auth, .. } | Route::ResolveIntervention { ref auth, .. } => {
+            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
+            sagas::intervene(state, &actor, route).await
+        }
+        Route::Seed { ref auth, .. } => {
             authorize(state, auth.as_deref(), Scope::Admin)?;
             sagas::handle(state, ctx, route).await
         }
+        Route::ConsolePage { .. }
+        | Route::ConsoleLogin { .. }
+        | Route::ConsoleLogout
+        | Route::ConsoleOverview { .. }
+        | Route::ConsoleStart { .. }
+        | Route::ConsoleOperation { .. }
+        | Route::ConsoleAudit { .. } => console::handle(state, route).await,
     }
+}
+
+/// `POST /v1/dlq/{queue}/replay|purge`: the operation runs to its end under the queue's lock
+/// and is recorded in the audit log; the answer says how many messages moved.
+async fn dlq_operation(
+    state: &HttpState,
+    actor: &str,
+    op: Operation,
+    queue: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let filter = dlq_filter(body)?;
+    let queue = state.dlq.work_queue(queue)?;
+    let detail = json!({
+        "message_id": filter.message_id,
+        "reason": filter.reason,
+        "older_than_secs": filter.older_than.map(|d| d.as_secs()),
+        "limit": filter.limit,
+    });
+    let (row, error) = state
+        .console
+        .run_now(actor, op, &queue, filter, detail)
+        .await?;
+    if let Some(e) = error {
+        return Err(e.into());
+    }
+    let key = match op {
+        Operation::Replay => "replayed",
+        Operation::Purge => "purged",
+    };
+    Ok(
+        warp::reply::json(&json!({"queue": queue, key: row.moved, "action_id": row.id}))
+            .into_response(),
+    )
 }
 
 /// The filter in a replay or purge body (none: everything).
@@ -875,9 +987,21 @@ fn dlq_filter(body: &[u8]) -> Result<dlq::Filter, ApiError> {
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     Ok(dlq::Filter {
         message_id: b.message_id,
+        reason: check_reason(b.reason)?,
         older_than: b.older_than_secs.map(std::time::Duration::from_secs),
         limit: b.limit,
+        ..dlq::Filter::default()
     })
+}
+
+/// A reason filter must name a reason warren parks for (a typo would select nothing).
+fn check_reason(reason: Option<String>) -> Result<Option<String>, ApiError> {
+    match reason.as_deref() {
+        None | Some("exhausted" | "invalid" | "undecodable") => Ok(reason),
+        Some(other) => Err(ApiError::InvalidQuery(format!(
+            "reason must be exhausted, invalid or undecodable, got {other:?}"
+        ))),
+    }
 }
 
 async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Response, ApiError> {
@@ -928,8 +1052,9 @@ async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Respon
     Ok(warp::reply::json(&json!({ "failed_jobs": rows })).into_response())
 }
 
-/// Replays the message of one `failed_jobs` row from its queue's parking queue, by message id.
-async fn retry_failed_job(state: &HttpState, id: Uuid) -> Result<Response, ApiError> {
+/// Replays the message of one `failed_jobs` row from its queue's parking queue, by message id,
+/// and records it in the audit log.
+async fn retry_failed_job(state: &HttpState, actor: &str, id: Uuid) -> Result<Response, ApiError> {
     let row = store::failed_job(&state.db, id)
         .await?
         .ok_or(ApiError::FailedJobNotFound(id))?;
@@ -942,7 +1067,25 @@ async fn retry_failed_job(state: &HttpState, id: Uuid) -> Result<Response, ApiEr
         message_id: Some(message_id),
         ..dlq::Filter::default()
     };
-    let n = state.dlq.replay(&row.queue, &filter).await?;
+    let result = state.dlq.replay(&row.queue, &filter).await;
+    let moved = result.as_ref().map_or_else(DlqError::done, |n| *n);
+    let error = match &result {
+        Ok(0) => Some(not_parked().to_string()),
+        Ok(_) => None,
+        Err(e) => Some(e.to_string()),
+    };
+    state
+        .console
+        .record(
+            actor,
+            "failed_job.retry",
+            &id.to_string(),
+            json!({"queue": row.queue, "message_id": message_id}),
+            moved as u64,
+            error,
+        )
+        .await?;
+    let n = result?;
     if n == 0 {
         return Err(not_parked());
     }
@@ -953,6 +1096,16 @@ async fn retry_failed_job(state: &HttpState, id: Uuid) -> Result<Response, ApiEr
         "replayed": n,
     }))
     .into_response())
+}
+
+/// Checks the credentials for `needed` and names the caller for the audit log.
+fn authorize_actor(
+    state: &HttpState,
+    header: Option<&str>,
+    needed: Scope,
+) -> Result<String, ApiError> {
+    let caller = state.tokens.authorize(header, needed)?;
+    Ok(state.tokens.actor(caller, header))
 }
 
 /// Checks the bearer token for `needed` (see [`auth`]).

@@ -50,7 +50,7 @@ struct NoteBody {
 
 /// The saga routes.
 pub(super) fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
-    let auth = || warp::header::optional::<String>("authorization");
+    let auth = super::auth::credentials;
     let create = warp::path!("v1" / "orders")
         .and(warp::post())
         .and(auth())
@@ -254,24 +254,6 @@ pub(super) async fn handle(
                 .await?;
             json(json!({ "interventions": rows }))
         }
-        Route::RetryIntervention { id, body, .. } => {
-            let note = note(&body)?.note;
-            let view = state.sagas.retry(id, note).await?;
-            json(json!({"retried": id, "saga": view}))
-        }
-        Route::ResolveIntervention { id, body, .. } => {
-            let note = note(&body)?
-                .note
-                .filter(|n| !n.trim().is_empty())
-                .ok_or_else(|| {
-                    ApiError::InvalidOrder(
-                        "resolving needs a JSON body with a note saying what was done by hand"
-                            .to_owned(),
-                    )
-                })?;
-            let view = state.sagas.resolve(id, note).await?;
-            json(json!({"resolved": id, "saga": view}))
-        }
         Route::Seed { body, .. } => {
             let seed: Seed = json_body(Some("application/json"), &body)?;
             seed.validate().map_err(ApiError::InvalidOrder)?;
@@ -285,6 +267,60 @@ pub(super) async fn handle(
         }
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// The intervention actions: retry the failed compensation, or resolve it with a note. Both
+/// go into the saga's timeline with the operator's name, and into the audit log.
+pub(super) async fn intervene(
+    state: &HttpState,
+    actor: &str,
+    route: Route,
+) -> Result<Response, ApiError> {
+    let (id, action, result) = match route {
+        Route::RetryIntervention { id, body, .. } => {
+            let note = note(&body)?.note.filter(|n| !n.trim().is_empty());
+            let said = format!(
+                "retry by {actor}{}",
+                note.as_deref()
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default()
+            );
+            let result = state.sagas.retry(id, Some(said)).await;
+            (id, "intervention.retry", result.map(|v| (note, v)))
+        }
+        Route::ResolveIntervention { id, body, .. } => {
+            let note = note(&body)?
+                .note
+                .filter(|n| !n.trim().is_empty())
+                .ok_or_else(|| {
+                    ApiError::InvalidOrder(
+                        "resolving needs a JSON body with a note saying what was done by hand"
+                            .to_owned(),
+                    )
+                })?;
+            let result = state
+                .sagas
+                .resolve(id, format!("resolved by {actor}: {note}"))
+                .await;
+            (id, "intervention.resolve", result.map(|v| (Some(note), v)))
+        }
+        _ => return Err(ApiError::NotFound),
+    };
+    let (detail, error) = match &result {
+        Ok((note, view)) => (json!({"note": note, "saga_id": view.saga.id}), None),
+        Err(e) => (json!({}), Some(e.to_string())),
+    };
+    state
+        .console
+        .record(actor, action, &id.to_string(), detail, 0, error)
+        .await?;
+    let (_, view) = result?;
+    let key = if action == "intervention.retry" {
+        "retried"
+    } else {
+        "resolved"
+    };
+    Ok(warp::reply::json(&json!({key: id, "saga": view})).into_response())
 }
 
 fn note(body: &[u8]) -> Result<NoteBody, ApiError> {

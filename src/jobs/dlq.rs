@@ -123,13 +123,37 @@ pub enum DlqError {
 pub struct Filter {
     /// Only the message(s) with this `message_id`.
     pub message_id: Option<Uuid>,
+    /// Only messages with one of these `message_id`s (a selection).
+    pub message_ids: Option<std::collections::HashSet<Uuid>>,
+    /// Only messages parked with this `x-warren-reason` (`exhausted`, `invalid`,
+    /// `undecodable`).
+    pub reason: Option<String>,
     /// Only messages parked at least this long ago (by `x-warren-failed-at`).
     pub older_than: Option<Duration>,
+    /// Only messages parked, and not replayed, at or after this instant: an operation that
+    /// runs in pages sets its start here, so a message it replayed that fails again and comes
+    /// back is not taken a second time by a later page.
+    pub parked_before: Option<DateTime<Utc>>,
     /// At most this many messages.
     pub limit: Option<usize>,
 }
 
+fn header_time(props: &BasicProperties, name: &str) -> Option<DateTime<Utc>> {
+    header_str(props, name)
+        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
 impl Filter {
+    /// Whether the filter selects every parked message (the limit aside).
+    pub fn selects_all(&self) -> bool {
+        self.message_id.is_none()
+            && self.message_ids.is_none()
+            && self.reason.is_none()
+            && self.older_than.is_none()
+            && self.parked_before.is_none()
+    }
+
     /// Whether a parked message with these properties is selected (the limit aside), at `now`.
     pub fn matches(&self, props: &BasicProperties, now: DateTime<Utc>) -> bool {
         if let Some(id) = self.message_id
@@ -137,11 +161,24 @@ impl Filter {
         {
             return false;
         }
+        if let Some(ids) = &self.message_ids
+            && !message_uuid(props).is_some_and(|id| ids.contains(&id))
+        {
+            return false;
+        }
+        if let Some(reason) = &self.reason
+            && header_str(props, H_REASON).as_deref() != Some(reason.as_str())
+        {
+            return false;
+        }
+        if let Some(before) = self.parked_before
+            && (header_time(props, H_FAILED_AT).is_some_and(|t| t >= before)
+                || header_time(props, H_REPLAYED_AT).is_some_and(|t| t >= before))
+        {
+            return false;
+        }
         if let Some(age) = self.older_than {
-            let Some(failed_at) = header_str(props, H_FAILED_AT)
-                .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-                .map(|t| t.with_timezone(&Utc))
-            else {
+            let Some(failed_at) = header_time(props, H_FAILED_AT) else {
                 return false;
             };
             let Ok(age) = chrono::TimeDelta::from_std(age) else {
@@ -167,7 +204,7 @@ pub struct ParkedCount {
 }
 
 /// A parked message as [`Dlq::show`] sees it, without removing it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ParkedMessage {
     /// `message_id` property.
     pub message_id: Option<String>,
@@ -188,6 +225,8 @@ pub struct ParkedMessage {
     pub original_exchange: Option<String>,
     /// `x-warren-original-routing-key`.
     pub original_routing_key: Option<String>,
+    /// Every header, as JSON (byte arrays as lossy UTF-8).
+    pub headers: serde_json::Map<String, serde_json::Value>,
     /// The body, lossily as UTF-8, at most [`MAX_BODY_CHARS`] characters.
     pub body: String,
     /// Whether `body` was cut.
@@ -209,6 +248,16 @@ impl ParkedMessage {
             replayed_at: header_str(p, H_REPLAYED_AT),
             original_exchange: header_str(p, H_ORIGINAL_EXCHANGE),
             original_routing_key: header_str(p, H_ORIGINAL_ROUTING_KEY),
+            headers: p
+                .headers()
+                .as_ref()
+                .map(|h| {
+                    h.inner()
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), amqp_json(v)))
+                        .collect()
+                })
+                .unwrap_or_default(),
             body: text.chars().take(MAX_BODY_CHARS).collect(),
             body_truncated,
         }
@@ -216,7 +265,7 @@ impl ParkedMessage {
 }
 
 /// What [`Dlq::show`] found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Peek {
     /// The work queue.
     pub queue: String,
@@ -224,6 +273,9 @@ pub struct Peek {
     pub dead_queue: String,
     /// Messages parked when the peek started.
     pub parked: u32,
+    /// How many of them the filter selects (the whole queue is read to count them unless
+    /// the filter selects everything).
+    pub matched: u32,
     /// The selected messages, oldest first, at most the limit.
     pub messages: Vec<ParkedMessage>,
 }
@@ -293,6 +345,15 @@ impl Dlq {
         })
     }
 
+    /// The work queues of the topology (each has a parking queue).
+    pub fn work_queues(&self) -> Vec<String> {
+        self.topology
+            .work_queues()
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The exact number of parked messages of every work queue.
     pub async fn list(&self) -> Result<Vec<ParkedCount>, DlqError> {
         let channel = self.channel("dead-letter queues").await?;
@@ -327,14 +388,20 @@ impl Dlq {
             let mut scan = Scan::new(&channel, &dead_queue);
             let mut held = Vec::new();
             let mut messages = Vec::new();
+            let mut matched = 0u32;
+            // Counting the matches of a narrowing filter takes the whole queue.
+            let count_all = !filter.selects_all();
             let scanned = async {
                 // The first get runs even with limit 0: it gives the count.
-                while !(scan.started() && messages.len() >= limit) {
+                while !(scan.started() && messages.len() >= limit && !count_all) {
                     let Some(delivery) = scan.next().await? else {
                         break;
                     };
-                    if messages.len() < limit && filter.matches(&delivery.properties, now) {
-                        messages.push(ParkedMessage::from_delivery(&delivery));
+                    if filter.matches(&delivery.properties, now) {
+                        matched += 1;
+                        if messages.len() < limit {
+                            messages.push(ParkedMessage::from_delivery(&delivery));
+                        }
                     }
                     held.push(delivery.delivery_tag);
                 }
@@ -346,12 +413,18 @@ impl Dlq {
                 queue: queue.clone(),
                 dead_queue: dead_queue.clone(),
                 parked: scan.parked,
+                matched: if count_all { matched } else { scan.parked },
                 messages,
             })
         }
         .await;
         close(&channel).await;
         result
+    }
+
+    /// How many parked messages of `queue` the filter selects (its limit aside).
+    pub async fn count(&self, queue: &str, filter: &Filter) -> Result<u32, DlqError> {
+        self.show(queue, filter, 0).await.map(|p| p.matched)
     }
 
     /// Moves the parked messages of `queue` that `filter` selects back to `queue`, attempt
@@ -575,6 +648,35 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid duration {0:?}: use a number with a unit, e.g. 30s, 10m, 2h, 1d or 1h30m")]
 pub struct DurationError(pub String);
+
+/// An AMQP field value as JSON, for showing headers.
+fn amqp_json(v: &AMQPValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        AMQPValue::Boolean(b) => J::Bool(*b),
+        AMQPValue::ShortShortInt(n) => J::from(*n),
+        AMQPValue::ShortShortUInt(n) => J::from(*n),
+        AMQPValue::ShortInt(n) => J::from(*n),
+        AMQPValue::ShortUInt(n) => J::from(*n),
+        AMQPValue::LongInt(n) => J::from(*n),
+        AMQPValue::LongUInt(n) => J::from(*n),
+        AMQPValue::LongLongInt(n) => J::from(*n),
+        AMQPValue::Float(f) => J::from(f64::from(*f)),
+        AMQPValue::Double(f) => J::from(*f),
+        AMQPValue::ShortString(t) => J::String(t.as_str().to_owned()),
+        AMQPValue::LongString(t) => J::String(String::from_utf8_lossy(t.as_bytes()).into_owned()),
+        AMQPValue::ByteArray(b) => J::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::Timestamp(t) => J::from(*t),
+        AMQPValue::FieldArray(a) => J::Array(a.as_slice().iter().map(amqp_json).collect()),
+        AMQPValue::FieldTable(t) => J::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), amqp_json(v)))
+                .collect(),
+        ),
+        other => J::String(format!("{other:?}")),
+    }
+}
 
 fn message_uuid(props: &BasicProperties) -> Option<Uuid> {
     props

@@ -832,6 +832,25 @@ impl Sagas {
             .map_err(db("listing sagas"))
     }
 
+    /// How many sagas are in each state (every state present, zero when none).
+    pub async fn counts(&self) -> Result<std::collections::BTreeMap<String, u64>, SagaError> {
+        let rows: Vec<(String, i64)> = sagas::Entity::find()
+            .select_only()
+            .column(sagas::Column::Status)
+            .column_as(sagas::Column::Id.count(), "n")
+            .group_by(sagas::Column::Status)
+            .into_tuple()
+            .all(&self.inner.db)
+            .await
+            .map_err(db("counting sagas"))?;
+        let mut out: std::collections::BTreeMap<String, u64> =
+            STATUSES.iter().map(|s| ((*s).to_owned(), 0)).collect();
+        for (status, n) in rows {
+            out.insert(status, u64::try_from(n).unwrap_or_default());
+        }
+        Ok(out)
+    }
+
     /// A saga by its business key.
     pub async fn by_key(&self, kind: &str, key: &str) -> Result<Option<Uuid>, SagaError> {
         self.find_by_key(kind, key).await

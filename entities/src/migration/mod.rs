@@ -7,6 +7,7 @@ mod m0002_modules;
 mod m0003_saga;
 mod m0004_scheduler;
 mod m0005_event_outbox;
+mod m0006_operator_actions;
 
 /// Runs warren's migrations.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_saga::Migration),
             Box::new(m0004_scheduler::Migration),
             Box::new(m0005_event_outbox::Migration),
+            Box::new(m0006_operator_actions::Migration),
         ]
     }
 }
