@@ -34,6 +34,7 @@ fn scoped(token: &str, scopes: &[Scope]) -> TokenSetting {
     TokenSetting::Scoped {
         token: Secret::new(token),
         scopes: scopes.to_vec(),
+        name: None,
     }
 }
 
