@@ -35,23 +35,23 @@ use warren::{
 
 use crate::helpers::{TestApp, eventually, spawn_app, spawn_app_with, spawn_worker_with};
 
-const QUEUE: &str = "warren.notifications";
-const DEAD: &str = "warren.notifications.dead";
+pub const QUEUE: &str = "warren.notifications";
+pub const DEAD: &str = "warren.notifications.dead";
 
 /// Refuses every message as invalid (parked at once) until `succeed` is set; records what it
 /// saw.
 #[derive(Clone, Default)]
-struct Flaky {
-    succeed: Arc<AtomicBool>,
+pub struct Flaky {
+    pub succeed: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<(Uuid, u32)>>>,
 }
 
 impl Flaky {
-    fn seen(&self) -> Vec<(Uuid, u32)> {
+    pub fn seen(&self) -> Vec<(Uuid, u32)> {
         self.seen.lock().expect("lock").clone()
     }
 
-    fn seen_of(&self, id: Uuid) -> Vec<u32> {
+    pub fn seen_of(&self, id: Uuid) -> Vec<u32> {
         self.seen()
             .into_iter()
             .filter(|(m, _)| *m == id)
@@ -88,7 +88,7 @@ async fn start(c: &Flaky) -> TestApp {
     spawn_worker_with(|s| s, move |a| a.consumer(c)).await
 }
 
-fn service(app: &TestApp) -> Dlq {
+pub fn service(app: &TestApp) -> Dlq {
     let r = app.running.as_ref().expect("running");
     Dlq::new(
         r.broker.clone(),
@@ -98,7 +98,7 @@ fn service(app: &TestApp) -> Dlq {
     )
 }
 
-async fn rows(app: &TestApp) -> Vec<failed_jobs::Model> {
+pub async fn rows(app: &TestApp) -> Vec<failed_jobs::Model> {
     let db = app.db().await;
     let rows = failed_jobs::Entity::find().all(&db).await.expect("query");
     let _ = db.close().await;
@@ -116,7 +116,7 @@ fn statuses(rows: &[failed_jobs::Model], id: Uuid) -> Vec<String> {
 }
 
 /// Posts `n` events the consumer parks; waits until all are parked with their rows.
-async fn park(app: &TestApp, n: usize) -> Vec<Uuid> {
+pub async fn park(app: &TestApp, n: usize) -> Vec<Uuid> {
     let mut ids = Vec::new();
     for i in 0..n {
         let r = app
