@@ -232,6 +232,7 @@ pages.overview = {
       if (g) for (const [k, label] of [['queues', 'Grafana: queues'], ['sagas', 'Grafana: sagas'], ['http', 'Grafana: HTTP'], ['process', 'Grafana: process']]) if (g[k]) links.push([label, g[k]]);
       replace(content, cards,
         o.management_error ? el('p', { class: 'warning', testid: 'management-error', text: `Management API unreachable: ${o.management_error}` }) : null,
+        o.dlq_error ? el('p', { class: 'warning', testid: 'dlq-error', text: `Dead-letter counts unavailable: ${o.dlq_error}` }) : null,
         el('h2', { text: 'Queues' }),
         table('Queues', ['Queue', 'Ready', 'Unacked', 'Consumers', 'In /s', 'Out /s', 'Parked'], rows, 'queues-table', 'No queues.'),
         el('h2', { text: 'Dashboards' }),
@@ -336,7 +337,7 @@ pages['dead-letters'] = {
           el('dt', { text: 'Original route' }), el('dd', { text: `${m.original_exchange || '?'} → ${m.original_routing_key || '?'}` })),
         el('h3', { text: 'Headers' }),
         table(`Headers of ${id}`, ['Header', 'Value'], Object.entries(m.headers || {}).map(([k, v]) =>
-          [el('code', { text: k }), typeof v === 'string' ? v : JSON.stringify(v)]), 'dlq-headers', 'No headers.'),
+          el('tr', null, el('th', { scope: 'row' }, el('code', { text: k })), el('td', { class: 'wrap', text: typeof v === 'string' ? v : JSON.stringify(v) }))), 'dlq-headers', 'No headers.'),
         el('h3', { text: 'Body' }), bodyView(m.body, m.body_truncated, id));
       return el('li', { class: 'message', testid: 'dlq-message', 'data-message-id': id }, box, details);
     }
@@ -458,7 +459,11 @@ function interventionTable(items, onDone, caption) {
     btn.disabled = true; clearAlert();
     try {
       const r = await api(`/v1/interventions/${enc(iv.id)}/${kind}`, { method: 'POST', body: { note: res.note || null } });
-      onDone(retry ? `Compensation retried for saga ${iv.saga_id}; saga is now ${(r.saga && r.saga.status) || 'updated'}.` : `Intervention resolved; saga is now ${(r.saga && r.saga.status) || 'updated'}.`);
+      const status = (r.saga && r.saga.status) || 'updated';
+      onDone([
+        retry ? `Compensation retried; saga is now ${status}. ` : `Intervention resolved; saga is now ${status}. `,
+        el('a', { href: `#/sagas/${iv.saga_id}`, testid: 'intervention-saga-link', text: `Open saga ${String(iv.saga_id).slice(0, 8)}…` }),
+      ]);
     } catch (e) { showAlert(e.message); btn.disabled = false; onDone(null); }
   };
   const rows = items.map((iv) => {
@@ -535,7 +540,7 @@ pages.saga = {
           el('td', { class: 'num', text: since }), el('td', { class: 'num', text: rtt }));
       });
       replace(timeline, table('Timeline', ['Time', 'Step', 'Action', 'Event', 'Command', 'Reason', 'Since previous', 'Command → reply'], rows, 'timeline', 'No entries.'));
-      replace(ivs, interventionTable(s.interventions || [], (msg) => { if (msg) result.textContent = msg; last = ''; kick(); }, 'Interventions of this saga'));
+      replace(ivs, interventionTable(s.interventions || [], (msg) => { if (msg) replace(result, msg); last = ''; kick(); }, 'Interventions of this saga'));
     }
     return refresh;
   },
@@ -558,7 +563,7 @@ pages.interventions = {
       const key = JSON.stringify(r.interventions);
       if (key === last) return;
       last = key;
-      replace(list, interventionTable(r.interventions || [], (msg) => { if (msg) result.textContent = msg; last = ''; kick(); }, 'Interventions'));
+      replace(list, interventionTable(r.interventions || [], (msg) => { if (msg) replace(result, msg); last = ''; kick(); }, 'Interventions'));
     }
     return refresh;
   },

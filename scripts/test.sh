@@ -11,6 +11,12 @@ scripts/services.sh all
 scripts/chaos-services.sh all
 # Debian packages the tests use: promtool (package prometheus) checks the metrics output.
 command -v promtool >/dev/null 2>&1 || scripts/services.sh install prometheus
+# The console's browser test (tests/api/console.rs): Debian's Chromium driven by playwright-core,
+# installed from the lock file in tests/console (it never downloads a browser of its own).
+command -v chromium >/dev/null 2>&1 || scripts/services.sh install chromium
+command -v npm >/dev/null 2>&1 || scripts/services.sh install nodejs npm
+[ -d tests/console/node_modules/playwright-core ] ||
+  npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
 
 # Where the tests find the servers (an already-set value wins). Tests create their own vhosts
 # and databases, hence no vhost or database name here.

@@ -52,6 +52,12 @@ use crate::{
 /// Longest body [`Dlq::show`] returns, in characters.
 pub const MAX_BODY_CHARS: usize = 4096;
 
+/// Selected messages moved together: one `failed_jobs` lookup, their publishes in flight
+/// together, then their acks.
+const BATCH: usize = 256;
+/// Replayed messages awaiting their publisher confirms at once.
+const IN_FLIGHT: usize = 64;
+
 /// Header quorum queues add on redelivery; not carried over into a replayed message.
 const H_DELIVERY_COUNT: &str = "x-delivery-count";
 
@@ -494,71 +500,32 @@ impl Dlq {
         let mut done = 0usize;
         let scanned = async {
             loop {
-                if filter.limit.is_some_and(|l| done >= l) {
+                let want = filter
+                    .limit
+                    .map_or(BATCH, |l| l.saturating_sub(done).min(BATCH));
+                if want == 0 {
                     break;
                 }
-                let Some(delivery) = scan.next().await? else {
+                let mut batch = Vec::new();
+                while batch.len() < want {
+                    let Some(delivery) = scan.next().await? else {
+                        break;
+                    };
+                    if filter.matches(&delivery.properties, now) {
+                        batch.push(delivery);
+                    } else {
+                        held.push(delivery.delivery_tag);
+                    }
+                }
+                if batch.is_empty() {
                     break;
-                };
-                if !filter.matches(&delivery.properties, now) {
-                    held.push(delivery.delivery_tag);
-                    continue;
                 }
-                // Looked up before the message moves: a replayed message parked again at once
-                // gets a new row, which must stay `parked`.
-                let rows = match message_uuid(&delivery.properties) {
-                    None => Vec::new(),
-                    Some(id) => match store::parked_failed_job_ids(&self.db, queue, id).await {
-                        Ok(rows) => rows,
-                        Err(source) => {
-                            requeue(&delivery).await;
-                            return Err(DlqError::Store {
-                                queue: queue.to_owned(),
-                                source,
-                            });
-                        }
-                    },
-                };
-                if action == Action::Replay
-                    && let Err(source) = self
-                        .publisher
-                        .publish(
-                            REQUEUE_EXCHANGE,
-                            queue,
-                            &delivery.data,
-                            replay_properties(&delivery.properties, Utc::now()),
-                        )
-                        .await
-                {
-                    requeue(&delivery).await;
-                    return Err(DlqError::Publish {
-                        message_id: delivery
-                            .properties
-                            .message_id()
-                            .as_ref()
-                            .map_or_else(|| "-".to_owned(), |m| m.as_str().to_owned()),
-                        exchange: REQUEUE_EXCHANGE,
-                        queue: queue.to_owned(),
-                        source: Box::new(source),
-                    });
-                }
-                let acked = delivery.ack(BasicAckOptions::default()).await;
-                if action == Action::Replay {
-                    // Confirmed in its queue: replayed, whether or not the ack arrives (if
-                    // not, the parked copy stays and a later replay duplicates it).
-                    done += 1;
-                }
-                acked.map_err(|source| DlqError::Amqp {
-                    doing: "basic.ack",
-                    queue: dead_queue.to_owned(),
-                    source,
-                })?;
-                if action == Action::Purge {
-                    done += 1;
-                }
-                if let Err(e) = store::set_failed_jobs_status(&self.db, &rows, action.status()).await
-                {
-                    tracing::warn!(error = %e, queue, status = action.status(), "The message moved but its failed_jobs rows were not updated.");
+                let last = batch.len() < want;
+                let (moved, result) = self.move_batch(queue, dead_queue, batch, action).await;
+                done += moved;
+                result?;
+                if last {
+                    break;
                 }
             }
             Ok::<(), DlqError>(())
@@ -571,6 +538,115 @@ impl Dlq {
             dead_queue: dead_queue.to_owned(),
             source: Box::new(e),
         })
+    }
+
+    /// Replays (publishes, up to [`IN_FLIGHT`] awaiting their confirms at once, then acks each
+    /// confirmed one) or purges (acks) a batch of selected messages, and marks their
+    /// `failed_jobs` rows. Returns how many moved, and the first error: a message whose
+    /// publish failed goes back to the parking queue; after a failed ack the rest stay held
+    /// and the broker requeues them when the channel closes.
+    async fn move_batch(
+        &self,
+        queue: &str,
+        dead_queue: &str,
+        batch: Vec<Delivery>,
+        action: Action,
+    ) -> (usize, Result<(), DlqError>) {
+        use futures_util::StreamExt;
+        let ids: Vec<Uuid> = batch
+            .iter()
+            .filter_map(|d| message_uuid(&d.properties))
+            .collect();
+        // Looked up before the messages move: a replayed message parked again at once gets a
+        // new row, which must stay `parked`.
+        let rows = match store::parked_failed_jobs_of(&self.db, queue, &ids).await {
+            Ok(rows) => rows,
+            Err(source) => {
+                for d in &batch {
+                    requeue(d).await;
+                }
+                return (
+                    0,
+                    Err(DlqError::Store {
+                        queue: queue.to_owned(),
+                        source,
+                    }),
+                );
+            }
+        };
+        let published: Vec<Result<(), PublishError>> = match action {
+            Action::Purge => batch.iter().map(|_| Ok(())).collect(),
+            Action::Replay => {
+                // Boxed as `Send`: the publish futures borrow the batch, and an unboxed
+                // stream of them trips the compiler's higher-ranked `Send` inference.
+                type Publish<'a> = std::pin::Pin<
+                    Box<dyn std::future::Future<Output = Result<(), PublishError>> + Send + 'a>,
+                >;
+                let publishes: Vec<Publish<'_>> = batch
+                    .iter()
+                    .map(|d| {
+                        let publisher = self.publisher.clone();
+                        let body = d.data.clone();
+                        let props = replay_properties(&d.properties, Utc::now());
+                        let queue = queue.to_owned();
+                        Box::pin(async move {
+                            publisher
+                                .publish(REQUEUE_EXCHANGE, &queue, &body, props)
+                                .await
+                        }) as Publish<'_>
+                    })
+                    .collect();
+                futures_util::stream::iter(publishes)
+                    .buffered(IN_FLIGHT)
+                    .collect()
+                    .await
+            }
+        };
+        let mut moved = 0usize;
+        let mut moved_ids = std::collections::HashSet::new();
+        let mut error = None;
+        for (delivery, outcome) in batch.iter().zip(published) {
+            if let Err(source) = outcome {
+                requeue(delivery).await;
+                error.get_or_insert(DlqError::Publish {
+                    message_id: delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), |m| m.as_str().to_owned()),
+                    exchange: REQUEUE_EXCHANGE,
+                    queue: queue.to_owned(),
+                    source: Box::new(source),
+                });
+                continue;
+            }
+            let acked = delivery.ack(BasicAckOptions::default()).await;
+            if action == Action::Replay || acked.is_ok() {
+                // A confirmed replay counts whether or not the ack arrives (if not, the parked
+                // copy stays and a later replay duplicates it, which the inbox absorbs).
+                moved += 1;
+                if let Some(id) = message_uuid(&delivery.properties) {
+                    moved_ids.insert(id);
+                }
+            }
+            if let Err(source) = acked {
+                error = Some(DlqError::Amqp {
+                    doing: "basic.ack",
+                    queue: dead_queue.to_owned(),
+                    source,
+                });
+                break;
+            }
+        }
+        let row_ids: Vec<Uuid> = rows
+            .iter()
+            .filter(|(m, _)| moved_ids.contains(m))
+            .map(|(_, r)| *r)
+            .collect();
+        if let Err(e) = store::set_failed_jobs_status(&self.db, &row_ids, action.status()).await {
+            tracing::warn!(error = %e, queue, status = action.status(), "Messages moved but their failed_jobs rows were not updated.");
+        }
+        (moved, error.map_or(Ok(()), Err))
     }
 }
 

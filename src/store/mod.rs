@@ -281,6 +281,31 @@ pub async fn parked_failed_job_ids(
         })
 }
 
+/// The `parked` rows of these parked messages of `queue`, as `(message_id, row id)`.
+pub async fn parked_failed_jobs_of(
+    db: &DatabaseConnection,
+    queue: &str,
+    message_ids: &[uuid::Uuid],
+) -> Result<Vec<(uuid::Uuid, uuid::Uuid)>, StoreError> {
+    if message_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    failed_jobs::Entity::find()
+        .select_only()
+        .column(failed_jobs::Column::MessageId)
+        .column(failed_jobs::Column::Id)
+        .filter(failed_jobs::Column::Queue.eq(queue))
+        .filter(failed_jobs::Column::MessageId.is_in(message_ids.iter().copied()))
+        .filter(failed_jobs::Column::Status.eq(FAILED_PARKED))
+        .into_tuple::<(uuid::Uuid, uuid::Uuid)>()
+        .all(db)
+        .await
+        .map_err(|source| StoreError::Query {
+            doing: "finding the failed_jobs rows of parked messages",
+            source,
+        })
+}
+
 /// Notifications, newest first, optionally one user's.
 pub async fn list_notifications(
     db: &DatabaseConnection,
