@@ -559,11 +559,41 @@ async fn saga_action(sagas: &crate::saga::Sagas, action: SagaAction) -> anyhow::
             println!("{}", serde_json::to_string_pretty(&view)?);
         }
         SagaAction::Retry { intervention, note } => {
-            let view = sagas.retry(intervention, note).await?;
+            let actor = crate::console::cli_actor();
+            let said = format!(
+                "retry by {actor}{}",
+                note.as_deref()
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default()
+            );
+            let result = sagas.retry(intervention, Some(said)).await;
+            record_intervention(
+                sagas,
+                &actor,
+                "intervention.retry",
+                intervention,
+                note,
+                &result,
+            )
+            .await;
+            let view = result?;
             println!("retried: saga {} is now {}", view.saga.id, view.saga.status);
         }
         SagaAction::Resolve { intervention, note } => {
-            let view = sagas.resolve(intervention, note).await?;
+            let actor = crate::console::cli_actor();
+            let result = sagas
+                .resolve(intervention, format!("resolved by {actor}: {note}"))
+                .await;
+            record_intervention(
+                sagas,
+                &actor,
+                "intervention.resolve",
+                intervention,
+                Some(note),
+                &result,
+            )
+            .await;
+            let view = result?;
             println!(
                 "resolved: saga {} is now {}",
                 view.saga.id, view.saga.status
@@ -598,14 +628,44 @@ async fn dlq(action: DlqAction, settings: &Settings) -> anyhow::Result<i32> {
     );
     let db = store::connect(&settings.database).await?;
     let service = Dlq::new(broker.clone(), publisher.clone(), db.clone(), topology);
-    let result = dlq_action(&service, action).await;
+    let result = dlq_action(&service, &db, action).await;
     publisher.close().await;
     broker.close();
     let _ = db.close().await;
     result
 }
 
-async fn dlq_action(service: &Dlq, action: DlqAction) -> anyhow::Result<i32> {
+/// Records a command-line replay or purge in the audit log (a failure to record is reported,
+/// not fatal: the messages have moved).
+async fn audit_cli(
+    db: &sea_orm::DatabaseConnection,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+    result: &Result<usize, crate::jobs::dlq::DlqError>,
+) {
+    let moved = result.as_ref().map_or_else(|e| e.done(), |n| *n) as u64;
+    let error = result.as_ref().err().map(ToString::to_string);
+    if let Err(e) = crate::console::record(
+        db,
+        &crate::console::cli_actor(),
+        action,
+        target,
+        detail,
+        moved,
+        error,
+    )
+    .await
+    {
+        eprintln!("warren: {action} was not recorded in the audit log: {e}");
+    }
+}
+
+async fn dlq_action(
+    service: &Dlq,
+    db: &sea_orm::DatabaseConnection,
+    action: DlqAction,
+) -> anyhow::Result<i32> {
     match action {
         DlqAction::List => {
             let counts = service.list().await?;
@@ -665,7 +725,10 @@ async fn dlq_action(service: &Dlq, action: DlqAction) -> anyhow::Result<i32> {
         }
         DlqAction::Replay { queue, filter } => {
             let queue = service.work_queue(&queue)?;
-            let n = service.replay(&queue, &filter.into()).await?;
+            let detail = serde_json::json!({"filter": format!("{filter:?}")});
+            let result = service.replay(&queue, &filter.into()).await;
+            audit_cli(db, "dlq.replay", &queue, detail, &result).await;
+            let n = result?;
             println!(
                 "replayed {n} {} from {}",
                 plural(n),
@@ -674,7 +737,10 @@ async fn dlq_action(service: &Dlq, action: DlqAction) -> anyhow::Result<i32> {
         }
         DlqAction::Purge { queue, filter, .. } => {
             let queue = service.work_queue(&queue)?;
-            let n = service.purge(&queue, &filter.into()).await?;
+            let detail = serde_json::json!({"filter": format!("{filter:?}")});
+            let result = service.purge(&queue, &filter.into()).await;
+            audit_cli(db, "dlq.purge", &queue, detail, &result).await;
+            let n = result?;
             println!(
                 "purged {n} {} from {}",
                 plural(n),
@@ -683,6 +749,37 @@ async fn dlq_action(service: &Dlq, action: DlqAction) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Records a command-line intervention in the audit log (reported, not fatal, if it fails).
+async fn record_intervention(
+    sagas: &crate::saga::Sagas,
+    actor: &str,
+    action: &str,
+    intervention: uuid::Uuid,
+    note: Option<String>,
+    result: &Result<crate::saga::engine::SagaView, crate::saga::SagaError>,
+) {
+    let (detail, error) = match result {
+        Ok(view) => (
+            serde_json::json!({"note": note, "saga_id": view.saga.id}),
+            None,
+        ),
+        Err(e) => (serde_json::json!({"note": note}), Some(e.to_string())),
+    };
+    if let Err(e) = crate::console::record(
+        sagas.db(),
+        actor,
+        action,
+        &intervention.to_string(),
+        detail,
+        0,
+        error,
+    )
+    .await
+    {
+        eprintln!("warren: {action} was not recorded in the audit log: {e}");
+    }
 }
 
 fn toml_redacted(settings: &Settings) -> anyhow::Result<String> {

@@ -40,6 +40,9 @@ use crate::{
 /// with its process; its lock can be taken over.
 pub const STALE_AFTER: Duration = Duration::from_secs(120);
 
+/// Pause before an operation's final sweep for copies the broker handed back.
+const SWEEP_AFTER: Duration = Duration::from_secs(1);
+
 /// Status of an action that is still running.
 pub const RUNNING: &str = "running";
 /// Status of an action that finished.
@@ -82,7 +85,7 @@ pub enum ConsoleError {
     },
 }
 
-fn db(doing: &'static str) -> impl FnOnce(DbErr) -> ConsoleError {
+fn db_error(doing: &'static str) -> impl FnOnce(DbErr) -> ConsoleError {
     move |source| ConsoleError::Db { doing, source }
 }
 
@@ -228,8 +231,7 @@ impl Console {
         }
     }
 
-    /// Records an action that is over: who, what, on what, the detail given, how many
-    /// messages it moved and, if it failed, why.
+    /// Records an action that is over (see [`record`]).
     pub async fn record(
         &self,
         actor: &str,
@@ -239,25 +241,7 @@ impl Console {
         moved: u64,
         error: Option<String>,
     ) -> Result<operator_actions::Model, ConsoleError> {
-        let now = Utc::now();
-        operator_actions::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            actor: Set(actor.to_owned()),
-            action: Set(action.to_owned()),
-            target: Set(target.to_owned()),
-            detail: Set(detail),
-            status: Set(if error.is_some() { FAILED } else { DONE }.to_owned()),
-            matched: Set(None),
-            moved: Set(i64::try_from(moved).unwrap_or(i64::MAX)),
-            error: Set(error),
-            lock_key: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-            finished_at: Set(Some(now)),
-        }
-        .insert(&self.inner.db)
-        .await
-        .map_err(db("recording an action"))
+        record(&self.inner.db, actor, action, target, detail, moved, error).await
     }
 
     /// Starts a replay or purge of `queue`'s parked messages that `filter` selects, in the
@@ -334,7 +318,7 @@ impl Console {
                         .filter(operator_actions::Column::LockKey.eq(&lock))
                         .one(&self.inner.db)
                         .await
-                        .map_err(db("reading the queue's lock"))?;
+                        .map_err(db_error("reading the queue's lock"))?;
                     let Some(holder) = holder else {
                         // Not a lock conflict (or the holder just finished): a real error, or
                         // a free lock to try again.
@@ -372,7 +356,7 @@ impl Console {
                         .filter(operator_actions::Column::UpdatedAt.eq(holder.updated_at))
                         .exec(&self.inner.db)
                         .await
-                        .map_err(db("taking over a stale lock"))?;
+                        .map_err(db_error("taking over a stale lock"))?;
                 }
             }
         }
@@ -397,6 +381,8 @@ impl Console {
         let mut moved = 0usize;
         let overall = filter.limit;
         let mut error = None;
+        let mut backoff = crate::retry::operation_page();
+        let mut seen = crate::jobs::dlq::MovedIds::new();
         loop {
             let want = overall.map_or(page, |l| l.saturating_sub(moved).min(page));
             if want == 0 {
@@ -408,13 +394,25 @@ impl Console {
                 ..filter.clone()
             };
             let result = match op {
-                Operation::Replay => self.inner.dlq.replay(queue, &f).await,
-                Operation::Purge => self.inner.dlq.purge(queue, &f).await,
+                Operation::Replay => self.inner.dlq.replay_tracked(queue, &f, &mut seen).await,
+                Operation::Purge => self.inner.dlq.purge_tracked(queue, &f, &mut seen).await,
             };
             let n = match result {
                 Ok(n) => n,
                 Err(e) => {
                     moved += e.done();
+                    // A transient broker error (a confirm that came too late, a lost
+                    // channel): what was not moved is still parked, so the page is tried
+                    // again after a pause, a few times.
+                    if e.transient()
+                        && let Some(pause) = backoff.next()
+                    {
+                        tracing::warn!(error = %e, moved, retry_in = ?pause,
+                            "Dead-letter page stopped; trying again.");
+                        self.progress(id, moved).await;
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
                     error = Some(e);
                     break;
                 }
@@ -424,6 +422,9 @@ impl Console {
                 break;
             }
             self.progress(id, moved).await;
+        }
+        if error.is_none() && !seen.is_empty() {
+            self.sweep(queue, &mut seen).await;
         }
         tracing::Span::current().record("moved", moved);
         let now = Utc::now();
@@ -457,6 +458,20 @@ impl Console {
         error
     }
 
+    /// Removes copies of moved messages that the broker handed back to the parking queue
+    /// after the last page (acks it had not applied when that page's channel closed).
+    async fn sweep(&self, queue: &str, seen: &mut crate::jobs::dlq::MovedIds) {
+        tokio::time::sleep(SWEEP_AFTER).await;
+        let f = Filter {
+            message_ids: Some(seen.clone()),
+            ..Filter::default()
+        };
+        if let Err(e) = self.inner.dlq.purge_tracked(queue, &f, seen).await {
+            tracing::warn!(error = %e, queue,
+                "The final sweep for handed-back copies failed; a later replay would move them again.");
+        }
+    }
+
     async fn progress(&self, id: Uuid, moved: usize) {
         if let Err(e) = Actions::update_many()
             .col_expr(operator_actions::Column::Moved, Expr::value(moved as i64))
@@ -474,7 +489,7 @@ impl Console {
         Actions::find_by_id(id)
             .one(&self.inner.db)
             .await
-            .map_err(db("reading an action"))?
+            .map_err(db_error("reading an action"))?
             .ok_or(ConsoleError::NotFound(id))
     }
 
@@ -485,7 +500,7 @@ impl Console {
             .limit(limit)
             .all(&self.inner.db)
             .await
-            .map_err(db("reading the audit log"))
+            .map_err(db_error("reading the audit log"))
     }
 
     /// The overview: queues (management API and exact parked counts), failed jobs, sagas by
@@ -566,6 +581,49 @@ impl Console {
             .filter_map(|r| Some((r.get("name")?.as_str()?.to_owned(), r)))
             .collect())
     }
+}
+
+/// Records an action that is over in the audit log: who, what, on what, the detail given,
+/// how many messages it moved and, if it failed, why.
+pub async fn record(
+    db: &DatabaseConnection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: Value,
+    moved: u64,
+    error: Option<String>,
+) -> Result<operator_actions::Model, ConsoleError> {
+    let now = Utc::now();
+    operator_actions::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        actor: Set(actor.to_owned()),
+        action: Set(action.to_owned()),
+        target: Set(target.to_owned()),
+        detail: Set(detail),
+        status: Set(if error.is_some() { FAILED } else { DONE }.to_owned()),
+        matched: Set(None),
+        moved: Set(i64::try_from(moved).unwrap_or(i64::MAX)),
+        error: Set(error),
+        lock_key: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        finished_at: Set(Some(now)),
+    }
+    .insert(db)
+    .await
+    .map_err(db_error("recording an action"))
+}
+
+/// The audit log's name for whoever runs the command line: `cli:<user>@<host>`.
+pub fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    format!("cli:{user}@{host}")
 }
 
 fn is_unique_violation(e: &DbErr) -> bool {

@@ -16,6 +16,18 @@ pub fn reconnect() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// Backoff for a dead-letter operation's page that stopped on a transient broker error (a
+/// publish not confirmed in time, a lost channel): 1 s doubling, at most 4 tries, then the
+/// operation fails with the error.
+pub fn operation_page() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(8))
+        .with_jitter()
+        .with_max_times(4)
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

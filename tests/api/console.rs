@@ -399,7 +399,14 @@ async fn a_replay_of_ten_thousand_messages_runs_in_pages_reports_progress_and_is
     .await;
     let seen = seen.into_inner().expect("lock");
     assert_eq!(done["status"], "done", "{done}");
-    assert_eq!(done["moved"], N);
+    assert_eq!(done["moved"], N, "{done}; progress seen: {seen:?}");
+    let took = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(done[field].as_str().expect("time")).expect("rfc3339")
+    };
+    println!(
+        "replayed {N} parked messages in {} ms",
+        (took("finished_at") - took("created_at")).num_milliseconds()
+    );
     assert!(
         seen.iter().any(|m| *m > 0 && (*m as usize) < N),
         "progress seen between 0 and {N}: {seen:?}"
