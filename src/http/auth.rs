@@ -387,4 +387,67 @@ mod tests {
             "a digest, not the token"
         );
     }
+
+    #[test]
+    fn a_console_session_is_signed_for_an_admin_token_and_names_its_operator() {
+        let t = tokens();
+        let hour = std::time::Duration::from_secs(3_600);
+        // Only a token with `admin` signs in.
+        assert!(matches!(
+            t.sign_in("reader-token-0123456789", "rita", hour),
+            Err(ApiError::Forbidden(Scope::Admin))
+        ));
+        assert!(matches!(
+            t.sign_in("wrong-token-0123456789", "eve", hour),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(
+            t.sign_in("operator-token-0123456789", "a\nb", hour)
+                .is_err()
+        );
+        let cookie = t
+            .sign_in("operator-token-0123456789", " alice ", hour)
+            .expect("signed in");
+        let header = format!("Console {cookie}");
+        let caller = t.authorize(Some(&header), Scope::Admin).expect("valid");
+        assert_eq!(caller, Caller::Token(2));
+        assert_eq!(t.actor(caller, Some(&header)), "alice (console, token #2)");
+        assert!(t.session_valid(Some(&cookie)));
+        // The same cookie under other tokens (another deployment) is refused.
+        let other = Tokens::new(&[TokenSetting::Plain(Secret::new("another-token-0123456789"))]);
+        assert!(other.authorize(Some(&header), Scope::Read).is_err());
+        // A changed index, expiry or name breaks the MAC.
+        let (payload, mac) = cookie.rsplit_once('.').expect("mac");
+        let mut parts: Vec<String> = payload.split('.').map(str::to_owned).collect();
+        parts[1] = (parts[1].parse::<u64>().expect("expiry") + 3_600).to_string();
+        let later = format!("{}.{mac}", parts.join("."));
+        assert!(matches!(
+            t.authorize(Some(&format!("Console {later}")), Scope::Read),
+            Err(ApiError::Unauthorized)
+        ));
+        let as_plain = cookie.replacen('2', "0", 1);
+        assert!(
+            t.authorize(Some(&format!("Console {as_plain}")), Scope::Read)
+                .is_err()
+        );
+        // An expired session is refused.
+        let expired = t
+            .sign_in(
+                "operator-token-0123456789",
+                "alice",
+                std::time::Duration::ZERO,
+            )
+            .expect("signed");
+        assert!(!t.session_valid(Some(&expired)));
+        // Without a name the token's name is used; a plain bearer call is named by its token.
+        let unnamed = t
+            .sign_in("operator-token-0123456789", "", hour)
+            .expect("signed");
+        let h = format!("Console {unnamed}");
+        let c = t.authorize(Some(&h), Scope::Read).expect("valid");
+        assert_eq!(t.actor(c, Some(&h)), "token #2 (console, token #2)");
+        let bearer = "Bearer operator-token-0123456789";
+        let c = t.authorize(Some(bearer), Scope::Admin).expect("valid");
+        assert_eq!(t.actor(c, Some(bearer)), "token #2");
+    }
 }

@@ -26,13 +26,12 @@ use uuid::Uuid;
 use warren::{
     Role, Settings,
     config::{Scope, Secret, TokenSetting},
-    saga::participants::{Inventory, ParticipantConsumer},
 };
 
 use crate::{
     dlq::{self, Flaky},
     helpers::{TestApp, eventually, spawn_app_with, spawn_worker_with},
-    saga::{FaultyRestore, order, place, seed, spawn_saga, until_status},
+    saga::{order, place, seed, spawn_saga, start_faulty_inventory, until_status},
     smtp::SmtpSink,
 };
 
@@ -587,23 +586,7 @@ async fn in_a_real_browser_dead_letters_are_replayed_and_a_failed_compensation_i
     .await;
     as_admin(&mut app);
     let stop = CancellationToken::new();
-    let db = app.db().await;
-    let publisher = app.running.as_ref().expect("running").publisher.clone();
-    let inventory = app
-        .start_extra(
-            &[Role::Worker],
-            {
-                let failing = failing.clone();
-                move |a| {
-                    a.modules(Vec::<String>::new()).consumer(FaultyRestore {
-                        inner: Arc::new(ParticipantConsumer::new(Inventory, db, publisher)),
-                        failing,
-                    })
-                }
-            },
-            stop.clone(),
-        )
-        .await;
+    let inventory = start_faulty_inventory(&app, failing.clone(), stop.clone()).await;
 
     // Three e-mail jobs fail for real and are parked.
     const MAILS: usize = 3;

@@ -395,6 +395,28 @@ async fn a_participant_that_never_answers_hits_the_deadline_and_its_late_success
     app.cleanup().await;
 }
 
+/// Starts the inventory participant in a worker process of its own beside `app`, wrapped in
+/// [`FaultyRestore`] with the switch `failing`; stopped by `stop`.
+pub async fn start_faulty_inventory(
+    app: &TestApp,
+    failing: Arc<AtomicBool>,
+    stop: CancellationToken,
+) -> warren::Running {
+    let db = app.db().await;
+    let publisher = app.running.as_ref().expect("running").publisher.clone();
+    app.start_extra(
+        &[Role::Worker],
+        move |a| {
+            a.modules(Vec::<String>::new()).consumer(FaultyRestore {
+                inner: Arc::new(ParticipantConsumer::new(Inventory, db, publisher)),
+                failing,
+            })
+        },
+        stop,
+    )
+    .await
+}
+
 /// The inventory participant with a switch that makes `inventory.restore` error.
 #[derive(Clone)]
 pub struct FaultyRestore {
@@ -438,23 +460,7 @@ async fn a_compensation_that_keeps_failing_needs_intervention_and_a_retry_finish
     // Inventory runs beside the app, wrapped in the fault switch.
     let app = spawn_saga(&["orders", "payments", "notifications"], |s| s, |a| a).await;
     let stop = CancellationToken::new();
-    let db = app.db().await;
-    let publisher = app.running.as_ref().expect("running").publisher.clone();
-    let inventory = app
-        .start_extra(
-            &[Role::Worker],
-            {
-                let failing = failing.clone();
-                move |a| {
-                    a.modules(Vec::<String>::new()).consumer(FaultyRestore {
-                        inner: Arc::new(ParticipantConsumer::new(Inventory, db, publisher)),
-                        failing,
-                    })
-                }
-            },
-            stop.clone(),
-        )
-        .await;
+    let inventory = start_faulty_inventory(&app, failing.clone(), stop.clone()).await;
     seed(&app, json!({"SKU-1": 10}), json!({"u-1": 50})).await;
     let id = place(&app, &order("A-500", "u-1", "SKU-1", 4, 100)).await;
     let view = until_status(&app, &id, "needs_intervention", Duration::from_secs(40)).await;
