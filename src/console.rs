@@ -423,9 +423,6 @@ impl Console {
             }
             self.progress(id, moved).await;
         }
-        if error.is_none() && !seen.is_empty() {
-            self.sweep(queue, &mut seen).await;
-        }
         tracing::Span::current().record("moved", moved);
         let now = Utc::now();
         let finished = Actions::update_many()
@@ -455,11 +452,18 @@ impl Console {
             Some(e) => tracing::warn!(error = %e, moved, "Dead-letter operation stopped."),
             None => tracing::info!(moved, "Dead-letter operation done."),
         }
+        if error.is_none() && !seen.is_empty() {
+            // In the background: the caller (a synchronous replay) need not wait for it.
+            let this = self.clone();
+            let queue = queue.to_owned();
+            tokio::spawn(async move { this.sweep(&queue, &mut seen).await });
+        }
         error
     }
 
     /// Removes copies of moved messages that the broker handed back to the parking queue
-    /// after the last page (acks it had not applied when that page's channel closed).
+    /// after the last page (acks it had not applied when that page's channel closed). Runs
+    /// after the operation is recorded as done.
     async fn sweep(&self, queue: &str, seen: &mut crate::jobs::dlq::MovedIds) {
         tokio::time::sleep(SWEEP_AFTER).await;
         let f = Filter {

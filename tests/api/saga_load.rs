@@ -81,9 +81,7 @@ async fn five_hundred_concurrent_orders_with_faults_keep_stock_and_balances_exac
             s.saga.deadline_ms = 60_000;
             s.jobs.concurrency = 16;
             s.jobs.prefetch = 32;
-            // 500 order transactions at once, beside 16 consumers per queue, on two loaded
-            // cores: 10 connections left requests waiting past the 5 s acquire timeout (503).
-            s.database.max_connections = 20;
+            s.database.max_connections = 10;
             s
         },
         |a| a,

@@ -123,8 +123,15 @@ async function phaseDlq() {
 
   await step('expand the first message: headers table and body', async () => {
     const first = page.locator(tid('dlq-message')).first();
-    await first.locator('summary').click();
-    await first.locator(tid('dlq-headers')).waitFor({ state: 'visible', timeout: WAIT });
+    // Unfold it, again if a live update redrew the list between the click and the check
+    // (seen once on a loaded machine).
+    const deadline = Date.now() + WAIT;
+    while (!(await first.locator(tid('dlq-headers')).isVisible())) {
+      check(Date.now() < deadline, 'the first message did not unfold');
+      const open = await first.locator('details').first().evaluate((d) => d.open).catch(() => false);
+      if (!open) await first.locator('summary').first().click();
+      await page.waitForTimeout(250);
+    }
     await first.locator(tid('dlq-body')).waitFor({ state: 'visible', timeout: WAIT });
     const rows = await first.locator(`${tid('dlq-headers')} tbody tr`).count();
     check(rows > 0, 'the headers table is empty');
