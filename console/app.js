@@ -444,7 +444,8 @@ pages.sagas = {
 };
 
 /** Interventions list (used on the Interventions page and the saga page) with Retry/Resolve. */
-function interventionTable(items, onDone, caption) {
+/** `withSaga`: a first column linking each row's saga (left out on a saga's own page). */
+function interventionTable(items, onDone, caption, withSaga = true) {
   const act = async (iv, kind, btn) => {
     const retry = kind === 'retry';
     const res = await confirmDialog({
@@ -473,12 +474,13 @@ function interventionTable(items, onDone, caption) {
     retry.addEventListener('click', () => act(iv, 'retry', retry));
     resolve.addEventListener('click', () => act(iv, 'resolve', resolve));
     return el('tr', { testid: 'intervention-row', 'data-saga-id': iv.saga_id, 'data-intervention-id': iv.id },
-      el('td', null, el('a', { href: `#/sagas/${iv.saga_id}`, class: 'mono', title: iv.saga_id, text: String(iv.saga_id).slice(0, 8) + '…' })),
+      withSaga ? el('td', null, el('a', { href: `#/sagas/${iv.saga_id}`, class: 'mono', title: iv.saga_id, text: String(iv.saga_id).slice(0, 8) + '…' })) : null,
       el('td', { text: `${iv.step ?? ''} ${iv.step_name || ''}`.trim() }), el('td', null, el('code', { text: iv.compensation || '' })), el('td', null, badge(iv.status)),
       el('td', { class: 'wrap', text: iv.reason || '' }), el('td', { class: 'wrap', text: iv.note || '' }), el('td', null, time(iv.created_at || iv.updated_at)),
       el('td', null, open ? el('div', { class: 'buttons tight' }, retry, resolve) : el('span', { class: 'muted', text: '–' })));
   });
-  return table(caption, ['Saga', 'Step', 'Compensation', 'Status', 'Reason', 'Note', 'Opened', 'Actions'], rows, 'interventions-table', 'No interventions.');
+  const heads = ['Step', 'Compensation', 'Status', 'Reason', 'Note', 'Opened', 'Actions'];
+  return table(caption, withSaga ? ['Saga', ...heads] : heads, rows, 'interventions-table', 'No interventions.');
 }
 
 pages.saga = {
@@ -540,7 +542,7 @@ pages.saga = {
           el('td', { class: 'num', text: since }), el('td', { class: 'num', text: rtt }));
       });
       replace(timeline, table('Timeline', ['Time', 'Step', 'Action', 'Event', 'Command', 'Reason', 'Since previous', 'Command → reply'], rows, 'timeline', 'No entries.'));
-      replace(ivs, interventionTable(s.interventions || [], (msg) => { if (msg) replace(result, msg); last = ''; kick(); }, 'Interventions of this saga'));
+      replace(ivs, interventionTable(s.interventions || [], (msg) => { if (msg) replace(result, msg); last = ''; kick(); }, 'Interventions of this saga', false));
     }
     return refresh;
   },

@@ -522,7 +522,9 @@ impl Dlq {
         // back (85 of 10,000 in a loaded test run, replayed a second time by the next page).
         // A pause before closing lets the acks land; what still comes back is caught by
         // `moved` and by the operation's final sweep (`crate::console`).
-        tokio::time::sleep(SETTLE_GRACE).await;
+        if matches!(result, Ok(n) if n > 0) || result.is_err() {
+            tokio::time::sleep(SETTLE_GRACE).await;
+        }
         close(&channel).await;
         result
     }
