@@ -238,16 +238,6 @@ fn query_escape(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn limit(requested: Option<u64>, (default, max): (u64, u64)) -> Result<u64, ApiError> {
-    let n = requested.unwrap_or(default);
-    if n == 0 || n > max {
-        return Err(ApiError::InvalidQuery(format!(
-            "limit must be 1 to {max}, got {n}"
-        )));
-    }
-    Ok(n)
-}
-
 fn authorize(state: &HttpState, auth: Option<&str>, needed: Scope) -> Result<String, ApiError> {
     let caller = state.tokens.authorize(auth, needed)?;
     Ok(state.tokens.actor(caller, auth))
@@ -326,7 +316,7 @@ pub(super) async fn handle(state: &HttpState, route: Route) -> Result<Response, 
             authorize(state, auth.as_deref(), Scope::Read)?;
             let rows = state
                 .console
-                .audit(limit(query.limit, AUDIT_LIMIT)?)
+                .audit(super::list_limit(query.limit, AUDIT_LIMIT)?)
                 .await?;
             Ok(warp::reply::json(&json!({ "actions": rows })).into_response())
         }

@@ -978,6 +978,20 @@ async fn dlq_operation(
     )
 }
 
+/// A list's `?limit=`: `default` when absent, else 1 to `max` (400 otherwise).
+pub(super) fn list_limit(
+    requested: Option<u64>,
+    (default, max): (u64, u64),
+) -> Result<u64, ApiError> {
+    let n = requested.unwrap_or(default);
+    if n == 0 || n > max {
+        return Err(ApiError::InvalidQuery(format!(
+            "limit must be 1 to {max}, got {n}"
+        )));
+    }
+    Ok(n)
+}
+
 /// The filter in a replay or purge body (none: everything).
 fn dlq_filter(body: &[u8]) -> Result<dlq::Filter, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -1005,13 +1019,7 @@ fn check_reason(reason: Option<String>) -> Result<Option<String>, ApiError> {
 }
 
 async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Response, ApiError> {
-    let (default, max) = FAILED_JOBS_LIMIT;
-    let limit = query.limit.unwrap_or(default);
-    if limit == 0 || limit > max {
-        return Err(ApiError::InvalidQuery(format!(
-            "limit must be 1 to {max}, got {limit}"
-        )));
-    }
+    let limit = list_limit(query.limit, FAILED_JOBS_LIMIT)?;
     if let Some(s) = query.status.as_deref()
         && ![
             store::FAILED_PARKED,

@@ -149,14 +149,7 @@ fn json_body<T: serde::de::DeserializeOwned>(
 }
 
 fn limit(requested: Option<u64>) -> Result<u64, ApiError> {
-    let (default, max) = SAGA_LIST_LIMIT;
-    let n = requested.unwrap_or(default);
-    if n == 0 || n > max {
-        return Err(ApiError::InvalidQuery(format!(
-            "limit must be 1 to {max}, got {n}"
-        )));
-    }
-    Ok(n)
+    super::list_limit(requested, SAGA_LIST_LIMIT)
 }
 
 /// `POST /v1/orders`: validates and starts the order saga.

@@ -260,27 +260,6 @@ pub const FAILED_RETRIED: &str = "retried";
 /// `failed_jobs` status once an operator purged the message.
 pub const FAILED_PURGED: &str = "purged";
 
-/// Ids of the `parked` rows for `message_id` parked from `queue`.
-pub async fn parked_failed_job_ids(
-    db: &DatabaseConnection,
-    queue: &str,
-    message_id: uuid::Uuid,
-) -> Result<Vec<uuid::Uuid>, StoreError> {
-    failed_jobs::Entity::find()
-        .select_only()
-        .column(failed_jobs::Column::Id)
-        .filter(failed_jobs::Column::Queue.eq(queue))
-        .filter(failed_jobs::Column::MessageId.eq(message_id))
-        .filter(failed_jobs::Column::Status.eq(FAILED_PARKED))
-        .into_tuple::<uuid::Uuid>()
-        .all(db)
-        .await
-        .map_err(|source| StoreError::Query {
-            doing: "finding the failed_jobs rows of a parked message",
-            source,
-        })
-}
-
 /// The `parked` rows of these parked messages of `queue`, as `(message_id, row id)`.
 pub async fn parked_failed_jobs_of(
     db: &DatabaseConnection,

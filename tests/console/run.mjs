@@ -133,6 +133,17 @@ async function phaseDlq() {
       await page.waitForTimeout(250);
     }
     await first.locator(tid('dlq-body')).waitFor({ state: 'visible', timeout: WAIT });
+    const zone = await first.locator('time[datetime]').first().evaluate((t) => {
+      const d = new Date(t.getAttribute('datetime'));
+      return {
+        zone: Intl.DateTimeFormat().resolvedOptions().timeZone,
+        shown: t.textContent,
+        tokyo: d.toLocaleString(undefined, { timeZone: 'Asia/Tokyo' }),
+        utc: d.toLocaleString(undefined, { timeZone: 'UTC' }),
+      };
+    });
+    check(zone.zone === 'Asia/Tokyo' && zone.shown === zone.tokyo && zone.shown !== zone.utc,
+      `times are not shown in the viewer's zone: ${JSON.stringify(zone)}`);
     const rows = await first.locator(`${tid('dlq-headers')} tbody tr`).count();
     check(rows > 0, 'the headers table is empty');
     check((await first.locator(`${tid('dlq-headers')} th[scope=col]`).count()) > 0, 'the headers table has no <th scope=col>');
@@ -256,7 +267,8 @@ const browser = await chromium.launch({
 });
 let code = 0;
 try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  // The viewer is in Tokyo (UTC+9, no summer time): times must be shown in that zone.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, timezoneId: 'Asia/Tokyo' });
   page = await context.newPage();
   page.setDefaultTimeout(WAIT);
   page.on('pageerror', (e) => { pageErrors.push(e.message); log(`  page error: ${e.message}`); });
