@@ -92,10 +92,11 @@ async fn metrics_pass_promtool_and_every_process_can_be_scraped() {
     })
     .await;
     seed(&app, json!({"SKU-1": 1}), json!({"u-1": 1_000})).await;
+    // One unit of stock: the first order takes it, then the second is short. Placed one after
+    // the other: placed at once, which of them gets the unit is a race (it failed CI runs).
     let done = place(&app, &order("M-1", "u-1", "SKU-1", 1, 100)).await;
-    let short = place(&app, &order("M-2", "u-1", "SKU-1", 1, 100)).await;
-    // Bounds for a loaded CI machine (the load tests run beside this one).
     until_status(&app, &done, "completed", Duration::from_secs(60)).await;
+    let short = place(&app, &order("M-2", "u-1", "SKU-1", 1, 100)).await;
     until_status(&app, &short, "compensated", Duration::from_secs(60)).await;
     let r = app
         .request(reqwest::Method::POST, "/v1/jobs/email.send")
