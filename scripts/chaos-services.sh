@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The chaos suite's own broker and database, beside the ones scripts/services.sh starts, so
 # that stopping, killing or alarming them hurts no other test:
-#   - RabbitMQ node chaos@localhost: AMQP 127.0.0.1:5673, management 127.0.0.1:15673;
+#   - RabbitMQ node chaos@localhost: AMQP 127.0.0.1:5673, management 127.0.0.1:15673,
+#     Prometheus 127.0.0.1:15693 (quorum queues report every 500 ms, as on the main node);
 #   - PostgreSQL cluster 15/chaos: 127.0.0.1:5433 (role warren/warren, database warren).
 #
 #   scripts/chaos-services.sh [all|rabbitmq|postgres]
@@ -41,6 +42,7 @@ ERL_EPMD_ADDRESS=127.0.0.1
 MNESIA_BASE=/var/lib/rabbitmq-chaos/mnesia
 LOG_BASE=/var/log/rabbitmq-chaos
 CONFIG_FILE=/etc/rabbitmq-chaos/rabbitmq.conf
+ADVANCED_CONFIG_FILE=/etc/rabbitmq-chaos/advanced.config
 # Its own conf.d (empty): not /etc/rabbitmq/conf.d, whose AMQPS listener (127.0.0.1:5671,
 # written by services.sh) belongs to the main node.
 CONFIG_FILES=/etc/rabbitmq-chaos/conf.d
@@ -53,11 +55,16 @@ EOF
 listeners.tcp.1 = 127.0.0.1:5673
 management.tcp.ip = 127.0.0.1
 management.tcp.port = 15673
+prometheus.tcp.ip = 127.0.0.1
+prometheus.tcp.port = 15693
 loopback_users.guest = true
 vm_memory_high_watermark.relative = 0.6
 disk_free_limit.absolute = 256MB
 EOF
-  echo '[rabbitmq_management].' >$ETC/enabled_plugins
+  # Quorum queues report their figures every 500 ms (default 5 s): the tests' settled check
+  # reads them (see scripts/services.sh).
+  echo '[{rabbit, [{quorum_tick_interval, 500}]}].' >$ETC/advanced.config
+  echo '[rabbitmq_management,rabbitmq_prometheus].' >$ETC/enabled_plugins
   chown rabbitmq:rabbitmq $ETC/*
   if curl -fsS -m 5 -o /dev/null -u guest:guest http://127.0.0.1:15673/api/overview 2>/dev/null; then
     say "rabbitmq: $NODE already running"
@@ -77,7 +84,7 @@ EOF
     }
     sleep 1
   done
-  say "rabbitmq: $NODE running (amqp 5673, management 15673)"
+  say "rabbitmq: $NODE running (amqp 5673, management 15673, prometheus 15693)"
 }
 
 postgres() {

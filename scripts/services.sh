@@ -233,6 +233,13 @@ loopback_users.guest = true
 vm_memory_high_watermark.relative = 0.6
 disk_free_limit.absolute = 256MB
 EOF
+  # Quorum queues report their ready and unacknowledged figures on each tick (default 5 s);
+  # the tests' settled check (tests/api/helpers.rs) reads them from the Prometheus endpoint and
+  # wants them fresh, so the test broker ticks every 500 ms. Only advanced.config can set it.
+  write_if_changed /etc/rabbitmq/advanced.config <<'EOF'
+%% Written by warren's scripts/services.sh; rewritten on each run.
+[{rabbit, [{quorum_tick_interval, 500}]}].
+EOF
   # The AMQPS listener in a file of its own (RabbitMQ reads conf.d/*.conf after rabbitmq.conf),
   # so that rabbitmq.conf stays as it was before TLS and scripts that write only that file see
   # no change to restart for.
@@ -259,7 +266,8 @@ EOF
   fi
   # Ownership as Debian expects it: the node runs as rabbitmq and must read its config and own
   # its data (root-owned leftovers, e.g. from running rabbitmq tools as root, break the boot).
-  chown rabbitmq:rabbitmq /etc/rabbitmq /etc/rabbitmq/*.conf /etc/rabbitmq/enabled_plugins \
+  chown rabbitmq:rabbitmq /etc/rabbitmq /etc/rabbitmq/*.conf /etc/rabbitmq/advanced.config \
+    /etc/rabbitmq/enabled_plugins \
     /etc/rabbitmq/conf.d /etc/rabbitmq/conf.d/*.conf
   install -d -o rabbitmq -g rabbitmq -m 755 /var/lib/rabbitmq /var/log/rabbitmq
   find /var/lib/rabbitmq /var/log/rabbitmq \! -user rabbitmq -exec chown rabbitmq:rabbitmq {} +

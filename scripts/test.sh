@@ -22,12 +22,15 @@ command -v npm >/dev/null 2>&1 || scripts/services.sh install nodejs npm
 # and databases, hence no vhost or database name here.
 export WARREN_TEST_AMQP_URL="${WARREN_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672}"
 export WARREN_TEST_MANAGEMENT_URL="${WARREN_TEST_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15672}"
+# The broker's Prometheus endpoint: exact queue figures for the tests' settled check.
+export WARREN_TEST_PROMETHEUS_URL="${WARREN_TEST_PROMETHEUS_URL:-http://127.0.0.1:15692}"
 export WARREN_TEST_DATABASE_URL="${WARREN_TEST_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5432}"
 # The broker's AMQPS listener and the test CA/certificates scripts/services.sh made for it.
 export WARREN_TEST_AMQPS_URL="${WARREN_TEST_AMQPS_URL:-amqps://guest:guest@127.0.0.1:5671}"
 export WARREN_TEST_TLS_DIR="${WARREN_TEST_TLS_DIR:-/etc/rabbitmq/tls}"
 export WARREN_TEST_CHAOS_AMQP_URL="${WARREN_TEST_CHAOS_AMQP_URL:-amqp://guest:guest@127.0.0.1:5673}"
 export WARREN_TEST_CHAOS_MANAGEMENT_URL="${WARREN_TEST_CHAOS_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15673}"
+export WARREN_TEST_CHAOS_PROMETHEUS_URL="${WARREN_TEST_CHAOS_PROMETHEUS_URL:-http://127.0.0.1:15693}"
 export WARREN_TEST_CHAOS_DATABASE_URL="${WARREN_TEST_CHAOS_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5433}"
 
 # The whole suite, then the tests of the optional `otlp` feature (a second build of the test

@@ -48,6 +48,10 @@ fn chaos_management() -> String {
     )
 }
 
+fn chaos_prometheus() -> String {
+    env_or("WARREN_TEST_CHAOS_PROMETHEUS_URL", "http://127.0.0.1:15693")
+}
+
 fn chaos_pg() -> String {
     env_or(
         "WARREN_TEST_CHAOS_DATABASE_URL",
@@ -96,7 +100,7 @@ fn chaos_settings(mut s: Settings) -> Settings {
 /// Starts warren with `roles` (and the audit and notifications modules when it works) on a
 /// fresh vhost of the chaos node and a fresh database of the chaos cluster.
 async fn spawn_chaos(roles: &[Role]) -> TestApp {
-    let vhost = TestVhost::new_on(&chaos_management(), &chaos_amqp()).await;
+    let vhost = TestVhost::new_on(&chaos_management(), &chaos_amqp(), &chaos_prometheus()).await;
     let db = TestDb::new_on(&chaos_pg()).await;
     let mut app = spawn_roles_in(vhost, db, roles, chaos_settings, |a| {
         a.modules(["audit", "notifications"])

@@ -1,7 +1,13 @@
 //! The test harness: `spawn_app()` starts the real service on port 0 against the real broker
 //! in a fresh vhost and a fresh PostgreSQL database, so tests run in parallel.
+//!
+//! Waiting: [`eventually`] polls a check with a bound on the whole wait, each check included
+//! (a check that blocks fails the test at the bound instead of hanging it), and
+//! [`TestApp::settled`] is the one "nothing more will arrive" wait: it holds only when the
+//! named queues, their dead letters and every retry tier of the vhost hold exactly the expected
+//! number of messages, ready and unacknowledged together, for a quiet period.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, time::Duration};
 
 use lapin::{Connection, ConnectionProperties, options::BasicGetOptions};
 use sea_orm::{ConnectionTrait, Database};
@@ -30,7 +36,24 @@ pub fn pg_base() -> String {
         .unwrap_or_else(|_| "postgres://warren:warren@127.0.0.1:5432".to_owned())
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
+/// The broker's Prometheus endpoint (plugin `rabbitmq_prometheus`), for exact queue figures.
+pub fn prometheus_url() -> String {
+    std::env::var("WARREN_TEST_PROMETHEUS_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:15692".to_owned())
+}
+
+/// How often the test brokers' quorum queues report their figures (`quorum_tick_interval` in
+/// the advanced.config that `scripts/services.sh` writes), in milliseconds.
+pub fn queue_tick_ms() -> u64 {
+    std::env::var("WARREN_TEST_QUEUE_TICK_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `limit` in all: a single
+/// check that blocks past the limit (an HTTP or AMQP call without a timeout of its own) fails
+/// the test there, as a check that keeps answering `None` does.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -38,8 +61,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if let Some(v) = check().await {
-            return v;
+        match tokio::time::timeout_at(deadline, check()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => panic!("timed out after {limit:?} waiting for {what} (a check blocked)"),
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -47,6 +72,59 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Ready and unacknowledged messages of one queue, as the broker counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueFigures {
+    /// Ready for delivery.
+    pub ready: u64,
+    /// Delivered to a consumer and not yet acknowledged.
+    pub unacked: u64,
+}
+
+impl QueueFigures {
+    /// Everything the queue holds.
+    pub fn total(&self) -> u64 {
+        self.ready + self.unacked
+    }
+}
+
+/// Parses the `queue_coarse_metrics` family of RabbitMQ's `/metrics/detailed` for `vhost`.
+fn parse_queue_figures(text: &str, vhost: &str) -> BTreeMap<String, QueueFigures> {
+    let mut out: BTreeMap<String, QueueFigures> = BTreeMap::new();
+    for line in text.lines() {
+        let (metric, ready) = if let Some(rest) =
+            line.strip_prefix("rabbitmq_detailed_queue_messages_ready{")
+        {
+            (rest, true)
+        } else if let Some(rest) = line.strip_prefix("rabbitmq_detailed_queue_messages_unacked{") {
+            (rest, false)
+        } else {
+            continue;
+        };
+        let Some((labels, value)) = metric.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |key: &str| {
+            let start = labels.find(&format!("{key}=\""))? + key.len() + 2;
+            let end = labels[start..].find('"')? + start;
+            Some(labels[start..end].to_owned())
+        };
+        if label("vhost").as_deref() != Some(vhost) {
+            continue;
+        }
+        let (Some(queue), Ok(n)) = (label("queue"), value.trim().parse::<f64>()) else {
+            continue;
+        };
+        let figures = out.entry(queue).or_default();
+        if ready {
+            figures.ready = n as u64;
+        } else {
+            figures.unacked = n as u64;
+        }
+    }
+    out
 }
 
 /// A fresh vhost on the test broker, with the guest user allowed in.
@@ -57,16 +135,19 @@ pub struct TestVhost {
     pub api: Management,
     /// The broker's AMQP URL without vhost.
     pub amqp_base: String,
+    /// The broker's Prometheus endpoint (exact queue figures).
+    pub prometheus: String,
 }
 
 impl TestVhost {
     /// Creates a fresh vhost on the test broker.
     pub async fn new() -> Self {
-        Self::new_on(&management_url(), &amqp_base()).await
+        Self::new_on(&management_url(), &amqp_base(), &prometheus_url()).await
     }
 
-    /// Creates a fresh vhost on the broker with this management API and AMQP base URL.
-    pub async fn new_on(management_url: &str, amqp_base: &str) -> Self {
+    /// Creates a fresh vhost on the broker with this management API, AMQP base URL and
+    /// Prometheus endpoint.
+    pub async fn new_on(management_url: &str, amqp_base: &str, prometheus: &str) -> Self {
         let name = format!("warren-test-{}", uuid::Uuid::now_v7().simple());
         let api = Management::new(management_url).expect("management url");
         api.put(&format!("vhosts/{}", encode(&name)), &serde_json::json!({}))
@@ -86,7 +167,28 @@ impl TestVhost {
             name,
             api,
             amqp_base: amqp_base.to_owned(),
+            prometheus: prometheus.to_owned(),
         }
+    }
+
+    /// Ready and unacknowledged messages of every queue in the vhost, as the queues last
+    /// reported them (each quorum queue reports every [`queue_tick_ms`]). `None` when the
+    /// endpoint does not answer.
+    pub async fn queue_figures(&self) -> Option<BTreeMap<String, QueueFigures>> {
+        let url = format!(
+            "{}/metrics/detailed?family=queue_coarse_metrics&vhost={}",
+            self.prometheus,
+            encode(&self.name)
+        );
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .ok()?;
+        let r = client.get(url).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        Some(parse_queue_figures(&r.text().await.ok()?, &self.name))
     }
 
     /// The AMQP URL of this vhost.
@@ -343,7 +445,121 @@ impl TestApp {
         let _ = conn.close(200, "".into()).await;
     }
 
-    /// Messages ready in `queue` (exact, from a passive declare).
+    /// Waits until the queues have settled, and fails the test when they do not within 60 s.
+    /// See [`Self::settled_within`].
+    pub async fn settled(&self, expect: &[(&str, u64)]) {
+        self.settled_within(Duration::from_secs(60), expect).await;
+    }
+
+    /// Waits, for at most `limit`, until each queue in `expect` holds exactly its number of
+    /// messages, ready and unacknowledged together; and with them the dead-letter queue of
+    /// each (`<queue>.dead`) and every retry tier of the vhost (`warren.retry.*`), at zero
+    /// unless `expect` names them. It holds only when every read over a quiet period (three
+    /// queue ticks, at least 1.5 s) agrees, and when the ready figures match the exact count of
+    /// a passive declare (so a stale report cannot pass). Messages delivered and unacked, or
+    /// waiting in a tier to come back, keep it unsettled.
+    pub async fn settled_within(&self, limit: Duration, expect: &[(&str, u64)]) {
+        let mut want: BTreeMap<String, u64> = BTreeMap::new();
+        for (q, n) in expect {
+            want.insert((*q).to_owned(), *n);
+        }
+        for (q, _) in expect {
+            if !q.ends_with(".dead") && !q.starts_with("warren.retry.") {
+                want.entry(format!("{q}.dead")).or_insert(0);
+            }
+        }
+        let quiet = Duration::from_millis((3 * queue_tick_ms()).max(1_500));
+        let conn = Connection::connect(&self.vhost.amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("amqp connect");
+        let mut since: Option<tokio::time::Instant> = None;
+        let mut last = String::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let ok = match tokio::time::timeout_at(deadline, self.settle_read(&conn, &want)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(why)) => {
+                    last = why;
+                    false
+                }
+                Err(_) => {
+                    last = "a read blocked".to_owned();
+                    false
+                }
+            };
+            let now = tokio::time::Instant::now();
+            if ok {
+                let start = *since.get_or_insert(now);
+                if now - start >= quiet {
+                    break;
+                }
+            } else {
+                since = None;
+            }
+            assert!(
+                now < deadline,
+                "queues not settled after {limit:?} (want {want:?}): {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = conn.close(200, "".into()).await;
+    }
+
+    /// One read for [`Self::settled_within`]: `Err` says what is not yet as expected.
+    async fn settle_read(
+        &self,
+        conn: &Connection,
+        want: &BTreeMap<String, u64>,
+    ) -> Result<(), String> {
+        let figures = self
+            .vhost
+            .queue_figures()
+            .await
+            .ok_or("the Prometheus endpoint did not answer")?;
+        let mut want = want.clone();
+        for q in figures.keys().filter(|q| q.starts_with("warren.retry.")) {
+            want.entry(q.clone()).or_insert(0);
+        }
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| format!("channel: {e}"))?;
+        let mut wrong = Vec::new();
+        for (q, n) in &want {
+            let Some(f) = figures.get(q) else {
+                wrong.push(format!("{q}: not reported yet"));
+                continue;
+            };
+            if f.total() != *n {
+                wrong.push(format!("{q}: {f:?}, want {n}"));
+                continue;
+            }
+            let exact = ch
+                .queue_declare(
+                    q.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await
+                .map_err(|e| format!("passive declare of {q}: {e}"))?
+                .message_count();
+            if u64::from(exact) != f.ready {
+                wrong.push(format!("{q}: reported {f:?}, {exact} ready now"));
+            }
+        }
+        let _ = ch.close(200, "".into()).await;
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("; "))
+        }
+    }
+
+    /// Messages ready in `queue` (exact, from a passive declare). Not a "drained" check: it
+    /// misses unacked messages and messages in a retry tier; use [`Self::settled`] for that.
     pub async fn depth(&self, queue: &str) -> u32 {
         let conn = Connection::connect(&self.vhost.amqp_url(), ConnectionProperties::default())
             .await
@@ -414,5 +630,76 @@ impl TestApp {
         }
         self.vhost.delete().await;
         self.db.drop_db().await;
+    }
+}
+
+#[test]
+fn queue_figures_are_read_for_the_vhost_only() {
+    let text = "\
+# TYPE rabbitmq_detailed_queue_messages_ready gauge
+rabbitmq_detailed_queue_messages_ready{vhost=\"a\",queue=\"warren.audit\"} 2
+rabbitmq_detailed_queue_messages_unacked{vhost=\"a\",queue=\"warren.audit\"} 3
+rabbitmq_detailed_queue_messages{vhost=\"a\",queue=\"warren.audit\"} 5
+rabbitmq_detailed_queue_messages_ready{vhost=\"b\",queue=\"warren.audit\"} 7
+rabbitmq_detailed_queue_messages_unacked{vhost=\"a\",queue=\"warren.retry.60s\"} 0
+";
+    let f = parse_queue_figures(text, "a");
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!(
+        f["warren.audit"],
+        QueueFigures {
+            ready: 2,
+            unacked: 3
+        }
+    );
+    assert_eq!(f["warren.audit"].total(), 5);
+    assert_eq!(f["warren.retry.60s"].total(), 0);
+}
+
+/// The settled check sees what a passive declare misses: a delivered, unacknowledged message
+/// and a message waiting in a retry tier keep a queue unsettled.
+#[tokio::test]
+async fn settled_counts_unacked_messages_and_the_retry_tiers() {
+    let app = spawn_app().await;
+    let props = lapin::BasicProperties::default();
+    app.publish_raw("", "warren.audit", b"held", props.clone())
+        .await;
+    // Held unacked by a consumer of our own: ready 0, so depth() says "drained".
+    let conn = Connection::connect(&app.vhost.amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("amqp connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let held = ch
+        .basic_get("warren.audit".into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("basic.get")
+        .expect("a message");
+    assert_eq!(app.depth("warren.audit").await, 0);
+    let app = std::sync::Arc::new(app);
+    let unsettled = |expect: Vec<(&'static str, u64)>| {
+        let app = app.clone();
+        tokio::spawn(async move { app.settled_within(Duration::from_secs(4), &expect).await })
+    };
+    let r = unsettled(vec![("warren.audit", 0)]).await;
+    assert!(
+        r.is_err_and(|e| e.is_panic()),
+        "an unacked message is not settled"
+    );
+    app.settled(&[("warren.audit", 1)]).await;
+    held.delivery.ack(Default::default()).await.expect("ack");
+    app.settled(&[("warren.audit", 0)]).await;
+    // A message in a retry tier: not settled at zero until the tier is empty too.
+    app.publish_raw("", "warren.retry.60s", b"waiting", props)
+        .await;
+    let r = unsettled(vec![("warren.audit", 0)]).await;
+    assert!(
+        r.is_err_and(|e| e.is_panic()),
+        "a message in a tier is not settled"
+    );
+    app.settled(&[("warren.audit", 0), ("warren.retry.60s", 1)])
+        .await;
+    let _ = conn.close(200, "".into()).await;
+    if let Ok(app) = std::sync::Arc::try_unwrap(app) {
+        app.cleanup().await;
     }
 }
