@@ -147,14 +147,31 @@ pub async fn park(app: &TestApp, n: usize) -> Vec<Uuid> {
     ids
 }
 
-/// Waits until `queue` holds `n` ready messages. Messages a pass held go back with
-/// `basic.nack(requeue)`, which a quorum queue's passive-declare count shows a moment later.
-async fn settled(app: &TestApp, queue: &str, n: u32) {
-    let what = format!("{n} messages in {queue}");
-    eventually(Duration::from_secs(5), &what, || async {
-        (app.depth(queue).await == n).then_some(())
-    })
+/// Waits until the dead-letter queue `dead` holds exactly `n` messages and its work queue and
+/// the retry tiers none, ready and unacked together ([`TestApp::settled`]): messages a pass
+/// held go back with `basic.nack(requeue)`, and a replayed message is handled, before this
+/// holds.
+async fn settled(app: &TestApp, dead: &str, n: u64) {
+    let work = dead.strip_suffix(".dead").expect("a dead-letter queue");
+    app.settled(&[(work, 0), (dead, n)]).await;
+}
+
+/// The message ids parked in `queue`'s dead-letter queue, as `GET /v1/dlq/{queue}` shows them.
+async fn parked_ids(app: &TestApp, queue: &str) -> std::collections::BTreeSet<String> {
+    let (status, peek) = call(
+        app,
+        Method::GET,
+        &format!("/v1/dlq/{queue}?limit=100"),
+        None,
+    )
     .await;
+    assert_eq!(status, 200, "{peek}");
+    peek["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["message_id"].as_str().expect("message id").to_owned())
+        .collect()
 }
 
 /// A replay or purge answer without its `action_id` (which must be there: the action is in
@@ -291,10 +308,11 @@ async fn replay_moves_parked_messages_back_with_attempt_one_and_cannot_loop() {
     .await;
     assert!(c.seen().iter().all(|(_, attempt)| *attempt == 1));
     settled(&app, DEAD, 0).await;
-    eventually(Duration::from_secs(5), "queue drained", || async {
-        (app.depth(QUEUE).await == 0).then_some(())
-    })
-    .await;
+    // Each message seen exactly three times: parked, replayed and refused, replayed and handled.
+    for id in &ids {
+        assert_eq!(c.seen_of(*id), vec![1, 1, 1], "{id}");
+    }
+    assert_eq!(c.seen().len(), 9, "no message beyond the parked ones");
     let r = rows(&app).await;
     assert_eq!(r.len(), 6);
     assert!(r.iter().all(|r| r.status == "retried"), "{r:?}");
@@ -334,7 +352,8 @@ async fn a_replayed_message_keeps_body_properties_and_origin_and_carries_the_rep
     let body = br#"{"to":"a@example.com"}"#;
     app.publish_raw("warren.dead", "warren.email", body, props)
         .await;
-    settled(&app, "warren.email.dead", 1).await;
+    app.settled(&[("warren.email", 0), ("warren.email.dead", 1)])
+        .await;
 
     let (status, answer) = call(
         &app,
@@ -348,7 +367,15 @@ async fn a_replayed_message_keeps_body_properties_and_origin_and_carries_the_rep
         audited(&answer),
         json!({"queue": "warren.email", "replayed": 1})
     );
-    settled(&app, "warren.email.dead", 0).await;
+    // No consumer on warren.email: the replayed copy waits there, and only there.
+    app.settled(&[
+        ("warren.email", 1),
+        ("warren.email.dead", 0),
+        ("warren.audit", 0),
+        ("warren.notifications", 0),
+        ("warren.orders", 0),
+    ])
+    .await;
 
     let back = app.drain("warren.email").await;
     assert_eq!(back.len(), 1, "routed to exactly its queue");
@@ -382,9 +409,6 @@ async fn a_replayed_message_keeps_body_properties_and_origin_and_carries_the_rep
         p.headers().as_ref().and_then(|h| h.inner().get("x-custom")),
         Some(AMQPValue::Boolean(true))
     ));
-    for q in ["warren.audit", "warren.notifications", "warren.orders"] {
-        assert_eq!(app.depth(q).await, 0, "{q}");
-    }
     app.cleanup().await;
 }
 
@@ -461,15 +485,25 @@ async fn the_http_api_lists_shows_and_purges_with_filters() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(audited(&answer), json!({"queue": QUEUE, "purged": 1}));
-    let (_, answer) = call(
+    // The purge by id removed that message, and only it.
+    settled(&app, DEAD, 3).await;
+    let rest: std::collections::BTreeSet<String> =
+        ids[1..].iter().map(ToString::to_string).collect();
+    assert_eq!(parked_ids(&app, QUEUE).await, rest, "purged {}", ids[0]);
+    assert_eq!(statuses(&rows(&app).await, ids[0]), vec!["purged"]);
+    let (status, answer) = call(
         &app,
         Method::POST,
         "/v1/dlq/warren.notifications.dead/purge",
         Some(json!({"limit": 1})),
     )
     .await;
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(audited(&answer), json!({"queue": QUEUE, "purged": 1}));
     settled(&app, DEAD, 2).await;
+    let left = parked_ids(&app, QUEUE).await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.is_subset(&rest), "{left:?} of {rest:?}");
     // No body at all: every parked message.
     let resp = app
         .request(Method::POST, "/v1/dlq/warren.notifications/purge")
@@ -482,7 +516,14 @@ async fn the_http_api_lists_shows_and_purges_with_filters() {
         json!({"queue": QUEUE, "purged": 2})
     );
     settled(&app, DEAD, 0).await;
-    assert!(c.seen().len() == 4, "purged messages are not handled");
+    assert_eq!(c.seen().len(), 4, "purged messages are not handled");
+    let purged_ids: std::collections::BTreeSet<Uuid> = rows(&app)
+        .await
+        .iter()
+        .filter(|r| r.status == "purged")
+        .filter_map(|r| r.message_id)
+        .collect();
+    assert_eq!(purged_ids, ids.iter().copied().collect(), "each row purged");
 
     let (status, purged) = call(&app, Method::GET, "/v1/failed-jobs?status=purged", None).await;
     assert_eq!(status, 200);
@@ -568,8 +609,9 @@ async fn retrying_a_failed_job_replays_its_message_once() {
         (c.seen_of(ids[0]).len() == 2).then_some(())
     })
     .await;
-    assert_eq!(c.seen_of(ids[0]), vec![1, 1]);
     settled(&app, DEAD, 1).await;
+    assert_eq!(c.seen_of(ids[0]), vec![1, 1], "replayed once, handled once");
+    assert_eq!(c.seen_of(ids[1]), vec![1], "the other stays parked");
     let r = rows(&app).await;
     assert_eq!(statuses(&r, ids[0]), vec!["retried"]);
     assert_eq!(statuses(&r, ids[1]), vec!["parked"]);
@@ -721,6 +763,9 @@ async fn the_cli_lists_shows_replays_and_purges() {
     })
     .await;
     settled(&app, DEAD, 0).await;
+    for (id, times) in [(ids[0], 2), (ids[1], 2), (ids[2], 1)] {
+        assert_eq!(c.seen_of(id).len(), times, "{id}");
+    }
     let r = rows(&app).await;
     assert_eq!(statuses(&r, ids[0]), vec!["retried"]);
     assert_eq!(statuses(&r, ids[2]), vec!["purged"]);
@@ -728,5 +773,82 @@ async fn the_cli_lists_shows_replays_and_purges() {
     let (code, _, err) = cli(&app, &["dlq", "replay", "warren.nope"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("not a work queue"), "{err}");
+    app.cleanup().await;
+}
+
+/// Confirm, then ack: a replayed copy the broker does not take (here unroutable: the requeue
+/// binding of the work queue is removed) leaves its parked copy where it was, and the replay
+/// reports the failure instead of a count. Once the binding is back, each message moves once.
+#[tokio::test]
+async fn a_replay_the_broker_refuses_acks_nothing_and_leaves_every_message_parked() {
+    use lapin::options::QueueBindOptions;
+    let c = Flaky::default();
+    let app = start(&c).await;
+    let ids = park(&app, 3).await;
+    settled(&app, DEAD, 3).await;
+    let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_unbind(
+        QUEUE.into(),
+        "warren.requeue".into(),
+        QUEUE.into(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("unbind");
+    c.succeed.store(true, Ordering::SeqCst);
+    let err = service(&app)
+        .replay(QUEUE, &Filter::default())
+        .await
+        .expect_err("a replay the broker returned");
+    match &err {
+        warren::jobs::dlq::DlqError::Stopped { done, source, .. } => {
+            assert_eq!(*done, 0, "{err}");
+            assert!(
+                matches!(**source, warren::jobs::dlq::DlqError::Publish { .. }),
+                "{err}"
+            );
+        }
+        other => panic!("not a stopped replay: {other}"),
+    }
+    settled(&app, DEAD, 3).await;
+    let parked: std::collections::BTreeSet<String> = ids.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        parked_ids(&app, QUEUE).await,
+        parked,
+        "every copy still parked"
+    );
+    let r = rows(&app).await;
+    for id in &ids {
+        assert_eq!(statuses(&r, *id), vec!["parked"], "{id}");
+        assert_eq!(c.seen_of(*id), vec![1], "{id} not handled");
+    }
+    ch.queue_bind(
+        QUEUE.into(),
+        "warren.requeue".into(),
+        QUEUE.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind again");
+    let _ = conn.close(200, "".into()).await;
+    assert_eq!(
+        service(&app)
+            .replay(QUEUE, &Filter::default())
+            .await
+            .expect("replay"),
+        3
+    );
+    settled(&app, DEAD, 0).await;
+    for id in &ids {
+        assert_eq!(
+            c.seen_of(*id),
+            vec![1, 1],
+            "{id} handled once after the replay"
+        );
+    }
     app.cleanup().await;
 }

@@ -160,15 +160,8 @@ async fn a_job_that_reports_failure_twice_then_succeeds_is_handled_three_times_v
         )
         .await
     );
-    // Acked: nothing waits anywhere, nothing parked.
-    for q in [
-        "warren.notifications",
-        "warren.notifications.dead",
-        "warren.retry.60s",
-        "warren.retry.120s",
-    ] {
-        assert_eq!(app.depth(q).await, 0, "{q}");
-    }
+    // Acked: nothing waits anywhere (ready, unacked, a retry tier), nothing parked.
+    app.settled(&[("warren.notifications", 0)]).await;
     let db = app.db().await;
     let inbox = entities::processed_messages::Entity::find()
         .filter(entities::processed_messages::Column::Consumer.eq("notifications"))
@@ -386,10 +379,17 @@ async fn an_undecodable_message_from_a_foreign_client_is_parked_with_the_decode_
     assert_eq!(rows[0].reason, "undecodable");
     assert_eq!(rows[0].message_id, None);
     assert_eq!(rows[0].payload, "<xml>not json</xml>");
+    // Not requeued: nothing comes back to the queue, a tier or the dead letters (drained above).
+    app.settled(&[("warren.notifications", 0)]).await;
+    assert!(c.calls().is_empty(), "the handler never saw it");
     assert_eq!(
-        app.depth("warren.notifications").await,
-        0,
-        "not requeued forever"
+        entities::failed_jobs::Entity::find()
+            .all(&app.db().await)
+            .await
+            .expect("query")
+            .len(),
+        1,
+        "parked once"
     );
     app.cleanup().await;
 }
@@ -423,6 +423,8 @@ async fn a_foreign_message_with_the_event_body_is_accepted_and_a_duplicate_has_i
         .then_some(())
     })
     .await;
+    // Both copies are gone (the duplicate acked, not requeued or retried) before counting.
+    app.settled(&[("warren.notifications", 0)]).await;
     assert_eq!(c.calls().len(), 1, "handled once");
     assert_eq!(c.calls()[0].0, 1, "no attempt header means attempt 1");
     app.cleanup().await;
@@ -447,11 +449,8 @@ async fn graceful_shutdown_finishes_in_flight_work_and_acks_it() {
         1,
         "in-flight handler finished"
     );
-    assert_eq!(
-        app.depth("warren.notifications").await,
-        0,
-        "its message was acked, not requeued"
-    );
+    // Stopped: had the message not been acked, the closed channel would have handed it back.
+    app.settled(&[("warren.notifications", 0)]).await;
     app.cleanup().await;
 }
 

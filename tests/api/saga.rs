@@ -2,6 +2,7 @@
 //! payments, notifications) and the HTTP surface, on a real broker and database.
 
 use std::{
+    collections::BTreeSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -643,8 +644,10 @@ async fn a_second_saga_from_a_definitions_file_runs_on_the_same_engine() {
     app.cleanup().await;
 }
 
-/// Every command and reply, delivered twice: a tap queue bound beside the real ones copies
-/// each message and publishes the copy again to the same exchange and routing key.
+/// Every command and reply, delivered three times: a tap queue bound beside the real ones copies
+/// each message into its work queue again, once with its own message id (a redelivery, which
+/// the inbox drops) and once with a fresh one (a re-send, which only the saga's idempotency
+/// keys and state can drop).
 #[tokio::test]
 async fn duplicate_delivery_of_every_command_and_reply_deducts_nothing_twice() {
     let app = spawn_saga(ALL, |s| s, |a| a).await;
@@ -695,23 +698,27 @@ async fn duplicate_delivery_of_every_command_and_reply_deducts_nothing_twice() {
     };
     assert_eq!(compensated(0..3), 1, "{finals:?}");
     assert_eq!(compensated(3..5), 1, "{finals:?}");
-    // Wait for the duplicates still in flight to be handled, then check the effects.
-    eventually(Duration::from_secs(20), "queues drained", || async {
-        let mut total = 0;
-        for q in [
-            "warren.orders",
-            "warren.inventory",
-            "warren.payments",
-            "warren.notifications",
-            "warren.saga",
-        ] {
-            total += app.depth(q).await;
-        }
-        (total == 0).then_some(())
-    })
+    // Wait for the duplicates still in flight to be handled (every copy confirmed into its
+    // queue has been consumed and acked, none waits in a tier), then stop the tap and check
+    // that it really duplicated every command and reply.
+    app.settled(&[
+        ("warren.orders", 0),
+        ("warren.inventory", 0),
+        ("warren.payments", 0),
+        ("warren.notifications", 0),
+        ("warren.saga", 0),
+        ("test.tap", 0),
+    ])
     .await;
-    let copied = stop_tap(stop, tap).await;
-    assert!(copied >= 20, "the tap duplicated {copied} messages");
+    let tapped = stop_tap(stop, tap).await;
+    let unduplicated: Vec<_> = tapped.seen.difference(&tapped.copied).collect();
+    assert!(
+        unduplicated.is_empty(),
+        "every command and reply was copied into its queue; not: {unduplicated:?}"
+    );
+    // The commands warren sent are the idempotency keys it recorded (checked below), each
+    // with its reply: at least one tapped message per key and reply.
+    assert!(tapped.seen.len() >= 2 * 20, "{} tapped", tapped.seen.len());
     assert_eq!(stock(&app, "SKU-1").await, 1);
     assert_eq!(
         stock(&app, "SKU-2").await,
@@ -749,21 +756,38 @@ async fn duplicate_delivery_of_every_command_and_reply_deducts_nothing_twice() {
     app.cleanup().await;
 }
 
-async fn stop_tap(stop: CancellationToken, tap: tokio::task::JoinHandle<u64>) -> u64 {
+async fn stop_tap(stop: CancellationToken, tap: tokio::task::JoinHandle<Tapped>) -> Tapped {
     stop.cancel();
     tap.await.expect("tap task")
 }
 
-/// Binds `test.tap` to every command and reply; republishes each tapped message once (the
-/// copy carries `x-test-copy`, which the tap skips). Returns how many it copied.
+/// What the tap saw and copied, by message id.
+#[derive(Debug, Default)]
+struct Tapped {
+    /// Every original command and reply the tap received.
+    seen: BTreeSet<String>,
+    /// Those whose two copies (the same message id, and a fresh one) the broker confirmed into
+    /// a work queue.
+    copied: BTreeSet<String>,
+}
+
+/// Binds `test.tap` to every command and reply and copies each tapped message twice (once with
+/// its message id, once with a fresh one), with its routing key, through `test.copy`: an exchange bound to the work queues as the topology binds
+/// them to `warren.commands` and `warren.replies`, but not to the tap. Copies are published with
+/// `mandatory` and publisher confirms, and a copy counts only when the broker confirmed it and
+/// did not return it, so it really sits in a work queue. Copies carry `x-test-copy`.
 async fn duplicate_everything(
     amqp: String,
     ready: tokio::sync::oneshot::Sender<()>,
     stop: CancellationToken,
-) -> u64 {
+) -> Tapped {
     use futures_util::StreamExt;
     use lapin::{
-        options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+        Confirmation,
+        options::{
+            BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions,
+            QueueDeclareOptions,
+        },
         types::{AMQPValue, FieldTable},
     };
     let conn = lapin::Connection::connect(&amqp, lapin::ConnectionProperties::default())
@@ -792,6 +816,30 @@ async fn duplicate_everything(
         .await
         .expect("bind tap");
     }
+    ch.exchange_declare(
+        "test.copy".into(),
+        lapin::ExchangeKind::Topic,
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("copy exchange");
+    let topology = warren::broker::topology::Topology::builtin().expect("topology");
+    for b in topology
+        .bindings
+        .iter()
+        .filter(|b| b.source == "warren.commands" || b.source == "warren.replies")
+    {
+        ch.queue_bind(
+            b.destination.as_str().into(),
+            "test.copy".into(),
+            b.routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind copy exchange");
+    }
     let mut consumer = ch
         .basic_consume(
             "test.tap".into(),
@@ -802,7 +850,7 @@ async fn duplicate_everything(
         .await
         .expect("consume tap");
     let _ = ready.send(());
-    let mut copied = 0;
+    let mut tapped = Tapped::default();
     loop {
         let next = tokio::select! {
             () = stop.cancelled() => break,
@@ -815,24 +863,48 @@ async fn duplicate_everything(
             .as_ref()
             .is_some_and(|h| h.inner().contains_key("x-test-copy"));
         if !is_copy {
+            let id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_owned())
+                .expect("warren's messages carry a message id");
+            tapped.seen.insert(id.clone());
             let mut headers = d.properties.headers().clone().unwrap_or_default();
             headers.insert("x-test-copy".into(), AMQPValue::Boolean(true));
-            let props = d.properties.clone().with_headers(headers);
-            out.basic_publish(
-                d.exchange.clone(),
-                d.routing_key.clone(),
-                Default::default(),
-                &d.data,
-                props,
-            )
-            .await
-            .expect("copy published")
-            .await
-            .expect("copy confirmed");
-            copied += 1;
+            let same = d.properties.clone().with_headers(headers);
+            // The second copy under a message id of its own: the consumers' inbox cannot know
+            // it, so only the saga's idempotency key (participants) and its state (the
+            // orchestrator) stand between it and a second effect.
+            let fresh = same
+                .clone()
+                .with_message_id(uuid::Uuid::now_v7().to_string().into());
+            for props in [same, fresh] {
+                let confirm = out
+                    .basic_publish(
+                        "test.copy".into(),
+                        d.routing_key.clone(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &d.data,
+                        props,
+                    )
+                    .await
+                    .expect("copy published")
+                    .await
+                    .expect("copy confirmed");
+                assert!(
+                    matches!(confirm, Confirmation::Ack(None)),
+                    "a copy of {id} ({}) reached no queue: {confirm:?}",
+                    d.routing_key
+                );
+            }
+            tapped.copied.insert(id);
         }
         d.ack(BasicAckOptions::default()).await.expect("ack");
     }
     let _ = conn.close(200, "".into()).await;
-    copied
+    tapped
 }
