@@ -596,6 +596,21 @@ async fn two_operators_at_once_cannot_replay_a_message_twice() {
     app.cleanup().await;
 }
 
+/// Where the browser test writes its screenshots: under `target/` (a test run leaves the work
+/// tree as it was), or over the committed ones in `docs/console/` when
+/// `WARREN_UPDATE_SCREENSHOTS=1` asks for a refresh.
+fn screenshot_dir(root: &std::path::Path) -> PathBuf {
+    if std::env::var("WARREN_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        root.join("docs/console")
+    } else {
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), PathBuf::from)
+            .join("console-screenshots");
+        std::fs::create_dir_all(&dir).expect("screenshot directory");
+        dir
+    }
+}
+
 /// Runs one phase of `tests/console/run.mjs` in headless Chromium; panics with its output
 /// when it fails.
 async fn browser(phase: &str, base: &str, env: &[(&str, String)]) {
@@ -611,7 +626,7 @@ async fn browser(phase: &str, base: &str, env: &[(&str, String)]) {
         .current_dir(&root)
         .env("CONSOLE_BASE", base)
         .env("CONSOLE_TOKEN", ADMIN)
-        .env("SCREENSHOT_DIR", root.join("docs/console"))
+        .env("SCREENSHOT_DIR", screenshot_dir(&root))
         .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
