@@ -304,7 +304,7 @@ mod tests {
     }
 
     #[test]
-    fn every_second_ticks_once_a_second_and_tick_ids_are_stable() {
+    fn every_second_ticks_once_a_second_on_whole_seconds() {
         let cron = parse_cron("* * * * * *").expect("parses");
         let start: DateTime<Utc> = "2026-11-27T10:00:00.500Z".parse().expect("time");
         let a = cron
@@ -318,8 +318,36 @@ mod tests {
         );
         let b = cron.find_next_occurrence(&a, false).expect("next");
         assert_eq!((b - a).num_milliseconds(), 1000);
-        assert_eq!(tick_id("x", a), tick_id("x", a));
-        assert_ne!(tick_id("x", a), tick_id("x", b));
-        assert_ne!(tick_id("x", a), tick_id("y", a));
+    }
+
+    #[test]
+    fn tick_ids_are_fixed_per_schedule_and_tick_and_distinct_otherwise() {
+        let a: DateTime<Utc> = "2026-11-27T10:00:01Z".parse().expect("time");
+        // The id every instance and every version computes for this tick (UUIDv5 of
+        // `warren:schedule:x:1795773601000` in the URL namespace, computed outside warren): a
+        // change of the derivation would make instances of different versions fire twice.
+        assert_eq!(
+            tick_id("x", a).to_string(),
+            "099e5d6c-4404-5257-a076-c0a046452348"
+        );
+        assert_eq!(
+            tick_id("nightly-report", a).to_string(),
+            "ce7ad723-f99c-5559-9b40-15a10561512e"
+        );
+        assert_eq!(tick_id("x", a).get_version_num(), 5);
+        // The same instant written with another offset is the same tick.
+        let same: DateTime<Utc> = "2026-11-27T12:00:01+02:00".parse().expect("time");
+        assert_eq!(tick_id("x", same), tick_id("x", a));
+        // A day of one-second ticks: every id its own, and not another schedule's.
+        let day: std::collections::HashSet<Uuid> = (0..86_400)
+            .map(|s| tick_id("x", a + chrono::Duration::seconds(s)))
+            .collect();
+        assert_eq!(day.len(), 86_400);
+        assert_eq!(
+            tick_id("x", a + chrono::Duration::seconds(1)).to_string(),
+            "dab6cf22-a580-5a32-88a1-006194a7cf23"
+        );
+        assert!(!day.contains(&tick_id("y", a)));
+        assert!(!day.contains(&tick_id("nightly-report", a)));
     }
 }

@@ -214,19 +214,30 @@ mod tests {
 
     #[test]
     fn over_long_names_and_correlation_ids_are_cut_not_a_panic() {
-        let e = Event::new("ä".repeat(300), None, json!({}));
-        let mut m = Meta::for_event(&e);
-        m.correlation_id = Some("c".repeat(1000));
-        let p = m.properties();
-        let kind = p
-            .kind()
-            .as_ref()
-            .map(|k| k.as_str().to_owned())
-            .unwrap_or_default();
-        assert!(kind.len() <= 255 && kind.chars().all(|c| c == 'ä'));
+        let props_of = |name: String, correlation: Option<String>| {
+            let e = Event::new(name, None, json!({}));
+            let mut m = Meta::for_event(&e);
+            m.correlation_id = correlation;
+            let p = m.properties();
+            (
+                p.kind().as_ref().map(|k| k.as_str().to_owned()),
+                p.correlation_id().as_ref().map(|c| c.as_str().to_owned()),
+            )
+        };
+        // 300 two-byte characters: cut to the last whole character within 255 bytes (127 of
+        // them, 254 bytes), not in the middle of the 128th.
+        let (kind, correlation) = props_of("ä".repeat(300), Some("c".repeat(1000)));
+        assert_eq!(kind.as_deref(), Some("ä".repeat(127).as_str()));
+        assert_eq!(correlation.as_deref(), Some("c".repeat(255).as_str()));
+        // Three-byte characters: 85 of them fill exactly 255 bytes.
+        let (kind, _) = props_of("€".repeat(100), None);
+        assert_eq!(kind.as_deref(), Some("€".repeat(85).as_str()));
+        // At the limit nothing is cut; under it the name is kept as it is.
+        let at_limit = format!("a.{}", "b".repeat(253));
+        assert_eq!(props_of(at_limit.clone(), None).0, Some(at_limit));
         assert_eq!(
-            p.correlation_id().as_ref().map(|c| c.as_str().len()),
-            Some(255)
+            props_of("order.created".into(), None),
+            (Some("order.created".to_owned()), None)
         );
     }
 

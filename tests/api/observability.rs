@@ -3,6 +3,7 @@
 //! reply.
 
 use std::{
+    collections::BTreeSet,
     io::Write,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -167,42 +168,162 @@ async fn metrics_pass_promtool_and_every_process_can_be_scraped() {
     app.cleanup().await;
 }
 
+/// The wall-clock second, as the budget of slow-request events counts them.
+fn unix_second() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// Every set of requests (by index) that a budget of `per_sec` events per wall-clock second
+/// can have announced, for requests made one after another, request `i` checked by the budget
+/// in a second within `seconds[i]` (the seconds read just before sending it and just after
+/// its answer). One set when the times leave no doubt.
+fn announced_sets(seconds: &[(u64, u64)], per_sec: usize) -> BTreeSet<Vec<usize>> {
+    fn assign(
+        seconds: &[(u64, u64)],
+        at: &mut Vec<u64>,
+        per_sec: usize,
+        out: &mut BTreeSet<Vec<usize>>,
+    ) {
+        let i = at.len();
+        if i == seconds.len() {
+            let announced = (0..i)
+                .filter(|&j| at[..j].iter().filter(|&&s| s == at[j]).count() < per_sec)
+                .collect();
+            out.insert(announced);
+            return;
+        }
+        // One after another: a request's check comes no earlier than the one before it.
+        let from = seconds[i].0.max(at.last().copied().unwrap_or(0));
+        for s in from..=seconds[i].1 {
+            at.push(s);
+            assign(seconds, at, per_sec, out);
+            at.pop();
+        }
+    }
+    let mut out = BTreeSet::new();
+    assign(seconds, &mut Vec::new(), per_sec, &mut out);
+    out
+}
+
+#[test]
+fn the_announced_sets_follow_the_per_second_budget() {
+    // All in one second: the first two.
+    assert_eq!(
+        announced_sets(&[(5, 5), (5, 5), (5, 5), (5, 5)], 2),
+        BTreeSet::from([vec![0, 1]])
+    );
+    // Two seconds: two of each.
+    assert_eq!(
+        announced_sets(&[(5, 5), (5, 5), (5, 5), (6, 6), (6, 6), (6, 6)], 2),
+        BTreeSet::from([vec![0, 1, 3, 4]])
+    );
+    // The third straddles the boundary: over budget in 5 (and the next two are 6's), or the
+    // first of 6 (and the last is over 6's budget).
+    assert_eq!(
+        announced_sets(&[(5, 5), (5, 5), (5, 6), (6, 6), (6, 6)], 2),
+        BTreeSet::from([vec![0, 1, 2, 3], vec![0, 1, 3, 4]])
+    );
+    // A straddle that changes nothing: within budget on either side.
+    assert_eq!(
+        announced_sets(&[(5, 5), (5, 6)], 2),
+        BTreeSet::from([vec![0, 1]])
+    );
+    // The first of a run straddling: alone in 4 (and two more in 5), or one of three in 5.
+    assert_eq!(
+        announced_sets(&[(4, 5), (5, 5), (5, 5)], 2),
+        BTreeSet::from([vec![0, 1], vec![0, 1, 2]])
+    );
+}
+
 #[tokio::test]
 async fn slow_requests_are_counted_and_announced_as_events() {
-    // Every request counts as slow with a 0 ms threshold; no module consumes warren.audit,
-    // so the announcements wait there.
-    let app = crate::helpers::spawn_app_with(
-        |mut s| {
-            s.http.slow_request_ms = 0;
-            s.http.slow_request_events_per_sec = 2;
-            s
-        },
-        |a| a,
-    )
-    .await;
-    for i in 0..5 {
-        let r = app.post_event("order.created", &json!({"i": i})).await;
-        assert_eq!(r.status(), 202);
+    const PER_SEC: u32 = 2;
+    // Which requests the budget announces depends on the wall-clock second each was checked
+    // in. The test reads the second before and after each request; when a request straddles a
+    // boundary in a way that changes the outcome, it starts over on a fresh app.
+    let mut attempt = 0;
+    let (app, requests, expected) = loop {
+        attempt += 1;
+        assert!(attempt <= 5, "5 runs in a row straddled a second boundary");
+        // Every request counts as slow with a 0 ms threshold; no module consumes
+        // warren.audit, so the announcements wait there.
+        let app = crate::helpers::spawn_app_with(
+            |mut s| {
+                s.http.slow_request_ms = 0;
+                s.http.slow_request_events_per_sec = PER_SEC;
+                s
+            },
+            |a| a,
+        )
+        .await;
+        // (request id, event id, seconds)
+        let mut requests = Vec::new();
+        for i in 0..5 {
+            let from = unix_second();
+            let r = app.post_event("order.created", &json!({ "i": i })).await;
+            let to = unix_second();
+            assert_eq!(r.status(), 202);
+            let request_id = r.headers()["x-request-id"]
+                .to_str()
+                .expect("ascii")
+                .to_owned();
+            let body: Value = r.json().await.expect("json");
+            let event_id = body["event_id"].as_str().expect("event_id").to_owned();
+            requests.push((request_id, event_id, (from, to)));
+        }
+        let seconds: Vec<(u64, u64)> = requests.iter().map(|r| r.2).collect();
+        let possible = announced_sets(&seconds, PER_SEC as usize);
+        if let [expected] = possible.into_iter().collect::<Vec<_>>().as_slice() {
+            break (app, requests, expected.clone());
+        }
+        app.cleanup().await;
+    };
+    // Exactly the 5 events and the expected announcements arrive, and nothing more.
+    app.settled(&[("warren.audit", (requests.len() + expected.len()) as u64)])
+        .await;
+    let mut events = BTreeSet::new();
+    let mut announced = BTreeSet::new();
+    for m in app.drain("warren.audit").await {
+        let v: Value = serde_json::from_slice(&m.delivery.data).expect("json event");
+        match v["event_name"].as_str() {
+            Some("order.created") => {
+                let id = v["event_id"].as_str().expect("event_id");
+                assert!(events.insert(id.to_owned()), "published twice: {v}");
+            }
+            Some("system.slow_request") => {
+                assert_eq!(v["data"]["method"], "POST", "{v}");
+                assert_eq!(v["data"]["path"], "/v1/events/{name}", "{v}");
+                assert_eq!(v["data"]["status"], 202, "{v}");
+                assert_eq!(v["data"]["threshold_ms"], 0, "{v}");
+                assert!(
+                    v["data"]["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+                    "{v}"
+                );
+                let id = v["data"]["request_id"].as_str().expect("request_id");
+                assert!(announced.insert(id.to_owned()), "announced twice: {v}");
+            }
+            other => panic!("unexpected {other:?}: {v}"),
+        }
     }
+    let want_events: BTreeSet<String> = requests.iter().map(|r| r.1.clone()).collect();
+    assert_eq!(events, want_events);
+    let want_announced: BTreeSet<String> =
+        expected.iter().map(|&i| requests[i].0.clone()).collect();
+    assert_eq!(
+        announced,
+        want_announced,
+        "announced at most {PER_SEC} a second, in request order (seconds: {:?})",
+        requests.iter().map(|r| r.2).collect::<Vec<_>>()
+    );
+    // Every one of them is counted, announced or not.
     let text = metrics_text(&app, &app.base).await;
     assert!(
         text.contains(r#"http_slow_requests_total{method="POST",path="/v1/events/{name}"} 5"#),
         "{text}"
     );
-    let slow = eventually(Duration::from_secs(10), "slow_request events", || async {
-        let msgs = app.drain("warren.audit").await;
-        let slow: Vec<Value> = msgs
-            .iter()
-            .filter_map(|m| serde_json::from_slice::<Value>(&m.delivery.data).ok())
-            .filter(|v| v["event_name"] == "system.slow_request")
-            .collect();
-        (!slow.is_empty()).then_some(slow)
-    })
-    .await;
-    assert!(slow.len() <= 2, "capped at 2 per second: {}", slow.len());
-    assert_eq!(slow[0]["data"]["path"], "/v1/events/{name}");
-    assert_eq!(slow[0]["data"]["threshold_ms"], 0);
-    assert!(slow[0]["data"]["duration_ms"].is_number());
     app.cleanup().await;
 }
 
@@ -275,11 +396,10 @@ async fn one_trace_id_follows_a_request_through_retries_dead_letters_and_saga_st
         .await
         .expect("sent");
     assert_eq!(r.status(), 202);
-    let parked = eventually(Duration::from_secs(30), "the job is parked", || async {
-        let m = app.drain("warren.email.dead").await;
-        (!m.is_empty()).then_some(m)
-    })
-    .await;
+    // Parked once, after its three attempts, and nothing left in the queue or a tier.
+    app.settled(&[("warren.email", 0), ("warren.email.dead", 1)])
+        .await;
+    let parked = app.drain("warren.email.dead").await;
     let tp = warren::broker::envelope::header_str(&parked[0].delivery.properties, "traceparent")
         .expect("traceparent kept on the dead letter");
     assert_eq!(trace_id_of(&tp), trace2);

@@ -54,30 +54,78 @@ async fn post(app: &TestApp, base: &str, aggregate: Option<&str>, n: u32) -> (St
     )
 }
 
-/// Reads `warren.audit` until `n` messages came; returns their bodies in queue order.
-async fn audit_messages(app: &TestApp, n: usize) -> Vec<(String, Value)> {
-    let got = std::sync::Mutex::new(Vec::new());
+/// Waits until `warren.audit` holds exactly `n` messages (and the queues in `also` theirs)
+/// and nothing more comes, nor waits in a retry tier or a dead-letter queue; then takes them:
+/// their ids and bodies in queue order. Called once the outbox is empty: every row was deleted
+/// after its confirm, so the `n` are there already, and fewer is a loss, said at once.
+async fn audit_messages(app: &TestApp, n: usize, also: &[(&str, u64)]) -> Vec<(String, Value)> {
     eventually(
-        Duration::from_secs(30),
-        &format!("{n} events in warren.audit"),
+        Duration::from_secs(10),
+        &format!("the {n} accepted events in warren.audit (the outbox is empty: fewer is a loss)"),
+        || async { (app.depth("warren.audit").await as usize >= n).then_some(()) },
+    )
+    .await;
+    let mut expect = vec![("warren.audit", n as u64)];
+    expect.extend_from_slice(also);
+    app.settled(&expect).await;
+    app.drain("warren.audit")
+        .await
+        .into_iter()
+        .map(|m| {
+            let id = m
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
+                .expect("message_id");
+            let body: Value = serde_json::from_slice(&m.data).expect("json body");
+            (id, body)
+        })
+        .collect()
+}
+
+/// Checks that `messages` are the `accepted` ids, each once.
+fn assert_each_once(messages: &[(String, Value)], accepted: &[String]) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (id, _) in messages {
+        *seen.entry(id.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "published more than once: {twice:?}");
+    let lost: Vec<_> = accepted
+        .iter()
+        .filter(|id| !seen.contains_key(id.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "accepted and never published: {lost:?}");
+    let unknown: Vec<_> = seen
+        .keys()
+        .filter(|id| !accepted.iter().any(|a| a == *id))
+        .collect();
+    assert!(unknown.is_empty(), "published, never accepted: {unknown:?}");
+    assert_eq!(messages.len(), accepted.len());
+}
+
+/// Waits until warren has seen the broker go: its connection pool no longer hands out the
+/// connection the gate cut (a publish on it would wait for a confirm that never comes) and
+/// gets each new one refused.
+async fn until_broker_refused(app: &TestApp) {
+    eventually(
+        Duration::from_secs(15),
+        "readyz to report the broker refused",
         || async {
-            let messages = app.drain("warren.audit").await;
-            let mut got = got.lock().expect("lock");
-            for m in messages {
-                let id = m
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|s| s.as_str().to_owned())
-                    .expect("message_id");
-                let body: Value = serde_json::from_slice(&m.data).expect("json body");
-                got.push((id, body));
-            }
-            (got.len() >= n).then_some(())
+            let r = app
+                .request(reqwest::Method::GET, "/readyz")
+                .send()
+                .await
+                .ok()?;
+            let body: Value = r.json().await.ok()?;
+            body["checks"]["broker"]
+                .as_str()?
+                .starts_with("cannot get an AMQP connection: ")
+                .then_some(())
         },
     )
     .await;
-    got.into_inner().expect("lock")
 }
 
 async fn outbox_rows(app: &TestApp) -> u64 {
@@ -146,7 +194,11 @@ async fn events_accepted_while_the_broker_is_away_are_stored_then_published_in_o
     assert_eq!(r.status(), 202);
     let job: Value = r.json().await.expect("json");
     assert_eq!(job["stored"], "outbox", "{job}");
-    assert_eq!(outbox_rows(&app).await, 46);
+    assert_eq!(
+        outbox_rows(&app).await,
+        46,
+        "with the broker away, every accepted message waits in the outbox"
+    );
     let metrics = app
         .request(reqwest::Method::GET, "/metrics")
         .send()
@@ -171,23 +223,28 @@ async fn events_accepted_while_the_broker_is_away_are_stored_then_published_in_o
         let (id, _) = post(&app, &base, Some("A"), n).await;
         accepted.push(id);
     }
-    let messages = audit_messages(&app, accepted.len()).await;
+    until_outbox_empty(&app).await;
+    let messages = audit_messages(&app, accepted.len(), &[("warren.email", 1)]).await;
+    assert_each_once(&messages, &accepted);
     assert_ordered_per_aggregate(&messages);
-    let mut ids: Vec<&String> = messages.iter().map(|(id, _)| id).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), messages.len(), "no event published twice");
-    let mut want = accepted.clone();
-    want.sort();
-    let mut got: Vec<String> = ids.into_iter().cloned().collect();
-    got.sort();
-    assert_eq!(got, want, "every accepted event reached the queue");
+    let jobs: Vec<String> = app
+        .drain("warren.email")
+        .await
+        .iter()
+        .map(|m| {
+            m.properties
+                .message_id()
+                .as_ref()
+                .expect("message_id")
+                .as_str()
+                .to_owned()
+        })
+        .collect();
     assert_eq!(
-        app.drain("warren.email").await.len(),
-        1,
+        jobs,
+        [job["job_id"].as_str().expect("job_id")],
         "the stored job too"
     );
-    until_outbox_empty(&app).await;
     app.cleanup().await;
 }
 
@@ -206,18 +263,17 @@ async fn two_fronts_relay_one_outbox_and_each_event_is_published_once() {
         assert_eq!(stored, "outbox");
         accepted.push(id);
     }
-    assert_eq!(outbox_rows(&app).await, 40);
+    assert_eq!(
+        outbox_rows(&app).await,
+        40,
+        "with the broker away, every accepted message waits in the outbox"
+    );
     gate.open();
-    let messages = audit_messages(&app, 40).await;
-    assert_ordered_per_aggregate(&messages);
-    // Settle: both relays keep running; nothing more may arrive.
+    // Both relays keep running: once the outbox is empty, the queue settles at the 40.
     until_outbox_empty(&app).await;
-    let late = app.drain("warren.audit").await;
-    assert!(late.is_empty(), "{} events published twice", late.len());
-    let mut got: Vec<String> = messages.into_iter().map(|(id, _)| id).collect();
-    got.sort();
-    accepted.sort();
-    assert_eq!(got, accepted);
+    let messages = audit_messages(&app, 40, &[]).await;
+    assert_each_once(&messages, &accepted);
+    assert_ordered_per_aggregate(&messages);
     stop.cancel();
     second.wait().await;
     app.cleanup().await;
@@ -236,7 +292,7 @@ async fn with_neither_broker_nor_outbox_the_answer_is_503_and_nothing_is_claimed
         .expect("rename");
     let r = app.post_event("order.created", &json!({"id": 1})).await;
     assert_eq!(r.status(), 503);
-    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["retry-after"], "5", "http.retry_after_secs");
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["error"]["code"], "not_stored", "{body}");
     let message = body["error"]["message"].as_str().expect("message");
@@ -255,14 +311,20 @@ async fn with_the_outbox_off_a_broker_outage_is_a_503() {
     let gate = BrokerGate::to_test_broker().await;
     let app = front_behind(&gate, |s| s.outbox.enabled = false).await;
     gate.close();
+    until_broker_refused(&app).await;
     let r = app.post_event("order.created", &json!({"id": 1})).await;
     assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5", "http.retry_after_secs");
     let body: Value = r.json().await.expect("json");
+    // The gate refuses every new connection at once (within the 500 ms connect timeout, well
+    // inside the 1 s publish timeout): no channel could be had, which is "unavailable". (Had
+    // the publish gone out on the cut connection before warren noticed, it would have waited
+    // for its confirm and answered `broker_timeout`.)
+    assert_eq!(body["error"]["code"], "broker_unavailable", "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
     assert!(
-        body["error"]["code"]
-            .as_str()
-            .is_some_and(|c| c.starts_with("broker_")),
-        "{body}"
+        message.starts_with("the broker could not take the message: "),
+        "{message}"
     );
     assert_eq!(outbox_rows(&app).await, 0);
     gate.open();
