@@ -64,7 +64,9 @@ where
         match tokio::time::timeout_at(deadline, check()).await {
             Ok(Some(v)) => return v,
             Ok(None) => {}
-            Err(_) => panic!("timed out after {limit:?} waiting for {what} (a check blocked)"),
+            Err(_) => panic!(
+                "timed out after {limit:?} waiting for {what} (the last check was still running)"
+            ),
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -378,6 +378,7 @@ async fn one_trace_id_follows_a_request_through_retries_dead_letters_and_saga_st
         trace_id_of(view["traceparent"].as_str().expect("stored")),
         trace
     );
+    app.settled(&[("test.trace", 8)]).await;
     let tapped = app.drain("test.trace").await;
     assert_eq!(tapped.len(), 8, "4 commands and 4 replies");
     for m in &tapped {
