@@ -269,7 +269,7 @@ async fn a_killed_instance_hands_over_without_a_gap_or_a_double() {
     })
     .await;
     // Stall the first instance's broker connection, wait until it holds the claim of a tick
-    // (the second waits on it), and kill it right then.
+    // (the second waits on it), let it hold the claim past the next tick, and kill it.
     stall.cancel();
     let before = eventually(
         Duration::from_secs(30),
@@ -282,6 +282,8 @@ async fn a_killed_instance_hands_over_without_a_gap_or_a_double() {
         },
     )
     .await;
+    // Held for longer than a tick (the second keeps waiting), then killed.
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // the fault's length
     first.0.kill().expect("SIGKILL");
     let _ = first.0.wait();
     // The held tick, the one after the last committed one, was not committed while held; the
