@@ -27,7 +27,7 @@ use crate::{
     helpers::{eventually, management_url},
     reliability::{KillOnDrop, close_connections, connection_names},
     saga::{seed, spawn_saga},
-    scale::{Scrape, free_port, holding_work, redelivered},
+    scale::{Relay, Scrape, free_port, holding_work, redelivered},
 };
 
 /// Fails the first attempt of one command in `every` (chosen by message id), as a
@@ -118,13 +118,24 @@ async fn five_hundred_concurrent_orders_with_faults_keep_stock_and_balances_exac
             stop.clone(),
         )
         .await;
+    // It reaches the database through a relay the test can stall: stalled, its handlers wait
+    // on the database with their commands unacknowledged, so the kill lands on work in hand
+    // (unstalled, a command is in its hands for milliseconds).
+    let pg = url::Url::parse(&app.db.url).expect("database URL");
+    let relay = Relay::start(format!(
+        "{}:{}",
+        pg.host_str().expect("database host"),
+        pg.port().unwrap_or(5432)
+    ));
+    let mut victim_db = pg.clone();
+    victim_db.set_port(Some(relay.port)).expect("port");
     let victim_port = free_port();
     let mut victim = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_warren"))
             .args(["worker", "--modules", "inventory,payments"])
             .env("WARREN_AMQP__URL", app.vhost.amqp_url())
             .env("WARREN_AMQP__MANAGEMENT_URL", management_url())
-            .env("WARREN_DATABASE__URL", &app.db.url)
+            .env("WARREN_DATABASE__URL", victim_db.as_str())
             .env("WARREN_METRICS__ADDR", format!("127.0.0.1:{victim_port}"))
             .env("WARREN_LOG__FILTER", "error")
             .env("WARREN_JOBS__FAILURE_DELAY_MS", "1000")
@@ -205,8 +216,11 @@ async fn five_hundred_concurrent_orders_with_faults_keep_stock_and_balances_exac
         },
     )
     .await;
-    // The kill lands on work in hand: a handler of the victim holds a command.
+    // The kill lands on work in hand: with its database stalled, a handler of the victim
+    // holds a command of warren.inventory or warren.payments. Once it is dead the relay
+    // closes its database connections, so its open transactions roll back.
     const PARTICIPANT_QUEUES: [&str; 2] = ["warren.inventory", "warren.payments"];
+    relay.stall();
     let at_kill = holding_work(
         &app.http,
         victim_port,
@@ -217,13 +231,14 @@ async fn five_hundred_concurrent_orders_with_faults_keep_stock_and_balances_exac
     .await;
     victim.0.kill().expect("SIGKILL the participant process");
     let _ = victim.0.wait();
+    relay.close();
     // And the commands it held come back: the broker redelivers more of the participants'
     // messages than their runners requeued themselves. Checked before the connections are
     // cut, which redelivers what the in-process participants hold (the management API's
     // figures lag a few seconds).
     let victim_requeued = at_kill.requeued(&PARTICIPANT_QUEUES);
     let redeliveries = eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "redeliveries of the commands the killed process held",
         || async {
             let requeued = victim_requeued

@@ -2,8 +2,9 @@
 //! killing one mid-run loses nothing and repeats nothing.
 //!
 //! Also the tools other fault tests use to show a fault landed: a worker process's metrics
-//! (`messages_in_flight`, its requeues), the broker's redelivery counts, and the comparison of
-//! handled ids with accepted ones.
+//! (`messages_in_flight`, its requeues), the broker's redelivery counts, a relay that stalls
+//! one process's connection (so a kill finds it holding work), and the comparison of handled
+//! ids with accepted ones.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,6 +14,7 @@ use std::{
 
 use sea_orm::EntityTrait;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use warren::broker::topology::encode;
 
@@ -133,20 +135,140 @@ pub(crate) async fn holding_work(
 }
 
 /// Deliveries the broker flagged as redelivered, summed over `queues` of the vhost (the
-/// management API's `message_stats.redeliver`; its figures lag a few seconds, so poll).
-/// `None` when the API does not answer within 5 s.
+/// management API's `message_stats.redeliver` of each queue; its figures lag a few seconds,
+/// more on a busy broker, so poll). `None` when the API does not answer one within 10 s.
 pub(crate) async fn redelivered(vhost: &TestVhost, queues: &[&str]) -> Option<u64> {
-    let path = format!("queues/{}?columns=name,message_stats", encode(&vhost.name));
-    let list = tokio::time::timeout(Duration::from_secs(5), vhost.api.get(&path))
-        .await
-        .ok()?
+    let mut base = url::Url::parse(&management_url()).ok()?;
+    let user = base.username().to_owned();
+    let password = base.password().map(str::to_owned);
+    base.set_username("").ok()?;
+    base.set_password(None).ok()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
         .ok()?;
-    Some(
-        list.iter()
-            .filter(|q| q["name"].as_str().is_some_and(|n| queues.contains(&n)))
-            .map(|q| q["message_stats"]["redeliver"].as_u64().unwrap_or(0))
-            .sum(),
-    )
+    let mut sum = 0;
+    for q in queues {
+        let queue: Value = http
+            .get(format!(
+                "{}api/queues/{}/{}",
+                base,
+                encode(&vhost.name),
+                encode(q)
+            ))
+            .basic_auth(&user, password.as_deref())
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        sum += queue["message_stats"]["redeliver"].as_u64().unwrap_or(0);
+    }
+    Some(sum)
+}
+
+/// A TCP relay to `upstream` (`host:port` of the broker or the database) for one process,
+/// that can be stalled: from then on it passes no byte either way and keeps both sockets
+/// open, as a network that stopped answering would. It runs on a thread of its own (not on
+/// the test's runtime, which serves the app under test). Dropped or closed, it closes every
+/// connection.
+pub(crate) struct Relay {
+    /// Where it listens (127.0.0.1).
+    pub(crate) port: u16,
+    stall: CancellationToken,
+    close: CancellationToken,
+}
+
+impl Relay {
+    /// Starts a relay to `upstream`.
+    pub(crate) fn start(upstream: String) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("relay binds");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let port = listener.local_addr().expect("relay address").port();
+        let (stall, close) = (CancellationToken::new(), CancellationToken::new());
+        let (s, c) = (stall.clone(), close.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("relay runtime");
+            rt.block_on(relay(listener, upstream, s, c));
+        });
+        Self { port, stall, close }
+    }
+
+    /// Passes nothing more, either way, on any connection.
+    pub(crate) fn stall(&self) {
+        self.stall.cancel();
+    }
+
+    /// Closes every connection and stops listening.
+    pub(crate) fn close(&self) {
+        self.close.cancel();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+async fn relay(
+    listener: std::net::TcpListener,
+    upstream: String,
+    stall: CancellationToken,
+    close: CancellationToken,
+) {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{
+            TcpListener, TcpStream,
+            tcp::{OwnedReadHalf, OwnedWriteHalf},
+        },
+    };
+    async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, stall: CancellationToken) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = tokio::select! {
+                () = stall.cancelled() => break,
+                r = from.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                },
+            };
+            if stall.is_cancelled() || to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        // Stalled: hold both ends open and pass nothing.
+        let _hold = (from, to);
+        std::future::pending::<()>().await;
+    }
+    let listener = TcpListener::from_std(listener).expect("relay listener");
+    // Dropped at the end: every connection's task is aborted and its sockets closed.
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let client = tokio::select! {
+            () = close.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((client, _)) => client,
+                Err(_) => return,
+            },
+        };
+        let (stall, upstream) = (stall.clone(), upstream.clone());
+        conns.spawn(async move {
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::join!(pump(cr, sw, stall.clone()), pump(sr, cw, stall));
+        });
+    }
 }
 
 /// Handled ids against accepted ones: which accepted id was never handled, which handled id
@@ -311,7 +433,7 @@ async fn two_worker_processes_share_a_queue_and_a_killed_one_loses_nothing() {
     // management API's figures lag, so this wait runs beside the settling.
     let a_requeued = at_kill.requeued(&[QUEUE]);
     let redeliveries = eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "redeliveries of the messages A held",
         || async {
             let b_requeued = scrape(&app.http, port_b).await?.requeued(&[QUEUE]);

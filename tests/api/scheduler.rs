@@ -18,6 +18,7 @@ use warren::{
 use crate::{
     helpers::{TestApp, eventually, management_url, spawn_app_with},
     reliability::KillOnDrop,
+    scale::Relay,
 };
 
 fn every_second() -> ScheduleSettings {
@@ -130,60 +131,6 @@ async fn three_instances_fire_every_tick_exactly_once() {
     app.cleanup().await;
 }
 
-/// A TCP relay to `upstream` that can be stalled: from then on it passes no byte either way
-/// and keeps both sockets open, as a network that stopped answering would. Returns its port,
-/// the token that stalls it, and its task (abort it to close every connection).
-async fn stallable_relay(
-    upstream: String,
-) -> (u16, CancellationToken, tokio::task::JoinHandle<()>) {
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::{
-            TcpListener, TcpStream,
-            tcp::{OwnedReadHalf, OwnedWriteHalf},
-        },
-    };
-    async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, stall: CancellationToken) {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = tokio::select! {
-                () = stall.cancelled() => break,
-                r = from.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                },
-            };
-            if stall.is_cancelled() || to.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-        // Stalled: hold both ends open and pass nothing.
-        let _hold = (from, to);
-        std::future::pending::<()>().await;
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("relay binds");
-    let port = listener.local_addr().expect("relay address").port();
-    let stall = CancellationToken::new();
-    let task = tokio::spawn({
-        let stall = stall.clone();
-        async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((client, _)) = listener.accept().await {
-                let (stall, upstream) = (stall.clone(), upstream.clone());
-                conns.spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::join!(pump(cr, sw, stall.clone()), pump(sr, cw, stall));
-                });
-            }
-        }
-    });
-    (port, stall, task)
-}
-
 /// Whether the instance whose database sessions are named `holder` holds an uncommitted claim
 /// of a tick that the instance named `waiter` is waiting for: `waiter`'s insert into
 /// `schedule_ticks` waits on a lock of `holder`'s open transaction, whose last statement was
@@ -237,9 +184,9 @@ async fn a_killed_instance_hands_over_without_a_gap_or_a_double() {
         broker.host_str().expect("AMQP host"),
         broker.port().unwrap_or(5672)
     );
-    let (relay_port, stall, relay) = stallable_relay(upstream).await;
+    let relay = Relay::start(upstream);
     let mut relayed = url::Url::parse(&app.vhost.amqp_url()).expect("vhost URL");
-    relayed.set_port(Some(relay_port)).expect("port");
+    relayed.set_port(Some(relay.port)).expect("port");
     let instance = |name: &str, amqp: &str| {
         KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_warren"))
@@ -270,7 +217,7 @@ async fn a_killed_instance_hands_over_without_a_gap_or_a_double() {
     .await;
     // Stall the first instance's broker connection, wait until it holds the claim of a tick
     // (the second waits on it), let it hold the claim past the next tick, and kill it.
-    stall.cancel();
+    relay.stall();
     let before = eventually(
         Duration::from_secs(30),
         "the first instance holding a tick's claim the second waits for",
@@ -286,6 +233,7 @@ async fn a_killed_instance_hands_over_without_a_gap_or_a_double() {
     tokio::time::sleep(Duration::from_millis(1_500)).await; // the fault's length
     first.0.kill().expect("SIGKILL");
     let _ = first.0.wait();
+    relay.close();
     // The held tick, the one after the last committed one, was not committed while held; the
     // second fires it once the killed instance's transaction is rolled back, then goes on.
     let held =
@@ -310,7 +258,6 @@ async fn a_killed_instance_hands_over_without_a_gap_or_a_double() {
     );
     second.0.kill().expect("stop the second");
     let _ = second.0.wait();
-    relay.abort();
     let seen = ticks(&app, true).await;
     assert_each_second_once(&seen, 7);
     app.cleanup().await;
