@@ -9,6 +9,8 @@
 //! prints a `LEDGER` line (see `docs/chaos.md`).
 
 use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    future::Future,
     process::{Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -26,6 +28,7 @@ use warren::{Role, Settings};
 use crate::{
     helpers::{TestApp, TestDb, TestVhost, eventually, spawn_roles_in},
     reliability::KillOnDrop,
+    scale::{IdCheck, Scrape, free_port, holding_work, scrape},
 };
 
 const NODE: &str = "chaos@localhost";
@@ -120,6 +123,8 @@ struct Ledger {
     accepted: Vec<(Uuid, String)>,
     /// Requests not answered 202 (503s, connection errors): not claimed, may or may not exist.
     refused: usize,
+    /// What each refused request carried (`user_id`, `n`): an event with these may exist.
+    refused_keys: HashSet<(String, u64)>,
     /// The slowest answer.
     slowest: Duration,
 }
@@ -167,7 +172,10 @@ async fn load(
                             l.accepted.push(acc);
                             progress.fetch_add(1, Ordering::SeqCst);
                         }
-                        None => l.refused += 1,
+                        None => {
+                            l.refused += 1;
+                            l.refused_keys.insert((format!("u-{c}"), n));
+                        }
                     }
                 }
                 // Pacing: a steady trickle, so the faults land mid-load.
@@ -191,20 +199,109 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
     n
 }
 
-/// Waits until every accepted event was handled, then checks that none was handled twice and
-/// none is missing. Returns the report line.
-async fn check_ledger(app: &TestApp, name: &str, ledger: &Ledger) -> String {
-    let ids: Vec<String> = ledger
-        .accepted
+/// One event id's rows in `event_log` or `notifications`.
+#[derive(Debug, Clone)]
+struct Handled {
+    /// Rows holding the id.
+    rows: usize,
+    /// The event's name.
+    name: String,
+    /// The load's `user_id` and `n` in its data, when it has them.
+    key: Option<(String, u64)>,
+}
+
+/// Per event id, its rows in `table` (`event_log` or `notifications`).
+async fn handled(app: &TestApp, table: &str) -> HashMap<Uuid, Handled> {
+    let db = app.db().await;
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!(
+                "SELECT event_id::text, COUNT(*), MIN(event_name), MIN(data->>'user_id'), MIN(data->>'n') FROM {table} GROUP BY event_id"
+            ),
+        ))
+        .await
+        .expect("query");
+    let _ = db.close().await;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get_by_index(0).expect("event_id");
+            let n: i64 = r.try_get_by_index(1).expect("count");
+            let name: String = r.try_get_by_index(2).expect("event_name");
+            let user: Option<String> = r.try_get_by_index(3).expect("user_id");
+            let seq: Option<String> = r.try_get_by_index(4).expect("n");
+            (
+                id.parse().expect("uuid"),
+                Handled {
+                    rows: usize::try_from(n).expect("count"),
+                    name,
+                    key: user.zip(seq.and_then(|s| s.parse().ok())),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The load's events (`order.updated`) among `handled` against the accepted ids: missing,
+/// extra and doubled ids (doubled over every event, the load's or not). An extra id is
+/// allowed only as the event of a refused request (a request not answered 202 may still
+/// have been stored), each refused request at most once; it is counted, not listed. Returns
+/// the check and the number of such events.
+fn judge(
+    accepted: &HashSet<Uuid>,
+    refused: &HashSet<(String, u64)>,
+    handled: &HashMap<Uuid, Handled>,
+) -> (IdCheck, usize) {
+    let load: HashMap<Uuid, usize> = handled
         .iter()
-        .map(|(id, _)| format!("'{id}'"))
+        .filter(|(_, h)| h.name == "order.updated")
+        .map(|(id, h)| (*id, h.rows))
         .collect();
+    let mut check = IdCheck::new(accepted, &load);
+    check.doubled.extend(
+        handled
+            .iter()
+            .filter(|(_, h)| h.name != "order.updated" && h.rows > 1)
+            .map(|(id, h)| (*id, h.rows)),
+    );
+    let mut used = HashSet::new();
+    let mut of_refused = 0;
+    check.extra.retain(|id| {
+        let key = handled.get(id).and_then(|h| h.key.clone());
+        match key {
+            Some(k) if refused.contains(&k) && used.insert(k.clone()) => {
+                of_refused += 1;
+                false
+            }
+            _ => true,
+        }
+    });
+    (check, of_refused)
+}
+
+/// Waits until every accepted event was handled and nothing more can arrive (the outbox
+/// empty, and the work queues, their dead letters, every retry tier and the queues in `also`
+/// settled), then compares identities: the event ids in `event_log` and in `notifications`
+/// are exactly the accepted ones, each in one row. Returns the report line.
+async fn check_ledger(app: &TestApp, name: &str, ledger: &Ledger, also: &[(&str, u64)]) -> String {
+    let accepted: HashSet<Uuid> = ledger.accepted.iter().map(|(id, _)| *id).collect();
     assert!(
-        !ids.is_empty(),
+        !accepted.is_empty(),
         "{name}: the load generator got no 202 at all"
     );
-    let list = ids.join(",");
-    let want = i64::try_from(ids.len()).expect("fits");
+    assert_eq!(
+        accepted.len(),
+        ledger.accepted.len(),
+        "{name}: the front answered one event id twice"
+    );
+    let list = accepted
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let want = i64::try_from(accepted.len()).expect("fits");
+    // Progress: wait (bounded) until each accepted event is in both tables, and say where
+    // things stand when that does not happen. Not the verdict, which follows the settling.
     let audit_sql = format!("SELECT COUNT(*) FROM event_log WHERE event_id IN ({list})");
     let notif_sql =
         format!("SELECT COUNT(DISTINCT event_id) FROM notifications WHERE event_id IN ({list})");
@@ -217,17 +314,15 @@ async fn check_ledger(app: &TestApp, name: &str, ledger: &Ledger) -> String {
         if Instant::now() > deadline {
             let outbox = count(app, "SELECT COUNT(*) FROM event_outbox").await;
             let failed = count(app, "SELECT COUNT(*) FROM failed_jobs").await;
-            let mut depths = Vec::new();
-            for q in [
-                "warren.audit",
-                "warren.notifications",
-                "warren.audit.dead",
-                "warren.notifications.dead",
-                "warren.retry.60s",
-                "warren.retry.120s",
-            ] {
-                depths.push(format!("{q}={}", app.depth(q).await));
-            }
+            let queues = app.vhost.queue_figures().await.map_or_else(
+                || "(no figures)".to_owned(),
+                |f| {
+                    f.iter()
+                        .map(|(q, f)| format!("{q}={}+{}", f.ready, f.unacked))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                },
+            );
             let db = app.db().await;
             let sessions: Vec<String> = db
                 .query_all_raw(Statement::from_string(
@@ -238,39 +333,39 @@ async fn check_ledger(app: &TestApp, name: &str, ledger: &Ledger) -> String {
                 .map(|rows| rows.iter().filter_map(|r| r.try_get_by_index::<String>(0).ok()).collect())
                 .unwrap_or_default();
             panic!(
-                "{name}: after 120 s, {audit} audit rows and {notified} notified events of {want} accepted; outbox {outbox}, failed_jobs {failed}, queues {}; database sessions:\n{}",
-                depths.join(" "),
+                "{name}: after 120 s, {audit} audit rows and {notified} notified events of {want} accepted; outbox {outbox}, failed_jobs {failed}, queues (ready+unacked) {queues}; database sessions:\n{}",
                 sessions.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await; // bounded poll
     }
-    // Settle: nothing left anywhere that could still add a row.
+    // Settle: the outbox empty (no request is running, so it only shrinks), then nothing
+    // ready, unacked, waiting in a retry tier or dead-lettered, for a quiet period.
     eventually(
         Duration::from_secs(60),
-        &format!("{name}: queues and outbox empty"),
-        || async {
-            let outbox = count(app, "SELECT COUNT(*) FROM event_outbox").await;
-            let mut queued = 0;
-            for q in ["warren.audit", "warren.notifications"] {
-                queued += app.depth(q).await;
-            }
-            (outbox == 0 && queued == 0).then_some(())
-        },
+        &format!("{name}: outbox empty"),
+        || async { (count(app, "SELECT COUNT(*) FROM event_outbox").await == 0).then_some(()) },
     )
     .await;
-    let doubled = count(
-        app,
-        "SELECT COUNT(*) FROM (SELECT event_id FROM notifications GROUP BY event_id HAVING COUNT(*) > 1) d",
-    )
-    .await;
-    assert_eq!(doubled, 0, "{name}: events handled twice");
-    let audit = count(app, &audit_sql).await;
-    let notifications = count(app, &notif_sql).await;
-    assert_eq!(audit, want, "{name}: audit rows against accepted events");
-    assert_eq!(
-        notifications, want,
-        "{name}: notifications against accepted events"
+    let mut queues = vec![("warren.audit", 0), ("warren.notifications", 0)];
+    queues.extend_from_slice(also);
+    app.settled(&queues).await;
+    // The verdict, by identity.
+    let mut report = Vec::new();
+    let mut of_refused = Vec::new();
+    for table in ["event_log", "notifications"] {
+        let (check, extra) = judge(&accepted, &ledger.refused_keys, &handled(app, table).await);
+        if !check.is_exact() {
+            report.push(format!("{table}: {}", check.summary()));
+        }
+        of_refused.push(format!("{table} {extra}"));
+    }
+    assert!(
+        report.is_empty(),
+        "{name}: handled events against the {} accepted ids ({} requests refused): {}",
+        accepted.len(),
+        ledger.refused,
+        report.join("; ")
     );
     let outbox = ledger
         .accepted
@@ -278,19 +373,28 @@ async fn check_ledger(app: &TestApp, name: &str, ledger: &Ledger) -> String {
         .filter(|(_, s)| s == "outbox")
         .count();
     let line = format!(
-        "LEDGER {name}: requests {} accepted {} (via outbox {outbox}) refused {} | handled: audit {audit} notifications {notifications} | lost 0 doubled 0 | slowest answer {:.2}s",
+        "LEDGER {name}: requests {} accepted {} (via outbox {outbox}) refused {} | handled: audit {want} notifications {want}, the accepted ids exactly | lost 0 doubled 0 | events of refused requests: {} | slowest answer {:.2}s",
         ledger.accepted.len() + ledger.refused,
         ledger.accepted.len(),
         ledger.refused,
+        of_refused.join(", "),
         ledger.slowest.as_secs_f64()
     );
     println!("{line}");
     line
 }
 
-/// Runs load, waits for `before` accepted events, injects `fault` (which also recovers), waits
-/// for `after` more, stops the load and checks the ledger.
+/// Runs load, waits for 100 accepted events, injects `fault` (which also recovers), waits
+/// for 100 more, stops the load and checks the ledger.
 async fn scenario<F>(app: &TestApp, name: &str, fault: F) -> Ledger
+where
+    F: AsyncFnOnce(&TestApp),
+{
+    scenario_settling(app, name, &[], fault).await
+}
+
+/// [`scenario`], the ledger check also waiting for the queues in `also` to settle.
+async fn scenario_settling<F>(app: &TestApp, name: &str, also: &[(&str, u64)], fault: F) -> Ledger
 where
     F: AsyncFnOnce(&TestApp),
 {
@@ -318,7 +422,7 @@ where
         stop.cancel();
     };
     let (ledger, ()) = tokio::join!(load_run, driver);
-    check_ledger(app, name, &ledger).await;
+    check_ledger(app, name, &ledger, also).await;
     ledger
 }
 
@@ -408,59 +512,194 @@ async fn memory_alarm_blocks_publishers_nothing_hangs_and_nothing_is_lost() {
     app.cleanup().await;
 }
 
+/// Polls `check` every 50 ms for at most `limit`, each check included; `None` when it never
+/// held (for a fault that may not have landed and is tried again).
+async fn within<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(Some(v)) = tokio::time::timeout_at(deadline, check()).await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Messages the chaos node redelivered to consumers, node-wide and exact (its global
+/// counters on the Prometheus endpoint, no statistics lag). The node serves one test at a
+/// time, so the count is this test's.
+async fn node_redelivered() -> Option<u64> {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", chaos_prometheus()))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let mut sum = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("rabbitmq_global_messages_redelivered_total{") {
+            let v: f64 = rest.rsplit_once(' ')?.1.trim().parse().ok()?;
+            *sum.get_or_insert(0) += v as u64;
+        }
+    }
+    sum
+}
+
 #[tokio::test]
 async fn workers_sigkilled_again_and_again_mid_load_lose_nothing() {
-    // The front in-process; the consumers in two worker processes, killed in turn.
+    const KILLS: usize = 6;
+    const QUEUES: [&str; 2] = ["warren.audit", "warren.notifications"];
+    // The front in-process; the consumers in two worker processes, killed in turn, each with
+    // a metrics listener of its own, so the test sees what it holds.
     let app = spawn_chaos(&[Role::Http]).await;
-    let spawn_worker = |_slot: usize| {
-        KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_warren"))
-                .args(["worker", "--modules", "audit,notifications"])
-                .env("WARREN_AMQP__URL", app.vhost.amqp_url())
-                .env("WARREN_AMQP__MANAGEMENT_URL", chaos_management())
-                .env("WARREN_DATABASE__URL", &app.db.url)
-                .env("WARREN_DATABASE__MAX_CONNECTIONS", "4")
-                .env("WARREN_METRICS__ADDR", "127.0.0.1:0")
-                .env("WARREN_JOBS__FAILURE_DELAY_MS", "1000")
-                .env("WARREN_JOBS__ERROR_DELAY_MS", "2000")
-                .env("WARREN_LOG__FILTER", "error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("worker starts"),
-        )
+    let spawn_worker = || {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["worker", "--modules", "audit,notifications"])
+            .env("WARREN_AMQP__URL", app.vhost.amqp_url())
+            .env("WARREN_AMQP__MANAGEMENT_URL", chaos_management())
+            .env("WARREN_DATABASE__URL", &app.db.url)
+            .env("WARREN_DATABASE__MAX_CONNECTIONS", "4")
+            .env("WARREN_METRICS__ADDR", format!("127.0.0.1:{port}"))
+            .env("WARREN_JOBS__FAILURE_DELAY_MS", "1000")
+            .env("WARREN_JOBS__ERROR_DELAY_MS", "2000")
+            .env("WARREN_LOG__FILTER", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker starts");
+        (KillOnDrop(child), port)
     };
-    let workers = Mutex::new(vec![spawn_worker(0), spawn_worker(1)]);
-    let mut kills = 0;
-    scenario(&app, "workers SIGKILLed repeatedly", async |_| {
-        for round in 0..6 {
-            let i = round % 2;
+    let workers = Mutex::new(vec![spawn_worker(), spawn_worker()]);
+    // Per kill that landed: the victim's handlers at the kill, and the redeliveries it caused.
+    let mut landed: Vec<(u64, u64)> = Vec::new();
+    let mut tries = 0;
+    scenario(&app, "workers SIGKILLed repeatedly", async |app| {
+        while landed.len() < KILLS {
+            assert!(
+                tries < 2 * KILLS,
+                "only {} of {tries} kills landed on work in flight: {landed:?}",
+                landed.len()
+            );
+            let i = tries % 2;
+            tries += 1;
+            let (victim, other) = {
+                let w = workers.lock().expect("lock");
+                (w[i].1, w[1 - i].1)
+            };
+            let requeued = |port: u16| async move {
+                scrape(&app.http, port)
+                    .await
+                    .map_or(0, |s| s.requeued(&QUEUES))
+            };
+            let before = node_redelivered().await.expect("the chaos node's counters");
+            let (other_before, victim_before) = (requeued(other).await, requeued(victim).await);
+            // Kill while a handler of the victim holds a message.
+            let at_kill: Scrape =
+                holding_work(&app.http, victim, &QUEUES, Duration::from_secs(30), |_| {
+                    true
+                })
+                .await;
             {
                 let mut w = workers.lock().expect("lock");
-                let _ = w[i].0.kill(); // SIGKILL
-                let _ = w[i].0.wait();
-                w[i] = spawn_worker(i);
+                let _ = w[i].0.0.kill(); // SIGKILL
+                let _ = w[i].0.0.wait();
+                w[i] = spawn_worker();
             }
-            kills += 1;
-            tokio::time::sleep(Duration::from_millis(700)).await; // between kills
+            // The messages it held come back redelivered: the node's count grows past the
+            // requeues the runners made meanwhile, and then holds for 250 ms (so the next
+            // kill's count starts after this one's).
+            let victim_requeued = at_kill.requeued(&QUEUES).saturating_sub(victim_before);
+            let last: std::cell::Cell<Option<(u64, Instant)>> = std::cell::Cell::new(None);
+            let caused = within(Duration::from_secs(5), || {
+                let last = &last;
+                async move {
+                    let now = node_redelivered().await?;
+                    let requeues =
+                        requeued(other).await.saturating_sub(other_before) + victim_requeued;
+                    let caused = now.saturating_sub(before).saturating_sub(requeues);
+                    match last.get() {
+                        Some((n, since)) if n == caused => (caused > 0
+                            && since.elapsed() >= Duration::from_millis(250))
+                        .then_some(caused),
+                        _ => {
+                            last.set(Some((caused, Instant::now())));
+                            None
+                        }
+                    }
+                }
+            })
+            .await;
+            let held: u64 = QUEUES.iter().map(|q| at_kill.in_flight(q)).sum();
+            match caused {
+                Some(n) => landed.push((held, n)),
+                None => eprintln!("a kill with {held} in flight caused no redelivery; again"),
+            }
         }
     })
     .await;
-    assert_eq!(kills, 6);
+    eprintln!(
+        "workers SIGKILLed: {tries} kills, {} landed (in flight at the kill, redeliveries): {landed:?}",
+        landed.len()
+    );
     drop(workers);
     app.cleanup().await;
 }
 
+/// What the copier of [`every_message_delivered_twice_is_handled_once`] did.
+#[derive(Debug, Default)]
+struct Copies {
+    /// Per work queue, the message ids whose copy the broker confirmed into it (acked, not
+    /// returned), with the message's type (the event name).
+    into: BTreeMap<&'static str, HashMap<Uuid, String>>,
+    /// Everything that went wrong.
+    failures: Vec<String>,
+}
+
 #[tokio::test]
 async fn every_message_delivered_twice_is_handled_once() {
+    use futures_util::StreamExt;
+    use lapin::{
+        Confirmation,
+        options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions},
+        types::{AMQPValue, FieldTable},
+    };
+    const QUEUES: [&str; 2] = ["warren.audit", "warren.notifications"];
     let app = spawn_chaos(&[Role::Http, Role::Worker]).await;
     // A tap queue sees every event; a copier republishes each one, same properties and
-    // message id, straight into the two work queues: every message arrives twice.
+    // message id, straight into the two work queues: every message arrives twice. Each copy
+    // is mandatory and confirmed; the tapped message is acked only once both copies are in,
+    // and dead-lettered to chaos.tap.dead when one is not (the settling then fails).
     let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare("chaos.tap".into(), Default::default(), Default::default())
+    ch.queue_declare(
+        "chaos.tap.dead".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .expect("tap's dead letters");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("chaos.tap.dead".into()),
+    );
+    ch.queue_declare("chaos.tap".into(), Default::default(), args)
         .await
         .expect("tap queue");
     ch.queue_bind(
@@ -472,46 +711,203 @@ async fn every_message_delivered_twice_is_handled_once() {
     )
     .await
     .expect("bind tap");
+    ch.basic_qos(64, BasicQosOptions::default())
+        .await
+        .expect("prefetch");
     let mut tap = ch
         .basic_consume(
             "chaos.tap".into(),
             "copier".into(),
-            lapin::options::BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
+            Default::default(),
             Default::default(),
         )
         .await
         .expect("consume tap");
-    let copied = Arc::new(AtomicUsize::new(0));
+    let copies = Arc::new(Mutex::new(Copies::default()));
     let copier = {
-        let ch = conn.create_channel().await.expect("channel");
-        let copied = copied.clone();
+        let out = conn.create_channel().await.expect("channel");
+        out.confirm_select(Default::default())
+            .await
+            .expect("confirms on the copier's channel");
+        let copies = copies.clone();
         tokio::spawn(async move {
-            use futures_util::StreamExt;
-            while let Some(Ok(d)) = tap.next().await {
-                for q in ["warren.audit", "warren.notifications"] {
-                    let _ = ch
+            let fail = |what: String| copies.lock().expect("lock").failures.push(what);
+            while let Some(d) = tap.next().await {
+                let d = match d {
+                    Ok(d) => d,
+                    Err(e) => {
+                        fail(format!("tap consumer: {e}"));
+                        return;
+                    }
+                };
+                let id = d
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .and_then(|m| m.as_str().parse::<Uuid>().ok());
+                let kind = d
+                    .properties
+                    .kind()
+                    .as_ref()
+                    .map_or_else(String::new, |k| k.as_str().to_owned());
+                let mut ok = true;
+                let Some(id) = id else {
+                    fail("a tapped message without a message id".to_owned());
+                    let _ = d.nack(BasicNackOptions::default()).await;
+                    continue;
+                };
+                let mut pending = Vec::new();
+                for q in QUEUES {
+                    let publish = out
                         .basic_publish(
                             "".into(),
                             q.into(),
-                            Default::default(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                immediate: false,
+                            },
                             &d.data,
                             d.properties.clone(),
                         )
                         .await;
+                    match publish {
+                        Ok(confirm) => pending.push((q, confirm)),
+                        Err(e) => {
+                            ok = false;
+                            fail(format!("copy of {id} into {q}: publish: {e}"));
+                        }
+                    }
                 }
-                copied.fetch_add(1, Ordering::SeqCst);
+                for (q, confirm) in pending {
+                    match confirm.await {
+                        Ok(Confirmation::Ack(None)) => {
+                            copies
+                                .lock()
+                                .expect("lock")
+                                .into
+                                .entry(q)
+                                .or_default()
+                                .insert(id, kind.clone());
+                        }
+                        Ok(Confirmation::Ack(Some(returned))) => {
+                            ok = false;
+                            fail(format!(
+                                "copy of {id} into {q} returned unroutable: {returned:?}"
+                            ));
+                        }
+                        Ok(other) => {
+                            ok = false;
+                            fail(format!("copy of {id} into {q} not confirmed: {other:?}"));
+                        }
+                        Err(e) => {
+                            ok = false;
+                            fail(format!("copy of {id} into {q}: confirm: {e}"));
+                        }
+                    }
+                }
+                let settled = if ok {
+                    d.ack(BasicAckOptions::default()).await
+                } else {
+                    d.nack(BasicNackOptions::default()).await // requeue: false: dead-lettered
+                };
+                if let Err(e) = settled {
+                    fail(format!("settling the tapped {id}: {e}"));
+                }
             }
+            fail("the tap consumer ended".to_owned());
         })
     };
-    let ledger = scenario(&app, "every message delivered twice", async |_| {}).await;
-    assert!(
-        copied.load(Ordering::SeqCst) >= ledger.accepted.len(),
-        "every event was duplicated"
-    );
+    // The ledger check waits for the tap to settle too: no tapped message is waiting or
+    // being copied, so every copy is in a work queue, and those are settled as well.
+    let ledger = scenario_settling(
+        &app,
+        "every message delivered twice",
+        &[("chaos.tap", 0)],
+        async |_| {},
+    )
+    .await;
     copier.abort();
+    let copies = std::mem::take(&mut *copies.lock().expect("lock"));
+    assert!(
+        copies.failures.is_empty(),
+        "the copier failed: {:?}",
+        copies.failures
+    );
+    let accepted: HashSet<Uuid> = ledger.accepted.iter().map(|(id, _)| *id).collect();
+    for q in QUEUES {
+        let copied = copies.into.get(q).cloned().unwrap_or_default();
+        let missing: Vec<&Uuid> = accepted
+            .iter()
+            .filter(|id| !copied.contains_key(id))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} accepted events were not copied into {q}: {:?}",
+            missing.len(),
+            accepted.len(),
+            missing.iter().take(10).collect::<Vec<_>>()
+        );
+    }
+    // The inbox dropped the second delivery of every event the queue had twice (the ones its
+    // bindings route there, order.* and user.*); the ledger showed the effect once each.
+    let twice = copies.into.get("warren.notifications").map_or(0, |c| {
+        c.values()
+            .filter(|k| k.starts_with("order.") || k.starts_with("user."))
+            .count()
+    }) as u64;
+    let metrics = Scrape(app.running.as_ref().expect("running").metrics.render());
+    let dropped = metrics.jobs("warren.notifications", "duplicate");
+    assert!(
+        dropped >= twice,
+        "the inbox dropped {dropped} duplicates on warren.notifications; {twice} events arrived twice"
+    );
+    println!(
+        "COPIES: {} events copied into warren.audit and {} into warren.notifications, every copy confirmed; the inbox dropped {dropped}",
+        copies.into.get("warren.audit").map_or(0, HashMap::len),
+        copies
+            .into
+            .get("warren.notifications")
+            .map_or(0, HashMap::len),
+    );
     let _ = conn.close(200, "".into()).await;
     app.cleanup().await;
+}
+
+#[test]
+fn the_ledger_judges_by_identity() {
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let accepted: HashSet<Uuid> = ids.iter().copied().collect();
+    let row = |rows: usize, name: &str, key: Option<(&str, u64)>| Handled {
+        rows,
+        name: name.to_owned(),
+        key: key.map(|(u, n)| (u.to_owned(), n)),
+    };
+    let refused: HashSet<(String, u64)> = [("u-0".to_owned(), 7)].into();
+    // Exact, plus another event (not the load's) and the event of a refused request.
+    let mut handled: HashMap<Uuid, Handled> = ids
+        .iter()
+        .map(|id| (*id, row(1, "order.updated", None)))
+        .collect();
+    handled.insert(Uuid::now_v7(), row(1, "system.slow_request", None));
+    handled.insert(Uuid::now_v7(), row(1, "order.updated", Some(("u-0", 7))));
+    let (check, of_refused) = judge(&accepted, &refused, &handled);
+    assert!(check.is_exact(), "{}", check.summary());
+    assert_eq!(of_refused, 1);
+    // A second event for the same refused request is a phantom.
+    let phantom = Uuid::now_v7();
+    handled.insert(phantom, row(1, "order.updated", Some(("u-0", 7))));
+    let (check, _) = judge(&accepted, &refused, &handled);
+    assert_eq!(check.extra.len(), 1, "{}", check.summary());
+    handled.remove(&phantom);
+    // One lost and one doubled: as many rows as accepted ids, and not exact.
+    handled.remove(&ids[0]);
+    handled.insert(ids[1], row(2, "order.updated", None));
+    let (check, _) = judge(&accepted, &refused, &handled);
+    assert_eq!(check.missing, vec![ids[0]]);
+    assert_eq!(check.doubled, vec![(ids[1], 2)]);
+    // A doubled event of another name counts too.
+    let other = Uuid::now_v7();
+    handled.insert(other, row(2, "system.slow_request", None));
+    let (check, _) = judge(&accepted, &refused, &handled);
+    assert!(check.doubled.contains(&(other, 2)));
 }
