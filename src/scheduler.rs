@@ -37,10 +37,10 @@ use uuid::Uuid;
 use crate::{
     broker::{
         envelope::{Event, Meta},
+        names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
         publisher::Publisher,
     },
     config::{MissedTicks, ScheduleSettings, SchedulerSettings},
-    http::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
 };
 
 /// Parses a cron expression: 5 fields, or 6 with leading seconds.

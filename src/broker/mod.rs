@@ -12,6 +12,7 @@
 //! because deadpool-lapin cannot pass a TLS configuration to lapin.
 
 pub mod envelope;
+pub mod names;
 pub mod publisher;
 pub mod topology;
 

@@ -17,17 +17,10 @@ use lapin::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::names::{ERROR_TIER, FAILURE_TIER};
+
 /// The built-in topology, the repository's `broker-topology.json`.
 pub const BUILTIN: &str = include_str!("../../broker-topology.json");
-
-/// The delay tier a reported failure waits in.
-pub const FAILURE_TIER: &str = "warren.retry.60s";
-/// The delay tier an error, panic or timeout waits in.
-pub const ERROR_TIER: &str = "warren.retry.120s";
-/// Waited messages go back to their queue through this exchange.
-pub const REQUEUE_EXCHANGE: &str = "warren.requeue";
-/// Parked messages go to `Q.dead` through this exchange, keyed by queue.
-pub const DEAD_EXCHANGE: &str = "warren.dead";
 
 /// Errors while loading, declaring or verifying the topology.
 #[derive(Debug, thiserror::Error)]

@@ -34,6 +34,7 @@ use warp::{
 use crate::{
     broker::{
         envelope::{Event, Meta},
+        names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
         publisher::Publisher,
     },
     config::{Scope, Settings},
@@ -45,10 +46,6 @@ use crate::{
 };
 pub use error::ApiError;
 
-/// The exchange HTTP events are published to.
-pub const EVENTS_EXCHANGE: &str = "warren.events";
-/// The exchange jobs and commands are published to.
-pub const COMMANDS_EXCHANGE: &str = "warren.commands";
 /// Longest accepted event name.
 pub const MAX_EVENT_NAME: usize = 128;
 /// Largest accepted request head: the names and values of all headers together, in bytes.

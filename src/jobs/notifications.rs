@@ -17,9 +17,9 @@ use uuid::Uuid;
 use crate::{
     broker::{
         envelope::{Event, Meta},
+        names::COMMANDS_EXCHANGE,
         publisher::Publisher,
     },
-    http::COMMANDS_EXCHANGE,
     jobs::{Consumer, Job, JobError, email::SendEmail},
     saga::participants::{OrderNotification, ParticipantConsumer},
     store,
@@ -137,7 +137,7 @@ impl Consumer for Notifications {
     }
 
     fn queue(&self) -> &str {
-        "warren.notifications"
+        crate::broker::names::NOTIFICATIONS_QUEUE
     }
 
     async fn on_failed(&self, job: &Job, error: &str) {
