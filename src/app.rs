@@ -214,7 +214,8 @@ impl App {
             });
         }
 
-        self.metrics.watch_broker(&broker);
+        let watched = broker.clone();
+        self.metrics.watch_broker(move || watched.connections());
         self.metrics.watch_database(&db);
         let sagas = Sagas::new(
             db.clone(),

@@ -234,7 +234,7 @@ impl Topology {
         self.bindings.iter().any(|b| {
             b.source == exchange
                 && if topic {
-                    crate::dispatch::topic_matches(&b.routing_key, routing_key)
+                    topic_matches(&b.routing_key, routing_key)
                 } else {
                     b.routing_key == routing_key
                 }
@@ -621,10 +621,37 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// AMQP topic matching: words split on `.`, `*` matches one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn topic_patterns_match_like_rabbitmq() {
+        assert!(topic_matches("#", "order.created"));
+        assert!(topic_matches("order.*", "order.created"));
+        assert!(!topic_matches("order.*", "order.created.v2"));
+        assert!(topic_matches("order.#", "order.created.v2"));
+        assert!(topic_matches("order.#", "order"));
+        assert!(!topic_matches("user.*", "order.created"));
+        assert!(topic_matches("*.created", "order.created"));
+    }
 
     #[test]
     fn builtin_topology_has_the_spec_wiring() {

@@ -41,7 +41,7 @@ use crate::{
     console::Operation,
     dispatch::Dispatcher,
     jobs::dlq::{self, Dlq, DlqError},
-    store,
+    store::{self, ListQuery},
     telemetry::Metrics,
 };
 pub use error::ApiError;
@@ -116,19 +116,6 @@ pub struct EventQuery {
     pub mode: Option<String>,
     /// The entity the event is about.
     pub aggregate_id: Option<String>,
-}
-
-/// Query of the list endpoints.
-#[derive(Debug, Deserialize, Default)]
-pub struct ListQuery {
-    /// `GET /v1/events`: only events about this entity.
-    pub aggregate_id: Option<String>,
-    /// `GET /v1/events`: only events with this name.
-    pub name: Option<String>,
-    /// `GET /v1/notifications`: only this user's.
-    pub user_id: Option<String>,
-    /// At most this many rows (default 50, at most 500), newest first.
-    pub limit: Option<u64>,
 }
 
 /// Default and largest `?limit=` of `GET /v1/dlq/{queue}`.
