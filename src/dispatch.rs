@@ -186,7 +186,7 @@ impl NotificationListener {
 impl Listener for NotificationListener {
     async fn handle(&self, event: &Event) -> Result<serde_json::Value, ListenerError> {
         use sea_orm::EntityTrait;
-        entities::notifications::Entity::insert(crate::jobs::notifications::notification_row(
+        entities::notifications::Entity::insert(crate::modules::notifications::notification_row(
             event,
         ))
         .exec_without_returning(&self.db)
@@ -199,12 +199,12 @@ impl Listener for NotificationListener {
 /// Sync mode's welcome e-mail: sends it over SMTP inside the request and writes its
 /// `email_log` row, as the article's synchronous `SendEmailJob` did.
 pub struct WelcomeEmailListener {
-    email: crate::jobs::email::Email,
+    email: crate::modules::email::Email,
 }
 
 impl WelcomeEmailListener {
     /// A listener sending through `email`.
-    pub fn new(email: crate::jobs::email::Email) -> Self {
+    pub fn new(email: crate::modules::email::Email) -> Self {
         Self { email }
     }
 }
@@ -212,7 +212,7 @@ impl WelcomeEmailListener {
 #[async_trait::async_trait]
 impl Listener for WelcomeEmailListener {
     async fn handle(&self, event: &Event) -> Result<serde_json::Value, ListenerError> {
-        let Some(mail) = crate::jobs::notifications::welcome_email(event) else {
+        let Some(mail) = crate::modules::notifications::welcome_email(event) else {
             return Ok(serde_json::json!({"sent": false, "reason": "no email in the event"}));
         };
         self.email

@@ -20,7 +20,8 @@ use crate::{
         names::COMMANDS_EXCHANGE,
         publisher::Publisher,
     },
-    jobs::{Consumer, Job, JobError, email::SendEmail},
+    jobs::{Consumer, Job, JobError},
+    modules::email::SendEmail,
     saga::participants::{OrderNotification, ParticipantConsumer},
     store,
 };
