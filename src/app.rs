@@ -16,11 +16,13 @@ use crate::{
     http::{self, HttpState},
     jobs::{
         Consumer,
-        audit::Audit,
         dlq::Dlq,
+        runner::{Runner, RunnerContext},
+    },
+    modules::{
+        audit::Audit,
         email::{Email, EmailError},
         notifications::Notifications,
-        runner::{Runner, RunnerContext},
     },
     outbox::{EventOutbox, run_relay as run_outbox_relay},
     saga::{
@@ -214,7 +216,8 @@ impl App {
             });
         }
 
-        self.metrics.watch_broker(&broker);
+        let watched = broker.clone();
+        self.metrics.watch_broker(move || watched.connections());
         self.metrics.watch_database(&db);
         let sagas = Sagas::new(
             db.clone(),
@@ -284,7 +287,7 @@ impl App {
                     NotificationListener::new(db.clone()),
                 );
             }
-            match crate::jobs::email::Email::new(db.clone(), &settings.email) {
+            match crate::modules::email::Email::new(db.clone(), &settings.email) {
                 Ok(email) => {
                     self.dispatcher.register(
                         "email.welcome",
@@ -406,7 +409,7 @@ pub fn builtin_module(
         "audit" => Ok(Arc::new(Audit::new(db.clone()))),
         "email" => Ok(Arc::new(Email::new(db.clone(), &settings.email)?)),
         "notifications" => Ok(Arc::new(Notifications::new(db.clone(), publisher.clone()))),
-        "maintenance" => Ok(Arc::new(crate::jobs::maintenance::Maintenance::new(
+        "maintenance" => Ok(Arc::new(crate::modules::maintenance::Maintenance::new(
             db.clone(),
             publisher.clone(),
         ))),

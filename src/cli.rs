@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::{App, Role},
-    broker::{Broker, publisher::Publisher, topology::Topology},
+    broker::{Broker, publisher::Publisher, topology::Topology, vhost_of},
     config::{Settings, redact_url},
     jobs::dlq::{Dlq, Filter, parse_duration},
     store,
@@ -280,22 +280,6 @@ pub enum TopologyAction {
         #[arg(long)]
         vhost: Option<String>,
     },
-}
-
-/// The vhost named by an AMQP URL (`/` when the URL has no path).
-pub fn vhost_of(amqp_url: &str) -> String {
-    let Ok(url) = url::Url::parse(amqp_url) else {
-        return "/".to_owned();
-    };
-    let path = url.path().strip_prefix('/').unwrap_or("");
-    if path.is_empty() {
-        "/".to_owned()
-    } else {
-        url::form_urlencoded::parse(format!("v={path}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_else(|| "/".to_owned())
-    }
 }
 
 /// Runs a parsed command line with loaded settings; returns the process exit code.

@@ -11,6 +11,10 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
+use croner::{
+    Cron,
+    parser::{CronParser, Seconds},
+};
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
@@ -707,7 +711,7 @@ impl Settings {
                     &format!("schedule {:?}: data must be a JSON object", sch.name),
                 ));
             }
-            if let Err(e) = crate::scheduler::parse_cron(&sch.cron) {
+            if let Err(e) = parse_cron(&sch.cron) {
                 return Err(invalid(
                     "scheduler.schedules",
                     &format!("schedule {:?}: {e}", sch.name),
@@ -786,6 +790,15 @@ impl Settings {
             format!("{url}?heartbeat=10")
         }
     }
+}
+
+/// Parses a cron expression: 5 fields, or 6 with leading seconds.
+pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ impl Console {
         dlq: Dlq,
         sagas: crate::saga::Sagas,
     ) -> Self {
-        let vhost = crate::cli::vhost_of(settings.amqp.url.expose());
+        let vhost = crate::broker::vhost_of(settings.amqp.url.expose());
         let management = match Management::with_timeout(
             settings.amqp.management_url.expose(),
             Duration::from_secs(3),

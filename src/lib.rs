@@ -1,26 +1,32 @@
 //! warren: event-driven, asynchronous work on RabbitMQ.
 //!
-//! Map of the crate:
-//! - [`config`]: typed settings, loaded once (defaults, file, `WARREN_*`).
-//! - [`cli`]: the `warren` command line; [`app`]: roles and their lifecycle.
-//! - [`broker`]: AMQP pool, topology (`broker-topology.json`), envelope, confirming publisher.
-//! - [`http`]: the warp front (publish events, sync dispatch, orders and sagas, dead letters,
-//!   health, metrics).
-//! - [`jobs`]: the consumer trait, the runner (ack, retries, dead letters, inbox) and the
-//!   built-in modules (e-mail, notifications, audit, maintenance).
-//! - [`dispatch`]: the in-process listener registry for `?mode=sync`.
-//! - [`store`]: the sea-orm database (PostgreSQL or SQLite) and migrations at start.
-//! - [`telemetry`]: tracing subscriber (optional OTLP export), W3C trace context, Prometheus
-//!   metrics.
-//! - [`saga`]: saga definitions, the pure state machine, the persisting engine with its
-//!   outbox, the orchestrator role and the order saga's participants.
-//! - [`console`]: the operator console's audit log, paged dead-letter operations and overview
-//!   (its pages: [`http::console`]).
-//! - [`scheduler`]: cron schedules fired once per tick across instances.
-//! - [`retry`]: every in-process retry policy.
-//! - [`bench`]: `warren bench ...`: warren's throughput (jobs, sagas, scale), the ceilings it is
-//!   measured against (a bare warp+lapin server, a raw lapin publisher and consumer), retry
-//!   delay accuracy, and the SMTP receiver of the sync-mode benchmark (`scripts/bench-suite.sh`).
+//! Map of the crate, in layers from the bottom up. A module uses only modules on its own
+//! layer or below, never one above (`python3 ../shared/tools/modgraph.py src` finds no
+//! circle):
+//!
+//! 1. Foundations: [`config`]: typed settings, loaded once (defaults, file, `WARREN_*`);
+//!    [`retry`]: every in-process retry policy; [`telemetry`]: tracing subscriber (optional
+//!    OTLP export), W3C trace context, Prometheus metrics.
+//! 2. Broker and store: [`broker`]: the wire names and header helpers
+//!    ([`broker::names`]), the envelope, the AMQP pool, topology (`broker-topology.json`) and
+//!    the confirming publisher; [`store`]: the sea-orm database (PostgreSQL or SQLite) and
+//!    migrations at start; [`outbox`]: the events outbox and its relay.
+//! 3. Runtime and saga engine: [`jobs`]: the consumer trait, the runner (ack, retries, dead
+//!    letters, inbox) and the dead-letter tools; [`saga`]: saga definitions, the pure state
+//!    machine, the persisting engine with its outbox, the orchestrator role and the order
+//!    saga's participants.
+//! 4. Modules and operator services: [`modules`]: the built-in job modules (e-mail,
+//!    notifications, audit, maintenance); [`dispatch`]: the in-process listener registry for
+//!    `?mode=sync`; [`scheduler`]: cron schedules fired once per tick across instances;
+//!    [`console`]: the operator console's audit log, paged dead-letter operations and overview
+//!    (its pages: [`http::console`]).
+//! 5. Edges: [`http`]: the warp front (publish events, sync dispatch, orders and sagas, dead
+//!    letters, health, metrics).
+//! 6. [`app`]: roles and their lifecycle; above it [`cli`]: the `warren` command line, and
+//!    [`bench`]: `warren bench ...`: warren's throughput (jobs, sagas, scale), the ceilings it
+//!    is measured against (a bare warp+lapin server, a raw lapin publisher and consumer), retry
+//!    delay accuracy, and the SMTP receiver of the sync-mode benchmark
+//!    (`scripts/bench-suite.sh`).
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +39,7 @@ pub mod console;
 pub mod dispatch;
 pub mod http;
 pub mod jobs;
+pub mod modules;
 pub mod outbox;
 pub mod retry;
 pub mod saga;

@@ -22,10 +22,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use croner::{
-    Cron,
-    parser::{CronParser, Seconds},
-};
+use croner::Cron;
 use entities::schedule_ticks;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, Set,
@@ -37,20 +34,11 @@ use uuid::Uuid;
 use crate::{
     broker::{
         envelope::{Event, Meta},
+        names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
         publisher::Publisher,
     },
-    config::{MissedTicks, ScheduleSettings, SchedulerSettings},
-    http::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
+    config::{MissedTicks, ScheduleSettings, SchedulerSettings, parse_cron},
 };
-
-/// Parses a cron expression: 5 fields, or 6 with leading seconds.
-pub fn parse_cron(expr: &str) -> Result<Cron, String> {
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .build()
-        .parse(expr)
-        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
-}
 
 /// Scheduler failures.
 #[derive(Debug, thiserror::Error)]

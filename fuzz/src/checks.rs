@@ -13,7 +13,7 @@ use lapin::{
     types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString},
 };
 use warren::{
-    broker::{envelope::Event, topology::REQUEUE_EXCHANGE},
+    broker::{envelope::Event, names::REQUEUE_EXCHANGE},
     http::{ApiError, Route, parse_data, routes, validate_event_name},
     jobs::decode::{Delivered, decode, x_death_is_well_formed},
 };

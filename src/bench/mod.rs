@@ -416,7 +416,7 @@ async fn run_phases(settings: Settings, opts: &JobsBench) -> anyhow::Result<()> 
         &publisher,
         n,
         opts.publishers,
-        crate::http::EVENTS_EXCHANGE,
+        crate::broker::names::EVENTS_EXCHANGE,
         "bench.job",
     )
     .await?;
@@ -442,7 +442,7 @@ async fn run_phases(settings: Settings, opts: &JobsBench) -> anyhow::Result<()> 
         &publisher,
         n,
         opts.publishers,
-        crate::http::EVENTS_EXCHANGE,
+        crate::broker::names::EVENTS_EXCHANGE,
         "bench.job",
     )
     .await?;
@@ -546,7 +546,7 @@ async fn run_scale(settings: Settings, opts: &ScaleBench) -> anyhow::Result<()> 
             &publisher,
             opts.messages,
             64,
-            crate::http::COMMANDS_EXCHANGE,
+            crate::broker::names::COMMANDS_EXCHANGE,
             "notification.bench",
         )
         .await?;

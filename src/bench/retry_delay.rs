@@ -95,7 +95,7 @@ async fn run(settings: Settings, opts: &RetryDelayBench) -> anyhow::Result<()> {
         &publisher,
         opts.jobs,
         64,
-        crate::http::EVENTS_EXCHANGE,
+        crate::broker::names::EVENTS_EXCHANGE,
         "bench.retry",
     )
     .await?;

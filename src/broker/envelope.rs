@@ -9,12 +9,8 @@ use lapin::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Header: 1-based attempt number, kept across retries.
-pub const H_ATTEMPT: &str = "x-warren-attempt";
-/// Header: W3C trace context.
-pub const H_TRACEPARENT: &str = "traceparent";
-/// Header: the HTTP request that caused the message.
-pub const H_REQUEST_ID: &str = "x-request-id";
+// Old path, kept for the tests until they move.
+pub use super::names::{H_ATTEMPT, H_REQUEST_ID, H_TRACEPARENT, header_int, header_str};
 /// `app_id` on every message warren publishes.
 pub const APP_ID: &str = "warren";
 /// Version of the event body format.
@@ -148,31 +144,6 @@ fn short(s: &str) -> ShortString {
         end -= 1;
     }
     ShortString::from(&s[..end])
-}
-
-/// Reads a string header from AMQP properties.
-pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
-    let headers = props.headers().as_ref()?;
-    match headers.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-/// Reads an integer header from AMQP properties.
-pub fn header_int(props: &BasicProperties, key: &str) -> Option<i64> {
-    let headers = props.headers().as_ref()?;
-    match headers.inner().get(key)? {
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! because deadpool-lapin cannot pass a TLS configuration to lapin.
 
 pub mod envelope;
+pub mod names;
 pub mod publisher;
 pub mod topology;
 
@@ -21,6 +22,22 @@ use deadpool::managed::{self, Metrics, Pool, PoolConfig, RecycleError, RecycleRe
 use lapin::{Channel, Connection, ConnectionProperties, tcp::OwnedTLSConfig};
 
 use crate::config::Settings;
+
+/// The vhost named by an AMQP URL (`/` when the URL has no path).
+pub fn vhost_of(amqp_url: &str) -> String {
+    let Ok(url) = url::Url::parse(amqp_url) else {
+        return "/".to_owned();
+    };
+    let path = url.path().strip_prefix('/').unwrap_or("");
+    if path.is_empty() {
+        "/".to_owned()
+    } else {
+        url::form_urlencoded::parse(format!("v={path}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| "/".to_owned())
+    }
+}
 
 /// Errors reaching the broker.
 #[derive(Debug, thiserror::Error)]

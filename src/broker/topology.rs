@@ -17,17 +17,10 @@ use lapin::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::names::{ERROR_TIER, FAILURE_TIER};
+
 /// The built-in topology, the repository's `broker-topology.json`.
 pub const BUILTIN: &str = include_str!("../../broker-topology.json");
-
-/// The delay tier a reported failure waits in.
-pub const FAILURE_TIER: &str = "warren.retry.60s";
-/// The delay tier an error, panic or timeout waits in.
-pub const ERROR_TIER: &str = "warren.retry.120s";
-/// Waited messages go back to their queue through this exchange.
-pub const REQUEUE_EXCHANGE: &str = "warren.requeue";
-/// Parked messages go to `Q.dead` through this exchange, keyed by queue.
-pub const DEAD_EXCHANGE: &str = "warren.dead";
 
 /// Errors while loading, declaring or verifying the topology.
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +234,7 @@ impl Topology {
         self.bindings.iter().any(|b| {
             b.source == exchange
                 && if topic {
-                    crate::dispatch::topic_matches(&b.routing_key, routing_key)
+                    topic_matches(&b.routing_key, routing_key)
                 } else {
                     b.routing_key == routing_key
                 }
@@ -628,10 +621,37 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// AMQP topic matching: words split on `.`, `*` matches one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn topic_patterns_match_like_rabbitmq() {
+        assert!(topic_matches("#", "order.created"));
+        assert!(topic_matches("order.*", "order.created"));
+        assert!(!topic_matches("order.*", "order.created.v2"));
+        assert!(topic_matches("order.#", "order.created.v2"));
+        assert!(topic_matches("order.#", "order"));
+        assert!(!topic_matches("user.*", "order.created"));
+        assert!(topic_matches("*.created", "order.created"));
+    }
 
     #[test]
     fn builtin_topology_has_the_spec_wiring() {

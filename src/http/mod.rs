@@ -34,21 +34,18 @@ use warp::{
 use crate::{
     broker::{
         envelope::{Event, Meta},
+        names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
         publisher::Publisher,
     },
     config::{Scope, Settings},
     console::Operation,
     dispatch::Dispatcher,
     jobs::dlq::{self, Dlq, DlqError},
-    store,
+    store::{self, ListQuery},
     telemetry::Metrics,
 };
 pub use error::ApiError;
 
-/// The exchange HTTP events are published to.
-pub const EVENTS_EXCHANGE: &str = "warren.events";
-/// The exchange jobs and commands are published to.
-pub const COMMANDS_EXCHANGE: &str = "warren.commands";
 /// Longest accepted event name.
 pub const MAX_EVENT_NAME: usize = 128;
 /// Largest accepted request head: the names and values of all headers together, in bytes.
@@ -119,19 +116,6 @@ pub struct EventQuery {
     pub mode: Option<String>,
     /// The entity the event is about.
     pub aggregate_id: Option<String>,
-}
-
-/// Query of the list endpoints.
-#[derive(Debug, Deserialize, Default)]
-pub struct ListQuery {
-    /// `GET /v1/events`: only events about this entity.
-    pub aggregate_id: Option<String>,
-    /// `GET /v1/events`: only events with this name.
-    pub name: Option<String>,
-    /// `GET /v1/notifications`: only this user's.
-    pub user_id: Option<String>,
-    /// At most this many rows (default 50, at most 500), newest first.
-    pub limit: Option<u64>,
 }
 
 /// Default and largest `?limit=` of `GET /v1/dlq/{queue}`.

@@ -33,14 +33,14 @@
 use lapin::{BasicProperties, types::AMQPValue};
 use uuid::Uuid;
 
-use super::{
-    Job,
-    runner::{H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY},
-};
+use super::Job;
 use crate::{
     broker::{
-        envelope::{Event, H_ATTEMPT, H_REQUEST_ID, H_TRACEPARENT, header_int, header_str},
-        topology::REQUEUE_EXCHANGE,
+        envelope::Event,
+        names::{
+            H_ATTEMPT, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY, H_REQUEST_ID, H_TRACEPARENT,
+            REQUEUE_EXCHANGE, header_int, header_str,
+        },
     },
     telemetry::trace::TraceParent,
 };

@@ -36,15 +36,16 @@ use sea_orm::DatabaseConnection;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::runner::{
-    H_ERROR, H_FAILED_AT, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY, H_REASON, H_REPLAYED_AT,
-};
 use crate::{
     broker::{
         Broker, BrokerError,
-        envelope::{H_ATTEMPT, header_int, header_str},
+        names::{
+            H_ATTEMPT, H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_ORIGINAL_EXCHANGE,
+            H_ORIGINAL_ROUTING_KEY, H_REASON, H_REPLAYED_AT, REQUEUE_EXCHANGE, header_int,
+            header_str,
+        },
         publisher::{PublishError, Publisher},
-        topology::{REQUEUE_EXCHANGE, Topology},
+        topology::Topology,
     },
     store::{self, StoreError},
 };
@@ -62,9 +63,6 @@ const SETTLE_GRACE: Duration = Duration::from_millis(300);
 
 /// Ids of the messages an operation has moved so far.
 pub type MovedIds = std::collections::HashSet<Uuid>;
-
-/// Header quorum queues add on redelivery; not carried over into a replayed message.
-const H_DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// Errors of the dead-letter tools, each naming the queue it happened on.
 #[derive(Debug, thiserror::Error)]

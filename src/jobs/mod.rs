@@ -16,13 +16,9 @@
 //! Every transfer is publish-with-confirm first, then ack: a crash in between duplicates a
 //! message (the inbox absorbs it), never loses one.
 
-pub mod audit;
 pub mod decode;
 pub mod dlq;
-pub mod email;
 pub mod inbox;
-pub mod maintenance;
-pub mod notifications;
 pub mod runner;
 
 use std::time::Duration;

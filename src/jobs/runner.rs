@@ -42,32 +42,24 @@ use super::{
 use crate::{
     broker::{
         Broker, BrokerError,
-        envelope::{Event, H_ATTEMPT, H_TRACEPARENT, Meta, header_str},
+        envelope::{Event, Meta},
+        names::{
+            DEAD_EXCHANGE, ERROR_TIER, EVENTS_EXCHANGE, FAILURE_TIER, H_ATTEMPT, H_TRACEPARENT,
+            H_X_DEATH, header_str,
+        },
         publisher::{PublishError, Publisher},
-        topology::{DEAD_EXCHANGE, ERROR_TIER, FAILURE_TIER, Topology},
+        topology::Topology,
     },
     config::JobsSettings,
-    http::EVENTS_EXCHANGE,
     store,
     telemetry::Metrics,
 };
 
-/// Header: why the message failed last.
-pub const H_ERROR: &str = "x-warren-error";
-/// Header: when it failed last (RFC 3339).
-pub const H_FAILED_AT: &str = "x-warren-failed-at";
-/// Header: the exchange it was first published to.
-pub const H_ORIGINAL_EXCHANGE: &str = "x-warren-original-exchange";
-/// Header: the routing key it was first published with.
-pub const H_ORIGINAL_ROUTING_KEY: &str = "x-warren-original-routing-key";
-/// Header on parked messages: `exhausted`, `invalid` or `undecodable`.
-pub const H_REASON: &str = "x-warren-reason";
-/// Header on parked messages: the queue they were parked from.
-pub const H_QUEUE: &str = "x-warren-queue";
-/// Header RabbitMQ writes when it dead-letters a message (a delay tier's TTL expiry).
-pub const H_X_DEATH: &str = "x-death";
-/// Header on replayed messages: when they were replayed.
-pub const H_REPLAYED_AT: &str = "x-warren-replayed-at";
+// Old path, kept for the tests until they move.
+pub use crate::broker::names::{
+    H_ERROR, H_FAILED_AT, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY, H_QUEUE, H_REASON,
+    H_REPLAYED_AT,
+};
 
 /// Errors that stop one consuming session (the runner reconnects after them).
 #[derive(Debug, thiserror::Error)]

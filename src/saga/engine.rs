@@ -35,9 +35,9 @@ use super::{
 use crate::{
     broker::{
         envelope::{Event, Meta},
+        names::COMMANDS_EXCHANGE,
         publisher::Publisher,
     },
-    http::COMMANDS_EXCHANGE,
     telemetry::Metrics,
 };
 

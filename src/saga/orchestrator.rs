@@ -51,7 +51,7 @@ impl Consumer for Orchestrator {
     }
 
     fn queue(&self) -> &str {
-        "warren.saga"
+        crate::broker::names::SAGA_QUEUE
     }
 
     fn timeout(&self) -> Duration {

@@ -29,11 +29,12 @@ use uuid::Uuid;
 use super::{
     machine::Action,
     order::OrderRequest,
-    protocol::{CommandData, REPLIES_EXCHANGE, REPLY_EVENT, REPLY_KEY, Reply},
+    protocol::{CommandData, REPLY_EVENT, REPLY_KEY, Reply},
 };
 use crate::{
     broker::{
         envelope::{Event, Meta},
+        names::REPLIES_EXCHANGE,
         publisher::Publisher,
     },
     jobs::{Consumer, Job, JobError},
@@ -299,7 +300,7 @@ impl Participant for Orders {
     }
 
     fn queue(&self) -> &str {
-        "warren.orders"
+        crate::broker::names::ORDERS_QUEUE
     }
 
     async fn apply(
@@ -370,7 +371,7 @@ impl Participant for Inventory {
     }
 
     fn queue(&self) -> &str {
-        "warren.inventory"
+        crate::broker::names::INVENTORY_QUEUE
     }
 
     async fn apply(
@@ -435,7 +436,7 @@ impl Participant for Payments {
     }
 
     fn queue(&self) -> &str {
-        "warren.payments"
+        crate::broker::names::PAYMENTS_QUEUE
     }
 
     async fn apply(
@@ -497,7 +498,7 @@ impl Participant for OrderNotification {
     }
 
     fn queue(&self) -> &str {
-        "warren.notifications"
+        crate::broker::names::NOTIFICATIONS_QUEUE
     }
 
     async fn apply(

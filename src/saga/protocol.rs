@@ -9,8 +9,6 @@ use uuid::Uuid;
 
 use super::machine::Action;
 
-/// Exchange the participants reply on.
-pub const REPLIES_EXCHANGE: &str = "warren.replies";
 /// Routing key of replies (bound to `warren.saga`).
 pub const REPLY_KEY: &str = "saga";
 /// Event name of a reply.

@@ -225,14 +225,27 @@ pub async fn insert_failed_job(
         })
 }
 
-fn limit_of(q: &crate::http::ListQuery) -> u64 {
+/// Query of the list endpoints.
+#[derive(Debug, serde::Deserialize, Default)]
+pub struct ListQuery {
+    /// `GET /v1/events`: only events about this entity.
+    pub aggregate_id: Option<String>,
+    /// `GET /v1/events`: only events with this name.
+    pub name: Option<String>,
+    /// `GET /v1/notifications`: only this user's.
+    pub user_id: Option<String>,
+    /// At most this many rows (default 50, at most 500), newest first.
+    pub limit: Option<u64>,
+}
+
+fn limit_of(q: &ListQuery) -> u64 {
     q.limit.unwrap_or(50).clamp(1, 500)
 }
 
 /// Recorded events, newest first, filtered by aggregate id and name.
 pub async fn list_events(
     db: &DatabaseConnection,
-    q: &crate::http::ListQuery,
+    q: &ListQuery,
 ) -> Result<Vec<event_log::Model>, StoreError> {
     use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};
     let mut select = event_log::Entity::find();
@@ -288,7 +301,7 @@ pub async fn parked_failed_jobs_of(
 /// Notifications, newest first, optionally one user's.
 pub async fn list_notifications(
     db: &DatabaseConnection,
-    q: &crate::http::ListQuery,
+    q: &ListQuery,
 ) -> Result<Vec<entities::notifications::Model>, StoreError> {
     use entities::notifications;
     use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};

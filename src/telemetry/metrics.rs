@@ -167,7 +167,8 @@ struct Inner {
 /// What `render` asks at scrape time: the broker pool and the database pool.
 #[derive(Default)]
 struct Probes {
-    broker: OnceLock<crate::broker::Broker>,
+    /// How many connections the broker pool holds.
+    broker: OnceLock<Box<dyn Fn() -> usize + Send + Sync>>,
     db: OnceLock<sea_orm::DatabaseConnection>,
 }
 
@@ -553,9 +554,10 @@ impl Metrics {
         self.inner.amqp_channels.inc_by(delta);
     }
 
-    /// Lets `render` report the broker pool's connections.
-    pub fn watch_broker(&self, broker: &crate::broker::Broker) {
-        let _ = self.inner.probes.broker.set(broker.clone());
+    /// Lets `render` report the broker pool's connections: `connections` answers how many
+    /// the pool holds.
+    pub fn watch_broker(&self, connections: impl Fn() -> usize + Send + Sync + 'static) {
+        let _ = self.inner.probes.broker.set(Box::new(connections));
     }
 
     /// Lets `render` report the database pool's connections in use.
@@ -589,10 +591,10 @@ impl Metrics {
 
     /// The registry in the OpenMetrics text format.
     pub fn render(&self) -> String {
-        if let Some(b) = self.inner.probes.broker.get() {
+        if let Some(connections) = self.inner.probes.broker.get() {
             self.set_connections(
                 "amqp_connections",
-                i64::try_from(b.connections()).unwrap_or(0),
+                i64::try_from(connections()).unwrap_or(0),
             );
         }
         self.set_connections("amqp_channels", self.inner.amqp_channels.get().max(0));

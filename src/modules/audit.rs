@@ -26,7 +26,7 @@ impl Consumer for Audit {
     }
 
     fn queue(&self) -> &str {
-        "warren.audit"
+        crate::broker::names::AUDIT_QUEUE
     }
 
     fn use_inbox(&self) -> bool {

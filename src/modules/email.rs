@@ -131,7 +131,7 @@ impl Consumer for Email {
     }
 
     fn queue(&self) -> &str {
-        "warren.email"
+        crate::broker::names::EMAIL_QUEUE
     }
 
     fn timeout(&self) -> Duration {

@@ -17,10 +17,11 @@ use uuid::Uuid;
 use crate::{
     broker::{
         envelope::{Event, Meta},
+        names::COMMANDS_EXCHANGE,
         publisher::Publisher,
     },
-    http::COMMANDS_EXCHANGE,
-    jobs::{Consumer, Job, JobError, email::SendEmail},
+    jobs::{Consumer, Job, JobError},
+    modules::email::SendEmail,
     saga::participants::{OrderNotification, ParticipantConsumer},
     store,
 };
@@ -137,7 +138,7 @@ impl Consumer for Notifications {
     }
 
     fn queue(&self) -> &str {
-        "warren.notifications"
+        crate::broker::names::NOTIFICATIONS_QUEUE
     }
 
     async fn on_failed(&self, job: &Job, error: &str) {

@@ -17,9 +17,9 @@ use uuid::Uuid;
 use crate::{
     broker::{
         envelope::{Event, Meta},
+        names::EVENTS_EXCHANGE,
         publisher::Publisher,
     },
-    http::EVENTS_EXCHANGE,
     jobs::{Consumer, Job, JobError},
 };
 
@@ -157,7 +157,7 @@ impl Consumer for Maintenance {
     }
 
     fn queue(&self) -> &str {
-        "warren.maintenance"
+        crate::broker::names::MAINTENANCE_QUEUE
     }
 
     fn timeout(&self) -> std::time::Duration {
