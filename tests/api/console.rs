@@ -343,12 +343,9 @@ async fn take_ids(app: &TestApp, queue: &str, n: usize) -> Vec<Uuid> {
             .unwrap_or_else(|_| panic!("only {} of {n} messages in {queue}", ids.len()))
             .expect("a delivery")
             .expect("delivered");
-        let id = d
-            .properties
-            .message_id()
-            .as_ref()
-            .and_then(|m| m.as_str().parse().ok())
-            .expect("a message id");
+        let id = crate::helpers::message_id(&d.properties)
+            .parse()
+            .expect("a uuid message id");
         ids.push(id);
     }
     let _ = conn.close(200, "".into()).await;

@@ -76,6 +76,14 @@ where
     }
 }
 
+/// The message id of a message warren (or a test) published; panics when it has none.
+pub fn message_id(p: &lapin::BasicProperties) -> String {
+    p.message_id()
+        .as_ref()
+        .map(|m| m.as_str().to_owned())
+        .expect("a message id")
+}
+
 /// Ready and unacknowledged messages of one queue, as the broker counts them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueFigures {
@@ -139,6 +147,8 @@ pub struct TestVhost {
     pub amqp_base: String,
     /// The broker's Prometheus endpoint (exact queue figures).
     pub prometheus: String,
+    /// The client for that endpoint (10 s timeout), made once.
+    prometheus_client: reqwest::Client,
 }
 
 impl TestVhost {
@@ -170,6 +180,10 @@ impl TestVhost {
             api,
             amqp_base: amqp_base.to_owned(),
             prometheus: prometheus.to_owned(),
+            prometheus_client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
         }
     }
 
@@ -182,11 +196,7 @@ impl TestVhost {
             self.prometheus,
             encode(&self.name)
         );
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .ok()?;
-        let r = client.get(url).send().await.ok()?;
+        let r = self.prometheus_client.get(url).send().await.ok()?;
         if !r.status().is_success() {
             return None;
         }

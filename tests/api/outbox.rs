@@ -10,7 +10,7 @@ use warren::Role;
 
 use crate::{
     gate::BrokerGate,
-    helpers::{TestApp, eventually, spawn_roles},
+    helpers::{TestApp, eventually, message_id, spawn_roles},
 };
 
 /// Starts the HTTP front with its broker behind `gate`.
@@ -72,12 +72,7 @@ async fn audit_messages(app: &TestApp, n: usize, also: &[(&str, u64)]) -> Vec<(S
         .await
         .into_iter()
         .map(|m| {
-            let id = m
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.as_str().to_owned())
-                .expect("message_id");
+            let id = message_id(&m.properties);
             let body: Value = serde_json::from_slice(&m.data).expect("json body");
             (id, body)
         })
@@ -231,14 +226,7 @@ async fn events_accepted_while_the_broker_is_away_are_stored_then_published_in_o
         .drain("warren.email")
         .await
         .iter()
-        .map(|m| {
-            m.properties
-                .message_id()
-                .as_ref()
-                .expect("message_id")
-                .as_str()
-                .to_owned()
-        })
+        .map(|m| message_id(&m.properties))
         .collect();
     assert_eq!(
         jobs,

@@ -48,6 +48,15 @@ pub async fn spawn_saga(
 
 pub const ALL: &[&str] = &["orders", "inventory", "payments", "notifications"];
 
+/// Every queue an order saga's commands and replies pass through, empty once it has settled.
+pub const SAGA_QUEUES: [(&str, u64); 5] = [
+    ("warren.orders", 0),
+    ("warren.inventory", 0),
+    ("warren.payments", 0),
+    ("warren.notifications", 0),
+    ("warren.saga", 0),
+];
+
 pub async fn seed(app: &TestApp, inventory: Value, accounts: Value) {
     let r = app
         .request(reqwest::Method::POST, "/v1/admin/seed")
@@ -701,15 +710,9 @@ async fn duplicate_delivery_of_every_command_and_reply_deducts_nothing_twice() {
     // Wait for the duplicates still in flight to be handled (every copy confirmed into its
     // queue has been consumed and acked, none waits in a tier), then stop the tap and check
     // that it really duplicated every command and reply.
-    app.settled(&[
-        ("warren.orders", 0),
-        ("warren.inventory", 0),
-        ("warren.payments", 0),
-        ("warren.notifications", 0),
-        ("warren.saga", 0),
-        ("test.tap", 0),
-    ])
-    .await;
+    let mut queues = SAGA_QUEUES.to_vec();
+    queues.push(("test.tap", 0));
+    app.settled(&queues).await;
     let tapped = stop_tap(stop, tap).await;
     let unduplicated: Vec<_> = tapped.seen.difference(&tapped.copied).collect();
     assert!(
@@ -863,12 +866,7 @@ async fn duplicate_everything(
             .as_ref()
             .is_some_and(|h| h.inner().contains_key("x-test-copy"));
         if !is_copy {
-            let id = d
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|m| m.as_str().to_owned())
-                .expect("warren's messages carry a message id");
+            let id = crate::helpers::message_id(&d.properties);
             tapped.seen.insert(id.clone());
             let mut headers = d.properties.headers().clone().unwrap_or_default();
             headers.insert("x-test-copy".into(), AMQPValue::Boolean(true));

@@ -26,7 +26,7 @@ use warren::{
 use crate::{
     helpers::{eventually, management_url},
     reliability::{KillOnDrop, close_connections, connection_names},
-    saga::{seed, spawn_saga},
+    saga::{SAGA_QUEUES, seed, spawn_saga},
     scale::{Relay, Scrape, free_port, holding_work, redelivered},
 };
 
@@ -316,14 +316,7 @@ async fn five_hundred_concurrent_orders_with_faults_keep_stock_and_balances_exac
         (rows.len() >= ORDERS && ended(&rows) && outbox == 0).then_some(rows)
     })
     .await;
-    app.settled(&[
-        ("warren.orders", 0),
-        ("warren.inventory", 0),
-        ("warren.payments", 0),
-        ("warren.notifications", 0),
-        ("warren.saga", 0),
-    ])
-    .await;
+    app.settled(&SAGA_QUEUES).await;
     let finals = sagas::Entity::find().all(&db).await.expect("sagas");
     let status_of = |rows: &[sagas::Model]| -> HashMap<uuid::Uuid, String> {
         rows.iter().map(|s| (s.id, s.status.clone())).collect()

@@ -389,14 +389,7 @@ where
 fn message_ids(messages: &[lapin::message::BasicGetMessage]) -> Vec<String> {
     let mut ids: Vec<String> = messages
         .iter()
-        .map(|m| {
-            m.properties
-                .message_id()
-                .as_ref()
-                .expect("message_id")
-                .as_str()
-                .to_owned()
-        })
+        .map(|m| crate::helpers::message_id(&m.properties))
         .collect();
     ids.sort();
     ids
