@@ -191,7 +191,8 @@ impl App {
         shutdown: CancellationToken,
     ) -> Result<Running, StartError> {
         let settings = self.settings.clone();
-        let db = store::connect(&settings.database).await?;
+        let pools = store::Pools::connect(&settings.database).await?;
+        let db = pools.get(crate::config::Pool::Http).clone();
         let broker = Broker::new(&settings, &format!("warren {}", std::process::id()))?;
         let topology = Arc::new(Topology::for_settings(&settings)?);
         let tasks = TaskTracker::new();
@@ -218,7 +219,7 @@ impl App {
 
         let watched = broker.clone();
         self.metrics.watch_broker(move || watched.connections());
-        self.metrics.watch_database(&db);
+        self.metrics.watch_database(pools.named());
         let sagas = Sagas::new(
             db.clone(),
             publisher.clone(),

@@ -7,7 +7,7 @@
 //! arguments in the file (RabbitMQ answers 406 and closes the channel when a queue exists with
 //! other arguments, so declaration runs on a throwaway channel and reports that as drift).
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use lapin::{
     Channel, ExchangeKind,
@@ -26,13 +26,8 @@ pub const BUILTIN: &str = include_str!("../../broker-topology.json");
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     /// The definitions file could not be read.
-    #[error("cannot read topology file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::config::ConfigError),
     /// The definitions file is not valid definitions JSON.
     #[error("topology definitions do not parse: {0}")]
     Parse(#[from] serde_json::Error),
@@ -177,25 +172,18 @@ impl Topology {
         Self::parse(BUILTIN)
     }
 
-    /// The topology from `path`, or the built-in one.
-    pub fn load(path: Option<&Path>) -> Result<Self, TopologyError> {
-        match path {
-            None => Self::builtin(),
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| TopologyError::Read {
-                    path: p.display().to_string(),
-                    source,
-                })?;
-                Self::parse(&text)
-            }
-        }
-    }
-
     /// The topology for these settings: the file (or the built-in one) with the delay tiers
     /// TTLs set from `jobs.failure_delay_ms` and `jobs.error_delay_ms`.
+    /// The file's text was read when the settings loaded ([`crate::config::Files`]).
     pub fn for_settings(settings: &crate::config::Settings) -> Result<Self, TopologyError> {
-        Ok(Self::load(settings.amqp.topology_file.as_deref())?
-            .with_retry_delays(settings.jobs.failure_delay_ms, settings.jobs.error_delay_ms))
+        let topology = match settings.files()?.topology {
+            Some(file) => Self::parse(&file.text)?,
+            None => Self::builtin()?,
+        };
+        Ok(
+            topology
+                .with_retry_delays(settings.jobs.failure_delay_ms, settings.jobs.error_delay_ms),
+        )
     }
 
     /// Sets the TTL of the failure tier (`warren.retry.60s`) and the error tier

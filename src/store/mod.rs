@@ -11,7 +11,10 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-use crate::{broker::envelope::Event, config::DatabaseSettings};
+use crate::{
+    broker::envelope::Event,
+    config::{DatabaseSettings, Pool},
+};
 
 /// Database errors, with what warren was doing.
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +40,90 @@ pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
 
-/// Connects by URL. SQLite gets WAL, a busy timeout and a single connection, because SQLite
-/// has one writer and a pool of writers answers `database is locked` (STACK.md).
+/// Connects by URL with one pool of `database.max_connections` (the command line's and the
+/// benchmarks' connection), running the migrations first when `database.migrate` is set.
+/// SQLite gets WAL, a busy timeout and a single connection, because SQLite has one writer and
+/// a pool of writers answers `database is locked` (STACK.md).
 #[tracing::instrument(skip_all, fields(db = %crate::config::redact_url(settings.url.expose())))]
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, StoreError> {
+    let db = open(settings, settings.max_connections, false).await?;
+    migrate(settings, &db).await?;
+    Ok(db)
+}
+
+/// A process's database pools, one per role ([`Pool`]), so a burst on one (HTTP orders
+/// waiting for connections) cannot starve another (consumers acking, relays emptying the
+/// outboxes). Sizes come from `database.pools` ([`DatabaseSettings::pool_size`]).
+///
+/// On PostgreSQL the HTTP pool connects at once (a database that does not answer fails the
+/// start, as before) and the others connect when first used, so a process opens connections
+/// only for the roles it runs. On SQLite every role shares the one writer connection.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    http: DatabaseConnection,
+    consumers: DatabaseConnection,
+    relay: DatabaseConnection,
+    scheduler: DatabaseConnection,
+}
+
+impl Pools {
+    /// Opens the pools and runs the migrations when `database.migrate` is set.
+    #[tracing::instrument(skip_all, fields(db = %crate::config::redact_url(settings.url.expose())))]
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let http = open(settings, settings.pool_size(Pool::Http), false).await?;
+        migrate(settings, &http).await?;
+        if is_sqlite(settings.url.expose()) {
+            return Ok(Self {
+                consumers: http.clone(),
+                relay: http.clone(),
+                scheduler: http.clone(),
+                http,
+            });
+        }
+        Ok(Self {
+            consumers: open(settings, settings.pool_size(Pool::Consumers), true).await?,
+            relay: open(settings, settings.pool_size(Pool::Relay), true).await?,
+            scheduler: open(settings, settings.pool_size(Pool::Scheduler), true).await?,
+            http,
+        })
+    }
+
+    /// The connection pool of `pool`'s role.
+    pub fn get(&self, pool: Pool) -> &DatabaseConnection {
+        match pool {
+            Pool::Http => &self.http,
+            Pool::Consumers => &self.consumers,
+            Pool::Relay => &self.relay,
+            Pool::Scheduler => &self.scheduler,
+        }
+    }
+
+    /// Each distinct pool with its name, for metrics: the four roles on PostgreSQL, one
+    /// `shared` connection on SQLite.
+    pub fn named(&self) -> Vec<(&'static str, DatabaseConnection)> {
+        if self.http.get_database_backend() == sea_orm::DbBackend::Sqlite {
+            return vec![("shared", self.http.clone())];
+        }
+        Pool::ALL
+            .iter()
+            .map(|p| (p.as_str(), self.get(*p).clone()))
+            .collect()
+    }
+
+    /// Closes every pool.
+    pub async fn close(&self) {
+        for (_, db) in self.named() {
+            let _ = db.close_by_ref().await;
+        }
+    }
+}
+
+/// One pool of `size` connections (SQLite: always one); `lazy` connects on first use.
+async fn open(
+    settings: &DatabaseSettings,
+    size: u32,
+    lazy: bool,
+) -> Result<DatabaseConnection, StoreError> {
     let url = settings.url.expose();
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
@@ -55,7 +138,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
                 .create_if_missing(true)
         });
     } else {
-        opts.max_connections(settings.max_connections);
+        opts.max_connections(size.max(1)).connect_lazy(lazy);
         // Plan every statement with its values. By default PostgreSQL switches a prepared
         // statement to a generic plan after five runs and keeps it for the connection's life;
         // a plan made while a table was nearly empty (every fresh deployment: the inbox, the
@@ -64,15 +147,20 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         // (BENCHMARKS.md). Planning these short statements costs little.
         opts.map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_custom_plan")]));
     }
-    let db = Database::connect(opts).await.map_err(StoreError::Connect)?;
-    if settings.migrate {
-        if is_sqlite(url) {
-            Migrator::up(&db, None).await.map_err(StoreError::Migrate)?;
-        } else {
-            migrate_locked(url).await?;
-        }
+    Database::connect(opts).await.map_err(StoreError::Connect)
+}
+
+/// Runs pending migrations when `database.migrate` is set.
+async fn migrate(settings: &DatabaseSettings, db: &DatabaseConnection) -> Result<(), StoreError> {
+    if !settings.migrate {
+        return Ok(());
     }
-    Ok(db)
+    let url = settings.url.expose();
+    if is_sqlite(url) {
+        Migrator::up(db, None).await.map_err(StoreError::Migrate)
+    } else {
+        migrate_locked(url).await
+    }
 }
 
 /// Key of the advisory lock that serializes migrations (any constant shared by every warren).

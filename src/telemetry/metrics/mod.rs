@@ -3,17 +3,16 @@
 //! Label values stay bounded: HTTP paths are route templates (`/v1/events/{name}`), never raw
 //! paths; exchanges and queues come from the topology; outcomes are fixed words.
 
+mod process;
+mod text_format;
+
 use std::sync::{Arc, OnceLock};
 
+use self::{process::ProcessCollector, text_format::to_text_format};
+
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
-    metrics::{
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::{ConstGauge, Gauge},
-        histogram::Histogram,
-    },
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -103,6 +102,15 @@ pub struct ConnectionLabels {
     pub kind: &'static str,
 }
 
+/// `database_pool_connections` labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The role's pool: `http`, `consumers`, `relay`, `scheduler` (SQLite: `shared`).
+    pub pool: &'static str,
+    /// `in_use` (checked out) or `max` (the pool's size).
+    pub state: &'static str,
+}
+
 /// Saga labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SagaLabels {
@@ -143,6 +151,7 @@ struct Inner {
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     published: Family<PublishLabels, Counter>,
     active_connections: Family<ConnectionLabels, Gauge>,
+    pool_connections: Family<PoolLabels, Gauge>,
     jobs: Family<JobLabels, Counter>,
     job_duration: Family<QueueLabels, Histogram, fn() -> Histogram>,
     sagas_started: Family<SagaLabels, Counter>,
@@ -169,7 +178,7 @@ struct Inner {
 struct Probes {
     /// How many connections the broker pool holds.
     broker: OnceLock<Box<dyn Fn() -> usize + Send + Sync>>,
-    db: OnceLock<sea_orm::DatabaseConnection>,
+    db: OnceLock<Vec<(&'static str, sea_orm::DatabaseConnection)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -214,6 +223,12 @@ impl Metrics {
             "active_connections",
             "Open connections: AMQP connections in the pool, database connections in use",
             active_connections.clone(),
+        );
+        let pool_connections = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "database_pool_connections",
+            "Database connections of each role's pool: checked out (in_use) and its size (max)",
+            pool_connections.clone(),
         );
         let jobs = Family::<JobLabels, Counter>::default();
         registry.register(
@@ -360,6 +375,7 @@ impl Metrics {
                 http_duration,
                 published,
                 active_connections,
+                pool_connections,
                 jobs,
                 job_duration,
             }),
@@ -560,9 +576,10 @@ impl Metrics {
         let _ = self.inner.probes.broker.set(Box::new(connections));
     }
 
-    /// Lets `render` report the database pool's connections in use.
-    pub fn watch_database(&self, db: &sea_orm::DatabaseConnection) {
-        let _ = self.inner.probes.db.set(db.clone());
+    /// Lets `render` report the database pools' connections: each role's pool by its name
+    /// (`database_pool_connections`), and their sum in use (`active_connections`).
+    pub fn watch_database(&self, pools: Vec<(&'static str, sea_orm::DatabaseConnection)>) {
+        let _ = self.inner.probes.db.set(pools);
     }
 
     fn set_connections(&self, kind: &'static str, n: i64) {
@@ -598,44 +615,25 @@ impl Metrics {
             );
         }
         self.set_connections("amqp_channels", self.inner.amqp_channels.get().max(0));
-        if let Some(db) = self.inner.probes.db.get() {
-            self.set_connections("database_in_use", database_in_use(db));
+        if let Some(pools) = self.inner.probes.db.get() {
+            let mut in_use_total = 0;
+            for (pool, db) in pools {
+                let (in_use, max) = pool_figures(db);
+                in_use_total += in_use;
+                for (state, n) in [("in_use", in_use), ("max", max)] {
+                    self.inner
+                        .pool_connections
+                        .get_or_create(&PoolLabels { pool, state })
+                        .set(n);
+                }
+            }
+            self.set_connections("database_in_use", in_use_total);
         }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.inner.registry);
         out
     }
-}
-
-/// OpenMetrics text to the Prometheus text format 0.0.4: a counter family's `# HELP` and
-/// `# TYPE` lines name it with its `_total` suffix (as its samples do), and `# EOF` and
-/// `# UNIT` lines go.
-fn to_text_format(open_metrics: &str) -> String {
-    let mut counters = std::collections::HashSet::new();
-    for line in open_metrics.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ")
-            && let Some((name, "counter")) = rest.split_once(' ')
-        {
-            counters.insert(name.to_owned());
-        }
-    }
-    let mut out = String::with_capacity(open_metrics.len() + counters.len() * 12);
-    for line in open_metrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
 }
 
 /// Dropped when a handler finishes: takes the message off `messages_in_flight`.
@@ -648,165 +646,25 @@ impl Drop for InFlight {
     }
 }
 
-fn database_in_use(db: &sea_orm::DatabaseConnection) -> i64 {
+/// Connections of a pool checked out, and its size.
+fn pool_figures(db: &sea_orm::DatabaseConnection) -> (i64, i64) {
     use sea_orm::DbBackend;
-    let (size, idle) = match db.get_database_backend() {
+    let (size, idle, max) = match db.get_database_backend() {
         DbBackend::Postgres => {
             let p = db.get_postgres_connection_pool();
-            (p.size(), p.num_idle())
+            (p.size(), p.num_idle(), p.options().get_max_connections())
         }
         DbBackend::Sqlite => {
             let p = db.get_sqlite_connection_pool();
-            (p.size(), p.num_idle())
+            (p.size(), p.num_idle(), p.options().get_max_connections())
         }
-        _ => (0, 0),
+        _ => (0, 0, 0),
     };
-    i64::from(size) - i64::try_from(idle).unwrap_or(0)
-}
-
-/// The process metrics every Prometheus client exports (`process_resident_memory_bytes`,
-/// `process_cpu_seconds_total`, `process_start_time_seconds`), read from `/proc/self` at
-/// each scrape. Per-request memory (the article's `X-Memory-Usage`) has no meaning in an
-/// async server where requests share one heap; the process's resident memory is the
-/// honest figure.
-#[derive(Debug)]
-struct ProcessCollector {
-    start_time: f64,
-}
-
-impl ProcessCollector {
-    fn new() -> Self {
-        let start_time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or_default();
-        Self { start_time }
-    }
-}
-
-/// Resident memory (bytes) and CPU time (seconds) of this process, from `/proc/self`.
-fn proc_self() -> Option<(f64, f64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let rss_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) start at state (field 3);
-    // utime and stime are fields 14 and 15, in USER_HZ (100 per second on Linux).
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((rss_kb * 1024.0, (utime + stime) / 100.0))
-}
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let start = ConstGauge::new(self.start_time);
-        let m = encoder.encode_descriptor(
-            "process_start_time_seconds",
-            "Start time of the process since the Unix epoch, in seconds",
-            None,
-            start.metric_type(),
-        )?;
-        start.encode(m)?;
-        if let Some((rss, cpu)) = proc_self() {
-            let rss = ConstGauge::new(rss);
-            let m = encoder.encode_descriptor(
-                "process_resident_memory_bytes",
-                "Resident memory of the process, in bytes",
-                None,
-                rss.metric_type(),
-            )?;
-            rss.encode(m)?;
-            let cpu = ConstCounter::new(cpu);
-            let m = encoder.encode_descriptor(
-                "process_cpu_seconds",
-                "User and system CPU time of the process, in seconds",
-                None,
-                cpu.metric_type(),
-            )?;
-            cpu.encode(m)?;
-        }
-        Ok(())
-    }
+    (
+        i64::from(size) - i64::try_from(idle).unwrap_or(0),
+        i64::from(max),
+    )
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_the_articles_metrics() {
-        let m = Metrics::new();
-        m.http_request("POST", "/v1/events/{name}", 202, 0.003);
-        m.published("warren.events", "confirmed");
-        let text = m.render();
-        assert!(
-            text.contains(
-                r#"http_requests_total{method="POST",path="/v1/events/{name}",status="202"} 1"#
-            ),
-            "{text}"
-        );
-        assert!(text.contains(r#"http_request_duration_seconds_bucket{le="0.005",method="POST",path="/v1/events/{name}"} 1"#) ||
-            text.contains(r#"http_request_duration_seconds_bucket{method="POST",path="/v1/events/{name}",le="0.005"} 1"#), "{text}");
-        assert!(
-            text.contains(
-                r#"messages_published_total{exchange="warren.events",outcome="confirmed"} 1"#
-            ),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn exports_process_memory_and_build_info() {
-        let m = Metrics::new();
-        let text = m.render();
-        let rss = text
-            .lines()
-            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .expect("rss exported");
-        assert!(rss > 1_000_000.0, "{rss}");
-        assert!(text.contains("process_cpu_seconds_total "), "{text}");
-        assert!(text.contains("warren_build_info{version="), "{text}");
-    }
-
-    #[test]
-    fn the_text_format_names_counter_families_with_their_total_suffix() {
-        let m = Metrics::new();
-        m.published("warren.events", "confirmed");
-        let (text, ct) = m.render_for(Some("*/*"));
-        assert!(ct.starts_with("text/plain; version=0.0.4"));
-        assert!(
-            text.contains("# TYPE messages_published_total counter"),
-            "{text}"
-        );
-        assert!(text.contains("# HELP messages_published_total "), "{text}");
-        assert!(!text.contains("# EOF"));
-        let (open, ct) = m.render_for(Some("application/openmetrics-text; version=1.0.0"));
-        assert!(ct.starts_with("application/openmetrics-text"));
-        assert!(open.contains("# TYPE messages_published counter"));
-        assert!(open.ends_with("# EOF\n"));
-    }
-
-    #[test]
-    fn in_flight_counts_down_when_the_guard_drops() {
-        let m = Metrics::new();
-        let g = m.in_flight("warren.email");
-        assert!(
-            m.render()
-                .contains(r#"messages_in_flight{queue="warren.email"} 1"#)
-        );
-        drop(g);
-        assert!(
-            m.render()
-                .contains(r#"messages_in_flight{queue="warren.email"} 0"#)
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,473 @@
+//! The settings sections of the broker, the database, the runtime, the saga engine, the
+//! scheduler, the outbox, the console, metrics and logging, each with its defaults.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::Secret;
+
+/// The operator console (`/console`): dead letters, failed jobs, sagas and interventions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    /// Serve `/console` (its pages need a token with the `admin` scope when tokens are set).
+    pub enabled: bool,
+    /// Grafana's address as the operator's browser reaches it, for links to warren's
+    /// dashboards; empty: no Grafana links.
+    pub grafana_url: String,
+    /// The RabbitMQ management UI's address as the operator's browser reaches it; empty: the
+    /// address of `amqp.management_url` without its credentials.
+    pub management_ui_url: String,
+    /// How long a console sign-in lasts (hours).
+    pub session_hours: u64,
+    /// Messages a dead-letter operation moves per page (progress is recorded after each).
+    pub page_size: usize,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            grafana_url: "http://localhost:3000".to_owned(),
+            management_ui_url: String::new(),
+            session_hours: 8,
+            page_size: 500,
+        }
+    }
+}
+
+/// The events outbox: where `POST /v1/events` and `POST /v1/jobs` store what the broker could
+/// not confirm in time, and the relay that publishes it once the broker is back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSettings {
+    /// Store in the database when the broker cannot confirm (202 with `stored: outbox`).
+    /// Off: such a request is answered 503 with `Retry-After`.
+    pub enabled: bool,
+    /// How often the relay looks for stored messages when it has nothing to do (ms).
+    pub relay_ms: u64,
+    /// Most rows one relay pass publishes.
+    pub batch: u64,
+    /// After a failed publish, requests go straight to the outbox for this long (ms), instead
+    /// of each waiting for the broker to fail again. The relay keeps probing the broker.
+    pub breaker_ms: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            relay_ms: 500,
+            batch: 500,
+            breaker_ms: 2_000,
+        }
+    }
+}
+
+/// What a scheduler does, at start, about ticks no instance fired while none ran.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MissedTicks {
+    /// Fire the most recent missed tick of each schedule once (not every missed one), if the
+    /// schedule has fired before.
+    #[default]
+    Latest,
+    /// Fire nothing missed; wait for the next tick.
+    Skip,
+}
+
+/// One cron schedule: publishes an event or enqueues a job at each tick.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// Unique name (`nightly-cleanup`).
+    pub name: String,
+    /// Cron expression in UTC, 5 fields (minute granularity) or 6 (leading seconds):
+    /// `0 30 3 * * *` is 03:30:00 every day.
+    pub cron: String,
+    /// Event to publish on `warren.events` (`report.requested`).
+    #[serde(default)]
+    pub event: Option<String>,
+    /// Job to enqueue on `warren.commands` (`maintenance.cleanup`).
+    #[serde(default)]
+    pub job: Option<String>,
+    /// The message's `data` (a JSON object; `{}` by default).
+    #[serde(default = "empty_object")]
+    pub data: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// The schedules (default: the nightly cleanup and the daily report).
+    pub schedules: Vec<ScheduleSettings>,
+    /// Ticks missed while no scheduler ran: `latest` or `skip`.
+    pub missed: MissedTicks,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            schedules: vec![
+                ScheduleSettings {
+                    name: "nightly-cleanup".to_owned(),
+                    cron: "0 30 3 * * *".to_owned(),
+                    event: None,
+                    job: Some("maintenance.cleanup".to_owned()),
+                    data: serde_json::json!({"older_than_days": 30}),
+                },
+                ScheduleSettings {
+                    name: "daily-report".to_owned(),
+                    cron: "0 0 7 * * *".to_owned(),
+                    event: None,
+                    job: Some("maintenance.report".to_owned()),
+                    data: empty_object(),
+                },
+            ],
+            missed: MissedTicks::Latest,
+        }
+    }
+}
+
+/// Metrics settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where a process without the HTTP front (`worker`, `saga run`, a participant) serves
+    /// `GET /metrics` and `GET /healthz`; `None` turns the listener off. Processes with the
+    /// HTTP front serve `/metrics` on `http.addr`.
+    pub addr: Option<SocketAddr>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
+/// Saga orchestrator settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SagaSettings {
+    /// How long each step of the built-in order saga may take before it counts as failed
+    /// (ms).
+    pub deadline_ms: u64,
+    /// Whether a failed "order created" notification rolls the order back (`true`, the
+    /// article: every completed step is compensated) or completes the saga with a warning in
+    /// its timeline (`false`).
+    pub notify_rolls_back: bool,
+    /// How often the orchestrator looks for passed deadlines (ms).
+    pub tick_ms: u64,
+    /// How often the outbox relay looks for commands not yet confirmed by the broker (ms).
+    pub relay_ms: u64,
+    /// A command stays in the outbox this long before the relay (rather than the process that
+    /// stored it) publishes it (ms).
+    pub relay_grace_ms: u64,
+    /// More saga definitions (a JSON array of definitions: kind and steps), beside the
+    /// built-in order saga.
+    pub definitions_file: Option<PathBuf>,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        Self {
+            deadline_ms: 30_000,
+            notify_rolls_back: true,
+            tick_ms: 500,
+            relay_ms: 1_000,
+            relay_grace_ms: 3_000,
+            definitions_file: None,
+        }
+    }
+}
+
+impl SagaSettings {
+    /// The step deadline.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+}
+
+/// E-mail settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailSettings {
+    /// SMTP server: `smtp://host:port` (plain), `smtp://host:587?tls=required` (STARTTLS),
+    /// `smtps://user:pass@host` (TLS); credentials in the URL.
+    pub smtp_url: Secret,
+    /// The From address.
+    pub from: String,
+    /// Timeout of one SMTP conversation (ms).
+    pub smtp_timeout_ms: u64,
+}
+
+impl Default for EmailSettings {
+    fn default() -> Self {
+        Self {
+            smtp_url: Secret::new("smtp://127.0.0.1:25"),
+            from: "warren <warren@localhost>".to_owned(),
+            smtp_timeout_ms: 20_000,
+        }
+    }
+}
+
+/// Consumer runtime settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSettings {
+    /// Attempts before a failing job is parked (the article's `maxAttempts`).
+    pub max_attempts: u32,
+    /// Wait after a reported failure: the TTL of the `warren.retry.60s` tier (ms). Changing it
+    /// changes the declared queue argument: on a live broker, delete the tier queue first.
+    pub failure_delay_ms: u64,
+    /// Wait after an error, panic or timeout: the TTL of the `warren.retry.120s` tier (ms).
+    pub error_delay_ms: u64,
+    /// Handler timeout when a module sets none (ms).
+    pub timeout_ms: u64,
+    /// Unacked messages the broker may push to one consumer.
+    pub prefetch: u16,
+    /// Handlers running at once per module and process.
+    pub concurrency: usize,
+    /// How long shutdown waits for in-flight handlers (ms).
+    pub shutdown_grace_ms: u64,
+    /// Per-module overrides, by module name (`[jobs.modules.email] timeout_ms = 30000`).
+    pub modules: std::collections::BTreeMap<String, ModuleSettings>,
+}
+
+impl Default for JobsSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            failure_delay_ms: 60_000,
+            error_delay_ms: 120_000,
+            timeout_ms: 60_000,
+            prefetch: 50,
+            concurrency: 16,
+            shutdown_grace_ms: 30_000,
+            modules: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// One module's overrides of [`JobsSettings`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModuleSettings {
+    /// Handler timeout (ms).
+    pub timeout_ms: Option<u64>,
+    /// Prefetch.
+    pub prefetch: Option<u16>,
+    /// Concurrency.
+    pub concurrency: Option<usize>,
+    /// Attempts before parking.
+    pub max_attempts: Option<u32>,
+}
+
+/// RabbitMQ settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpSettings {
+    /// AMQP URI, vhost percent-encoded (`%2f` is `/`). `heartbeat=10` is added when absent so a
+    /// half-open connection is noticed within seconds.
+    pub url: Secret,
+    /// RabbitMQ management API base URL with credentials, used by `topology verify`.
+    pub management_url: Secret,
+    /// AMQP connections kept by the pool.
+    pub pool_size: usize,
+    /// Confirm channels the publisher spreads messages over (each keeps many confirms in flight).
+    pub publish_channels: usize,
+    /// How long a publish may wait for the broker's confirm before it is an error (ms).
+    pub publish_timeout_ms: u64,
+    /// How long to wait for a new AMQP connection (ms).
+    pub connect_timeout_ms: u64,
+    /// Path of a topology definitions file to use instead of the built-in `broker-topology.json`.
+    pub topology_file: Option<PathBuf>,
+    /// Declare the topology when a process starts.
+    pub declare_topology: bool,
+    /// With an `amqps://` URL: a PEM file of CA certificates to trust for the broker's
+    /// certificate, on top of the system's roots (which must exist: package ca-certificates).
+    pub tls_ca_file: Option<PathBuf>,
+    /// With an `amqps://` URL: a PEM client certificate (chain) to present to the broker;
+    /// needs `tls_client_key_file`.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// With an `amqps://` URL: the PEM (PKCS#8, PKCS#1 or SEC1) private key of
+    /// `tls_client_cert_file`.
+    pub tls_client_key_file: Option<PathBuf>,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            management_url: Secret::new("http://guest:guest@127.0.0.1:15672"),
+            pool_size: 4,
+            publish_channels: 8,
+            publish_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
+            topology_file: None,
+            declare_topology: true,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+        }
+    }
+}
+
+impl AmqpSettings {
+    /// The publish confirm timeout.
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// The connection timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `postgres://user:pass@host/db` or `sqlite://path?mode=rwc`.
+    pub url: Secret,
+    /// Size of the HTTP front's and the consumers' pools unless `pools` sets them
+    /// (PostgreSQL; SQLite always uses one writer connection, shared by every role).
+    pub max_connections: u32,
+    /// Each role's pool size (see [`PoolSettings`]).
+    pub pools: PoolSettings,
+    /// Run pending migrations at start.
+    pub migrate: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("sqlite://warren.db?mode=rwc"),
+            max_connections: 10,
+            pools: PoolSettings::default(),
+            migrate: true,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// The size of `pool`'s connection pool on PostgreSQL.
+    pub fn pool_size(&self, pool: Pool) -> u32 {
+        let p = &self.pools;
+        match pool {
+            Pool::Http => p.http.unwrap_or(self.max_connections),
+            Pool::Consumers => p.consumers.unwrap_or(self.max_connections),
+            Pool::Relay => p.relay,
+            Pool::Scheduler => p.scheduler,
+        }
+    }
+}
+
+/// The database pools of a process, one per role, so that one role's load cannot starve
+/// another's: a burst of HTTP orders waiting for connections does not stop the consumers
+/// from acking, and neither stops the relays from emptying the outboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pool {
+    /// The HTTP front's requests (orders, reads, operator actions, the outbox when the broker
+    /// is away).
+    Http,
+    /// The consumers: job modules, saga participants and the orchestrator's replies.
+    Consumers,
+    /// The relays of the events and saga outboxes, the saga deadline timer and gauges.
+    Relay,
+    /// The cron scheduler's tick claims.
+    Scheduler,
+}
+
+impl Pool {
+    /// Every pool.
+    pub const ALL: [Pool; 4] = [Pool::Http, Pool::Consumers, Pool::Relay, Pool::Scheduler];
+
+    /// The pool's name (`http`, `consumers`, `relay`, `scheduler`), as settings and metrics
+    /// say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pool::Http => "http",
+            Pool::Consumers => "consumers",
+            Pool::Relay => "relay",
+            Pool::Scheduler => "scheduler",
+        }
+    }
+}
+
+/// Connections per role (`database.pools.*`, `WARREN_DATABASE__POOLS__HTTP`, ...). A process
+/// opens only the pools of its roles, and connections only as they are needed.
+///
+/// The defaults: the HTTP front and the consumers keep `database.max_connections` (10) each,
+/// the size the single shared pool had, so neither role has fewer connections than before;
+/// a job holds one connection for its transaction, and jobs beyond the pool's size wait for
+/// one (`jobs.concurrency` is 16 per module, so a busy worker waits here, not on the broker).
+/// The relays and the scheduler run one short pass at a time and get 2 each: the pass, and a
+/// spare for a gauge or a probe while it runs. A process with every role holds at most 24;
+/// on PostgreSQL the sum over all processes must stay under its `max_connections`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSettings {
+    /// The HTTP front's pool; unset: `database.max_connections`.
+    pub http: Option<u32>,
+    /// The consumers' pool; unset: `database.max_connections`.
+    pub consumers: Option<u32>,
+    /// The relays', the saga timer's and the gauges' pool.
+    pub relay: u32,
+    /// The scheduler's pool.
+    pub scheduler: u32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            http: None,
+            consumers: None,
+            relay: 2,
+            scheduler: 2,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `tracing` filter directives (`RUST_LOG` syntax).
+    pub filter: String,
+    /// Text or JSON lines.
+    pub format: LogFormat,
+    /// OTLP/HTTP traces URL (`http://collector:4318/v1/traces`) to export spans to; needs a
+    /// build with the cargo feature `otlp`. Off by default.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info,lapin=warn,sqlx=warn,sea_orm=warn".to_owned(),
+            format: LogFormat::Text,
+            otlp_endpoint: None,
+        }
+    }
+}
