@@ -126,8 +126,10 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     /// Metrics of this process.
     pub metrics: Metrics,
-    /// The database connection.
+    /// The HTTP front's database pool (the one every role had before pools per role).
     pub db: sea_orm::DatabaseConnection,
+    /// Every role's database pool.
+    pub pools: store::Pools,
     /// The broker handle.
     pub broker: Broker,
     /// The confirming publisher.
@@ -372,6 +374,7 @@ impl App {
             metrics_addr,
             metrics: self.metrics,
             db,
+            pools,
             broker,
             publisher,
             topology_ready,

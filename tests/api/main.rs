@@ -18,6 +18,7 @@ mod observability;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod outbox;
+mod pools;
 mod publish;
 mod reliability;
 mod saga;
