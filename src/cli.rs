@@ -1,6 +1,13 @@
 //! The `warren` command line: one binary, one subcommand per role or operator task.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -9,7 +16,10 @@ use crate::{
     app::{App, Role},
     broker::{Broker, publisher::Publisher, topology::Topology, vhost_of},
     config::{Settings, redact_url},
-    jobs::dlq::{Dlq, Filter, parse_duration},
+    operator::{
+        Operation, Operator, OperatorError,
+        dlq::{Dlq, Filter, dead_queue, parse_duration},
+    },
     store,
     telemetry::Metrics,
 };
@@ -336,8 +346,8 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             running.wait().await;
             Ok(0)
         }
-        Command::Dlq { action } => dlq(action, &settings).await,
-        Command::Saga { action } => saga(action, &settings).await,
+        Command::Dlq { action } => dlq(action, &settings, &crate::operator::cli_actor()).await,
+        Command::Saga { action } => saga(action, &settings, &crate::operator::cli_actor()).await,
         Command::Healthcheck { url, timeout_ms } => {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_millis(timeout_ms))
@@ -459,29 +469,60 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
     }
 }
 
-async fn saga(action: SagaAction, settings: &Settings) -> anyhow::Result<i32> {
-    let db = store::connect(&settings.database).await?;
-    let broker = Broker::new(settings, "warren saga")?;
-    let publisher = Publisher::new(
-        broker.clone(),
-        1,
-        settings.amqp.publish_timeout(),
-        Metrics::new(),
-    );
-    let sagas = crate::saga::Sagas::new(
-        db.clone(),
-        publisher.clone(),
-        Metrics::new(),
-        crate::saga::definitions(&settings.saga)?,
-    );
-    let result = saga_action(&sagas, action).await;
-    publisher.close().await;
-    broker.close();
-    let _ = db.close().await;
+/// What a command that acts as an operator needs: the broker, a publisher, the database and
+/// the operator service over them.
+struct Parts {
+    broker: Broker,
+    publisher: Publisher,
+    db: sea_orm::DatabaseConnection,
+    sagas: crate::saga::Sagas,
+    operator: Operator,
+}
+
+impl Parts {
+    async fn connect(settings: &Settings, name: &str) -> anyhow::Result<Self> {
+        let topology = Arc::new(Topology::for_settings(settings)?);
+        let broker = Broker::new(settings, name)?;
+        let publisher = Publisher::new(
+            broker.clone(),
+            1,
+            settings.amqp.publish_timeout(),
+            Metrics::new(),
+        );
+        let db = store::connect(&settings.database).await?;
+        let sagas = crate::saga::Sagas::new(
+            db.clone(),
+            publisher.clone(),
+            Metrics::new(),
+            crate::saga::definitions(&settings.saga)?,
+        );
+        let dlq = Dlq::new(broker.clone(), publisher.clone(), db.clone(), topology);
+        let operator = Operator::new(db.clone(), dlq, sagas.clone(), settings.console.page_size);
+        Ok(Self {
+            broker,
+            publisher,
+            db,
+            sagas,
+            operator,
+        })
+    }
+
+    async fn close(self) {
+        self.publisher.close().await;
+        self.broker.close();
+        let _ = self.db.close().await;
+    }
+}
+
+async fn saga(action: SagaAction, settings: &Settings, actor: &str) -> anyhow::Result<i32> {
+    let parts = Parts::connect(settings, "warren saga").await?;
+    let result = saga_action(&parts, actor, action).await;
+    parts.close().await;
     result
 }
 
-async fn saga_action(sagas: &crate::saga::Sagas, action: SagaAction) -> anyhow::Result<i32> {
+async fn saga_action(parts: &Parts, actor: &str, action: SagaAction) -> anyhow::Result<i32> {
+    let sagas = &parts.sagas;
     match action {
         SagaAction::Run => {
             eprintln!("warren: `saga run` runs as a role");
@@ -543,41 +584,17 @@ async fn saga_action(sagas: &crate::saga::Sagas, action: SagaAction) -> anyhow::
             println!("{}", serde_json::to_string_pretty(&view)?);
         }
         SagaAction::Retry { intervention, note } => {
-            let actor = crate::console::cli_actor();
-            let said = format!(
-                "retry by {actor}{}",
-                note.as_deref()
-                    .map(|n| format!(": {n}"))
-                    .unwrap_or_default()
-            );
-            let result = sagas.retry(intervention, Some(said)).await;
-            record_intervention(
-                sagas,
-                &actor,
-                "intervention.retry",
-                intervention,
-                note,
-                &result,
-            )
-            .await;
-            let view = result?;
+            let view = parts
+                .operator
+                .retry_intervention(actor, intervention, note)
+                .await?;
             println!("retried: saga {} is now {}", view.saga.id, view.saga.status);
         }
         SagaAction::Resolve { intervention, note } => {
-            let actor = crate::console::cli_actor();
-            let result = sagas
-                .resolve(intervention, format!("resolved by {actor}: {note}"))
-                .await;
-            record_intervention(
-                sagas,
-                &actor,
-                "intervention.resolve",
-                intervention,
-                Some(note),
-                &result,
-            )
-            .await;
-            let view = result?;
+            let view = parts
+                .operator
+                .resolve_intervention(actor, intervention, note)
+                .await?;
             println!(
                 "resolved: saga {} is now {}",
                 view.saga.id, view.saga.status
@@ -592,7 +609,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// `warren dlq ...`: connects to the broker and the database, runs one action, prints it.
-async fn dlq(action: DlqAction, settings: &Settings) -> anyhow::Result<i32> {
+async fn dlq(action: DlqAction, settings: &Settings, actor: &str) -> anyhow::Result<i32> {
     if let DlqAction::Purge {
         queue, yes: false, ..
     } = &action
@@ -602,54 +619,14 @@ async fn dlq(action: DlqAction, settings: &Settings) -> anyhow::Result<i32> {
         );
         return Ok(2);
     }
-    let topology = Arc::new(Topology::for_settings(settings)?);
-    let broker = Broker::new(settings, "warren dlq")?;
-    let publisher = Publisher::new(
-        broker.clone(),
-        1,
-        settings.amqp.publish_timeout(),
-        Metrics::new(),
-    );
-    let db = store::connect(&settings.database).await?;
-    let service = Dlq::new(broker.clone(), publisher.clone(), db.clone(), topology);
-    let result = dlq_action(&service, &db, action).await;
-    publisher.close().await;
-    broker.close();
-    let _ = db.close().await;
+    let parts = Parts::connect(settings, "warren dlq").await?;
+    let result = dlq_action(&parts.operator, actor, action).await;
+    parts.close().await;
     result
 }
 
-/// Records a command-line replay or purge in the audit log (a failure to record is reported,
-/// not fatal: the messages have moved).
-async fn audit_cli(
-    db: &sea_orm::DatabaseConnection,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-    result: &Result<usize, crate::jobs::dlq::DlqError>,
-) {
-    let moved = result.as_ref().map_or_else(|e| e.done(), |n| *n) as u64;
-    let error = result.as_ref().err().map(ToString::to_string);
-    if let Err(e) = crate::console::record(
-        db,
-        &crate::console::cli_actor(),
-        action,
-        target,
-        detail,
-        moved,
-        error,
-    )
-    .await
-    {
-        eprintln!("warren: {action} was not recorded in the audit log: {e}");
-    }
-}
-
-async fn dlq_action(
-    service: &Dlq,
-    db: &sea_orm::DatabaseConnection,
-    action: DlqAction,
-) -> anyhow::Result<i32> {
+async fn dlq_action(operator: &Operator, actor: &str, action: DlqAction) -> anyhow::Result<i32> {
+    let service = operator.dlq();
     match action {
         DlqAction::List => {
             let counts = service.list().await?;
@@ -673,97 +650,103 @@ async fn dlq_action(
                 message_id,
                 ..Filter::default()
             };
-            let peek = service.show(&queue, &filter, limit).await?;
-            println!(
-                "{} parked in {}; showing {}",
-                peek.parked,
-                peek.dead_queue,
-                peek.messages.len()
-            );
-            let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-            for m in &peek.messages {
-                println!();
-                println!("message_id: {}", or_dash(&m.message_id));
-                println!("type:       {}", or_dash(&m.kind));
-                println!(
-                    "attempt:    {}",
-                    m.attempt.map_or_else(|| "-".to_owned(), |a| a.to_string())
-                );
-                println!("reason:     {}", or_dash(&m.reason));
-                println!("error:      {}", or_dash(&m.error));
-                println!("failed_at:  {}", or_dash(&m.failed_at));
-                if m.replayed_at.is_some() {
-                    println!("replayed:   {}", or_dash(&m.replayed_at));
-                }
-                println!(
-                    "original:   {} / {}",
-                    or_dash(&m.original_exchange),
-                    or_dash(&m.original_routing_key)
-                );
-                println!(
-                    "body:       {}{}",
-                    m.body,
-                    if m.body_truncated { " [truncated]" } else { "" }
-                );
-            }
+            print_peek(&service.show(&queue, &filter, limit).await?);
         }
         DlqAction::Replay { queue, filter } => {
-            let queue = service.work_queue(&queue)?;
-            let detail = serde_json::json!({"filter": format!("{filter:?}")});
-            let result = service.replay(&queue, &filter.into()).await;
-            audit_cli(db, "dlq.replay", &queue, detail, &result).await;
-            let n = result?;
-            println!(
-                "replayed {n} {} from {}",
-                plural(n),
-                crate::jobs::dlq::dead_queue(&queue)
-            );
+            return operate(operator, actor, Operation::Replay, &queue, filter.into()).await;
         }
         DlqAction::Purge { queue, filter, .. } => {
-            let queue = service.work_queue(&queue)?;
-            let detail = serde_json::json!({"filter": format!("{filter:?}")});
-            let result = service.purge(&queue, &filter.into()).await;
-            audit_cli(db, "dlq.purge", &queue, detail, &result).await;
-            let n = result?;
-            println!(
-                "purged {n} {} from {}",
-                plural(n),
-                crate::jobs::dlq::dead_queue(&queue)
-            );
+            return operate(operator, actor, Operation::Purge, &queue, filter.into()).await;
         }
     }
     Ok(0)
 }
 
-/// Records a command-line intervention in the audit log (reported, not fatal, if it fails).
-async fn record_intervention(
-    sagas: &crate::saga::Sagas,
-    actor: &str,
-    action: &str,
-    intervention: uuid::Uuid,
-    note: Option<String>,
-    result: &Result<crate::saga::engine::SagaView, crate::saga::SagaError>,
-) {
-    let (detail, error) = match result {
-        Ok(view) => (
-            serde_json::json!({"note": note, "saga_id": view.saga.id}),
-            None,
-        ),
-        Err(e) => (serde_json::json!({"note": note}), Some(e.to_string())),
-    };
-    if let Err(e) = crate::console::record(
-        sagas.db(),
-        actor,
-        action,
-        &intervention.to_string(),
-        detail,
-        0,
-        error,
-    )
-    .await
-    {
-        eprintln!("warren: {action} was not recorded in the audit log: {e}");
+fn print_peek(peek: &crate::operator::dlq::Peek) {
+    println!(
+        "{} parked in {}; showing {}",
+        peek.parked,
+        peek.dead_queue,
+        peek.messages.len()
+    );
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    for m in &peek.messages {
+        println!();
+        println!("message_id: {}", or_dash(&m.message_id));
+        println!("type:       {}", or_dash(&m.kind));
+        println!(
+            "attempt:    {}",
+            m.attempt.map_or_else(|| "-".to_owned(), |a| a.to_string())
+        );
+        println!("reason:     {}", or_dash(&m.reason));
+        println!("error:      {}", or_dash(&m.error));
+        println!("failed_at:  {}", or_dash(&m.failed_at));
+        if m.replayed_at.is_some() {
+            println!("replayed:   {}", or_dash(&m.replayed_at));
+        }
+        println!(
+            "original:   {} / {}",
+            or_dash(&m.original_exchange),
+            or_dash(&m.original_routing_key)
+        );
+        println!(
+            "body:       {}{}",
+            m.body,
+            if m.body_truncated { " [truncated]" } else { "" }
+        );
     }
+}
+
+/// `warren dlq replay|purge`: one operation of the operator service, under the queue's lock
+/// like the console's, its progress printed (on stderr) after each page. Refused, moving
+/// nothing, with exit code 1 while another operation holds the queue.
+async fn operate(
+    operator: &Operator,
+    actor: &str,
+    op: Operation,
+    queue: &str,
+    filter: Filter,
+) -> anyhow::Result<i32> {
+    let queue = operator.dlq().work_queue(queue)?;
+    let detail = crate::operator::filter_detail(&filter);
+    let on_start = |row: &entities::operator_actions::Model| {
+        eprintln!(
+            "{} of {queue}: operation {} started by {}",
+            op.action(),
+            row.id,
+            row.actor
+        );
+    };
+    let last = AtomicUsize::new(0);
+    let progress = |moved: usize| {
+        if last.swap(moved, Ordering::Relaxed) != moved {
+            eprintln!("{} of {queue}: {moved} {} so far", op.action(), op.done());
+        }
+    };
+    let result = operator
+        .run_watched(actor, op, &queue, filter, detail, &on_start, &progress)
+        .await;
+    let (row, error) = match result {
+        Ok(ended) => ended,
+        Err(e) => {
+            if let OperatorError::Running { id, .. } = &e {
+                eprintln!("warren: refused, nothing moved: {e} (operation {id})");
+                return Ok(1);
+            }
+            return Err(e.into());
+        }
+    };
+    if let Some(e) = error {
+        return Err(anyhow::Error::new(e).context(format!("operation {} failed", row.id)));
+    }
+    let n = usize::try_from(row.moved).unwrap_or_default();
+    println!(
+        "{} {n} {} from {}",
+        op.done(),
+        plural(n),
+        dead_queue(&queue)
+    );
+    Ok(0)
 }
 
 fn toml_redacted(settings: &Settings) -> anyhow::Result<String> {

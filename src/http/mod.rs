@@ -38,9 +38,8 @@ use crate::{
         publisher::Publisher,
     },
     config::{Scope, Settings},
-    console::Operation,
     dispatch::Dispatcher,
-    jobs::dlq::{self, Dlq, DlqError},
+    operator::{Operation, Operator, dlq},
     store::{self, ListQuery},
     telemetry::Metrics,
 };
@@ -70,8 +69,9 @@ pub struct HttpState {
     pub topology: Arc<crate::broker::topology::Topology>,
     /// True once the broker topology is declared.
     pub topology_ready: tokio::sync::watch::Receiver<bool>,
-    /// The dead-letter tools.
-    pub dlq: Dlq,
+    /// The operator service: dead-letter operations, failed-job retry, interventions, the
+    /// audit log.
+    pub operator: Operator,
     /// The saga engine.
     pub sagas: crate::saga::Sagas,
     /// Where events and jobs go when the broker cannot confirm them.
@@ -82,7 +82,7 @@ pub struct HttpState {
     pub tokens: Arc<auth::Tokens>,
     /// Rate and in-flight limits of the publish routes.
     pub limits: Arc<limits::Limits>,
-    /// The operator console's audit log, operations and overview.
+    /// The operator console's overview.
     pub console: crate::console::Console,
 }
 
@@ -856,7 +856,7 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
         }
         Route::DlqList { auth } => {
             authorize(state, auth.as_deref(), Scope::Read)?;
-            let queues = state.dlq.list().await?;
+            let queues = state.operator.dlq().list().await?;
             Ok(warp::reply::json(&json!({ "queues": queues })).into_response())
         }
         Route::DlqShow { queue, query, auth } => {
@@ -880,7 +880,7 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
                 older_than,
                 ..dlq::Filter::default()
             };
-            let peek = state.dlq.show(&queue, &filter, limit).await?;
+            let peek = state.operator.dlq().show(&queue, &filter, limit).await?;
             Ok(warp::reply::json(&peek).into_response())
         }
         Route::DlqReplay { queue, auth, body } => {
@@ -897,7 +897,8 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
         }
         Route::RetryFailedJob { id, auth } => {
             let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
-            retry_failed_job(state, &actor, id).await
+            let retried = state.operator.retry_failed_job(&actor, id).await?;
+            Ok(warp::reply::json(&retried).into_response())
         }
         Route::CreateOrder { ref auth, .. } => {
             let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/orders")?;
@@ -938,24 +939,16 @@ async fn dlq_operation(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let filter = dlq_filter(body)?;
-    let queue = state.dlq.work_queue(queue)?;
-    let detail = json!({
-        "message_id": filter.message_id,
-        "reason": filter.reason,
-        "older_than_secs": filter.older_than.map(|d| d.as_secs()),
-        "limit": filter.limit,
-    });
+    let queue = state.operator.dlq().work_queue(queue)?;
+    let detail = crate::operator::filter_detail(&filter);
     let (row, error) = state
-        .console
+        .operator
         .run_now(actor, op, &queue, filter, detail)
         .await?;
     if let Some(e) = error {
         return Err(e.into());
     }
-    let key = match op {
-        Operation::Replay => "replayed",
-        Operation::Purge => "purged",
-    };
+    let key = op.done();
     Ok(
         warp::reply::json(&json!({"queue": queue, key: row.moved, "action_id": row.id}))
             .into_response(),
@@ -1042,52 +1035,6 @@ async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Respon
         })
         .collect();
     Ok(warp::reply::json(&json!({ "failed_jobs": rows })).into_response())
-}
-
-/// Replays the message of one `failed_jobs` row from its queue's parking queue, by message id,
-/// and records it in the audit log.
-async fn retry_failed_job(state: &HttpState, actor: &str, id: Uuid) -> Result<Response, ApiError> {
-    let row = store::failed_job(&state.db, id)
-        .await?
-        .ok_or(ApiError::FailedJobNotFound(id))?;
-    let not_parked = || ApiError::NotParked {
-        id,
-        queue: row.queue.clone(),
-    };
-    let message_id = row.message_id.ok_or_else(not_parked)?;
-    let filter = dlq::Filter {
-        message_id: Some(message_id),
-        ..dlq::Filter::default()
-    };
-    let result = state.dlq.replay(&row.queue, &filter).await;
-    let moved = result.as_ref().map_or_else(DlqError::done, |n| *n);
-    let error = match &result {
-        Ok(0) => Some(not_parked().to_string()),
-        Ok(_) => None,
-        Err(e) => Some(e.to_string()),
-    };
-    state
-        .console
-        .record(
-            actor,
-            "failed_job.retry",
-            &id.to_string(),
-            json!({"queue": row.queue, "message_id": message_id}),
-            moved as u64,
-            error,
-        )
-        .await?;
-    let n = result?;
-    if n == 0 {
-        return Err(not_parked());
-    }
-    Ok(warp::reply::json(&json!({
-        "id": id,
-        "queue": row.queue,
-        "message_id": message_id,
-        "replayed": n,
-    }))
-    .into_response())
 }
 
 /// Checks the credentials for `needed` and names the caller for the audit log.
