@@ -335,16 +335,20 @@ impl App {
             let operator =
                 Operator::new(db.clone(), dlq, sagas.clone(), settings.console.page_size);
             let reads = crate::reads::Reads::new(db.clone(), topology.clone());
+            let health = crate::health::Health::new(
+                broker.clone(),
+                reads.clone(),
+                topology_ready.clone(),
+                settings.amqp.connect_timeout(),
+            );
             let state = HttpState {
                 settings: settings.clone(),
-                publisher: publisher.clone(),
-                db: db.clone(),
+                events: outbox.clone(),
+                reads: reads.clone(),
+                health,
                 dispatcher: Arc::new(self.dispatcher),
-                topology_ready: topology_ready.clone(),
-                topology: topology.clone(),
                 metrics: self.metrics.clone(),
                 sagas: sagas.clone(),
-                outbox: outbox.clone(),
                 slow_events: Arc::default(),
                 tokens: Arc::new(crate::http::auth::Tokens::new(&settings.http.tokens)),
                 limits: Arc::new(crate::http::limits::Limits::new(&settings.http)),

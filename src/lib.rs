@@ -20,7 +20,8 @@
 //!    `?mode=sync`; [`scheduler`]: cron schedules fired once per tick across instances;
 //!    [`operator`]: the operator service (dead-letter replay and purge under a per-queue lock,
 //!    failed-job retry, saga interventions, the audit log) and its broker-side dead-letter
-//!    tools; [`reads`]: what the edges show from the database and the topology; [`console`]:
+//!    tools; [`reads`]: what the edges show from the database and the topology; [`health`]:
+//!    the readiness checks; [`console`]:
 //!    the operator console's overview (its pages: [`http::console`]).
 //! 5. Edges: [`http`]: the warp front (publish events, sync dispatch, orders and sagas, dead
 //!    letters, health, metrics).
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod dispatch;
+pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod modules;

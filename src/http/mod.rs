@@ -35,7 +35,6 @@ use crate::{
     broker::{
         envelope::{Event, Meta},
         names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
-        publisher::Publisher,
     },
     config::{Scope, Settings},
     dispatch::Dispatcher,
@@ -57,25 +56,22 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 pub struct HttpState {
     /// Settings, loaded once.
     pub settings: Arc<Settings>,
-    /// The confirming publisher.
-    pub publisher: Publisher,
-    /// The database.
-    pub db: sea_orm::DatabaseConnection,
+    /// The events service: publishes with a confirm, and keeps what the broker cannot
+    /// confirm in the events outbox (every event warren publishes for itself goes through it).
+    pub events: crate::outbox::EventOutbox,
+    /// The read service (audit log, notifications, failed jobs, orders, known jobs).
+    pub reads: crate::reads::Reads,
+    /// The health checks behind `/readyz`.
+    pub health: crate::health::Health,
     /// In-process listeners for `?mode=sync`.
     pub dispatcher: Arc<Dispatcher>,
     /// Metrics.
     pub metrics: Metrics,
-    /// The topology (to refuse jobs no queue takes).
-    pub topology: Arc<crate::broker::topology::Topology>,
-    /// True once the broker topology is declared.
-    pub topology_ready: tokio::sync::watch::Receiver<bool>,
     /// The operator service: dead-letter operations, failed-job retry, interventions, the
     /// audit log.
     pub operator: Operator,
     /// The saga engine.
     pub sagas: crate::saga::Sagas,
-    /// Where events and jobs go when the broker cannot confirm them.
-    pub outbox: crate::outbox::EventOutbox,
     /// Caps the `system.slow_request` events per second.
     pub slow_events: Arc<SlowEvents>,
     /// The bearer tokens (as digests) and their scopes.
@@ -751,7 +747,8 @@ async fn answer(state: &HttpState, ctx: Ctx, route: Result<Route, warp::Rejectio
     response
 }
 
-/// Publishes `system.slow_request` (the article's monitor event) without delaying the answer.
+/// Publishes `system.slow_request` (the article's monitor event) through the events service,
+/// without delaying the answer.
 fn slow_request_event(
     state: &HttpState,
     ctx: &Ctx,
@@ -774,17 +771,11 @@ fn slow_request_event(
     let mut meta = Meta::for_event(&event);
     meta.request_id = Some(ctx.request_id.clone());
     meta.correlation_id = Some(ctx.request_id.clone());
-    let publisher = state.publisher.clone();
+    // Through the events service like a published event: what the broker cannot confirm
+    // waits in the outbox.
+    let events = state.events.clone();
     tokio::spawn(async move {
-        if let Err(e) = publisher
-            .publish(
-                EVENTS_EXCHANGE,
-                "system.slow_request",
-                &event.to_json(),
-                meta.properties(),
-            )
-            .await
-        {
+        if let Err(e) = events.send(EVENTS_EXCHANGE, &event, &meta).await {
             tracing::debug!(error = %e, "Cannot publish system.slow_request.");
         }
     });
@@ -846,12 +837,12 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
         }
         Route::ListEvents { auth, query } => {
             authorize(state, auth.as_deref(), Scope::Read)?;
-            let rows = crate::store::list_events(&state.db, &query).await?;
+            let rows = state.reads.events(&query).await?;
             Ok(warp::reply::json(&json!({"events": rows})).into_response())
         }
         Route::ListNotifications { auth, query } => {
             authorize(state, auth.as_deref(), Scope::Read)?;
-            let rows = crate::store::list_notifications(&state.db, &query).await?;
+            let rows = state.reads.notifications(&query).await?;
             Ok(warp::reply::json(&json!({"notifications": rows})).into_response())
         }
         Route::DlqList { auth } => {
@@ -1009,13 +1000,10 @@ async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Respon
             "status must be parked, retried or purged, got {s:?}"
         )));
     }
-    let rows = store::list_failed_jobs(
-        &state.db,
-        query.queue.as_deref(),
-        query.status.as_deref(),
-        limit,
-    )
-    .await?;
+    let rows = state
+        .reads
+        .failed_jobs(query.queue.as_deref(), query.status.as_deref(), limit)
+        .await?;
     let rows: Vec<serde_json::Value> = rows
         .into_iter()
         .map(|r| {
@@ -1191,7 +1179,7 @@ async fn publish_for_request(
     meta.correlation_id = Some(ctx.request_id.clone());
     meta.request_id = Some(ctx.request_id.clone());
     meta.traceparent = Some(trace.header());
-    Ok(state.outbox.send(exchange, message, &meta).await?)
+    Ok(state.events.send(exchange, message, &meta).await?)
 }
 
 /// Checks the content type and parses the body as a JSON object (a message's `data`). Nesting
@@ -1227,7 +1215,7 @@ async fn enqueue_job(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     validate_event_name(&name)?;
-    if !state.topology.routes(COMMANDS_EXCHANGE, &name) {
+    if !state.reads.takes_job(&name) {
         return Err(ApiError::UnknownJob(name));
     }
     let data = parse_data(content_type.as_deref(), &body)?;
@@ -1247,23 +1235,8 @@ async fn enqueue_job(
 }
 
 async fn readyz(state: &HttpState) -> Response {
-    let timeout = state.settings.amqp.connect_timeout();
-    let broker = match tokio::time::timeout(timeout, state.publisher.broker().ping()).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out".to_owned(),
-    };
-    let database = match tokio::time::timeout(timeout, crate::store::ping(&state.db)).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out".to_owned(),
-    };
-    let topology = if *state.topology_ready.borrow() {
-        "ok"
-    } else {
-        "not declared yet"
-    };
-    let ready = broker == "ok" && database == "ok" && topology == "ok";
+    let checks = state.health.readiness().await;
+    let ready = checks.ready();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -1272,7 +1245,7 @@ async fn readyz(state: &HttpState) -> Response {
     warp::reply::with_status(
         warp::reply::json(&json!({
             "status": if ready { "ready" } else { "not_ready" },
-            "checks": {"broker": broker, "database": database, "topology": topology},
+            "checks": checks,
         })),
         status,
     )

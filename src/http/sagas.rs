@@ -205,9 +205,9 @@ pub(super) async fn handle(
             ..
         } => create_order(state, ctx, content_type, traceparent, body).await,
         Route::GetOrder { order_no, .. } => {
-            let order = entities::orders::Entity::find()
-                .filter(entities::orders::Column::OrderNo.eq(&order_no))
-                .one(&state.db)
+            let order = state
+                .reads
+                .order(&order_no)
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             let saga_id = state.sagas.by_key("order", &order_no).await?;
@@ -250,7 +250,9 @@ pub(super) async fn handle(
         Route::Seed { body, .. } => {
             let seed: Seed = json_body(Some("application/json"), &body)?;
             seed.validate().map_err(ApiError::InvalidOrder)?;
-            seed.apply(&state.db)
+            state
+                .reads
+                .seed(&seed)
                 .await
                 .map_err(|e| ApiError::Internal(format!("seeding failed: {e}")))?;
             json(json!({
@@ -300,5 +302,3 @@ fn note(body: &[u8]) -> Result<NoteBody, ApiError> {
     }
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
 }
-
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
