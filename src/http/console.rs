@@ -359,7 +359,7 @@ async fn start_operation(
         ));
     }
     let filter = dlq::Filter {
-        reason: super::check_reason(b.reason.clone().filter(|r| !r.is_empty()))?,
+        reason: super::dlq::check_reason(b.reason.clone().filter(|r| !r.is_empty()))?,
         older_than,
         message_ids: b.message_ids.clone().map(|v| v.into_iter().collect()),
         ..dlq::Filter::default()
