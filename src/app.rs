@@ -16,7 +16,6 @@ use crate::{
     http::{self, HttpState},
     jobs::{
         Consumer,
-        dlq::Dlq,
         runner::{Runner, RunnerContext},
     },
     modules::{
@@ -24,6 +23,7 @@ use crate::{
         email::{Email, EmailError},
         notifications::Notifications,
     },
+    operator::{Operator, dlq::Dlq},
     outbox::{EventOutbox, run_relay as run_outbox_relay},
     saga::{
         Sagas,
@@ -335,21 +335,33 @@ impl App {
                 db.clone(),
                 topology.clone(),
             );
+            let operator =
+                Operator::new(db.clone(), dlq, sagas.clone(), settings.console.page_size);
+            let reads = crate::reads::Reads::new(db.clone(), topology.clone());
+            let health = crate::health::Health::new(
+                broker.clone(),
+                reads.clone(),
+                topology_ready.clone(),
+                settings.amqp.connect_timeout(),
+            );
             let state = HttpState {
                 settings: settings.clone(),
-                publisher: publisher.clone(),
-                db: db.clone(),
+                events: outbox.clone(),
+                reads: reads.clone(),
+                health,
                 dispatcher: Arc::new(self.dispatcher),
-                topology_ready: topology_ready.clone(),
-                topology: topology.clone(),
                 metrics: self.metrics.clone(),
                 sagas: sagas.clone(),
-                outbox: outbox.clone(),
                 slow_events: Arc::default(),
                 tokens: Arc::new(crate::http::auth::Tokens::new(&settings.http.tokens)),
                 limits: Arc::new(crate::http::limits::Limits::new(&settings.http)),
-                dlq: dlq.clone(),
-                console: crate::console::Console::new(&settings, db.clone(), dlq, sagas.clone()),
+                console: crate::console::Console::new(
+                    &settings,
+                    operator.clone(),
+                    reads,
+                    sagas.clone(),
+                ),
+                operator,
             };
             let (addr, server) = http::serve(state, settings.http.addr, shutdown.clone())
                 .await

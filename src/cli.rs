@@ -1,18 +1,20 @@
 //! The `warren` command line: one binary, one subcommand per role or operator task.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::{App, Role},
-    broker::{Broker, publisher::Publisher, topology::Topology, vhost_of},
+    broker::{Broker, topology::Topology, vhost_of},
     config::{Settings, redact_url},
-    jobs::dlq::{Dlq, Filter, parse_duration},
+    operator::dlq::{Filter, parse_duration},
     store,
-    telemetry::Metrics,
 };
+
+mod operator;
+use operator::{dlq, saga};
 
 /// warren: event-driven, asynchronous work on RabbitMQ.
 ///
@@ -336,8 +338,8 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             running.wait().await;
             Ok(0)
         }
-        Command::Dlq { action } => dlq(action, &settings).await,
-        Command::Saga { action } => saga(action, &settings).await,
+        Command::Dlq { action } => dlq(action, &settings, &crate::operator::cli_actor()).await,
+        Command::Saga { action } => saga(action, &settings, &crate::operator::cli_actor()).await,
         Command::Healthcheck { url, timeout_ms } => {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_millis(timeout_ms))
@@ -456,313 +458,6 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
                 }
             }
         }
-    }
-}
-
-async fn saga(action: SagaAction, settings: &Settings) -> anyhow::Result<i32> {
-    let db = store::connect(&settings.database).await?;
-    let broker = Broker::new(settings, "warren saga")?;
-    let publisher = Publisher::new(
-        broker.clone(),
-        1,
-        settings.amqp.publish_timeout(),
-        Metrics::new(),
-    );
-    let sagas = crate::saga::Sagas::new(
-        db.clone(),
-        publisher.clone(),
-        Metrics::new(),
-        crate::saga::definitions(&settings.saga)?,
-    );
-    let result = saga_action(&sagas, action).await;
-    publisher.close().await;
-    broker.close();
-    let _ = db.close().await;
-    result
-}
-
-async fn saga_action(sagas: &crate::saga::Sagas, action: SagaAction) -> anyhow::Result<i32> {
-    match action {
-        SagaAction::Run => {
-            eprintln!("warren: `saga run` runs as a role");
-            return Ok(2);
-        }
-        SagaAction::List {
-            state,
-            limit,
-            interventions: true,
-        } => {
-            if state.is_some() {
-                eprintln!("warren: --state does not apply to --interventions");
-                return Ok(2);
-            }
-            let rows = sagas.interventions(false, limit).await?;
-            println!("{} open intervention(s)", rows.len());
-            for r in rows {
-                println!(
-                    "{}  saga {}  step {} ({})  {}  {}: {}",
-                    r.id, r.saga_id, r.step, r.step_name, r.status, r.compensation, r.reason
-                );
-            }
-        }
-        SagaAction::List { state, limit, .. } => {
-            if let Some(s) = state.as_deref()
-                && !crate::saga::engine::STATUSES.contains(&s)
-            {
-                eprintln!(
-                    "warren: --state must be one of {}",
-                    crate::saga::engine::STATUSES.join(", ")
-                );
-                return Ok(2);
-            }
-            let rows = sagas.list(state.as_deref(), None, limit).await?;
-            for r in rows {
-                println!(
-                    "{}  {:<6}  {:<18}  step {}  {}  {}",
-                    r.id,
-                    r.kind,
-                    r.status,
-                    r.step,
-                    r.business_key.as_deref().unwrap_or("-"),
-                    r.created_at.to_rfc3339()
-                );
-            }
-        }
-        SagaAction::Show { id } => {
-            let saga_id = match uuid::Uuid::parse_str(&id) {
-                Ok(u) => u,
-                Err(_) => match sagas.by_key("order", &id).await? {
-                    Some(u) => u,
-                    None => {
-                        eprintln!("warren: no saga with id or order number {id:?}");
-                        return Ok(1);
-                    }
-                },
-            };
-            let view = sagas.get(saga_id).await?;
-            println!("{}", serde_json::to_string_pretty(&view)?);
-        }
-        SagaAction::Retry { intervention, note } => {
-            let actor = crate::console::cli_actor();
-            let said = format!(
-                "retry by {actor}{}",
-                note.as_deref()
-                    .map(|n| format!(": {n}"))
-                    .unwrap_or_default()
-            );
-            let result = sagas.retry(intervention, Some(said)).await;
-            record_intervention(
-                sagas,
-                &actor,
-                "intervention.retry",
-                intervention,
-                note,
-                &result,
-            )
-            .await;
-            let view = result?;
-            println!("retried: saga {} is now {}", view.saga.id, view.saga.status);
-        }
-        SagaAction::Resolve { intervention, note } => {
-            let actor = crate::console::cli_actor();
-            let result = sagas
-                .resolve(intervention, format!("resolved by {actor}: {note}"))
-                .await;
-            record_intervention(
-                sagas,
-                &actor,
-                "intervention.resolve",
-                intervention,
-                Some(note),
-                &result,
-            )
-            .await;
-            let view = result?;
-            println!(
-                "resolved: saga {} is now {}",
-                view.saga.id, view.saga.status
-            );
-        }
-    }
-    Ok(0)
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 { "message" } else { "messages" }
-}
-
-/// `warren dlq ...`: connects to the broker and the database, runs one action, prints it.
-async fn dlq(action: DlqAction, settings: &Settings) -> anyhow::Result<i32> {
-    if let DlqAction::Purge {
-        queue, yes: false, ..
-    } = &action
-    {
-        eprintln!(
-            "warren: refusing to purge {queue} without --yes: purged messages are deleted for good (see `warren dlq show {queue}` first)"
-        );
-        return Ok(2);
-    }
-    let topology = Arc::new(Topology::for_settings(settings)?);
-    let broker = Broker::new(settings, "warren dlq")?;
-    let publisher = Publisher::new(
-        broker.clone(),
-        1,
-        settings.amqp.publish_timeout(),
-        Metrics::new(),
-    );
-    let db = store::connect(&settings.database).await?;
-    let service = Dlq::new(broker.clone(), publisher.clone(), db.clone(), topology);
-    let result = dlq_action(&service, &db, action).await;
-    publisher.close().await;
-    broker.close();
-    let _ = db.close().await;
-    result
-}
-
-/// Records a command-line replay or purge in the audit log (a failure to record is reported,
-/// not fatal: the messages have moved).
-async fn audit_cli(
-    db: &sea_orm::DatabaseConnection,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-    result: &Result<usize, crate::jobs::dlq::DlqError>,
-) {
-    let moved = result.as_ref().map_or_else(|e| e.done(), |n| *n) as u64;
-    let error = result.as_ref().err().map(ToString::to_string);
-    if let Err(e) = crate::console::record(
-        db,
-        &crate::console::cli_actor(),
-        action,
-        target,
-        detail,
-        moved,
-        error,
-    )
-    .await
-    {
-        eprintln!("warren: {action} was not recorded in the audit log: {e}");
-    }
-}
-
-async fn dlq_action(
-    service: &Dlq,
-    db: &sea_orm::DatabaseConnection,
-    action: DlqAction,
-) -> anyhow::Result<i32> {
-    match action {
-        DlqAction::List => {
-            let counts = service.list().await?;
-            let width = counts
-                .iter()
-                .map(|c| c.dead_queue.len())
-                .max()
-                .unwrap_or(0)
-                .max(5);
-            println!("{:<width$}  parked", "queue");
-            for c in &counts {
-                println!("{:<width$}  {}", c.dead_queue, c.parked);
-            }
-        }
-        DlqAction::Show {
-            queue,
-            limit,
-            message_id,
-        } => {
-            let filter = Filter {
-                message_id,
-                ..Filter::default()
-            };
-            let peek = service.show(&queue, &filter, limit).await?;
-            println!(
-                "{} parked in {}; showing {}",
-                peek.parked,
-                peek.dead_queue,
-                peek.messages.len()
-            );
-            let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-            for m in &peek.messages {
-                println!();
-                println!("message_id: {}", or_dash(&m.message_id));
-                println!("type:       {}", or_dash(&m.kind));
-                println!(
-                    "attempt:    {}",
-                    m.attempt.map_or_else(|| "-".to_owned(), |a| a.to_string())
-                );
-                println!("reason:     {}", or_dash(&m.reason));
-                println!("error:      {}", or_dash(&m.error));
-                println!("failed_at:  {}", or_dash(&m.failed_at));
-                if m.replayed_at.is_some() {
-                    println!("replayed:   {}", or_dash(&m.replayed_at));
-                }
-                println!(
-                    "original:   {} / {}",
-                    or_dash(&m.original_exchange),
-                    or_dash(&m.original_routing_key)
-                );
-                println!(
-                    "body:       {}{}",
-                    m.body,
-                    if m.body_truncated { " [truncated]" } else { "" }
-                );
-            }
-        }
-        DlqAction::Replay { queue, filter } => {
-            let queue = service.work_queue(&queue)?;
-            let detail = serde_json::json!({"filter": format!("{filter:?}")});
-            let result = service.replay(&queue, &filter.into()).await;
-            audit_cli(db, "dlq.replay", &queue, detail, &result).await;
-            let n = result?;
-            println!(
-                "replayed {n} {} from {}",
-                plural(n),
-                crate::jobs::dlq::dead_queue(&queue)
-            );
-        }
-        DlqAction::Purge { queue, filter, .. } => {
-            let queue = service.work_queue(&queue)?;
-            let detail = serde_json::json!({"filter": format!("{filter:?}")});
-            let result = service.purge(&queue, &filter.into()).await;
-            audit_cli(db, "dlq.purge", &queue, detail, &result).await;
-            let n = result?;
-            println!(
-                "purged {n} {} from {}",
-                plural(n),
-                crate::jobs::dlq::dead_queue(&queue)
-            );
-        }
-    }
-    Ok(0)
-}
-
-/// Records a command-line intervention in the audit log (reported, not fatal, if it fails).
-async fn record_intervention(
-    sagas: &crate::saga::Sagas,
-    actor: &str,
-    action: &str,
-    intervention: uuid::Uuid,
-    note: Option<String>,
-    result: &Result<crate::saga::engine::SagaView, crate::saga::SagaError>,
-) {
-    let (detail, error) = match result {
-        Ok(view) => (
-            serde_json::json!({"note": note, "saga_id": view.saga.id}),
-            None,
-        ),
-        Err(e) => (serde_json::json!({"note": note}), Some(e.to_string())),
-    };
-    if let Err(e) = crate::console::record(
-        sagas.db(),
-        actor,
-        action,
-        &intervention.to_string(),
-        detail,
-        0,
-        error,
-    )
-    .await
-    {
-        eprintln!("warren: {action} was not recorded in the audit log: {e}");
     }
 }
 

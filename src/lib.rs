@@ -12,14 +12,17 @@
 //!    the confirming publisher; [`store`]: the sea-orm database (PostgreSQL or SQLite) and
 //!    migrations at start; [`outbox`]: the events outbox and its relay.
 //! 3. Runtime and saga engine: [`jobs`]: the consumer trait, the runner (ack, retries, dead
-//!    letters, inbox) and the dead-letter tools; [`saga`]: saga definitions, the pure state
+//!    letters, inbox); [`saga`]: saga definitions, the pure state
 //!    machine, the persisting engine with its outbox, the orchestrator role and the order
 //!    saga's participants.
 //! 4. Modules and operator services: [`modules`]: the built-in job modules (e-mail,
 //!    notifications, audit, maintenance); [`dispatch`]: the in-process listener registry for
 //!    `?mode=sync`; [`scheduler`]: cron schedules fired once per tick across instances;
-//!    [`console`]: the operator console's audit log, paged dead-letter operations and overview
-//!    (its pages: [`http::console`]).
+//!    [`operator`]: the operator service (dead-letter replay and purge under a per-queue lock,
+//!    failed-job retry, saga interventions, the audit log) and its broker-side dead-letter
+//!    tools; [`reads`]: what the edges show from the database and the topology; [`health`]:
+//!    the readiness checks; [`console`]:
+//!    the operator console's overview (its pages: [`http::console`]).
 //! 5. Edges: [`http`]: the warp front (publish events, sync dispatch, orders and sagas, dead
 //!    letters, health, metrics).
 //! 6. [`app`]: roles and their lifecycle; above it [`cli`]: the `warren` command line, and
@@ -37,10 +40,13 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod dispatch;
+pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod modules;
+pub mod operator;
 pub mod outbox;
+pub mod reads;
 pub mod retry;
 pub mod saga;
 pub mod scheduler;

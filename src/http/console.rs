@@ -20,7 +20,10 @@ use warp::{
 };
 
 use super::{ApiError, HttpState, Route, auth, optional_body};
-use crate::{config::Scope, console::Operation, jobs::dlq};
+use crate::{
+    config::Scope,
+    operator::{Operation, dlq},
+};
 
 /// Default and largest `?limit=` of `GET /v1/console/audit`.
 pub const AUDIT_LIMIT: (u64, u64) = (100, 1000);
@@ -309,13 +312,13 @@ pub(super) async fn handle(state: &HttpState, route: Route) -> Result<Response, 
         }
         Route::ConsoleOperation { id, auth } => {
             authorize(state, auth.as_deref(), Scope::Read)?;
-            let op = state.console.get(id).await?;
+            let op = state.operator.get(id).await?;
             Ok(warp::reply::json(&op).into_response())
         }
         Route::ConsoleAudit { query, auth } => {
             authorize(state, auth.as_deref(), Scope::Read)?;
             let rows = state
-                .console
+                .operator
                 .audit(super::list_limit(query.limit, AUDIT_LIMIT)?)
                 .await?;
             Ok(warp::reply::json(&json!({ "actions": rows })).into_response())
@@ -342,7 +345,7 @@ async fn start_operation(
             )));
         }
     };
-    let queue = state.dlq.work_queue(&b.queue)?;
+    let queue = state.operator.dlq().work_queue(&b.queue)?;
     let older_than = b
         .older_than
         .as_deref()
@@ -356,12 +359,12 @@ async fn start_operation(
         ));
     }
     let filter = dlq::Filter {
-        reason: super::check_reason(b.reason.clone().filter(|r| !r.is_empty()))?,
+        reason: super::dlq::check_reason(b.reason.clone().filter(|r| !r.is_empty()))?,
         older_than,
         message_ids: b.message_ids.clone().map(|v| v.into_iter().collect()),
         ..dlq::Filter::default()
     };
-    let matched = state.dlq.count(&queue, &filter).await?;
+    let matched = state.operator.dlq().count(&queue, &filter).await?;
     if !b.confirm {
         return Err(ApiError::ConfirmationRequired {
             action: op.action(),
@@ -375,7 +378,7 @@ async fn start_operation(
         "message_ids": b.message_ids,
     });
     let row = state
-        .console
+        .operator
         .start(actor, op, &queue, filter, detail, matched)
         .await?;
     Ok(warp::reply::with_status(

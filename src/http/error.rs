@@ -7,7 +7,10 @@ use serde_json::json;
 use warp::http::StatusCode;
 
 use crate::{
-    broker::publisher::PublishError, config::Scope, jobs::dlq::DlqError, saga::SagaError,
+    broker::publisher::PublishError,
+    config::Scope,
+    operator::{OperatorError, dlq::DlqError},
+    saga::SagaError,
     store::StoreError,
 };
 
@@ -109,9 +112,10 @@ pub enum ApiError {
     /// No order with this number.
     #[error("no order {0:?}")]
     OrderNotFound(String),
-    /// A console operation or the audit log failed.
+    /// An operation's lock is held, no such operation, or the audit log failed (the
+    /// operator service's other errors map to their own variants, see the `From`).
     #[error(transparent)]
-    Console(#[from] crate::console::ConsoleError),
+    Operator(Box<OperatorError>),
     /// A replay or purge from the console needs `"confirm": true`; the body carries the count.
     #[error("{action} of {queue} needs \"confirm\": true; it would move {matched} message(s)")]
     ConfirmationRequired {
@@ -152,11 +156,11 @@ impl ApiError {
             }
             ApiError::Dlq(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotParked { .. } => StatusCode::CONFLICT,
-            ApiError::Console(crate::console::ConsoleError::Running { .. }) => StatusCode::CONFLICT,
-            ApiError::Console(crate::console::ConsoleError::NotFound(_)) => StatusCode::NOT_FOUND,
-            ApiError::Console(crate::console::ConsoleError::Db { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Operator(e) => match **e {
+                OperatorError::Running { .. } => StatusCode::CONFLICT,
+                OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            },
             ApiError::ConfirmationRequired { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidOrder(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::OrderNotFound(_)
@@ -208,9 +212,11 @@ impl ApiError {
             ApiError::Dlq(_) => "broker_unavailable",
             ApiError::FailedJobNotFound(_) => "failed_job_not_found",
             ApiError::NotParked { .. } => "not_parked",
-            ApiError::Console(crate::console::ConsoleError::Running { .. }) => "operation_running",
-            ApiError::Console(crate::console::ConsoleError::NotFound(_)) => "operation_not_found",
-            ApiError::Console(crate::console::ConsoleError::Db { .. }) => "database_unavailable",
+            ApiError::Operator(e) => match **e {
+                OperatorError::Running { .. } => "operation_running",
+                OperatorError::NotFound(_) => "operation_not_found",
+                _ => "database_unavailable",
+            },
             ApiError::ConfirmationRequired { .. } => "confirmation_required",
             ApiError::InvalidOrder(_) => "invalid_order",
             ApiError::OrderNotFound(_) => "order_not_found",
@@ -281,6 +287,21 @@ impl ApiError {
             ApiError::MethodNotAllowed
         } else {
             ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
+        }
+    }
+}
+
+impl From<OperatorError> for ApiError {
+    /// The operator service's errors, each as the route answered it before the service
+    /// existed: dead-letter, store and saga errors keep their own codes.
+    fn from(e: OperatorError) -> Self {
+        match e {
+            OperatorError::Dlq(e) => ApiError::Dlq(e),
+            OperatorError::Store(e) => ApiError::Store(e),
+            OperatorError::Saga(e) => ApiError::Saga(e),
+            OperatorError::FailedJobNotFound(id) => ApiError::FailedJobNotFound(id),
+            OperatorError::NotParked { id, queue } => ApiError::NotParked { id, queue },
+            other => ApiError::Operator(Box::new(other)),
         }
     }
 }

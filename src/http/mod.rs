@@ -16,11 +16,15 @@ pub mod error;
 pub mod limits;
 pub mod sagas;
 
+mod dlq;
+mod health;
+mod publish;
+mod route;
+
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 use tracing::Instrument;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -34,20 +38,18 @@ use warp::{
 use crate::{
     broker::{
         envelope::{Event, Meta},
-        names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
-        publisher::Publisher,
+        names::EVENTS_EXCHANGE,
     },
     config::{Scope, Settings},
-    console::Operation,
     dispatch::Dispatcher,
-    jobs::dlq::{self, Dlq, DlqError},
-    store::{self, ListQuery},
+    operator::Operator,
     telemetry::Metrics,
 };
+pub use dlq::{DLQ_SHOW_LIMIT, DlqActionBody, DlqShowQuery, FAILED_JOBS_LIMIT, FailedJobsQuery};
 pub use error::ApiError;
+pub use publish::{EventQuery, MAX_EVENT_NAME, parse_data, validate_event_name};
+pub use route::Route;
 
-/// Longest accepted event name.
-pub const MAX_EVENT_NAME: usize = 128;
 /// Largest accepted request head: the names and values of all headers together, in bytes.
 /// Beyond it the answer is 431 `headers_too_large`. (hyper itself refuses heads beyond about
 /// 400 KiB, or with more than 100 headers, with a bare 431 before warren sees them.)
@@ -58,31 +60,29 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 pub struct HttpState {
     /// Settings, loaded once.
     pub settings: Arc<Settings>,
-    /// The confirming publisher.
-    pub publisher: Publisher,
-    /// The database.
-    pub db: sea_orm::DatabaseConnection,
+    /// The events service: publishes with a confirm, and keeps what the broker cannot
+    /// confirm in the events outbox (every event warren publishes for itself goes through it).
+    pub events: crate::outbox::EventOutbox,
+    /// The read service (audit log, notifications, failed jobs, orders, known jobs).
+    pub reads: crate::reads::Reads,
+    /// The health checks behind `/readyz`.
+    pub health: crate::health::Health,
     /// In-process listeners for `?mode=sync`.
     pub dispatcher: Arc<Dispatcher>,
     /// Metrics.
     pub metrics: Metrics,
-    /// The topology (to refuse jobs no queue takes).
-    pub topology: Arc<crate::broker::topology::Topology>,
-    /// True once the broker topology is declared.
-    pub topology_ready: tokio::sync::watch::Receiver<bool>,
-    /// The dead-letter tools.
-    pub dlq: Dlq,
+    /// The operator service: dead-letter operations, failed-job retry, interventions, the
+    /// audit log.
+    pub operator: Operator,
     /// The saga engine.
     pub sagas: crate::saga::Sagas,
-    /// Where events and jobs go when the broker cannot confirm them.
-    pub outbox: crate::outbox::EventOutbox,
     /// Caps the `system.slow_request` events per second.
     pub slow_events: Arc<SlowEvents>,
     /// The bearer tokens (as digests) and their scopes.
     pub tokens: Arc<auth::Tokens>,
     /// Rate and in-flight limits of the publish routes.
     pub limits: Arc<limits::Limits>,
-    /// The operator console's audit log, operations and overview.
+    /// The operator console's overview.
     pub console: crate::console::Console,
 }
 
@@ -109,316 +109,13 @@ impl SlowEvents {
     }
 }
 
-/// Query of `POST /v1/events/{name}`.
-#[derive(Debug, Deserialize, Default)]
-pub struct EventQuery {
-    /// `async` (default: publish and answer 202) or `sync` (run in-process listeners).
-    pub mode: Option<String>,
-    /// The entity the event is about.
-    pub aggregate_id: Option<String>,
-}
-
-/// Default and largest `?limit=` of `GET /v1/dlq/{queue}`.
-pub const DLQ_SHOW_LIMIT: (usize, usize) = (20, 200);
-/// Default and largest `?limit=` of `GET /v1/failed-jobs`.
-pub const FAILED_JOBS_LIMIT: (u64, u64) = (50, 500);
-
-/// Query of `GET /v1/dlq/{queue}`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct DlqShowQuery {
-    /// How many messages to show (default 20, at most 200).
-    pub limit: Option<usize>,
-    /// Only the message with this id.
-    pub message_id: Option<Uuid>,
-    /// Only messages parked for this reason (`exhausted`, `invalid`, `undecodable`).
-    pub reason: Option<String>,
-    /// Only messages parked at least this long ago (`30s`, `10m`, `2h`, `1d`).
-    pub older_than: Option<String>,
-}
-
-/// Optional JSON body of `POST /v1/dlq/{queue}/replay` and `.../purge`; no body (or `{}`)
-/// selects every parked message. Unknown fields are refused, so a misspelt filter cannot
-/// widen a purge to everything.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct DlqActionBody {
-    /// Only the message with this id.
-    pub message_id: Option<Uuid>,
-    /// Only messages parked at least this many seconds ago.
-    pub older_than_secs: Option<u64>,
-    /// Only messages parked for this reason (`exhausted`, `invalid`, `undecodable`).
-    pub reason: Option<String>,
-    /// At most this many messages.
-    pub limit: Option<usize>,
-}
-
-/// Query of `GET /v1/failed-jobs`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FailedJobsQuery {
-    /// Only rows of this work queue.
-    pub queue: Option<String>,
-    /// Only rows with this status: `parked`, `retried` or `purged`.
-    pub status: Option<String>,
-    /// How many rows (default 50, at most 500).
-    pub limit: Option<u64>,
-}
-
-/// A parsed request.
-#[derive(Debug)]
-pub enum Route {
-    /// `POST /v1/events/{name}`.
-    PublishEvent {
-        /// Event name as in the path.
-        name: String,
-        /// Query parameters.
-        query: EventQuery,
-        /// Authorization header.
-        auth: Option<String>,
-        /// Content-Type header.
-        content_type: Option<String>,
-        /// Incoming W3C trace context.
-        traceparent: Option<String>,
-        /// The raw body.
-        body: Bytes,
-    },
-    /// `POST /v1/jobs/{name}`.
-    EnqueueJob {
-        /// Job (command) name as in the path.
-        name: String,
-        /// Authorization header.
-        auth: Option<String>,
-        /// Content-Type header.
-        content_type: Option<String>,
-        /// Incoming W3C trace context.
-        traceparent: Option<String>,
-        /// The raw body.
-        body: Bytes,
-    },
-    /// `GET /v1/events`: the audit log.
-    ListEvents {
-        /// Authorization header.
-        auth: Option<String>,
-        /// Filters.
-        query: ListQuery,
-    },
-    /// `GET /v1/notifications`.
-    ListNotifications {
-        /// Authorization header.
-        auth: Option<String>,
-        /// Filters.
-        query: ListQuery,
-    },
-    /// `GET /v1/dlq`: parked messages per work queue.
-    DlqList {
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `GET /v1/dlq/{queue}`: peek at parked messages.
-    DlqShow {
-        /// The work queue.
-        queue: String,
-        /// Query parameters.
-        query: DlqShowQuery,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `POST /v1/dlq/{queue}/replay`.
-    DlqReplay {
-        /// The work queue.
-        queue: String,
-        /// Authorization header.
-        auth: Option<String>,
-        /// The optional JSON filter.
-        body: Bytes,
-    },
-    /// `POST /v1/dlq/{queue}/purge`.
-    DlqPurge {
-        /// The work queue.
-        queue: String,
-        /// Authorization header.
-        auth: Option<String>,
-        /// The optional JSON filter.
-        body: Bytes,
-    },
-    /// `GET /v1/failed-jobs`.
-    FailedJobs {
-        /// Query parameters.
-        query: FailedJobsQuery,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `POST /v1/failed-jobs/{id}/retry`.
-    RetryFailedJob {
-        /// The `failed_jobs` row id.
-        id: Uuid,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `POST /v1/orders`.
-    CreateOrder {
-        /// Authorization header.
-        auth: Option<String>,
-        /// Content-Type header.
-        content_type: Option<String>,
-        /// Incoming W3C trace context.
-        traceparent: Option<String>,
-        /// The raw body.
-        body: Bytes,
-    },
-    /// `GET /v1/orders/{order_no}`.
-    GetOrder {
-        /// The order number.
-        order_no: String,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `GET /v1/sagas`.
-    ListSagas {
-        /// Filters.
-        query: sagas::SagaListQuery,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `GET /v1/sagas/{id}`.
-    GetSaga {
-        /// The saga id.
-        id: Uuid,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `GET /v1/interventions`.
-    ListInterventions {
-        /// Filters.
-        query: sagas::InterventionsQuery,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `POST /v1/interventions/{id}/retry`.
-    RetryIntervention {
-        /// The intervention id.
-        id: Uuid,
-        /// Authorization header.
-        auth: Option<String>,
-        /// Optional `{"note": ...}`.
-        body: Bytes,
-    },
-    /// `POST /v1/interventions/{id}/resolve`.
-    ResolveIntervention {
-        /// The intervention id.
-        id: Uuid,
-        /// Authorization header.
-        auth: Option<String>,
-        /// `{"note": ...}`.
-        body: Bytes,
-    },
-    /// `POST /v1/admin/seed`.
-    Seed {
-        /// Authorization header.
-        auth: Option<String>,
-        /// `{"inventory": {sku: n}, "accounts": {user: n}}`.
-        body: Bytes,
-    },
-    /// `GET /console...`: a console page or asset.
-    ConsolePage {
-        /// Which.
-        page: console::Page,
-        /// The session cookie.
-        cookie: Option<String>,
-    },
-    /// `POST /console/login`.
-    ConsoleLogin {
-        /// `token` and `operator`.
-        form: std::collections::HashMap<String, String>,
-        /// Whether the client came over HTTPS (a proxy's `X-Forwarded-Proto`).
-        https: bool,
-    },
-    /// `POST /console/logout`.
-    ConsoleLogout,
-    /// `GET /v1/console/overview`.
-    ConsoleOverview {
-        /// Credentials.
-        auth: Option<String>,
-    },
-    /// `POST /v1/console/operations`.
-    ConsoleStart {
-        /// Credentials.
-        auth: Option<String>,
-        /// The JSON body.
-        body: Bytes,
-    },
-    /// `GET /v1/console/operations/{id}`.
-    ConsoleOperation {
-        /// The operation id.
-        id: Uuid,
-        /// Credentials.
-        auth: Option<String>,
-    },
-    /// `GET /v1/console/audit`.
-    ConsoleAudit {
-        /// Filters.
-        query: console::AuditQuery,
-        /// Credentials.
-        auth: Option<String>,
-    },
-    /// `GET /healthz`.
-    Healthz,
-    /// `GET /readyz`.
-    Readyz,
-    /// `GET /metrics`.
-    Metrics {
-        /// Accept header (OpenMetrics or the classic text format).
-        accept: Option<String>,
-    },
-}
-
-impl Route {
-    fn template(&self) -> &'static str {
-        match self {
-            Route::PublishEvent { .. } => "/v1/events/{name}",
-            Route::EnqueueJob { .. } => "/v1/jobs/{name}",
-            Route::ListEvents { .. } => "/v1/events",
-            Route::ListNotifications { .. } => "/v1/notifications",
-            Route::DlqList { .. } => "/v1/dlq",
-            Route::DlqShow { .. } => "/v1/dlq/{queue}",
-            Route::DlqReplay { .. } => "/v1/dlq/{queue}/replay",
-            Route::DlqPurge { .. } => "/v1/dlq/{queue}/purge",
-            Route::FailedJobs { .. } => "/v1/failed-jobs",
-            Route::RetryFailedJob { .. } => "/v1/failed-jobs/{id}/retry",
-            Route::CreateOrder { .. } => "/v1/orders",
-            Route::GetOrder { .. } => "/v1/orders/{order_no}",
-            Route::ListSagas { .. } => "/v1/sagas",
-            Route::GetSaga { .. } => "/v1/sagas/{id}",
-            Route::ListInterventions { .. } => "/v1/interventions",
-            Route::RetryIntervention { .. } => "/v1/interventions/{id}/retry",
-            Route::ResolveIntervention { .. } => "/v1/interventions/{id}/resolve",
-            Route::Seed { .. } => "/v1/admin/seed",
-            Route::ConsolePage { page, .. } => match page {
-                console::Page::Index => "/console",
-                console::Page::Login => "/console/login",
-                _ => "/console/{asset}",
-            },
-            Route::ConsoleLogin { .. } => "/console/login",
-            Route::ConsoleLogout => "/console/logout",
-            Route::ConsoleOverview { .. } => "/v1/console/overview",
-            Route::ConsoleStart { .. } => "/v1/console/operations",
-            Route::ConsoleOperation { .. } => "/v1/console/operations/{id}",
-            Route::ConsoleAudit { .. } => "/v1/console/audit",
-            Route::Healthz => "/healthz",
-            Route::Readyz => "/readyz",
-            Route::Metrics { .. } => "/metrics",
-        }
-    }
-}
-
 /// The route template for a raw path, for requests that were rejected before routing.
 fn template_for(path: &str) -> &'static str {
     if path.starts_with("/v1/events/") {
         "/v1/events/{name}"
     } else if path.starts_with("/v1/jobs/") {
         "/v1/jobs/{name}"
-    } else if let Some(t) = dlq_template_for(path) {
+    } else if let Some(t) = dlq::template_for(path) {
         t
     } else if let Some(t) = sagas::template_for(path) {
         t
@@ -434,20 +131,6 @@ fn template_for(path: &str) -> &'static str {
             _ => "unmatched",
         }
     }
-}
-
-/// The template of a dead-letter route (`/v1/dlq...`, `/v1/failed-jobs...`).
-fn dlq_template_for(path: &str) -> Option<&'static str> {
-    let segments: Vec<&str> = path.split('/').collect();
-    Some(match segments.as_slice() {
-        ["", "v1", "dlq"] => "/v1/dlq",
-        ["", "v1", "dlq", _] => "/v1/dlq/{queue}",
-        ["", "v1", "dlq", _, "replay"] => "/v1/dlq/{queue}/replay",
-        ["", "v1", "dlq", _, "purge"] => "/v1/dlq/{queue}/purge",
-        ["", "v1", "failed-jobs"] => "/v1/failed-jobs",
-        ["", "v1", "failed-jobs", _, "retry"] => "/v1/failed-jobs/{id}/retry",
-        _ => return None,
-    })
 }
 
 fn method_label(m: &Method) -> &'static str {
@@ -512,130 +195,14 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
 /// costs one indirect call.
 pub fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
     // Path before method: an unknown path is 404, a known path with the wrong method 405.
-    let publish = warp::path!("v1" / "events" / String)
-        .and(warp::post())
-        .and(warp::query::<EventQuery>())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::header::optional::<String>("traceparent"))
-        .and(warp::body::content_length_limit(body_limit))
-        .and(warp::body::bytes())
-        .map(
-            |name, query, auth, content_type, traceparent, body| Route::PublishEvent {
-                name,
-                query,
-                auth,
-                content_type,
-                traceparent,
-                body,
-            },
-        )
-        .boxed();
-    let enqueue = warp::path!("v1" / "jobs" / String)
-        .and(warp::post())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::header::optional::<String>("traceparent"))
-        .and(warp::body::content_length_limit(body_limit))
-        .and(warp::body::bytes())
-        .map(
-            |name, auth, content_type, traceparent, body| Route::EnqueueJob {
-                name,
-                auth,
-                content_type,
-                traceparent,
-                body,
-            },
-        )
-        .boxed();
-    let list_events = warp::path!("v1" / "events")
-        .and(warp::get())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::query::<ListQuery>())
-        .map(|auth, query| Route::ListEvents { auth, query })
-        .boxed();
-    let list_notifications = warp::path!("v1" / "notifications")
-        .and(warp::get())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::query::<ListQuery>())
-        .map(|auth, query| Route::ListNotifications { auth, query })
-        .boxed();
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| Route::Healthz)
-        .boxed();
-    let readyz = warp::path!("readyz")
-        .and(warp::get())
-        .map(|| Route::Readyz)
-        .boxed();
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(warp::header::optional::<String>("accept"))
-        .map(|accept| Route::Metrics { accept })
-        .boxed();
-    let auth = auth::credentials;
-    let dlq_list = warp::path!("v1" / "dlq")
-        .and(warp::get())
-        .and(auth())
-        .map(|auth| Route::DlqList { auth })
-        .boxed();
-    let dlq_show = warp::path!("v1" / "dlq" / String)
-        .and(warp::get())
-        .and(warp::query::<DlqShowQuery>())
-        .and(auth())
-        .map(|queue, query, auth| Route::DlqShow { queue, query, auth })
-        .boxed();
-    let dlq_replay = warp::path!("v1" / "dlq" / String / "replay")
-        .and(warp::post())
-        .and(auth())
-        .and(optional_body(body_limit))
-        .map(|queue, auth, body| Route::DlqReplay { queue, auth, body })
-        .boxed();
-    let dlq_purge = warp::path!("v1" / "dlq" / String / "purge")
-        .and(warp::post())
-        .and(auth())
-        .and(optional_body(body_limit))
-        .map(|queue, auth, body| Route::DlqPurge { queue, auth, body })
-        .boxed();
-    let failed_jobs = warp::path!("v1" / "failed-jobs")
-        .and(warp::get())
-        .and(warp::query::<FailedJobsQuery>())
-        .and(auth())
-        .map(|query, auth| Route::FailedJobs { query, auth })
-        .boxed();
-    let retry = warp::path!("v1" / "failed-jobs" / Uuid / "retry")
-        .and(warp::post())
-        .and(auth())
-        .map(|id, auth| Route::RetryFailedJob { id, auth })
-        .boxed();
-    publish
-        .or(enqueue)
-        .unify()
-        .or(list_events)
-        .unify()
-        .or(list_notifications)
-        .unify()
-        .or(dlq_list)
-        .unify()
-        .or(dlq_show)
-        .unify()
-        .or(dlq_replay)
-        .unify()
-        .or(dlq_purge)
-        .unify()
-        .or(failed_jobs)
-        .unify()
-        .or(retry)
+    publish::routes(body_limit)
+        .or(dlq::routes(body_limit))
         .unify()
         .or(sagas::routes(body_limit))
         .unify()
         .or(console::routes(body_limit))
         .unify()
-        .or(healthz)
-        .unify()
-        .or(readyz)
-        .unify()
-        .or(metrics)
+        .or(health::routes())
         .unify()
         .boxed()
 }
@@ -751,7 +318,8 @@ async fn answer(state: &HttpState, ctx: Ctx, route: Result<Route, warp::Rejectio
     response
 }
 
-/// Publishes `system.slow_request` (the article's monitor event) without delaying the answer.
+/// Publishes `system.slow_request` (the article's monitor event) through the events service,
+/// without delaying the answer.
 fn slow_request_event(
     state: &HttpState,
     ctx: &Ctx,
@@ -774,17 +342,11 @@ fn slow_request_event(
     let mut meta = Meta::for_event(&event);
     meta.request_id = Some(ctx.request_id.clone());
     meta.correlation_id = Some(ctx.request_id.clone());
-    let publisher = state.publisher.clone();
+    // Through the events service like a published event: what the broker cannot confirm
+    // waits in the outbox.
+    let events = state.events.clone();
     tokio::spawn(async move {
-        if let Err(e) = publisher
-            .publish(
-                EVENTS_EXCHANGE,
-                "system.slow_request",
-                &event.to_json(),
-                meta.properties(),
-            )
-            .await
-        {
+        if let Err(e) = events.send(EVENTS_EXCHANGE, &event, &meta).await {
             tracing::debug!(error = %e, "Cannot publish system.slow_request.");
         }
     });
@@ -817,90 +379,21 @@ fn error_response(state: &HttpState, ctx: &Ctx, e: ApiError) -> Response {
 
 async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, ApiError> {
     match route {
-        Route::Healthz => Ok(warp::reply::json(&json!({"status": "ok"})).into_response()),
-        Route::Readyz => Ok(readyz(state).await),
-        Route::Metrics { accept } => {
-            let (body, content_type) = state.metrics.render_for(accept.as_deref());
-            Ok(warp::reply::with_header(body, "content-type", content_type).into_response())
+        Route::Healthz | Route::Readyz | Route::Metrics { .. } => {
+            health::handle(state, route).await
         }
-        Route::PublishEvent {
-            name,
-            query,
-            auth,
-            content_type,
-            traceparent,
-            body,
-        } => {
-            let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/events/{name}")?;
-            publish_event(state, ctx, name, query, content_type, traceparent, body).await
-        }
-        Route::EnqueueJob {
-            name,
-            auth,
-            content_type,
-            traceparent,
-            body,
-        } => {
-            let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/jobs/{name}")?;
-            enqueue_job(state, ctx, name, content_type, traceparent, body).await
-        }
-        Route::ListEvents { auth, query } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            let rows = crate::store::list_events(&state.db, &query).await?;
-            Ok(warp::reply::json(&json!({"events": rows})).into_response())
-        }
-        Route::ListNotifications { auth, query } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            let rows = crate::store::list_notifications(&state.db, &query).await?;
-            Ok(warp::reply::json(&json!({"notifications": rows})).into_response())
-        }
-        Route::DlqList { auth } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            let queues = state.dlq.list().await?;
-            Ok(warp::reply::json(&json!({ "queues": queues })).into_response())
-        }
-        Route::DlqShow { queue, query, auth } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            let (default, max) = DLQ_SHOW_LIMIT;
-            let limit = query.limit.unwrap_or(default);
-            if limit == 0 || limit > max {
-                return Err(ApiError::InvalidQuery(format!(
-                    "limit must be 1 to {max}, got {limit}"
-                )));
-            }
-            let older_than = query
-                .older_than
-                .as_deref()
-                .map(dlq::parse_duration)
-                .transpose()
-                .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
-            let filter = dlq::Filter {
-                message_id: query.message_id,
-                reason: check_reason(query.reason)?,
-                older_than,
-                ..dlq::Filter::default()
-            };
-            let peek = state.dlq.show(&queue, &filter, limit).await?;
-            Ok(warp::reply::json(&peek).into_response())
-        }
-        Route::DlqReplay { queue, auth, body } => {
-            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
-            dlq_operation(state, &actor, Operation::Replay, &queue, &body).await
-        }
-        Route::DlqPurge { queue, auth, body } => {
-            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
-            dlq_operation(state, &actor, Operation::Purge, &queue, &body).await
-        }
-        Route::FailedJobs { query, auth } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            failed_jobs(state, query).await
-        }
-        Route::RetryFailedJob { id, auth } => {
-            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
-            retry_failed_job(state, &actor, id).await
-        }
+        Route::PublishEvent { .. }
+        | Route::EnqueueJob { .. }
+        | Route::ListEvents { .. }
+        | Route::ListNotifications { .. } => publish::handle(state, ctx, route).await,
+        Route::DlqList { .. }
+        | Route::DlqShow { .. }
+        | Route::DlqReplay { .. }
+        | Route::DlqPurge { .. }
+        | Route::FailedJobs { .. }
+        | Route::RetryFailedJob { .. } => dlq::handle(state, route).await,
         Route::CreateOrder { ref auth, .. } => {
-            let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/orders")?;
+            let _permit = publish::admit_publish(state, ctx, auth.as_deref(), "/v1/orders")?;
             sagas::handle(state, ctx, route).await
         }
         Route::GetOrder { ref auth, .. }
@@ -928,40 +421,6 @@ async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, 
     }
 }
 
-/// `POST /v1/dlq/{queue}/replay|purge`: the operation runs to its end under the queue's lock
-/// and is recorded in the audit log; the answer says how many messages moved.
-async fn dlq_operation(
-    state: &HttpState,
-    actor: &str,
-    op: Operation,
-    queue: &str,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    let filter = dlq_filter(body)?;
-    let queue = state.dlq.work_queue(queue)?;
-    let detail = json!({
-        "message_id": filter.message_id,
-        "reason": filter.reason,
-        "older_than_secs": filter.older_than.map(|d| d.as_secs()),
-        "limit": filter.limit,
-    });
-    let (row, error) = state
-        .console
-        .run_now(actor, op, &queue, filter, detail)
-        .await?;
-    if let Some(e) = error {
-        return Err(e.into());
-    }
-    let key = match op {
-        Operation::Replay => "replayed",
-        Operation::Purge => "purged",
-    };
-    Ok(
-        warp::reply::json(&json!({"queue": queue, key: row.moved, "action_id": row.id}))
-            .into_response(),
-    )
-}
-
 /// A list's `?limit=`: `default` when absent, else 1 to `max` (400 otherwise).
 pub(super) fn list_limit(
     requested: Option<u64>,
@@ -974,120 +433,6 @@ pub(super) fn list_limit(
         )));
     }
     Ok(n)
-}
-
-/// The filter in a replay or purge body (none: everything).
-fn dlq_filter(body: &[u8]) -> Result<dlq::Filter, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(dlq::Filter::default());
-    }
-    let b: DlqActionBody =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    Ok(dlq::Filter {
-        message_id: b.message_id,
-        reason: check_reason(b.reason)?,
-        older_than: b.older_than_secs.map(std::time::Duration::from_secs),
-        limit: b.limit,
-        ..dlq::Filter::default()
-    })
-}
-
-/// A reason filter must name a reason warren parks for (a typo would select nothing).
-fn check_reason(reason: Option<String>) -> Result<Option<String>, ApiError> {
-    match reason.as_deref() {
-        None | Some("exhausted" | "invalid" | "undecodable") => Ok(reason),
-        Some(other) => Err(ApiError::InvalidQuery(format!(
-            "reason must be exhausted, invalid or undecodable, got {other:?}"
-        ))),
-    }
-}
-
-async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Response, ApiError> {
-    let limit = list_limit(query.limit, FAILED_JOBS_LIMIT)?;
-    if let Some(s) = query.status.as_deref()
-        && ![
-            store::FAILED_PARKED,
-            store::FAILED_RETRIED,
-            store::FAILED_PURGED,
-        ]
-        .contains(&s)
-    {
-        return Err(ApiError::InvalidQuery(format!(
-            "status must be parked, retried or purged, got {s:?}"
-        )));
-    }
-    let rows = store::list_failed_jobs(
-        &state.db,
-        query.queue.as_deref(),
-        query.status.as_deref(),
-        limit,
-    )
-    .await?;
-    let rows: Vec<serde_json::Value> = rows
-        .into_iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "queue": r.queue,
-                "message_id": r.message_id,
-                "job_name": r.job_name,
-                "attempts": r.attempts,
-                "error": r.error,
-                "reason": r.reason,
-                "status": r.status,
-                "failed_at": r.failed_at,
-                "updated_at": r.updated_at,
-                "payload": r.payload,
-            })
-        })
-        .collect();
-    Ok(warp::reply::json(&json!({ "failed_jobs": rows })).into_response())
-}
-
-/// Replays the message of one `failed_jobs` row from its queue's parking queue, by message id,
-/// and records it in the audit log.
-async fn retry_failed_job(state: &HttpState, actor: &str, id: Uuid) -> Result<Response, ApiError> {
-    let row = store::failed_job(&state.db, id)
-        .await?
-        .ok_or(ApiError::FailedJobNotFound(id))?;
-    let not_parked = || ApiError::NotParked {
-        id,
-        queue: row.queue.clone(),
-    };
-    let message_id = row.message_id.ok_or_else(not_parked)?;
-    let filter = dlq::Filter {
-        message_id: Some(message_id),
-        ..dlq::Filter::default()
-    };
-    let result = state.dlq.replay(&row.queue, &filter).await;
-    let moved = result.as_ref().map_or_else(DlqError::done, |n| *n);
-    let error = match &result {
-        Ok(0) => Some(not_parked().to_string()),
-        Ok(_) => None,
-        Err(e) => Some(e.to_string()),
-    };
-    state
-        .console
-        .record(
-            actor,
-            "failed_job.retry",
-            &id.to_string(),
-            json!({"queue": row.queue, "message_id": message_id}),
-            moved as u64,
-            error,
-        )
-        .await?;
-    let n = result?;
-    if n == 0 {
-        return Err(not_parked());
-    }
-    Ok(warp::reply::json(&json!({
-        "id": id,
-        "queue": row.queue,
-        "message_id": message_id,
-        "replayed": n,
-    }))
-    .into_response())
 }
 
 /// Checks the credentials for `needed` and names the caller for the audit log.
@@ -1107,229 +452,6 @@ fn authorize(
     needed: Scope,
 ) -> Result<auth::Caller, ApiError> {
     state.tokens.authorize(header, needed)
-}
-
-/// The gate of a publish route, in order: a token with `publish` (401/403), the caller's rate
-/// (429), a free in-flight slot (503 at once). The permit is held until the answer.
-fn admit_publish(
-    state: &HttpState,
-    ctx: &Ctx,
-    header: Option<&str>,
-    template: &'static str,
-) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
-    let caller = authorize(state, header, Scope::Publish)?;
-    let key = limits::RateKey::new(caller, ctx.remote.map(|a| a.ip()));
-    if let Err(e) = state.limits.check_rate(key) {
-        state.metrics.publish_refused(template, "rate_limited");
-        return Err(e);
-    }
-    match state.limits.admit() {
-        Ok(permit) => Ok(permit),
-        Err(e) => {
-            state.metrics.publish_refused(template, "overloaded");
-            Err(e)
-        }
-    }
-}
-
-/// Checks the event naming rule: two or more lowercase segments separated by dots, each
-/// starting with a letter and made of `a-z`, `0-9`, `_`; at most [`MAX_EVENT_NAME`] bytes.
-pub fn validate_event_name(name: &str) -> Result<(), ApiError> {
-    let err = |reason| ApiError::InvalidEventName {
-        name: name.chars().take(MAX_EVENT_NAME).collect(),
-        reason,
-    };
-    if name.len() > MAX_EVENT_NAME {
-        return Err(err("longer than 128 bytes"));
-    }
-    let segments: Vec<&str> = name.split('.').collect();
-    if segments.len() < 2 {
-        return Err(err("must be segment.segment, e.g. order.created"));
-    }
-    for s in segments {
-        let mut bytes = s.bytes();
-        match bytes.next() {
-            None => return Err(err("empty segment")),
-            Some(b) if !b.is_ascii_lowercase() => {
-                return Err(err("each segment must start with a lowercase letter"));
-            }
-            Some(_) => {}
-        }
-        if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-            return Err(err("segments may hold only a-z, 0-9 and _"));
-        }
-    }
-    Ok(())
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
-#[tracing::instrument(skip_all, fields(event_name = %name, request_id = %ctx.request_id, event_id, trace_id))]
-async fn publish_event(
-    state: &HttpState,
-    ctx: &Ctx,
-    name: String,
-    query: EventQuery,
-    content_type: Option<String>,
-    traceparent: Option<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    validate_event_name(&name)?;
-    let sync = match query.mode.as_deref() {
-        None | Some("async") => false,
-        Some("sync") => true,
-        Some(other) => {
-            return Err(ApiError::InvalidQuery(format!(
-                "mode must be async or sync, got {other:?}"
-            )));
-        }
-    };
-    let data = parse_data(content_type.as_deref(), &body)?;
-    if let Some(a) = &query.aggregate_id
-        && (a.is_empty() || a.len() > 255)
-    {
-        return Err(ApiError::InvalidQuery(
-            "aggregate_id must be 1 to 255 bytes".into(),
-        ));
-    }
-    let event = Event::new(name, query.aggregate_id, data);
-    tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
-
-    if sync {
-        let results = state.dispatcher.dispatch_sync(&event).await;
-        return Ok(warp::reply::json(&json!({
-            "event_id": event.event_id,
-            "event_name": event.event_name,
-            "mode": "sync",
-            "results": results,
-        }))
-        .into_response());
-    }
-
-    let stored =
-        publish_for_request(state, ctx, EVENTS_EXCHANGE, &event, traceparent.as_deref()).await?;
-    Ok(warp::reply::with_status(
-        warp::reply::json(&json!({
-            "event_id": event.event_id,
-            "status": "accepted",
-            "stored": stored.as_str(),
-        })),
-        StatusCode::ACCEPTED,
-    )
-    .into_response())
-}
-
-/// Publishes `message` (routing key = its name) with the request's id as correlation id and
-/// `x-request-id`, and a child of the caller's trace (or a new trace), and waits for the
-/// confirm; when the broker cannot confirm, stores it in the events outbox.
-async fn publish_for_request(
-    state: &HttpState,
-    ctx: &Ctx,
-    exchange: &'static str,
-    message: &Event,
-    traceparent: Option<&str>,
-) -> Result<crate::outbox::Stored, ApiError> {
-    let trace = crate::telemetry::outgoing(traceparent);
-    tracing::Span::current().record("trace_id", trace.trace_id.as_str());
-    let mut meta = Meta::for_event(message);
-    meta.correlation_id = Some(ctx.request_id.clone());
-    meta.request_id = Some(ctx.request_id.clone());
-    meta.traceparent = Some(trace.header());
-    Ok(state.outbox.send(exchange, message, &meta).await?)
-}
-
-/// Checks the content type and parses the body as a JSON object (a message's `data`). Nesting
-/// deeper than serde_json's recursion limit (128) is refused as invalid JSON, never a stack
-/// overflow.
-pub fn parse_data(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    if let Some(ct) = content_type {
-        let media = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if media != "application/json" && !media.ends_with("+json") {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-    }
-    let data: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    if !data.is_object() {
-        return Err(ApiError::NotAnObject(json_kind(&data)));
-    }
-    Ok(data)
-}
-
-#[tracing::instrument(skip_all, fields(job_name = %name, request_id = %ctx.request_id, job_id, trace_id))]
-async fn enqueue_job(
-    state: &HttpState,
-    ctx: &Ctx,
-    name: String,
-    content_type: Option<String>,
-    traceparent: Option<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    validate_event_name(&name)?;
-    if !state.topology.routes(COMMANDS_EXCHANGE, &name) {
-        return Err(ApiError::UnknownJob(name));
-    }
-    let data = parse_data(content_type.as_deref(), &body)?;
-    let job = Event::new(name, None, data);
-    tracing::Span::current().record("job_id", tracing::field::display(job.event_id));
-    let stored =
-        publish_for_request(state, ctx, COMMANDS_EXCHANGE, &job, traceparent.as_deref()).await?;
-    Ok(warp::reply::with_status(
-        warp::reply::json(&json!({
-            "job_id": job.event_id,
-            "status": "queued",
-            "stored": stored.as_str(),
-        })),
-        StatusCode::ACCEPTED,
-    )
-    .into_response())
-}
-
-async fn readyz(state: &HttpState) -> Response {
-    let timeout = state.settings.amqp.connect_timeout();
-    let broker = match tokio::time::timeout(timeout, state.publisher.broker().ping()).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out".to_owned(),
-    };
-    let database = match tokio::time::timeout(timeout, crate::store::ping(&state.db)).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out".to_owned(),
-    };
-    let topology = if *state.topology_ready.borrow() {
-        "ok"
-    } else {
-        "not declared yet"
-    };
-    let ready = broker == "ok" && database == "ok" && topology == "ok";
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    warp::reply::with_status(
-        warp::reply::json(&json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "checks": {"broker": broker, "database": database, "topology": topology},
-        })),
-        status,
-    )
-    .into_response()
 }
 
 /// Binds `addr` (port 0 picks a free port) and serves the API until `shutdown` fires.

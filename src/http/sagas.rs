@@ -205,9 +205,9 @@ pub(super) async fn handle(
             ..
         } => create_order(state, ctx, content_type, traceparent, body).await,
         Route::GetOrder { order_no, .. } => {
-            let order = entities::orders::Entity::find()
-                .filter(entities::orders::Column::OrderNo.eq(&order_no))
-                .one(&state.db)
+            let order = state
+                .reads
+                .order(&order_no)
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
             let saga_id = state.sagas.by_key("order", &order_no).await?;
@@ -250,7 +250,9 @@ pub(super) async fn handle(
         Route::Seed { body, .. } => {
             let seed: Seed = json_body(Some("application/json"), &body)?;
             seed.validate().map_err(ApiError::InvalidOrder)?;
-            seed.apply(&state.db)
+            state
+                .reads
+                .seed(&seed)
                 .await
                 .map_err(|e| ApiError::Internal(format!("seeding failed: {e}")))?;
             json(json!({
@@ -262,24 +264,19 @@ pub(super) async fn handle(
     }
 }
 
-/// The intervention actions: retry the failed compensation, or resolve it with a note. Both
-/// go into the saga's timeline with the operator's name, and into the audit log.
+/// The intervention actions (the operator service's): retry the failed compensation, or
+/// resolve it with a note. Both go into the saga's timeline with the operator's name, and
+/// into the audit log.
 pub(super) async fn intervene(
     state: &HttpState,
     actor: &str,
     route: Route,
 ) -> Result<Response, ApiError> {
-    let (id, action, result) = match route {
+    let (key, id, view) = match route {
         Route::RetryIntervention { id, body, .. } => {
-            let note = note(&body)?.note.filter(|n| !n.trim().is_empty());
-            let said = format!(
-                "retry by {actor}{}",
-                note.as_deref()
-                    .map(|n| format!(": {n}"))
-                    .unwrap_or_default()
-            );
-            let result = state.sagas.retry(id, Some(said)).await;
-            (id, "intervention.retry", result.map(|v| (note, v)))
+            let note = note(&body)?.note;
+            let view = state.operator.retry_intervention(actor, id, note).await?;
+            ("retried", id, view)
         }
         Route::ResolveIntervention { id, body, .. } => {
             let note = note(&body)?
@@ -291,27 +288,10 @@ pub(super) async fn intervene(
                             .to_owned(),
                     )
                 })?;
-            let result = state
-                .sagas
-                .resolve(id, format!("resolved by {actor}: {note}"))
-                .await;
-            (id, "intervention.resolve", result.map(|v| (Some(note), v)))
+            let view = state.operator.resolve_intervention(actor, id, note).await?;
+            ("resolved", id, view)
         }
         _ => return Err(ApiError::NotFound),
-    };
-    let (detail, error) = match &result {
-        Ok((note, view)) => (json!({"note": note, "saga_id": view.saga.id}), None),
-        Err(e) => (json!({}), Some(e.to_string())),
-    };
-    state
-        .console
-        .record(actor, action, &id.to_string(), detail, 0, error)
-        .await?;
-    let (_, view) = result?;
-    let key = if action == "intervention.retry" {
-        "retried"
-    } else {
-        "resolved"
     };
     Ok(warp::reply::json(&json!({key: id, "saga": view})).into_response())
 }
@@ -322,5 +302,3 @@ fn note(body: &[u8]) -> Result<NoteBody, ApiError> {
     }
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
 }
-
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};

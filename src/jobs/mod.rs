@@ -17,7 +17,6 @@
 //! message (the inbox absorbs it), never loses one.
 
 pub mod decode;
-pub mod dlq;
 pub mod inbox;
 pub mod runner;
 

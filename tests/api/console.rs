@@ -532,7 +532,7 @@ async fn two_operators_at_once_cannot_replay_a_message_twice() {
 
     // Two operators at once, and a replay that bypasses the lock (as the CLI does), race.
     let dlq_service = dlq::service(&app);
-    let everything = warren::jobs::dlq::Filter::default();
+    let everything = warren::operator::dlq::Filter::default();
     let (a, b, direct) = tokio::join!(
         post(&app, "/v1/console/operations", start.clone()),
         post(&app, "/v1/console/operations", start.clone()),
@@ -590,6 +590,161 @@ async fn two_operators_at_once_cannot_replay_a_message_twice() {
     assert_eq!(abandoned.status, "abandoned");
     assert_eq!(abandoned.lock_key, None);
     let _ = db.close().await;
+    app.cleanup().await;
+}
+
+/// The first action in the audit log taken from the command line (`cli:<user>@<host>`).
+async fn cli_action(app: &TestApp) -> Option<Value> {
+    let audit = app.get_json("/v1/console/audit?limit=20").await;
+    audit["actions"]
+        .as_array()?
+        .iter()
+        .find(|a| a["actor"].as_str().is_some_and(|s| s.starts_with("cli:")))
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_cli_replay_is_a_console_operation_with_its_lock_and_progress() {
+    const N: usize = 1_500;
+    let mut app = spawn_app_with(with_tokens, |a| a).await;
+    as_admin(&mut app);
+    let parked = park_raw(&app, "warren.email.dead", N).await;
+    app.settled(&[("warren.email", 0), ("warren.email.dead", N as u64)])
+        .await;
+
+    // Watched through the console's audit and operation API while the CLI runs, in pages
+    // of 100.
+    let seen = std::sync::Mutex::new(Vec::<(String, u64)>::new());
+    let watch = eventually(Duration::from_secs(120), "CLI operation done", || async {
+        let op = cli_action(&app).await?;
+        let id = op["id"].as_str().expect("id");
+        let op = app.get_json(&format!("/v1/console/operations/{id}")).await;
+        let state = (
+            op["status"].as_str().expect("status").to_owned(),
+            op["moved"].as_u64().expect("moved"),
+        );
+        let mut seen = seen.lock().expect("lock");
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+        (op["status"] != "running").then_some(op)
+    });
+    let env = [("WARREN_CONSOLE__PAGE_SIZE", "100")];
+    let ((code, out, err), done) = tokio::join!(
+        dlq::cli_with(&app, &["dlq", "replay", "warren.email"], &env),
+        watch
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("replayed {N} messages from warren.email.dead")),
+        "{out}"
+    );
+    let id = done["id"].as_str().expect("id");
+    assert!(err.contains(&format!("operation {id} started")), "{err}");
+    assert!(
+        err.contains("dlq.replay of warren.email: 100 replayed so far"),
+        "{err}"
+    );
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["action"], "dlq.replay");
+    assert_eq!(done["target"], "warren.email");
+    assert_eq!(done["moved"], N, "{done}");
+    let seen = seen.into_inner().expect("lock");
+    let running: Vec<u64> = seen
+        .iter()
+        .filter(|(status, _)| status == "running")
+        .map(|(_, moved)| *moved)
+        .collect();
+    assert!(
+        running.iter().any(|m| *m > 0 && (*m as usize) < N),
+        "seen running with progress between 0 and {N}: {seen:?}"
+    );
+    assert!(
+        running.windows(2).all(|w| w[0] <= w[1]),
+        "progress only grows: {seen:?}"
+    );
+
+    app.settled(&[("warren.email", N as u64), ("warren.email.dead", 0)])
+        .await;
+    let replayed: HashSet<Uuid> = take_ids(&app, "warren.email", N)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        replayed, parked,
+        "every parked id is back in the work queue"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_cli_replay_while_the_console_holds_the_queue_is_refused_and_moves_nothing() {
+    const N: usize = 20;
+    let mut app = spawn_app_with(with_tokens, |a| a).await;
+    as_admin(&mut app);
+    park_raw(&app, "warren.email.dead", N).await;
+    app.settled(&[("warren.email", 0), ("warren.email.dead", N as u64)])
+        .await;
+    let before = dlq::parked_ids(&app, "warren.email").await;
+    assert_eq!(before.len(), N);
+
+    // A console operation on the queue, running and recently making progress.
+    let db = app.db().await;
+    let now = Utc::now();
+    let held = operator_actions::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        actor: Set("carol (console, ops)".into()),
+        action: Set("dlq.purge".into()),
+        target: Set("warren.email".into()),
+        detail: Set(json!({})),
+        status: Set("running".into()),
+        matched: Set(Some(N as i64)),
+        moved: Set(0),
+        error: Set(None),
+        lock_key: Set(Some("dlq:warren.email".into())),
+        created_at: Set(now),
+        updated_at: Set(now),
+        finished_at: Set(None),
+    }
+    .insert(&db)
+    .await
+    .expect("insert");
+    let _ = db.close().await;
+
+    for args in [
+        &["dlq", "replay", "warren.email"][..],
+        &["dlq", "purge", "warren.email.dead", "--yes"][..],
+    ] {
+        let (code, out, err) = dlq::cli(&app, args).await;
+        assert_ne!(code, 0, "{args:?} is refused: {out}{err}");
+        assert!(
+            err.contains("carol (console, ops)"),
+            "names the holder: {err}"
+        );
+        assert!(
+            err.contains(&held.id.to_string()),
+            "names the holder's operation: {err}"
+        );
+        assert!(
+            !out.contains("replayed") && !out.contains("purged"),
+            "{out}"
+        );
+    }
+    app.settled(&[("warren.email", 0), ("warren.email.dead", N as u64)])
+        .await;
+    assert_eq!(
+        dlq::parked_ids(&app, "warren.email").await,
+        before,
+        "the parked ids are unchanged"
+    );
+    assert!(
+        cli_action(&app).await.is_none(),
+        "a refused CLI operation records nothing"
+    );
+    let op = app
+        .get_json(&format!("/v1/console/operations/{}", held.id))
+        .await;
+    assert_eq!(op["status"], "running", "the holder is untouched: {op}");
     app.cleanup().await;
 }
 

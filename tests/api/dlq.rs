@@ -26,11 +26,8 @@ use warren::{
         topology::Topology,
     },
     config::Secret,
-    jobs::{
-        Consumer, Job, JobError,
-        dlq::{Dlq, Filter},
-        runner,
-    },
+    jobs::{Consumer, Job, JobError, runner},
+    operator::dlq::{Dlq, Filter},
 };
 
 use crate::helpers::{TestApp, eventually, spawn_app, spawn_app_with, spawn_worker_with};
@@ -157,7 +154,7 @@ async fn settled(app: &TestApp, dead: &str, n: u64) {
 }
 
 /// The message ids parked in `queue`'s dead-letter queue, as `GET /v1/dlq/{queue}` shows them.
-async fn parked_ids(app: &TestApp, queue: &str) -> std::collections::BTreeSet<String> {
+pub async fn parked_ids(app: &TestApp, queue: &str) -> std::collections::BTreeSet<String> {
     let (status, peek) = call(
         app,
         Method::GET,
@@ -687,9 +684,16 @@ async fn the_dlq_endpoints_need_the_bearer_token() {
     app.cleanup().await;
 }
 
-async fn cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
+pub async fn cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
+    cli_with(app, args, &[]).await
+}
+
+/// Runs the `warren` binary against `app`'s broker and database with `args`, and `env` on
+/// top; returns its exit code, stdout and stderr.
+pub async fn cli_with(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("WARREN_CONFIG")
         .env("WARREN_AMQP__URL", app.vhost.amqp_url())
         .env(
@@ -804,10 +808,10 @@ async fn a_replay_the_broker_refuses_acks_nothing_and_leaves_every_message_parke
         .await
         .expect_err("a replay the broker returned");
     match &err {
-        warren::jobs::dlq::DlqError::Stopped { done, source, .. } => {
+        warren::operator::dlq::DlqError::Stopped { done, source, .. } => {
             assert_eq!(*done, 0, "{err}");
             assert!(
-                matches!(**source, warren::jobs::dlq::DlqError::Publish { .. }),
+                matches!(**source, warren::operator::dlq::DlqError::Publish { .. }),
                 "{err}"
             );
         }

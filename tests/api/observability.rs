@@ -327,6 +327,101 @@ async fn slow_requests_are_counted_and_announced_as_events() {
     app.cleanup().await;
 }
 
+/// `system.slow_request` goes through the events service like a published event: with the
+/// broker away (behind a closed gate) it is kept in the events outbox, and published by the
+/// relay once the broker is back.
+#[tokio::test]
+async fn a_slow_request_event_is_kept_in_the_outbox_when_the_broker_cannot_confirm() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let gate = crate::gate::BrokerGate::to_test_broker().await;
+    let port = gate.port;
+    let app = crate::helpers::spawn_roles(
+        &[Role::Http],
+        move |mut s| {
+            let mut url = url::Url::parse(s.amqp.url.expose()).expect("url");
+            url.set_port(Some(port)).expect("port");
+            s.amqp.url = warren::config::Secret::new(url.to_string());
+            s.amqp.connect_timeout_ms = 500;
+            s.amqp.publish_timeout_ms = 1_000;
+            s.outbox.relay_ms = 200;
+            s.http.slow_request_ms = 0;
+            s.http.slow_request_events_per_sec = 1_000;
+            s
+        },
+        |a| a,
+    )
+    .await;
+    gate.close();
+    eventually(
+        Duration::from_secs(15),
+        "readyz: broker refused",
+        || async {
+            let r = app
+                .request(reqwest::Method::GET, "/readyz")
+                .send()
+                .await
+                .ok()?;
+            let body: Value = r.json().await.ok()?;
+            body["checks"]["broker"]
+                .as_str()?
+                .starts_with("cannot get an AMQP connection: ")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let r = app
+        .post_event("order.created", &json!({"slow": true}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let request_id = r.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["stored"], "outbox", "{body}");
+    let kept = eventually(
+        Duration::from_secs(15),
+        "the slow request's event kept in the outbox",
+        || async {
+            let db = app.db().await;
+            let rows = entities::event_outbox::Entity::find()
+                .filter(entities::event_outbox::Column::RoutingKey.eq("system.slow_request"))
+                .filter(entities::event_outbox::Column::RequestId.eq(request_id.as_str()))
+                .all(&db)
+                .await
+                .expect("query");
+            let _ = db.close().await;
+            rows.into_iter().next()
+        },
+    )
+    .await;
+    let stored: Value = serde_json::from_str(&kept.body).expect("json body");
+    assert_eq!(stored["data"]["path"], "/v1/events/{name}", "{stored}");
+    assert_eq!(
+        stored["data"]["request_id"],
+        request_id.as_str(),
+        "{stored}"
+    );
+
+    gate.open();
+    let published = eventually(
+        Duration::from_secs(30),
+        "the kept event published once the broker is back",
+        || async {
+            app.drain("warren.audit").await.into_iter().find_map(|m| {
+                let v: Value = serde_json::from_slice(&m.delivery.data).ok()?;
+                (v["event_name"] == "system.slow_request"
+                    && v["data"]["request_id"] == request_id.as_str())
+                .then_some(v)
+            })
+        },
+    )
+    .await;
+    assert_eq!(published["event_id"], stored["event_id"], "{published}");
+    app.cleanup().await;
+}
+
 fn trace_id_of(header: &str) -> &str {
     header.get(3..35).unwrap_or("")
 }

@@ -25,6 +25,10 @@ async fn front_behind(gate: &BrokerGate, tweak: impl FnOnce(&mut warren::Setting
             s.amqp.connect_timeout_ms = 500;
             s.amqp.publish_timeout_ms = 1_000;
             s.outbox.relay_ms = 200;
+            // A publish that waits out its 1 s timeout makes a slow request, whose
+            // `system.slow_request` event is kept in the outbox too (it goes through the events
+            // service); these tests count only the messages they post.
+            s.http.slow_request_ms = 60_000;
             tweak(&mut s);
             s
         },

@@ -1,0 +1,275 @@
+//! The dead-letter routes: `GET /v1/dlq`, `GET /v1/dlq/{queue}`,
+//! `POST /v1/dlq/{queue}/replay|purge`, `GET /v1/failed-jobs` and
+//! `POST /v1/failed-jobs/{id}/retry`. Reads go to the operator service's dead-letter tools and
+//! the read service; every action to the operator service.
+
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+use warp::{Filter, filters::BoxedFilter, reply::Reply as _};
+
+use super::{
+    ApiError, HttpState, Response, Route, auth, authorize, authorize_actor, list_limit,
+    optional_body,
+};
+use crate::{
+    config::Scope,
+    operator::{Operation, dlq},
+    store,
+};
+
+/// Default and largest `?limit=` of `GET /v1/dlq/{queue}`.
+pub const DLQ_SHOW_LIMIT: (usize, usize) = (20, 200);
+/// Default and largest `?limit=` of `GET /v1/failed-jobs`.
+pub const FAILED_JOBS_LIMIT: (u64, u64) = (50, 500);
+
+/// Query of `GET /v1/dlq/{queue}`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DlqShowQuery {
+    /// How many messages to show (default 20, at most 200).
+    pub limit: Option<usize>,
+    /// Only the message with this id.
+    pub message_id: Option<Uuid>,
+    /// Only messages parked for this reason (`exhausted`, `invalid`, `undecodable`).
+    pub reason: Option<String>,
+    /// Only messages parked at least this long ago (`30s`, `10m`, `2h`, `1d`).
+    pub older_than: Option<String>,
+}
+
+/// Optional JSON body of `POST /v1/dlq/{queue}/replay` and `.../purge`; no body (or `{}`)
+/// selects every parked message. Unknown fields are refused, so a misspelt filter cannot
+/// widen a purge to everything.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DlqActionBody {
+    /// Only the message with this id.
+    pub message_id: Option<Uuid>,
+    /// Only messages parked at least this many seconds ago.
+    pub older_than_secs: Option<u64>,
+    /// Only messages parked for this reason (`exhausted`, `invalid`, `undecodable`).
+    pub reason: Option<String>,
+    /// At most this many messages.
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /v1/failed-jobs`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FailedJobsQuery {
+    /// Only rows of this work queue.
+    pub queue: Option<String>,
+    /// Only rows with this status: `parked`, `retried` or `purged`.
+    pub status: Option<String>,
+    /// How many rows (default 50, at most 500).
+    pub limit: Option<u64>,
+}
+
+/// The template of a dead-letter route (`/v1/dlq...`, `/v1/failed-jobs...`).
+pub(super) fn template_for(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    Some(match segments.as_slice() {
+        ["", "v1", "dlq"] => "/v1/dlq",
+        ["", "v1", "dlq", _] => "/v1/dlq/{queue}",
+        ["", "v1", "dlq", _, "replay"] => "/v1/dlq/{queue}/replay",
+        ["", "v1", "dlq", _, "purge"] => "/v1/dlq/{queue}/purge",
+        ["", "v1", "failed-jobs"] => "/v1/failed-jobs",
+        ["", "v1", "failed-jobs", _, "retry"] => "/v1/failed-jobs/{id}/retry",
+        _ => return None,
+    })
+}
+
+/// The dead-letter routes.
+pub(super) fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
+    let auth = auth::credentials;
+    let dlq_list = warp::path!("v1" / "dlq")
+        .and(warp::get())
+        .and(auth())
+        .map(|auth| Route::DlqList { auth })
+        .boxed();
+    let dlq_show = warp::path!("v1" / "dlq" / String)
+        .and(warp::get())
+        .and(warp::query::<DlqShowQuery>())
+        .and(auth())
+        .map(|queue, query, auth| Route::DlqShow { queue, query, auth })
+        .boxed();
+    let dlq_replay = warp::path!("v1" / "dlq" / String / "replay")
+        .and(warp::post())
+        .and(auth())
+        .and(optional_body(body_limit))
+        .map(|queue, auth, body| Route::DlqReplay { queue, auth, body })
+        .boxed();
+    let dlq_purge = warp::path!("v1" / "dlq" / String / "purge")
+        .and(warp::post())
+        .and(auth())
+        .and(optional_body(body_limit))
+        .map(|queue, auth, body| Route::DlqPurge { queue, auth, body })
+        .boxed();
+    let failed_jobs = warp::path!("v1" / "failed-jobs")
+        .and(warp::get())
+        .and(warp::query::<FailedJobsQuery>())
+        .and(auth())
+        .map(|query, auth| Route::FailedJobs { query, auth })
+        .boxed();
+    let retry = warp::path!("v1" / "failed-jobs" / Uuid / "retry")
+        .and(warp::post())
+        .and(auth())
+        .map(|id, auth| Route::RetryFailedJob { id, auth })
+        .boxed();
+    dlq_list
+        .or(dlq_show)
+        .unify()
+        .or(dlq_replay)
+        .unify()
+        .or(dlq_purge)
+        .unify()
+        .or(failed_jobs)
+        .unify()
+        .or(retry)
+        .unify()
+        .boxed()
+}
+
+/// Handles a dead-letter route.
+pub(super) async fn handle(state: &HttpState, route: Route) -> Result<Response, ApiError> {
+    match route {
+        Route::DlqList { auth } => {
+            authorize(state, auth.as_deref(), Scope::Read)?;
+            let queues = state.operator.dlq().list().await?;
+            Ok(warp::reply::json(&json!({ "queues": queues })).into_response())
+        }
+        Route::DlqShow { queue, query, auth } => {
+            authorize(state, auth.as_deref(), Scope::Read)?;
+            let (default, max) = DLQ_SHOW_LIMIT;
+            let limit = query.limit.unwrap_or(default);
+            if limit == 0 || limit > max {
+                return Err(ApiError::InvalidQuery(format!(
+                    "limit must be 1 to {max}, got {limit}"
+                )));
+            }
+            let older_than = query
+                .older_than
+                .as_deref()
+                .map(dlq::parse_duration)
+                .transpose()
+                .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
+            let filter = dlq::Filter {
+                message_id: query.message_id,
+                reason: check_reason(query.reason)?,
+                older_than,
+                ..dlq::Filter::default()
+            };
+            let peek = state.operator.dlq().show(&queue, &filter, limit).await?;
+            Ok(warp::reply::json(&peek).into_response())
+        }
+        Route::DlqReplay { queue, auth, body } => {
+            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
+            dlq_operation(state, &actor, Operation::Replay, &queue, &body).await
+        }
+        Route::DlqPurge { queue, auth, body } => {
+            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
+            dlq_operation(state, &actor, Operation::Purge, &queue, &body).await
+        }
+        Route::FailedJobs { query, auth } => {
+            authorize(state, auth.as_deref(), Scope::Read)?;
+            failed_jobs(state, query).await
+        }
+        Route::RetryFailedJob { id, auth } => {
+            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
+            let retried = state.operator.retry_failed_job(&actor, id).await?;
+            Ok(warp::reply::json(&retried).into_response())
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// `POST /v1/dlq/{queue}/replay|purge`: the operation runs to its end under the queue's lock
+/// and is recorded in the audit log; the answer says how many messages moved.
+async fn dlq_operation(
+    state: &HttpState,
+    actor: &str,
+    op: Operation,
+    queue: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let filter = dlq_filter(body)?;
+    let queue = state.operator.dlq().work_queue(queue)?;
+    let detail = crate::operator::filter_detail(&filter);
+    let (row, error) = state
+        .operator
+        .run_now(actor, op, &queue, filter, detail)
+        .await?;
+    if let Some(e) = error {
+        return Err(e.into());
+    }
+    let key = op.done();
+    Ok(
+        warp::reply::json(&json!({"queue": queue, key: row.moved, "action_id": row.id}))
+            .into_response(),
+    )
+}
+
+/// The filter in a replay or purge body (none: everything).
+fn dlq_filter(body: &[u8]) -> Result<dlq::Filter, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(dlq::Filter::default());
+    }
+    let b: DlqActionBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    Ok(dlq::Filter {
+        message_id: b.message_id,
+        reason: check_reason(b.reason)?,
+        older_than: b.older_than_secs.map(std::time::Duration::from_secs),
+        limit: b.limit,
+        ..dlq::Filter::default()
+    })
+}
+
+/// A reason filter must name a reason warren parks for (a typo would select nothing).
+pub(super) fn check_reason(reason: Option<String>) -> Result<Option<String>, ApiError> {
+    match reason.as_deref() {
+        None | Some("exhausted" | "invalid" | "undecodable") => Ok(reason),
+        Some(other) => Err(ApiError::InvalidQuery(format!(
+            "reason must be exhausted, invalid or undecodable, got {other:?}"
+        ))),
+    }
+}
+
+async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Response, ApiError> {
+    let limit = list_limit(query.limit, FAILED_JOBS_LIMIT)?;
+    if let Some(s) = query.status.as_deref()
+        && ![
+            store::FAILED_PARKED,
+            store::FAILED_RETRIED,
+            store::FAILED_PURGED,
+        ]
+        .contains(&s)
+    {
+        return Err(ApiError::InvalidQuery(format!(
+            "status must be parked, retried or purged, got {s:?}"
+        )));
+    }
+    let rows = state
+        .reads
+        .failed_jobs(query.queue.as_deref(), query.status.as_deref(), limit)
+        .await?;
+    let rows: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "queue": r.queue,
+                "message_id": r.message_id,
+                "job_name": r.job_name,
+                "attempts": r.attempts,
+                "error": r.error,
+                "reason": r.reason,
+                "status": r.status,
+                "failed_at": r.failed_at,
+                "updated_at": r.updated_at,
+                "payload": r.payload,
+            })
+        })
+        .collect();
+    Ok(warp::reply::json(&json!({ "failed_jobs": rows })).into_response())
+}

@@ -1,0 +1,323 @@
+//! The publish routes: `POST /v1/events/{name}` (publish, or run the in-process listeners
+//! with `?mode=sync`) and `POST /v1/jobs/{name}`, both through the events service (a confirm,
+//! or the events outbox), and the lists `GET /v1/events` (the audit log) and
+//! `GET /v1/notifications`.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use warp::{Filter, filters::BoxedFilter, http::StatusCode, reply::Reply as _};
+
+use super::{ApiError, Ctx, HttpState, Response, Route, authorize, limits};
+use crate::{
+    broker::{
+        envelope::{Event, Meta},
+        names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
+    },
+    config::Scope,
+    store::ListQuery,
+};
+
+/// Longest accepted event name.
+pub const MAX_EVENT_NAME: usize = 128;
+/// Query of `POST /v1/events/{name}`.
+#[derive(Debug, Deserialize, Default)]
+pub struct EventQuery {
+    /// `async` (default: publish and answer 202) or `sync` (run in-process listeners).
+    pub mode: Option<String>,
+    /// The entity the event is about.
+    pub aggregate_id: Option<String>,
+}
+
+/// The publish routes.
+pub(super) fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
+    // Path before method: an unknown path is 404, a known path with the wrong method 405.
+    let publish = warp::path!("v1" / "events" / String)
+        .and(warp::post())
+        .and(warp::query::<EventQuery>())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("traceparent"))
+        .and(warp::body::content_length_limit(body_limit))
+        .and(warp::body::bytes())
+        .map(
+            |name, query, auth, content_type, traceparent, body| Route::PublishEvent {
+                name,
+                query,
+                auth,
+                content_type,
+                traceparent,
+                body,
+            },
+        )
+        .boxed();
+    let enqueue = warp::path!("v1" / "jobs" / String)
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("traceparent"))
+        .and(warp::body::content_length_limit(body_limit))
+        .and(warp::body::bytes())
+        .map(
+            |name, auth, content_type, traceparent, body| Route::EnqueueJob {
+                name,
+                auth,
+                content_type,
+                traceparent,
+                body,
+            },
+        )
+        .boxed();
+    let list_events = warp::path!("v1" / "events")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<ListQuery>())
+        .map(|auth, query| Route::ListEvents { auth, query })
+        .boxed();
+    let list_notifications = warp::path!("v1" / "notifications")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<ListQuery>())
+        .map(|auth, query| Route::ListNotifications { auth, query })
+        .boxed();
+    publish
+        .or(enqueue)
+        .unify()
+        .or(list_events)
+        .unify()
+        .or(list_notifications)
+        .unify()
+        .boxed()
+}
+
+/// Handles a publish route.
+pub(super) async fn handle(
+    state: &HttpState,
+    ctx: &Ctx,
+    route: Route,
+) -> Result<Response, ApiError> {
+    match route {
+        Route::PublishEvent {
+            name,
+            query,
+            auth,
+            content_type,
+            traceparent,
+            body,
+        } => {
+            let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/events/{name}")?;
+            publish_event(state, ctx, name, query, content_type, traceparent, body).await
+        }
+        Route::EnqueueJob {
+            name,
+            auth,
+            content_type,
+            traceparent,
+            body,
+        } => {
+            let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/jobs/{name}")?;
+            enqueue_job(state, ctx, name, content_type, traceparent, body).await
+        }
+        Route::ListEvents { auth, query } => {
+            authorize(state, auth.as_deref(), Scope::Read)?;
+            let rows = state.reads.events(&query).await?;
+            Ok(warp::reply::json(&json!({"events": rows})).into_response())
+        }
+        Route::ListNotifications { auth, query } => {
+            authorize(state, auth.as_deref(), Scope::Read)?;
+            let rows = state.reads.notifications(&query).await?;
+            Ok(warp::reply::json(&json!({"notifications": rows})).into_response())
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// The gate of a publish route, in order: a token with `publish` (401/403), the caller's rate
+/// (429), a free in-flight slot (503 at once). The permit is held until the answer.
+pub(super) fn admit_publish(
+    state: &HttpState,
+    ctx: &Ctx,
+    header: Option<&str>,
+    template: &'static str,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    let caller = authorize(state, header, Scope::Publish)?;
+    let key = limits::RateKey::new(caller, ctx.remote.map(|a| a.ip()));
+    if let Err(e) = state.limits.check_rate(key) {
+        state.metrics.publish_refused(template, "rate_limited");
+        return Err(e);
+    }
+    match state.limits.admit() {
+        Ok(permit) => Ok(permit),
+        Err(e) => {
+            state.metrics.publish_refused(template, "overloaded");
+            Err(e)
+        }
+    }
+}
+
+/// Checks the event naming rule: two or more lowercase segments separated by dots, each
+/// starting with a letter and made of `a-z`, `0-9`, `_`; at most [`MAX_EVENT_NAME`] bytes.
+pub fn validate_event_name(name: &str) -> Result<(), ApiError> {
+    let err = |reason| ApiError::InvalidEventName {
+        name: name.chars().take(MAX_EVENT_NAME).collect(),
+        reason,
+    };
+    if name.len() > MAX_EVENT_NAME {
+        return Err(err("longer than 128 bytes"));
+    }
+    let segments: Vec<&str> = name.split('.').collect();
+    if segments.len() < 2 {
+        return Err(err("must be segment.segment, e.g. order.created"));
+    }
+    for s in segments {
+        let mut bytes = s.bytes();
+        match bytes.next() {
+            None => return Err(err("empty segment")),
+            Some(b) if !b.is_ascii_lowercase() => {
+                return Err(err("each segment must start with a lowercase letter"));
+            }
+            Some(_) => {}
+        }
+        if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(err("segments may hold only a-z, 0-9 and _"));
+        }
+    }
+    Ok(())
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[tracing::instrument(skip_all, fields(event_name = %name, request_id = %ctx.request_id, event_id, trace_id))]
+async fn publish_event(
+    state: &HttpState,
+    ctx: &Ctx,
+    name: String,
+    query: EventQuery,
+    content_type: Option<String>,
+    traceparent: Option<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    validate_event_name(&name)?;
+    let sync = match query.mode.as_deref() {
+        None | Some("async") => false,
+        Some("sync") => true,
+        Some(other) => {
+            return Err(ApiError::InvalidQuery(format!(
+                "mode must be async or sync, got {other:?}"
+            )));
+        }
+    };
+    let data = parse_data(content_type.as_deref(), &body)?;
+    if let Some(a) = &query.aggregate_id
+        && (a.is_empty() || a.len() > 255)
+    {
+        return Err(ApiError::InvalidQuery(
+            "aggregate_id must be 1 to 255 bytes".into(),
+        ));
+    }
+    let event = Event::new(name, query.aggregate_id, data);
+    tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
+
+    if sync {
+        let results = state.dispatcher.dispatch_sync(&event).await;
+        return Ok(warp::reply::json(&json!({
+            "event_id": event.event_id,
+            "event_name": event.event_name,
+            "mode": "sync",
+            "results": results,
+        }))
+        .into_response());
+    }
+
+    let stored =
+        publish_for_request(state, ctx, EVENTS_EXCHANGE, &event, traceparent.as_deref()).await?;
+    Ok(warp::reply::with_status(
+        warp::reply::json(&json!({
+            "event_id": event.event_id,
+            "status": "accepted",
+            "stored": stored.as_str(),
+        })),
+        StatusCode::ACCEPTED,
+    )
+    .into_response())
+}
+
+/// Publishes `message` (routing key = its name) with the request's id as correlation id and
+/// `x-request-id`, and a child of the caller's trace (or a new trace), and waits for the
+/// confirm; when the broker cannot confirm, stores it in the events outbox.
+async fn publish_for_request(
+    state: &HttpState,
+    ctx: &Ctx,
+    exchange: &'static str,
+    message: &Event,
+    traceparent: Option<&str>,
+) -> Result<crate::outbox::Stored, ApiError> {
+    let trace = crate::telemetry::outgoing(traceparent);
+    tracing::Span::current().record("trace_id", trace.trace_id.as_str());
+    let mut meta = Meta::for_event(message);
+    meta.correlation_id = Some(ctx.request_id.clone());
+    meta.request_id = Some(ctx.request_id.clone());
+    meta.traceparent = Some(trace.header());
+    Ok(state.events.send(exchange, message, &meta).await?)
+}
+
+/// Checks the content type and parses the body as a JSON object (a message's `data`). Nesting
+/// deeper than serde_json's recursion limit (128) is refused as invalid JSON, never a stack
+/// overflow.
+pub fn parse_data(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if let Some(ct) = content_type {
+        let media = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if media != "application/json" && !media.ends_with("+json") {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    let data: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if !data.is_object() {
+        return Err(ApiError::NotAnObject(json_kind(&data)));
+    }
+    Ok(data)
+}
+
+#[tracing::instrument(skip_all, fields(job_name = %name, request_id = %ctx.request_id, job_id, trace_id))]
+async fn enqueue_job(
+    state: &HttpState,
+    ctx: &Ctx,
+    name: String,
+    content_type: Option<String>,
+    traceparent: Option<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    validate_event_name(&name)?;
+    if !state.reads.takes_job(&name) {
+        return Err(ApiError::UnknownJob(name));
+    }
+    let data = parse_data(content_type.as_deref(), &body)?;
+    let job = Event::new(name, None, data);
+    tracing::Span::current().record("job_id", tracing::field::display(job.event_id));
+    let stored =
+        publish_for_request(state, ctx, COMMANDS_EXCHANGE, &job, traceparent.as_deref()).await?;
+    Ok(warp::reply::with_status(
+        warp::reply::json(&json!({
+            "job_id": job.event_id,
+            "status": "queued",
+            "stored": stored.as_str(),
+        })),
+        StatusCode::ACCEPTED,
+    )
+    .into_response())
+}
