@@ -338,8 +338,8 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             running.wait().await;
             Ok(0)
         }
-        Command::Dlq { action } => dlq(action, &settings, &crate::operator::cli_actor()).await,
-        Command::Saga { action } => saga(action, &settings, &crate::operator::cli_actor()).await,
+        Command::Dlq { action } => dlq(action, &settings, &settings.identity.cli_actor()).await,
+        Command::Saga { action } => saga(action, &settings, &settings.identity.cli_actor()).await,
         Command::Healthcheck { url, timeout_ms } => {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_millis(timeout_ms))

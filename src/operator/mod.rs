@@ -355,15 +355,3 @@ impl Operator {
         .map_err(db_error("recording an action"))
     }
 }
-
-/// The audit log's name for whoever runs the command line: `cli:<user>@<host>`. Read once by
-/// the command line and passed to the service as the actor.
-pub fn cli_actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".to_owned());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
-    format!("cli:{user}@{host}")
-}
