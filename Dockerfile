@@ -18,13 +18,17 @@ WORKDIR /build
 
 # Dependencies first, in their own layer: copy only the manifests and the lock file, build
 # against stub sources, and keep the compiled dependencies. This layer is reused until
-# Cargo.toml, entities/Cargo.toml or Cargo.lock change.
+# Cargo.toml, entities/Cargo.toml, bench/Cargo.toml or Cargo.lock change. The benchmark crate
+# (bench/, a workspace member) is not built here: its manifest and a stub binary are only what
+# cargo needs to load the workspace, and the stub stays.
 COPY Cargo.toml Cargo.lock ./
 COPY entities/Cargo.toml entities/Cargo.toml
-RUN mkdir -p src entities/src \
+COPY bench/Cargo.toml bench/Cargo.toml
+RUN mkdir -p src entities/src bench/src \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
     && : > entities/src/lib.rs \
+    && echo 'fn main() {}' > bench/src/main.rs \
     && cargo build --release --locked ${CARGO_FEATURES:+--features "$CARGO_FEATURES"} \
     && rm -rf src entities/src
 

@@ -9,9 +9,10 @@
 #                                     nothing; CI runs it after the tests (debug build)
 #
 # It starts RabbitMQ and PostgreSQL (scripts/services.sh all; installs them if absent), installs
-# wrk, psql and python3-venv when missing, builds warren (release; --smoke: the debug build),
-# then runs scripts/bench_suite.py, which starts and stops everything else itself: `warren
-# serve`, the bare warp+lapin server and the SMTP receiver (`warren bench ...`), and Celery in a
+# wrk, psql and python3-venv when missing, builds warren and warren-bench (the workspace
+# member bench/; release, --smoke: the debug build), then runs scripts/bench_suite.py, which
+# starts and stops everything else itself: `warren serve`, the bare warp+lapin server and the
+# SMTP receiver (`warren-bench ...`), and Celery in a
 # virtualenv (target/bench-venv, `pip install celery`). What it measures and how:
 # BENCHMARKS.md and the docstring of scripts/bench_suite.py.
 #
@@ -49,12 +50,14 @@ fi
 
 TARGET=${CARGO_TARGET_DIR:-target}
 if [ "$SMOKE" = 1 ]; then
-  [ "$BUILD" = 0 ] || cargo build --bin warren
-  BIN="$TARGET/debug/warren"
+  [ "$BUILD" = 0 ] || cargo build -p warren -p warren-bench --bins
+  PROFILE=debug
 else
-  [ "$BUILD" = 0 ] || cargo build --release --bin warren
-  BIN="$TARGET/release/warren"
+  [ "$BUILD" = 0 ] || cargo build --release -p warren -p warren-bench --bins
+  PROFILE=release
 fi
+BIN="$TARGET/$PROFILE/warren"
+BENCH_BIN="$TARGET/$PROFILE/warren-bench"
 
 COMMAND="scripts/bench-suite.sh${*:+ $*}"
-exec python3 scripts/bench_suite.py --bin "$BIN" --command "$COMMAND" "${ARGS[@]}"
+exec python3 scripts/bench_suite.py --bin "$BIN" --bench-bin "$BENCH_BIN" --command "$COMMAND" "${ARGS[@]}"

@@ -6,15 +6,15 @@ Measures, in one run on one machine:
   1. the article's table: synchronous mode (`?mode=sync`: notification row, welcome e-mail over
      SMTP, audit row, all inside the request) against event-driven mode (publish with a confirm
      and answer) at each concurrency, with wrk;
-  2. the ceilings beside it: a bare warp+lapin publish server (`warren bench bare-server`) on the
+  2. the ceilings beside it: a bare warp+lapin publish server (`warren-bench bare-server`) on the
      same exchange, bindings and queues, and a raw lapin publisher and consumer
-     (`warren bench raw`); warren's job draining (`warren bench jobs --handler noop`) against
+     (`warren-bench raw`); warren's job draining (`warren-bench jobs --handler noop`) against
      the raw consumer;
   3. the peer: Celery 5 (pip, in a virtualenv) on the same broker: publish rate, drain rate of
      a no-op task, and the delay of tasks retried once with a 5 s countdown under load; the same
-     for warren's broker-side retries (`warren bench retry-delay`);
-  4. sagas per second (`warren bench sagas`), job throughput with 1 and 2 worker processes
-     (`warren bench scale`), and the RSS of `warren serve` idle and under the largest load.
+     for warren's broker-side retries (`warren-bench retry-delay`);
+  4. sagas per second (`warren-bench sagas`), job throughput with 1 and 2 worker processes
+     (`warren-bench scale`), and the RSS of `warren serve` idle and under the largest load.
 
 Writes the results between <!-- bench:suite:start --> and <!-- bench:suite:end --> in
 BENCHMARKS.md, the chart docs/bench/suite.svg and the raw figures docs/bench/suite.json.
@@ -165,6 +165,7 @@ class Suite:
         self.a = a
         self.smoke = a.smoke
         self.bin = a.bin
+        self.bench_bin = a.bench_bin
         self.amqp = a.amqp_url
         self.user = urllib.parse.unquote(urllib.parse.urlparse(self.amqp).username or "guest")
         self.mgmt = Mgmt(a.management_url)
@@ -189,14 +190,14 @@ class Suite:
         e.update({k: str(v) for k, v in extra.items()})
         return e
 
-    def start(self, name, args, env, port=None):
+    def start(self, name, args, env, port=None, bin=None):
         if port is not None:
             import socket
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     raise RuntimeError(f"port {port} is taken: stop what listens there ({name} needs it)")
         out = open(os.path.join(self.work, f"{name}.log"), "w", encoding="utf-8")
-        p = subprocess.Popen([self.bin, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+        p = subprocess.Popen([bin or self.bin, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
         self.procs.append((name, p))
         return p
 
@@ -214,17 +215,17 @@ class Suite:
             self.stop(p)
 
     def run_bench(self, args, env, timeout=1800):
-        log("warren", " ".join(args))
-        r = subprocess.run([self.bin, *args], env=env, capture_output=True, text=True, timeout=timeout)
+        log("warren-bench", " ".join(args))
+        r = subprocess.run([self.bench_bin, *args], env=env, capture_output=True, text=True, timeout=timeout)
         if r.returncode != 0:
-            raise RuntimeError(f"warren {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+            raise RuntimeError(f"warren-bench {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
         print(r.stdout.strip(), file=sys.stderr)
         return bench_lines(r.stdout)
 
     def depth(self, amqp_url, queue):
-        """The queue's exact message count (a passive declare through `warren bench depth`;
+        """The queue's exact message count (a passive declare through `warren-bench depth`;
         the management API's and rabbitmqctl's counts of a quorum queue trail by seconds)."""
-        r = subprocess.run([self.bin, "bench", "depth", queue], env=self.env(WARREN_AMQP__URL=amqp_url),
+        r = subprocess.run([self.bench_bin, "depth", queue], env=self.env(WARREN_AMQP__URL=amqp_url),
                            capture_output=True, text=True, timeout=60, check=True)
         for line in r.stdout.splitlines():
             name, _, count = line.rpartition(" ")
@@ -268,16 +269,16 @@ class Suite:
         url = with_vhost(self.amqp, vhost)
         db = self.fresh_db("warren_suite_http")
         smtp_port, http_port, bare_port = 2526, 8089, 8090
-        sink = self.start("smtp-sink", ["bench", "smtp-sink", "--addr", f"127.0.0.1:{smtp_port}"], self.env(),
-                          port=smtp_port)
+        sink = self.start("smtp-sink", ["smtp-sink", "--addr", f"127.0.0.1:{smtp_port}"], self.env(),
+                          port=smtp_port, bin=self.bench_bin)
         serve = self.start("serve", ["serve"], self.env(
             WARREN_AMQP__URL=url, WARREN_DATABASE__URL=db,
             WARREN_HTTP__ADDR=f"127.0.0.1:{http_port}",
             WARREN_EMAIL__SMTP_URL=f"smtp://127.0.0.1:{smtp_port}",
             WARREN_HTTP__SLOW_REQUEST_MS=60000), port=http_port)
         wait_http(f"http://127.0.0.1:{http_port}/readyz", 120)
-        bare = self.start("bare", ["bench", "bare-server", "--addr", f"127.0.0.1:{bare_port}"],
-                          self.env(WARREN_AMQP__URL=url), port=bare_port)
+        bare = self.start("bare", ["bare-server", "--addr", f"127.0.0.1:{bare_port}"],
+                          self.env(WARREN_AMQP__URL=url), port=bare_port, bin=self.bench_bin)
         wait_http(f"http://127.0.0.1:{bare_port}/hello", 60)
         time.sleep(1 if self.smoke else 3)
         self.results["rss"]["serve_idle_mb"] = rss_mb(serve.pid)
@@ -320,15 +321,15 @@ class Suite:
         n = 2000 if self.smoke else self.a.messages
         env = self.env(WARREN_AMQP__URL=self.amqp)
         for qt in ["quorum"] if self.smoke else ["quorum", "classic"]:
-            self.results["raw"] += self.run_bench(["bench", "raw", "--messages", str(n), "--queue-type", qt], env)
+            self.results["raw"] += self.run_bench(["raw", "--messages", str(n), "--queue-type", qt], env)
         db = self.fresh_db("warren_suite_jobs")
         self.results["jobs"] += self.run_bench(
-            ["bench", "jobs", "--handler", "noop", "--messages", str(n)],
+            ["jobs", "--handler", "noop", "--messages", str(n)],
             self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
         if not self.smoke:
             sqlite = os.path.join(self.work, "jobs.db")
             self.results["jobs"] += self.run_bench(
-                ["bench", "jobs", "--handler", "noop", "--messages", str(n)],
+                ["jobs", "--handler", "noop", "--messages", str(n)],
                 self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=f"sqlite://{sqlite}?mode=rwc"))
 
     # -- 3: retries, Celery -----------------------------------------------------------------
@@ -337,7 +338,7 @@ class Suite:
         delay = 1000 if self.smoke else 5000
         db = self.fresh_db("warren_suite_retry")
         self.results["retry"] += self.run_bench(
-            ["bench", "retry-delay", "--jobs", str(jobs), "--delay-ms", str(delay)],
+            ["retry-delay", "--jobs", str(jobs), "--delay-ms", str(delay)],
             self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
 
     def celery(self):
@@ -439,12 +440,12 @@ def fail_once(self, i, failed_at=None):
         orders = 50 if self.smoke else self.a.orders
         db = self.fresh_db("warren_suite_sagas")
         self.results["sagas"] += self.run_bench(
-            ["bench", "sagas", "--orders", str(orders), "--clients", "20" if self.smoke else "100"],
+            ["sagas", "--orders", str(orders), "--clients", "20" if self.smoke else "100"],
             self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
         n = 1000 if self.smoke else self.a.messages // 5
         db = self.fresh_db("warren_suite_scale")
         self.results["scale"] += self.run_bench(
-            ["bench", "scale", "--messages", str(n), "--processes", "1,2"],
+            ["scale", "--messages", str(n), "--processes", "1,2"],
             self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
 
     def run(self):
@@ -550,7 +551,7 @@ def render(res, meta):
     L.append("### 1. The article's table: synchronous against event-driven")
     L.append("")
     L.append("Sync mode (`?mode=sync`) does the consumers' work inside the request: the notification row, "
-             "the welcome e-mail over SMTP to a local receiver (`warren bench smtp-sink`) with its `email_log` "
+             "the welcome e-mail over SMTP to a local receiver (`warren-bench smtp-sink`) with its `email_log` "
              "row, and the audit row. Event-driven mode publishes with a confirm and answers 202.")
     L.append("")
     L.append("| concurrency | sync req/s | p50 | p99 | max | event-driven req/s | p50 | p99 | max | gain | "
@@ -576,7 +577,7 @@ def render(res, meta):
     L.append("")
     L.append("### 2. Against the ceiling, in the same run")
     L.append("")
-    L.append("The bare loop is `warren bench bare-server`: warp and lapin only, one connection, 8 confirm "
+    L.append("The bare loop is `warren-bench bare-server`: warp and lapin only, one connection, 8 confirm "
              "channels, one persistent `mandatory` publish per request to the same exchange and bindings, "
              "answered after the confirm.")
     L.append("")
@@ -606,7 +607,7 @@ def render(res, meta):
                      f"{e['rps'] / b['rps']:.2f} | {(e['rps'] / art_e if art_e else 0):.1f}x |")
         L.append("")
     if res["raw"]:
-        L.append("| raw lapin (`warren bench raw`) | messages | publish msg/s | drain msg/s | both at once msg/s |")
+        L.append("| raw lapin (`warren-bench raw`) | messages | publish msg/s | drain msg/s | both at once msg/s |")
         L.append("|---|---:|---:|---:|---:|")
         for r in res["raw"]:
             L.append(f"| {r['queue_type']} queue, {r['channels']} channels, {r['in_flight']} confirms in flight, "
@@ -615,7 +616,7 @@ def render(res, meta):
         L.append("")
     raw_q = next((r for r in res["raw"] if r["queue_type"] == "quorum"), None)
     if res["jobs"]:
-        L.append("| warren job draining (`warren bench jobs --handler noop`, inbox on) | messages | drain jobs/s | "
+        L.append("| warren job draining (`warren-bench jobs --handler noop`, inbox on) | messages | drain jobs/s | "
                  "publish and drain at once | drain / raw consumer (quorum) |")
         L.append("|---|---:|---:|---:|---:|")
         for r in res["jobs"]:
@@ -755,7 +756,8 @@ def write_report(res, path):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--bin", required=True)
+    p.add_argument("--bin", required=True, help="the warren binary")
+    p.add_argument("--bench-bin", required=True, help="the warren-bench binary")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--celery", action="store_true", help="run Celery in the smoke run too")
     p.add_argument("--only", help="comma-separated steps: http,raw_and_jobs,retry,celery,sagas_and_scale")

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Run the whole system locally. With a working Docker engine and compose: docker compose up.
-# Otherwise: RabbitMQ from Debian's package (scripts/services.sh) and warren itself with
-# cargo run, using its defaults (broker amqp://guest:guest@127.0.0.1:5672/%2f, SQLite file).
+# Run the whole system locally. With a working Docker engine and compose: docker compose up
+# (Mailpit receives the e-mail: http://127.0.0.1:8025). Otherwise: RabbitMQ from Debian's
+# package (scripts/services.sh), a local SMTP receiver (`warren-bench smtp-sink`, on
+# 127.0.0.1:2525, writing each mail to target/local-mail/*.eml and a line per mail to the
+# terminal) and `warren all`, both built with cargo (release), warren with its defaults
+# (broker amqp://guest:guest@127.0.0.1:5672/%2f, SQLite file) but for the SMTP URL, which
+# points at the receiver unless WARREN_EMAIL__SMTP_URL is set. Ctrl-C stops both.
+#
+# Environment: LOCAL_SMTP_ADDR (127.0.0.1:2525), LOCAL_MAILDIR (target/local-mail),
+# LOCAL_PROFILE (release; `debug` builds faster and runs slower), CARGO_TARGET_DIR (target).
 #
 #   scripts/run-local.sh             run it (creates .env first when there is none)
 #   scripts/run-local.sh env [FILE]  only write FILE (default .env) from .env.example, every
@@ -63,8 +70,45 @@ if have_compose_file && docker compose version >/dev/null 2>&1 && timeout 15 doc
   exit 0
 fi
 
-echo "run-local: no Docker engine; using the local RabbitMQ and cargo run"
+echo "run-local: no Docker engine; using the local RabbitMQ, a local SMTP receiver and cargo"
 scripts/services.sh rabbitmq
+PROFILE=${LOCAL_PROFILE:-release}
+if [ "$PROFILE" = release ]; then
+  cargo build --release -p warren -p warren-bench --bins
+else
+  cargo build -p warren -p warren-bench --bins
+fi
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET/$PROFILE
+SMTP_ADDR=${LOCAL_SMTP_ADDR:-127.0.0.1:2525}
+MAILDIR=${LOCAL_MAILDIR:-target/local-mail}
+
+# Answers when something listens on host:port ($1).
+listening() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
+
+# The receiver in the background, stopped when this script exits (Ctrl-C included).
+if listening "$SMTP_ADDR"; then
+  echo "run-local: $SMTP_ADDR is taken: stop what listens there, or set LOCAL_SMTP_ADDR" >&2
+  exit 1
+fi
+sink_pid=
+stop_sink() {
+  [ -n "$sink_pid" ] || return 0
+  kill -TERM "$sink_pid" 2>/dev/null || true
+  wait "$sink_pid" 2>/dev/null || true
+}
+trap stop_sink EXIT
+"$BIN/warren-bench" smtp-sink --addr "$SMTP_ADDR" --maildir "$MAILDIR" --summary \
+  > >(sed -u 's/^/smtp-sink: /') &
+sink_pid=$!
+for _ in $(seq 1 100); do
+  listening "$SMTP_ADDR" && break
+  sleep 0.1
+done
+listening "$SMTP_ADDR" || { echo "run-local: the SMTP receiver did not start on $SMTP_ADDR" >&2; exit 1; }
+export WARREN_EMAIL__SMTP_URL=${WARREN_EMAIL__SMTP_URL:-smtp://$SMTP_ADDR}
+
 echo "run-local: RabbitMQ management UI: http://localhost:15672 (guest/guest)"
-echo "run-local: warren API:             http://127.0.0.1:8080 (once built and started; Ctrl-C stops it)"
-exec cargo run --release -- all
+echo "run-local: e-mail:                 $MAILDIR/*.eml (one file per mail; a line here each)"
+echo "run-local: warren API:             http://127.0.0.1:8080 (Ctrl-C stops it)"
+"$BIN/warren" all

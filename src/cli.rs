@@ -92,12 +92,6 @@ pub enum Command {
     },
     /// Print the effective settings, secrets redacted, as JSON.
     Config,
-    /// Benchmarks against the configured broker and database (in a scratch vhost).
-    Bench {
-        /// Which benchmark.
-        #[command(subcommand)]
-        which: BenchCommand,
-    },
 }
 
 /// `warren dlq ...`
@@ -236,32 +230,6 @@ fn parse_pair(s: &str) -> Result<(String, i64), String> {
     Ok((k.trim().to_owned(), n))
 }
 
-/// `warren bench ...`
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Job throughput: publish, drain, and publish -> consume -> handle -> ack at once, with
-    /// the inbox and one database write per job.
-    Jobs(crate::bench::JobsBench),
-    /// Order sagas end to end: orders placed over HTTP, every role in process, until each
-    /// saga completed; sagas per second and saga duration percentiles.
-    Sagas(crate::bench::SagasBench),
-    /// Scale-out: N messages parked in `warren.notifications`, then drained by 1, then by 2
-    /// `warren worker` processes (children of this one); messages per second for each.
-    Scale(crate::bench::ScaleBench),
-    /// The ceiling: a raw lapin publisher, a raw lapin consumer draining what it published,
-    /// and both at once, on one queue of a scratch vhost.
-    Raw(crate::bench::baseline::RawBench),
-    /// The ceiling of the HTTP front: a bare warp+lapin server publishing each request's body
-    /// with a confirm (`POST /publish/{routing_key}`), to the configured broker, until killed.
-    BareServer(crate::bench::baseline::BareServer),
-    /// Broker-side retry delay accuracy: N jobs failing once with a short delay.
-    RetryDelay(crate::bench::retry_delay::RetryDelayBench),
-    /// An SMTP receiver that accepts and counts every mail (for the sync-mode benchmark).
-    SmtpSink(crate::bench::smtp_sink::SmtpSink),
-    /// Exact message counts of queues (passive declare), one `name count` line each.
-    Depth(crate::bench::baseline::Depth),
-}
-
 /// `warren topology ...`
 #[derive(Debug, Subcommand)]
 pub enum TopologyAction {
@@ -381,40 +349,6 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        Command::Bench { which } => match which {
-            BenchCommand::Jobs(opts) => {
-                crate::bench::jobs(settings, opts).await?;
-                Ok(0)
-            }
-            BenchCommand::Sagas(opts) => {
-                crate::bench::sagas(settings, opts).await?;
-                Ok(0)
-            }
-            BenchCommand::Scale(opts) => {
-                crate::bench::scale(settings, opts).await?;
-                Ok(0)
-            }
-            BenchCommand::Raw(opts) => {
-                crate::bench::baseline::raw(settings, opts).await?;
-                Ok(0)
-            }
-            BenchCommand::BareServer(opts) => {
-                crate::bench::baseline::bare_server(settings.amqp.url.expose(), opts).await?;
-                Ok(0)
-            }
-            BenchCommand::RetryDelay(opts) => {
-                crate::bench::retry_delay::retry_delay(settings, opts).await?;
-                Ok(0)
-            }
-            BenchCommand::Depth(opts) => {
-                crate::bench::baseline::depth(settings.amqp.url.expose(), opts).await?;
-                Ok(0)
-            }
-            BenchCommand::SmtpSink(opts) => {
-                crate::bench::smtp_sink::smtp_sink(opts).await?;
-                Ok(0)
-            }
-        },
         Command::Config => {
             let redacted = toml_redacted(&settings)?;
             println!("{redacted}");

@@ -25,16 +25,15 @@
 //!    the operator console's overview (its pages: [`http::console`]).
 //! 5. Edges: [`http`]: the warp front (publish events, sync dispatch, orders and sagas, dead
 //!    letters, health, metrics).
-//! 6. [`app`]: roles and their lifecycle; above it [`cli`]: the `warren` command line, and
-//!    [`bench`]: `warren bench ...`: warren's throughput (jobs, sagas, scale), the ceilings it
-//!    is measured against (a bare warp+lapin server, a raw lapin publisher and consumer), retry
-//!    delay accuracy, and the SMTP receiver of the sync-mode benchmark
-//!    (`scripts/bench-suite.sh`).
+//! 6. [`app`]: roles and their lifecycle; above it [`cli`]: the `warren` command line.
+//!
+//! The benchmarks are not part of this library: they live in the workspace member `bench/`
+//! (package and binary `warren-bench`), which uses this crate through its public API only
+//! (`scripts/bench-suite.sh` runs them; its `smtp-sink` is also the local run's mail server).
 
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

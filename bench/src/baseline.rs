@@ -1,10 +1,10 @@
 //! The ceilings the benchmark suite measures warren against, written straight on lapin and
 //! warp with none of warren's own code:
 //!
-//! - `warren bench bare-server`: the smallest honest HTTP publish loop (one AMQP connection,
+//! - `warren-bench bare-server`: the smallest honest HTTP publish loop (one AMQP connection,
 //!   N confirm channels used round-robin, one persistent `mandatory` publish per request, the
 //!   answer after the confirm). What `POST /v1/events/{name}` costs beyond it is warren's.
-//! - `warren bench raw`: a raw lapin publisher (many confirms in flight), a raw lapin consumer
+//! - `warren-bench raw`: a raw lapin publisher (many confirms in flight), a raw lapin consumer
 //!   (acks sent without waiting on each) draining what it published, and both at once.
 //!
 //! Each prints one `BENCH {json}` line for the suite (`scripts/bench-suite.sh`).
@@ -31,25 +31,25 @@ use lapin::{
 use serde_json::json;
 use warp::Filter;
 
-use super::emit;
+use crate::common::{ScratchVhost, emit};
 
-/// Options of `warren bench bare-server`.
+/// Options of `warren-bench bare-server`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BareServer {
+pub(crate) struct BareServer {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:8090")]
-    pub addr: SocketAddr,
+    addr: SocketAddr,
     /// Confirm channels on the one connection.
     #[arg(long, default_value_t = 8)]
-    pub channels: usize,
+    channels: usize,
     /// Exchange to publish to (the routing key is the last path segment).
     #[arg(long, default_value = "warren.events")]
-    pub exchange: String,
+    exchange: String,
 }
 
 /// Serves `POST /publish/{routing_key}` (publish the body, answer 202 after the confirm) and
 /// `GET /hello`, until interrupted.
-pub async fn bare_server(amqp_url: &str, opts: BareServer) -> anyhow::Result<()> {
+pub(crate) async fn bare_server(amqp_url: &str, opts: BareServer) -> anyhow::Result<()> {
     let conn = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
     let mut channels = Vec::with_capacity(opts.channels);
     for _ in 0..opts.channels.max(1) {
@@ -113,27 +113,27 @@ pub async fn bare_server(amqp_url: &str, opts: BareServer) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Options of `warren bench raw`.
+/// Options of `warren-bench raw`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RawBench {
+pub(crate) struct RawBench {
     /// Messages per phase.
     #[arg(long, default_value_t = 100_000)]
-    pub messages: u64,
+    messages: u64,
     /// `quorum` or `classic`.
     #[arg(long, default_value = "quorum")]
-    pub queue_type: String,
+    queue_type: String,
     /// Publishing channels.
     #[arg(long, default_value_t = 4)]
-    pub channels: usize,
+    channels: usize,
     /// Confirms in flight (all channels together).
     #[arg(long, default_value_t = 1024)]
-    pub in_flight: usize,
+    in_flight: usize,
     /// Consumer prefetch.
     #[arg(long, default_value_t = 500)]
-    pub prefetch: u16,
+    prefetch: u16,
     /// Message body size in bytes.
     #[arg(long, default_value_t = 200)]
-    pub size: usize,
+    size: usize,
 }
 
 /// Publishes `n` persistent messages to `queue` through the default exchange, `in_flight`
@@ -224,19 +224,14 @@ async fn raw_consume(
 }
 
 /// Runs the raw publisher and consumer phases in a scratch vhost of the configured broker.
-pub async fn raw(mut settings: crate::Settings, opts: RawBench) -> anyhow::Result<()> {
+pub(crate) async fn raw(mut settings: warren::Settings, opts: RawBench) -> anyhow::Result<()> {
     anyhow::ensure!(
         matches!(opts.queue_type.as_str(), "quorum" | "classic"),
         "queue type must be quorum or classic"
     );
-    let (api, vhost) = super::scratch_vhost(&mut settings, "raw").await?;
+    let vhost = ScratchVhost::create(&mut settings, "raw").await?;
     let result = run_raw(settings.amqp.url.expose(), &opts).await;
-    let _ = api
-        .delete(&format!(
-            "vhosts/{}",
-            crate::broker::topology::encode(&vhost)
-        ))
-        .await;
+    vhost.delete().await;
     result
 }
 
@@ -311,18 +306,18 @@ async fn run_raw(amqp_url: &str, opts: &RawBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Options of `warren bench depth`.
+/// Options of `warren-bench depth`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Depth {
+pub(crate) struct Depth {
     /// Queues to count.
     #[arg(required = true)]
-    pub queues: Vec<String>,
+    queues: Vec<String>,
 }
 
 /// Prints each queue's message count as the broker's queue process has it (a passive
 /// declare), one `name count` line each. The management API's counts, and `rabbitmqctl`'s for
 /// quorum queues, trail by a statistics interval; this one does not.
-pub async fn depth(amqp_url: &str, opts: Depth) -> anyhow::Result<()> {
+pub(crate) async fn depth(amqp_url: &str, opts: Depth) -> anyhow::Result<()> {
     let conn = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
     for queue in &opts.queues {
         let ch = conn.create_channel().await?;

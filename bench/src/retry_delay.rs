@@ -1,4 +1,4 @@
-//! `warren bench retry-delay`: how close to the configured delay broker-side retries come
+//! `warren-bench retry-delay`: how close to the configured delay broker-side retries come
 //! back under load. N jobs are parked at once; each fails on its first attempt (a reported
 //! failure, the 60 s tier shortened to `--delay-ms`) and succeeds on its second. The delay is
 //! measured from the moment the handler reported the failure to the start of the second
@@ -14,22 +14,23 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{bench_publisher, emit, percentile, publish_all, scratch_vhost};
-use crate::{
+use warren::{
     App, Role, Settings,
-    broker::topology::encode,
+    broker::names::EVENTS_EXCHANGE,
     jobs::{Consumer, Job, JobError},
 };
 
-/// Options of `warren bench retry-delay`.
+use crate::common::{ScratchVhost, bench_publisher, emit, percentile, publish_all};
+
+/// Options of `warren-bench retry-delay`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RetryDelayBench {
+pub(crate) struct RetryDelayBench {
     /// Jobs, each failing once.
     #[arg(long, default_value_t = 2_000)]
-    pub jobs: u64,
+    jobs: u64,
     /// The retry delay (the failure tier's TTL) in milliseconds.
     #[arg(long, default_value_t = 5_000)]
-    pub delay_ms: u64,
+    delay_ms: u64,
 }
 
 #[derive(Default)]
@@ -72,18 +73,21 @@ impl Consumer for FailsOnce {
 }
 
 /// Runs the retry-delay benchmark in a scratch vhost.
-pub async fn retry_delay(mut settings: Settings, opts: RetryDelayBench) -> anyhow::Result<()> {
+pub(crate) async fn retry_delay(
+    mut settings: Settings,
+    opts: RetryDelayBench,
+) -> anyhow::Result<()> {
     anyhow::ensure!(opts.jobs > 0, "jobs must be positive");
-    let (api, vhost) = scratch_vhost(&mut settings, "retry").await?;
+    let vhost = ScratchVhost::create(&mut settings, "retry").await?;
     settings.jobs.failure_delay_ms = opts.delay_ms;
     let result = run(settings, &opts).await;
-    let _ = api.delete(&format!("vhosts/{}", encode(&vhost))).await;
+    vhost.delete().await;
     result
 }
 
 async fn run(settings: Settings, opts: &RetryDelayBench) -> anyhow::Result<()> {
     let clock = Arc::new(Mutex::new(Clock::default()));
-    let (broker, publisher) = bench_publisher(&settings, "warren bench retry").await?;
+    let (broker, publisher) = bench_publisher(&settings, "warren-bench retry-delay").await?;
     let shutdown = CancellationToken::new();
     let running = App::new(settings.clone())
         .modules(Vec::<String>::new())
@@ -91,14 +95,7 @@ async fn run(settings: Settings, opts: &RetryDelayBench) -> anyhow::Result<()> {
         .start(&[Role::Worker], shutdown.clone())
         .await?;
     let started = Instant::now();
-    publish_all(
-        &publisher,
-        opts.jobs,
-        64,
-        crate::broker::names::EVENTS_EXCHANGE,
-        "bench.retry",
-    )
-    .await?;
+    publish_all(&publisher, opts.jobs, 64, EVENTS_EXCHANGE, "bench.retry").await?;
     let limit = Instant::now() + Duration::from_millis(opts.delay_ms) + Duration::from_secs(600);
     loop {
         let done = clock.lock().map_or(0, |c| c.delays.len()) as u64;
