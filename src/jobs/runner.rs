@@ -221,6 +221,8 @@ impl Runner {
     }
 
     /// One consuming session. Returns whether it got as far as consuming.
+    // Long on purpose: one consuming session read top-down (channel, qos, consume, the
+    // loop with its channel check and shutdown, the drain); split, its state would be passed around.
     async fn consume(&self, shutdown: &CancellationToken) -> Result<bool, RunnerError> {
         // Re-declare after a reconnect (a broker restart may have lost non-durable state, an
         // operator may have deleted a queue). Drift elsewhere in the topology (a 406 on some
@@ -371,6 +373,8 @@ impl Parts {
         self.process_in_span(delivery).instrument(span).await;
     }
 
+    // Long on purpose: one match over every handler outcome, each arm a settle (ack, retry
+    // tier, park); reading them side by side is the point.
     async fn process_in_span(&self, delivery: Delivery) {
         let started = Instant::now();
         self.ctx.metrics.queue_message(self.queue(), "consumed");

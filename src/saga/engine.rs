@@ -229,6 +229,8 @@ impl Sagas {
     /// Starts a saga of `kind`: stores it, with its first command in the outbox, in one
     /// transaction, then publishes the command. `saga_id` makes a repeated start (a
     /// redelivered `saga.start`) a no-op; `business_key` is unique per kind.
+    // Long on purpose: one transaction's steps in order (rows, insert, the duplicate and
+    // repeat checks, timeline, outbox, commit, flush).
     #[tracing::instrument(skip(self, payload, traceparent), fields(saga_id))]
     pub async fn start(
         &self,
@@ -338,6 +340,8 @@ impl Sagas {
 
     /// Applies `input` to saga `id`, stores the result and sends its commands. `note` is
     /// recorded in the timeline (an operator's words, or why a deadline passed).
+    // Long on purpose: the optimistic-concurrency loop (read, apply, conditional update,
+    // timeline, interventions, outbox, commit) reads as one transaction.
     #[tracing::instrument(skip(self, note), fields(saga_id = %id))]
     pub async fn handle(
         &self,

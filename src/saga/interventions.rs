@@ -13,6 +13,8 @@ use super::{
 };
 
 impl Sagas {
+    // Long on purpose: one match over the three intervention transitions (open or reopen,
+    // retrying, resolved), each a read-modify-write in the saga's transaction.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn track_interventions(
         &self,

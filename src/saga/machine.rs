@@ -258,6 +258,8 @@ impl Command {
 
 /// Applies `input` to `state`; returns the new state and the commands to send.
 /// Stale, duplicate or unknown inputs change nothing and send nothing.
+// Long on purpose: the whole transition table in one match, so every (status, step,
+// input) case is seen next to the others.
 pub fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaState, Vec<Command>) {
     let mut s = state.clone();
     let mut out = Vec::new();

@@ -339,6 +339,19 @@ impl warren::jobs::Consumer for Refuses {
     }
 }
 
+/// Limits `warren.audit` to `max` messages, refusing publishes over it (policy `policy`).
+async fn audit_limit(app: &TestApp, policy: &str, max: u64) {
+    app.vhost
+        .api
+        .put(
+            policy,
+            &json!({"pattern": "^warren\\.audit$", "apply-to": "queues",
+                    "definition": {"max-length": max, "overflow": "reject-publish"}}),
+        )
+        .await
+        .expect("policy");
+}
+
 #[tokio::test]
 async fn a_job_failed_alert_the_broker_cannot_confirm_is_stored_then_delivered_once() {
     use warren::broker::topology::encode;
@@ -367,15 +380,7 @@ async fn a_job_failed_alert_the_broker_cannot_confirm_is_stored_then_delivered_o
         )
         .await;
     }
-    app.vhost
-        .api
-        .put(
-            &policy,
-            &json!({"pattern": "^warren\\.audit$", "apply-to": "queues",
-                    "definition": {"max-length": 1, "overflow": "reject-publish"}}),
-        )
-        .await
-        .expect("policy");
+    audit_limit(&app, &policy, 1).await;
     // The policy reaches the queue asynchronously; then the job, straight to its queue only.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let job = warren::broker::envelope::Event::new("user.registered", None, json!({}));
@@ -403,15 +408,7 @@ async fn a_job_failed_alert_the_broker_cannot_confirm_is_stored_then_delivered_o
     // The broker takes the alert again: the relay delivers it.
     // A quorum queue leaves its refusing state when it falls under its limit (deleting the
     // policy alone does not end it): a higher limit, and the fillers taken.
-    app.vhost
-        .api
-        .put(
-            &policy,
-            &json!({"pattern": "^warren\\.audit$", "apply-to": "queues",
-                    "definition": {"max-length": 100_000, "overflow": "reject-publish"}}),
-        )
-        .await
-        .expect("policy");
+    audit_limit(&app, &policy, 100_000).await;
     let mut audit = app.drain("warren.audit").await;
     until_outbox_empty(&app).await;
     audit.extend(app.drain("warren.audit").await);
