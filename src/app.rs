@@ -12,23 +12,27 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     broker::{Broker, BrokerError, publisher::Publisher, topology::Topology},
     config::Settings,
-    dispatch::{AuditListener, Dispatcher, Listener, NotificationListener, WelcomeEmailListener},
+    dispatch::{Dispatcher, Listener},
     http::{self, HttpState},
     jobs::{
         Consumer,
         runner::{Runner, RunnerContext},
     },
     modules::{
-        audit::Audit,
+        audit::{Audit, AuditListener},
         email::{Email, EmailError},
-        notifications::Notifications,
+        inventory::Inventory,
+        notifications::{NotificationListener, Notifications, WelcomeEmailListener},
+        orders::Orders,
+        payments::Payments,
+        saga_orchestrator::Orchestrator,
     },
     operator::{Operator, dlq::Dlq},
     outbox::{EventOutbox, run_relay as run_outbox_relay},
     saga::{
         Sagas,
-        orchestrator::{Orchestrator, run_gauges, run_relay, run_timer},
-        participants::{Inventory, Orders, ParticipantConsumer, Payments},
+        orchestrator::{run_gauges, run_relay, run_timer},
+        participants::ParticipantConsumer,
     },
     store::{self, StoreError},
     telemetry::Metrics,
@@ -228,12 +232,27 @@ impl App {
             self.metrics.clone(),
             crate::saga::definitions(&settings.saga)?,
         );
+        // The events service: the HTTP front's events and the runners' job.failed alerts.
+        // Every role that can store in it runs its relay.
+        let outbox = EventOutbox::new(
+            db.clone(),
+            publisher.clone(),
+            self.metrics.clone(),
+            settings.outbox.clone(),
+        );
+        if [Role::Http, Role::Worker, Role::Saga]
+            .iter()
+            .any(|r| roles.contains(r))
+        {
+            tasks.spawn(run_outbox_relay(outbox.clone(), shutdown.clone()));
+        }
         let ctx = RunnerContext {
             broker: broker.clone(),
             publisher: publisher.clone(),
             db: db.clone(),
             metrics: self.metrics.clone(),
             topology: topology.clone(),
+            events: outbox.clone(),
         };
         if roles.contains(&Role::Saga) {
             let orchestrator: Arc<dyn Consumer> = Arc::new(Orchestrator::new(sagas.clone()));
@@ -322,13 +341,6 @@ impl App {
 
         let mut http_addr = None;
         if roles.contains(&Role::Http) {
-            let outbox = EventOutbox::new(
-                db.clone(),
-                publisher.clone(),
-                self.metrics.clone(),
-                settings.outbox.clone(),
-            );
-            tasks.spawn(run_outbox_relay(outbox.clone(), shutdown.clone()));
             let dlq = Dlq::new(
                 broker.clone(),
                 publisher.clone(),

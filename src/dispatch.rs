@@ -5,6 +5,10 @@
 //! A listener subscribes with a topic pattern (`order.*`, `#`), matched like a binding key
 //! on a topic exchange, so a listener sees in sync mode exactly the events a queue bound with
 //! the same key would see in async mode.
+//!
+//! This is the registry only; the built-in listeners live with their modules
+//! (`crate::modules::audit::AuditListener`, `crate::modules::notifications::NotificationListener`
+//! and `WelcomeEmailListener`).
 
 use std::{panic::AssertUnwindSafe, sync::Arc};
 
@@ -143,83 +147,6 @@ impl Dispatcher {
             results.push(result);
         }
         results
-    }
-}
-
-/// The built-in audit listener: records each event in `event_log`.
-#[derive(Debug, Clone)]
-pub struct AuditListener {
-    db: sea_orm::DatabaseConnection,
-}
-
-impl AuditListener {
-    /// An audit listener writing to `db`.
-    pub fn new(db: sea_orm::DatabaseConnection) -> Self {
-        Self { db }
-    }
-}
-
-#[async_trait::async_trait]
-impl Listener for AuditListener {
-    async fn handle(&self, event: &Event) -> Result<serde_json::Value, ListenerError> {
-        crate::store::record_event(&self.db, event)
-            .await
-            .map_err(|e| ListenerError::new(e.to_string()))?;
-        Ok(serde_json::json!({"recorded": event.event_id}))
-    }
-}
-
-/// Sync mode's notification listener: stores the in-app notification row, as the
-/// `notifications` module does in async mode.
-pub struct NotificationListener {
-    db: sea_orm::DatabaseConnection,
-}
-
-impl NotificationListener {
-    /// A notification listener writing to `db`.
-    pub fn new(db: sea_orm::DatabaseConnection) -> Self {
-        Self { db }
-    }
-}
-
-#[async_trait::async_trait]
-impl Listener for NotificationListener {
-    async fn handle(&self, event: &Event) -> Result<serde_json::Value, ListenerError> {
-        use sea_orm::EntityTrait;
-        entities::notifications::Entity::insert(crate::modules::notifications::notification_row(
-            event,
-        ))
-        .exec_without_returning(&self.db)
-        .await
-        .map_err(|e| ListenerError::new(format!("cannot store the notification: {e}")))?;
-        Ok(serde_json::json!({"notified": true}))
-    }
-}
-
-/// Sync mode's welcome e-mail: sends it over SMTP inside the request and writes its
-/// `email_log` row, as the article's synchronous `SendEmailJob` did.
-pub struct WelcomeEmailListener {
-    email: crate::modules::email::Email,
-}
-
-impl WelcomeEmailListener {
-    /// A listener sending through `email`.
-    pub fn new(email: crate::modules::email::Email) -> Self {
-        Self { email }
-    }
-}
-
-#[async_trait::async_trait]
-impl Listener for WelcomeEmailListener {
-    async fn handle(&self, event: &Event) -> Result<serde_json::Value, ListenerError> {
-        let Some(mail) = crate::modules::notifications::welcome_email(event) else {
-            return Ok(serde_json::json!({"sent": false, "reason": "no email in the event"}));
-        };
-        self.email
-            .send(event.event_id, 1, mail)
-            .await
-            .map_err(|e| ListenerError::new(e.to_string()))?;
-        Ok(serde_json::json!({"sent": true}))
     }
 }
 

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use crate::{
     broker::{
-        envelope::{Event, Meta},
+        envelope::Outgoing,
         names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
         publisher::Publisher,
     },
@@ -244,17 +244,12 @@ impl Scheduler {
             (None, Some(job)) => (COMMANDS_EXCHANGE, job.as_str()),
             (None, None) => return Ok(Fired::Taken),
         };
-        let mut message = Event::new(name, Some(schedule.name.clone()), schedule.data.clone());
-        message.event_id = tick_id(&schedule.name, tick);
-        message.occurred_on = tick;
-        let mut meta = Meta::for_event(&message);
-        meta.correlation_id = Some(format!("schedule:{}", schedule.name));
-        meta.traceparent = Some(crate::telemetry::trace::TraceParent::start().header());
-        if let Err(e) = self
-            .publisher
-            .publish(exchange, name, &message.to_json(), meta.properties())
-            .await
-        {
+        let message = Outgoing::event(name, Some(schedule.name.clone()), schedule.data.clone())
+            .with_id(tick_id(&schedule.name, tick))
+            .occurred_on(tick)
+            .correlated(format!("schedule:{}", schedule.name))
+            .traceparent(Some(crate::telemetry::trace::TraceParent::start().header()));
+        if let Err(e) = self.publisher.send(exchange, None, &message).await {
             let _ = txn.rollback().await;
             return Err(e.into());
         }

@@ -1,5 +1,6 @@
 //! The message envelope (SPEC section 4): the domain-event body and the AMQP properties and
-//! headers every warren message carries.
+//! headers every warren message carries, and [`Outgoing`], the one builder of a message
+//! warren publishes (an event with its metadata, the ids it carries on from its cause).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::{
@@ -136,6 +137,98 @@ impl Meta {
     }
 }
 
+/// The trace and request ids a message carries on from the one that caused it (a job's
+/// delivery; the runtime implements this for `jobs::Job`).
+pub trait Cause {
+    /// The cause's `traceparent`.
+    fn traceparent(&self) -> Option<&str>;
+    /// The cause's `x-request-id`.
+    fn request_id(&self) -> Option<&str>;
+    /// The cause's `correlation_id`.
+    fn correlation_id(&self) -> Option<&str>;
+}
+
+/// A message to publish: the event body and its envelope, built in one place.
+///
+/// `Outgoing::event("job.failed", aggregate, data).caused_by(&job)` or
+/// `.for_request(request_id, traceparent)`; the routing key is the event name unless the
+/// publisher is told another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The body.
+    pub event: Event,
+    /// The properties and headers.
+    pub meta: Meta,
+}
+
+impl Outgoing {
+    /// A new event (fresh UUID v7 id, occurring now) with first-publish metadata.
+    pub fn event(
+        name: impl Into<String>,
+        aggregate_id: Option<String>,
+        data: serde_json::Value,
+    ) -> Self {
+        Self::from_event(Event::new(name, aggregate_id, data))
+    }
+
+    /// `event` with first-publish metadata (`message_id` = its id).
+    pub fn from_event(event: Event) -> Self {
+        let meta = Meta::for_event(&event);
+        Self { event, meta }
+    }
+
+    /// Sets the event id and the `message_id` (a derived id makes a republish the same message).
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.event.event_id = id;
+        self.meta.message_id = id;
+        self
+    }
+
+    /// Sets when the event happened (the body's `occurred_on` and the AMQP `timestamp`).
+    pub fn occurred_on(mut self, at: DateTime<Utc>) -> Self {
+        self.event.occurred_on = at;
+        self.meta.timestamp = at;
+        self
+    }
+
+    /// Carries on the trace, request and correlation ids of `cause`.
+    pub fn caused_by(mut self, cause: &impl Cause) -> Self {
+        self.meta.traceparent = cause.traceparent().map(str::to_owned);
+        self.meta.request_id = cause.request_id().map(str::to_owned);
+        self.meta.correlation_id = cause.correlation_id().map(str::to_owned);
+        self
+    }
+
+    /// Carries the HTTP request's id and trace context.
+    pub fn for_request(mut self, request_id: Option<String>, traceparent: Option<String>) -> Self {
+        self.meta.request_id = request_id;
+        self.meta.traceparent = traceparent;
+        self
+    }
+
+    /// Sets the `traceparent` header.
+    pub fn traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.meta.traceparent = traceparent;
+        self
+    }
+
+    /// Sets the `correlation_id` (a saga id, a schedule).
+    pub fn correlated(mut self, correlation_id: impl Into<String>) -> Self {
+        self.meta.correlation_id = Some(correlation_id.into());
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        self.event.to_json()
+    }
+
+    /// The routing key when none other is given: the event name.
+    pub fn routing_key(&self) -> &str {
+        &self.event.event_name
+    }
+}
+
 /// An AMQP short string: at most 255 bytes (cut at a character boundary), since building a
 /// longer one panics.
 fn short(s: &str) -> ShortString {
@@ -209,6 +302,41 @@ mod tests {
         assert_eq!(
             props_of("order.created".into(), None),
             (Some("order.created".to_owned()), None)
+        );
+    }
+
+    struct Delivered;
+
+    impl Cause for Delivered {
+        fn traceparent(&self) -> Option<&str> {
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        }
+        fn request_id(&self) -> Option<&str> {
+            Some("req-7")
+        }
+        fn correlation_id(&self) -> Option<&str> {
+            None
+        }
+    }
+
+    #[test]
+    fn outgoing_keeps_the_body_and_the_envelope_in_step() {
+        let id = Uuid::now_v7();
+        let out = Outgoing::event("job.failed", Some("a-1".into()), json!({"x": 1}))
+            .with_id(id)
+            .caused_by(&Delivered)
+            .correlated("saga-1");
+        assert_eq!(out.event.event_id, id);
+        assert_eq!(out.meta.message_id, id);
+        assert_eq!(out.meta.kind, "job.failed");
+        assert_eq!(out.routing_key(), "job.failed");
+        assert_eq!(out.meta.request_id.as_deref(), Some("req-7"));
+        assert_eq!(out.meta.correlation_id.as_deref(), Some("saga-1"));
+        assert_eq!(out.meta.timestamp, out.event.occurred_on);
+        let p = out.meta.properties();
+        assert_eq!(
+            header_str(&p, H_TRACEPARENT).as_deref(),
+            Delivered.traceparent()
         );
     }
 

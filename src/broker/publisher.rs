@@ -197,6 +197,19 @@ impl Publisher {
         result
     }
 
+    /// Publishes `message` on `exchange` with `routing_key` (its event name when `None`) and
+    /// waits for the confirm.
+    pub async fn send(
+        &self,
+        exchange: &str,
+        routing_key: Option<&str>,
+        message: &super::envelope::Outgoing,
+    ) -> Result<(), PublishError> {
+        let key = routing_key.unwrap_or(message.routing_key());
+        self.publish(exchange, key, &message.body(), message.meta.properties())
+            .await
+    }
+
     async fn publish_inner(
         &self,
         exchange: &str,

@@ -17,6 +17,7 @@
 //! message (the inbox absorbs it), never loses one.
 
 pub mod decode;
+mod failure;
 pub mod inbox;
 pub mod runner;
 
@@ -75,6 +76,20 @@ impl Job {
     /// Whether this is the last attempt (a failure now parks the job).
     pub fn is_last_attempt(&self) -> bool {
         self.attempt >= self.max_attempts
+    }
+}
+
+impl crate::broker::envelope::Cause for Job {
+    fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
+
+    fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()
     }
 }
 

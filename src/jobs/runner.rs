@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
     BasicProperties,
@@ -26,7 +25,7 @@ use lapin::{
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     },
-    types::{AMQPValue, FieldTable, LongString},
+    types::{AMQPValue, FieldTable},
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -37,20 +36,22 @@ use uuid::Uuid;
 use super::{
     Consumer, Job, JobError,
     decode::{Delivered, decode},
+    failure::{db_text, failure_headers, long, payload_text},
     inbox::Inbox,
 };
 use crate::{
     broker::{
         Broker, BrokerError,
-        envelope::{Event, Meta},
+        envelope::Outgoing,
         names::{
             DEAD_EXCHANGE, ERROR_TIER, EVENTS_EXCHANGE, FAILURE_TIER, H_ATTEMPT, H_TRACEPARENT,
-            H_X_DEATH, header_str,
+            header_str,
         },
-        publisher::{PublishError, Publisher},
+        publisher::Publisher,
         topology::Topology,
     },
     config::JobsSettings,
+    outbox::{EventOutbox, OutboxError},
     store,
     telemetry::Metrics,
 };
@@ -90,6 +91,8 @@ pub struct RunnerContext {
     pub metrics: Metrics,
     /// The topology, re-declared on every (re)connect.
     pub topology: Arc<Topology>,
+    /// The events service `job.failed` goes through (confirmed, or stored for its relay).
+    pub events: EventOutbox,
 }
 
 /// Effective limits for one module.
@@ -218,6 +221,8 @@ impl Runner {
     }
 
     /// One consuming session. Returns whether it got as far as consuming.
+    // Long on purpose: one consuming session read top-down (channel, qos, consume, the
+    // loop with its channel check and shutdown, the drain); split, its state would be passed around.
     async fn consume(&self, shutdown: &CancellationToken) -> Result<bool, RunnerError> {
         // Re-declare after a reconnect (a broker restart may have lost non-durable state, an
         // operator may have deleted a queue). Drift elsewhere in the topology (a 406 on some
@@ -368,6 +373,8 @@ impl Parts {
         self.process_in_span(delivery).instrument(span).await;
     }
 
+    // Long on purpose: one match over every handler outcome, each arm a settle (ack, retry
+    // tier, park); reading them side by side is the point.
     async fn process_in_span(&self, delivery: Delivery) {
         let started = Instant::now();
         self.ctx.metrics.queue_message(self.queue(), "consumed");
@@ -590,7 +597,9 @@ impl Parts {
         self.ack(delivery).await
     }
 
-    /// The article's `sendAlert`: a `job.failed` event on `warren.events`.
+    /// The article's `sendAlert`: a `job.failed` event on `warren.events`, through the events
+    /// service like any published event: confirmed, or stored in the events outbox for its
+    /// relay when the broker cannot take it.
     async fn alert(
         &self,
         job: Option<&Job>,
@@ -598,7 +607,7 @@ impl Parts {
         attempts: u32,
         reason: &str,
         error: &str,
-    ) -> Result<(), PublishError> {
+    ) -> Result<(), OutboxError> {
         let data = json!({
             "type": format!("{}_failed", self.consumer.name()),
             "queue": self.queue(),
@@ -609,22 +618,15 @@ impl Parts {
             "error": error,
             "data": job.map(|j| j.event.data.clone()),
         });
-        let event = Event::new("job.failed", message_id.map(|m| m.to_string()), data);
-        let mut meta = Meta::for_event(&event);
+        let mut event = Outgoing::event("job.failed", message_id.map(|m| m.to_string()), data);
         if let Some(j) = job {
-            meta.traceparent.clone_from(&j.traceparent);
-            meta.request_id.clone_from(&j.request_id);
-            meta.correlation_id.clone_from(&j.correlation_id);
+            event = event.caused_by(j);
         }
         self.ctx
-            .publisher
-            .publish(
-                EVENTS_EXCHANGE,
-                "job.failed",
-                &event.to_json(),
-                meta.properties(),
-            )
+            .events
+            .send_outgoing(EVENTS_EXCHANGE, &event)
             .await
+            .map(drop)
     }
 
     async fn ack(&self, delivery: &Delivery) -> Settled {
@@ -659,84 +661,5 @@ impl Parts {
     }
 }
 
-/// Longest message body copied into a `failed_jobs` row (the parked message keeps all of it).
-pub const MAX_FAILED_PAYLOAD: usize = 64 * 1024;
-
-/// `s` as PostgreSQL accepts it in a text column: NUL characters become U+FFFD.
-fn db_text(s: &str) -> String {
-    s.replace('\0', "\u{FFFD}")
-}
-
-/// A message body for the `failed_jobs` row: UTF-8 (invalid bytes as U+FFFD), no NUL, at most
-/// [`MAX_FAILED_PAYLOAD`] bytes of it, with a note when cut.
-fn payload_text(body: &[u8]) -> String {
-    let cut = body.len() > MAX_FAILED_PAYLOAD;
-    let mut text = db_text(&String::from_utf8_lossy(
-        &body[..body.len().min(MAX_FAILED_PAYLOAD)],
-    ));
-    if cut {
-        text.push_str(&format!(
-            "... [cut: {} bytes in all; the parked message holds the whole body]",
-            body.len()
-        ));
-    }
-    text
-}
-
-fn long(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
-}
-
-/// The delivery's headers plus the failure headers; the original exchange and routing key are
-/// set once, on the first failure, and kept after (see [`super::decode`] for when recorded
-/// ones are believed).
-fn failure_headers(delivery: &Delivery, error: &str) -> FieldTable {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    if headers
-        .inner()
-        .get(H_X_DEATH)
-        .is_some_and(|d| !super::decode::x_death_is_well_formed(d))
-    {
-        // RabbitMQ's own dead-lettering (the delay tier's TTL expiry) crashes on an x-death it
-        // did not write, and the message then never comes back: drop the forged one; the
-        // broker writes its own on the way back.
-        tracing::warn!("Dropping a malformed x-death header before republishing.");
-        let mut inner = headers.inner().clone();
-        inner.remove(H_X_DEATH);
-        headers = FieldTable::from(inner);
-    }
-    let truncated: String = error.chars().take(1000).collect();
-    headers.insert(H_ERROR.into(), long(&truncated));
-    headers.insert(H_FAILED_AT.into(), long(&Utc::now().to_rfc3339()));
-    // On a delivery through warren.requeue these are the headers of the first failure; on any
-    // other (a first delivery, or a foreign publisher's forged headers) they are the real ones.
-    let (exchange, routing_key) = Delivered {
-        body: &delivery.data,
-        properties: &delivery.properties,
-        exchange: delivery.exchange.as_str(),
-        routing_key: delivery.routing_key.as_str(),
-    }
-    .origin();
-    headers.insert(H_ORIGINAL_EXCHANGE.into(), long(&exchange));
-    headers.insert(H_ORIGINAL_ROUTING_KEY.into(), long(&routing_key));
-    headers
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_payload_is_text_postgresql_takes_and_is_bounded() {
-        assert_eq!(payload_text(b"{\"a\":1}"), "{\"a\":1}");
-        assert_eq!(payload_text(b"\xff\x00x"), "\u{FFFD}\u{FFFD}x");
-        let big = vec![b'a'; MAX_FAILED_PAYLOAD * 3];
-        let text = payload_text(&big);
-        assert!(text.len() < MAX_FAILED_PAYLOAD + 100);
-        assert!(text.ends_with(&format!(
-            "{} bytes in all; the parked message holds the whole body]",
-            big.len()
-        )));
-        assert_eq!(db_text("a\0b"), "a\u{FFFD}b");
-    }
-}
+// Old path, kept for the tests until they move.
+pub use super::failure::MAX_FAILED_PAYLOAD;

@@ -1,8 +1,10 @@
 //! The `audit` module: consumes every event (`#`) from `warren.audit` and records it in
-//! `event_log`. Idempotent by itself (keyed by event id), so it needs no inbox row.
+//! `event_log`. Idempotent by itself (keyed by event id), so it needs no inbox row. Its
+//! sync-mode twin, [`AuditListener`], records the event inside the request.
 
 use crate::{
     broker::envelope::Event,
+    dispatch::{Listener, ListenerError},
     jobs::{Consumer, Job, JobError},
 };
 
@@ -39,5 +41,28 @@ impl Consumer for Audit {
         crate::store::record_event(&self.db, event)
             .await
             .map_err(|e| JobError::Error(e.to_string()))
+    }
+}
+
+/// The built-in audit listener: records each event in `event_log`.
+#[derive(Debug, Clone)]
+pub struct AuditListener {
+    db: sea_orm::DatabaseConnection,
+}
+
+impl AuditListener {
+    /// An audit listener writing to `db`.
+    pub fn new(db: sea_orm::DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait::async_trait]
+impl Listener for AuditListener {
+    async fn handle(&self, event: &Event) -> Result<serde_json::Value, ListenerError> {
+        crate::store::record_event(&self.db, event)
+            .await
+            .map_err(|e| ListenerError::new(e.to_string()))?;
+        Ok(serde_json::json!({"recorded": event.event_id}))
     }
 }

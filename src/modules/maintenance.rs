@@ -15,11 +15,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    broker::{
-        envelope::{Event, Meta},
-        names::EVENTS_EXCHANGE,
-        publisher::Publisher,
-    },
+    broker::{envelope::Outgoing, names::EVENTS_EXCHANGE, publisher::Publisher},
     jobs::{Consumer, Job, JobError},
 };
 
@@ -121,7 +117,7 @@ impl Maintenance {
             .count(db)
             .await
             .map_err(fault("cannot count sagas"))?;
-        let mut report = Event::new(
+        let report = Outgoing::event(
             "report.daily",
             None,
             json!({
@@ -132,19 +128,12 @@ impl Maintenance {
                 "sagas_finished": finished,
                 "sagas_needing_intervention": needs_intervention,
             }),
-        );
+        )
         // One report per job: a redelivered job republishes the same report id.
-        report.event_id = Uuid::new_v5(&job.message_id, b"report.daily");
-        let mut meta = Meta::for_event(&report);
-        meta.traceparent.clone_from(&job.traceparent);
-        meta.correlation_id.clone_from(&job.correlation_id);
+        .with_id(Uuid::new_v5(&job.message_id, b"report.daily"))
+        .caused_by(job);
         self.publisher
-            .publish(
-                EVENTS_EXCHANGE,
-                "report.daily",
-                &report.to_json(),
-                meta.properties(),
-            )
+            .send(EVENTS_EXCHANGE, None, &report)
             .await
             .map_err(|e| JobError::Error(format!("cannot publish the report: {e}")))
     }

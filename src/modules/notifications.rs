@@ -2,7 +2,8 @@
 //! `warren.notifications` and stores in-app notifications; `user.registered` also enqueues
 //! the welcome e-mail (`email.send`). The order saga's `notification.send` command arrives on
 //! the same queue and is handled as a saga participant
-//! ([`crate::saga::participants::OrderNotification`]).
+//! ([`crate::modules::order_notification::OrderNotification`]). The sync-mode twins,
+//! [`NotificationListener`] and [`WelcomeEmailListener`], do the same work inside the request.
 //!
 //! Exactly-once effect: the notification row and the inbox row are written in one
 //! transaction, so a redelivered event adds no second row. The welcome e-mail command is
@@ -16,13 +17,17 @@ use uuid::Uuid;
 
 use crate::{
     broker::{
-        envelope::{Event, Meta},
+        envelope::{Event, Outgoing},
         names::COMMANDS_EXCHANGE,
         publisher::Publisher,
     },
+    dispatch::{Listener, ListenerError},
     jobs::{Consumer, Job, JobError},
-    modules::email::SendEmail,
-    saga::participants::{OrderNotification, ParticipantConsumer},
+    modules::{
+        email::{Email, SendEmail},
+        order_notification::OrderNotification,
+    },
+    saga::participants::ParticipantConsumer,
     store,
 };
 
@@ -52,23 +57,15 @@ impl Notifications {
             tracing::info!("user.registered without an email: no welcome e-mail.");
             return Ok(());
         };
-        let mut cmd = Event::new(
+        let cmd = Outgoing::event(
             "email.send",
             job.event.aggregate_id.clone(),
             json!({"email": mail.email, "subject": mail.subject, "content": mail.content}),
-        );
-        cmd.event_id = Uuid::new_v5(&job.message_id, b"welcome-email");
-        let mut meta = Meta::for_event(&cmd);
-        meta.traceparent.clone_from(&job.traceparent);
-        meta.request_id.clone_from(&job.request_id);
-        meta.correlation_id.clone_from(&job.correlation_id);
+        )
+        .with_id(Uuid::new_v5(&job.message_id, b"welcome-email"))
+        .caused_by(job);
         self.publisher
-            .publish(
-                COMMANDS_EXCHANGE,
-                "email.send",
-                &cmd.to_json(),
-                meta.properties(),
-            )
+            .send(COMMANDS_EXCHANGE, None, &cmd)
             .await
             .map_err(|e| JobError::Error(format!("cannot enqueue the welcome e-mail: {e}")))
     }
@@ -171,6 +168,58 @@ impl Consumer for Notifications {
         txn.commit()
             .await
             .map_err(|e| JobError::Error(format!("cannot commit the notification: {e}")))
+    }
+}
+
+/// Sync mode's notification listener: stores the in-app notification row, as the
+/// `notifications` module does in async mode.
+pub struct NotificationListener {
+    db: sea_orm::DatabaseConnection,
+}
+
+impl NotificationListener {
+    /// A notification listener writing to `db`.
+    pub fn new(db: sea_orm::DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait::async_trait]
+impl Listener for NotificationListener {
+    async fn handle(&self, event: &Event) -> Result<serde_json::Value, ListenerError> {
+        use sea_orm::EntityTrait;
+        entities::notifications::Entity::insert(notification_row(event))
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(|e| ListenerError::new(format!("cannot store the notification: {e}")))?;
+        Ok(serde_json::json!({"notified": true}))
+    }
+}
+
+/// Sync mode's welcome e-mail: sends it over SMTP inside the request and writes its
+/// `email_log` row, as the article's synchronous `SendEmailJob` did.
+pub struct WelcomeEmailListener {
+    email: Email,
+}
+
+impl WelcomeEmailListener {
+    /// A listener sending through `email`.
+    pub fn new(email: Email) -> Self {
+        Self { email }
+    }
+}
+
+#[async_trait::async_trait]
+impl Listener for WelcomeEmailListener {
+    async fn handle(&self, event: &Event) -> Result<serde_json::Value, ListenerError> {
+        let Some(mail) = welcome_email(event) else {
+            return Ok(serde_json::json!({"sent": false, "reason": "no email in the event"}));
+        };
+        self.email
+            .send(event.event_id, 1, mail)
+            .await
+            .map_err(|e| ListenerError::new(e.to_string()))?;
+        Ok(serde_json::json!({"sent": true}))
     }
 }
 

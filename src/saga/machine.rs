@@ -74,36 +74,6 @@ impl SagaDef {
             },
         }
     }
-
-    /// The article's order saga: create order, deduct inventory, deduct balance, notify;
-    /// every step with the default deadline, and (as in the article) a failed notification
-    /// rolls the whole order back.
-    pub fn order() -> Self {
-        Self::order_with(DEFAULT_DEADLINE, true)
-    }
-
-    /// The order saga with every step's `deadline`, and whether a failed notification rolls
-    /// the order back (`true`, the article) or is recorded as a warning while the saga
-    /// completes (`false`).
-    pub fn order_with(deadline: Duration, notify_rolls_back: bool) -> Self {
-        let b = Self::builder("order")
-            .step("create_order", "order.create")
-            .compensate_with("order.cancel")
-            .deadline(deadline)
-            .step("deduct_inventory", "inventory.deduct")
-            .compensate_with("inventory.restore")
-            .deadline(deadline)
-            .step("deduct_balance", "balance.deduct")
-            .compensate_with("balance.refund")
-            .deadline(deadline)
-            .step("notify", "notification.send")
-            .deadline(deadline);
-        if notify_rolls_back {
-            b.build()
-        } else {
-            b.no_rollback().build()
-        }
-    }
 }
 
 /// Builds a [`SagaDef`]; each setter applies to the last step added.
@@ -288,6 +258,8 @@ impl Command {
 
 /// Applies `input` to `state`; returns the new state and the commands to send.
 /// Stale, duplicate or unknown inputs change nothing and send nothing.
+// Long on purpose: the whole transition table in one match, so every (status, step,
+// input) case is seen next to the others.
 pub fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaState, Vec<Command>) {
     let mut s = state.clone();
     let mut out = Vec::new();

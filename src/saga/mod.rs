@@ -1,15 +1,20 @@
 //! Orchestration sagas (SPEC section 6): generic saga definitions and their pure state
 //! machine ([`machine`]), the adapter that persists sagas and sends their commands through an
-//! outbox ([`engine`]), the orchestrator role ([`orchestrator`]), the wire contract
-//! ([`protocol`]), the participants of the order saga ([`participants`]) and its input
-//! ([`order`]).
+//! outbox ([`engine`]), the orchestrator role's loops ([`orchestrator`]), the wire contract
+//! ([`protocol`]), the protocol every participant shares ([`participants`]) and the order
+//! saga's definition and input ([`order`]). The consumers (the orchestrator's, the order
+//! saga's participants) are modules, in `crate::modules`.
 
 pub mod engine;
+mod interventions;
 pub mod machine;
 pub mod orchestrator;
 pub mod order;
+pub mod outbox;
 pub mod participants;
 pub mod protocol;
+mod timeline;
+mod views;
 
 use crate::config::SagaSettings;
 

@@ -1,15 +1,51 @@
-//! The order saga's input (`POST /v1/orders`), its validation, and seeding of stock and
-//! balances for demos and tests.
+//! The order saga: its definition (create order, deduct inventory, deduct balance, notify),
+//! its input (`POST /v1/orders`) and that input's validation, and seeding of stock and
+//! balances for demos and tests. Its participants are modules (`crate::modules::orders`,
+//! `inventory`, `payments`, `order_notification`); the generic machine is [`super::machine`].
 //!
 //! Amounts are integers in the currency's minor unit (cents), so no rounding happens
 //! anywhere; `total_amount` must equal the sum of `qty * price`.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::Utc;
 use entities::{accounts, inventory};
 use sea_orm::{ConnectionTrait, EntityTrait, Set, sea_query::OnConflict};
 use serde::{Deserialize, Deserializer, Serialize};
+
+use super::machine::{DEFAULT_DEADLINE, SagaDef};
+
+impl SagaDef {
+    /// The article's order saga: create order, deduct inventory, deduct balance, notify;
+    /// every step with the default deadline, and (as in the article) a failed notification
+    /// rolls the whole order back.
+    pub fn order() -> Self {
+        Self::order_with(DEFAULT_DEADLINE, true)
+    }
+
+    /// The order saga with every step's `deadline`, and whether a failed notification rolls
+    /// the order back (`true`, the article) or is recorded as a warning while the saga
+    /// completes (`false`).
+    pub fn order_with(deadline: Duration, notify_rolls_back: bool) -> Self {
+        let b = Self::builder("order")
+            .step("create_order", "order.create")
+            .compensate_with("order.cancel")
+            .deadline(deadline)
+            .step("deduct_inventory", "inventory.deduct")
+            .compensate_with("inventory.restore")
+            .deadline(deadline)
+            .step("deduct_balance", "balance.deduct")
+            .compensate_with("balance.refund")
+            .deadline(deadline)
+            .step("notify", "notification.send")
+            .deadline(deadline);
+        if notify_rolls_back {
+            b.build()
+        } else {
+            b.no_rollback().build()
+        }
+    }
+}
 
 /// Most items one order may have.
 pub const MAX_ITEMS: usize = 100;

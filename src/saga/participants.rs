@@ -13,18 +13,12 @@
 //! - the reply `{saga_id, step, action, ok, reason}` goes to `warren.replies` (key `saga`)
 //!   with `correlation_id` = saga id, confirmed before the command is acked.
 //!
-//! The order saga's participants: [`Orders`] (`orders` table), [`Inventory`] (`inventory`),
-//! [`Payments`] (`accounts`), and [`OrderNotification`] (run inside the notifications module).
+//! The participants themselves are modules (`crate::modules::orders`, `inventory`,
+//! `payments`, `order_notification`): a new participant is a copy of one of them.
 
 use chrono::Utc;
-use entities::{accounts, inventory, notifications, orders, saga_commands};
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, Set,
-    TransactionTrait,
-    sea_query::{Expr, ExprTrait},
-};
-use serde_json::json;
-use uuid::Uuid;
+use entities::saga_commands;
+use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait, Set, TransactionTrait};
 
 use super::{
     machine::Action,
@@ -32,11 +26,7 @@ use super::{
     protocol::{CommandData, REPLY_EVENT, REPLY_KEY, Reply},
 };
 use crate::{
-    broker::{
-        envelope::{Event, Meta},
-        names::REPLIES_EXCHANGE,
-        publisher::Publisher,
-    },
+    broker::{envelope::Outgoing, names::REPLIES_EXCHANGE, publisher::Publisher},
     jobs::{Consumer, Job, JobError},
 };
 
@@ -76,7 +66,8 @@ pub struct ParticipantConsumer<P> {
     publisher: Publisher,
 }
 
-fn fault(doing: &str) -> impl FnOnce(sea_orm::DbErr) -> JobError + '_ {
+/// A database error while `doing` something, as a fault the runner retries.
+pub fn fault(doing: &str) -> impl FnOnce(sea_orm::DbErr) -> JobError + '_ {
     move |e| JobError::Error(format!("{doing}: {e}"))
 }
 
@@ -209,22 +200,15 @@ impl<P: Participant> ParticipantConsumer<P> {
             ok,
             reason,
         };
-        let event = Event::new(
+        let message = Outgoing::event(
             REPLY_EVENT,
             Some(cmd.saga_id.to_string()),
             serde_json::to_value(&reply).unwrap_or_default(),
-        );
-        let mut meta = Meta::for_event(&event);
-        meta.correlation_id = Some(cmd.saga_id.to_string());
-        meta.traceparent.clone_from(&job.traceparent);
-        meta.request_id.clone_from(&job.request_id);
+        )
+        .caused_by(job)
+        .correlated(cmd.saga_id.to_string());
         self.publisher
-            .publish(
-                REPLIES_EXCHANGE,
-                REPLY_KEY,
-                &event.to_json(),
-                meta.properties(),
-            )
+            .send(REPLIES_EXCHANGE, Some(REPLY_KEY), &message)
             .await
             .map_err(|e| JobError::Error(format!("cannot reply to the orchestrator: {e}")))
     }
@@ -280,253 +264,13 @@ impl<P: Participant> Consumer for ParticipantConsumer<P> {
     }
 }
 
-fn order(cmd: &CommandData) -> Result<OrderRequest, JobError> {
+/// The saga's payload as an order (the order saga's participants all read it).
+pub fn order(cmd: &CommandData) -> Result<OrderRequest, JobError> {
     serde_json::from_value(cmd.payload.clone())
         .map_err(|e| JobError::Invalid(format!("the saga payload is not an order: {e}")))
 }
 
-fn unknown(participant: &str, command: &str) -> JobError {
+/// The error for a command `participant` does not take (the message is parked at once).
+pub fn unknown(participant: &str, command: &str) -> JobError {
     JobError::Invalid(format!("{participant} has no command {command:?}"))
-}
-
-/// The orders service: `order.create` inserts an order (`created`), `order.cancel` cancels it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Orders;
-
-#[async_trait::async_trait]
-impl Participant for Orders {
-    fn name(&self) -> &str {
-        "orders"
-    }
-
-    fn queue(&self) -> &str {
-        crate::broker::names::ORDERS_QUEUE
-    }
-
-    async fn apply(
-        &self,
-        txn: &DatabaseTransaction,
-        command: &str,
-        cmd: &CommandData,
-    ) -> Result<Outcome, JobError> {
-        let o = order(cmd)?;
-        let now = Utc::now();
-        match command {
-            "order.create" => {
-                if let Some(existing) = orders::Entity::find()
-                    .filter(orders::Column::OrderNo.eq(&o.order_no))
-                    .one(txn)
-                    .await
-                    .map_err(fault("cannot read orders"))?
-                {
-                    return Ok(Outcome::Refused(format!(
-                        "order {} already exists (saga {})",
-                        o.order_no, existing.saga_id
-                    )));
-                }
-                orders::Entity::insert(orders::ActiveModel {
-                    id: Set(Uuid::now_v7()),
-                    order_no: Set(o.order_no.clone()),
-                    saga_id: Set(cmd.saga_id),
-                    user_id: Set(o.user_id.clone()),
-                    items: Set(serde_json::to_value(&o.items).unwrap_or_default()),
-                    total_amount: Set(o.total_amount),
-                    status: Set("created".to_owned()),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                })
-                .exec_without_returning(txn)
-                .await
-                .map_err(fault("cannot insert the order"))?;
-                Ok(Outcome::Applied)
-            }
-            "order.cancel" => {
-                let res = orders::Entity::update_many()
-                    .col_expr(orders::Column::Status, Expr::value("cancelled"))
-                    .col_expr(orders::Column::UpdatedAt, Expr::value(now))
-                    .filter(orders::Column::OrderNo.eq(&o.order_no))
-                    .filter(orders::Column::SagaId.eq(cmd.saga_id))
-                    .exec(txn)
-                    .await
-                    .map_err(fault("cannot cancel the order"))?;
-                if res.rows_affected == 0 {
-                    tracing::warn!(order_no = %o.order_no, "No order of this saga to cancel.");
-                }
-                Ok(Outcome::Applied)
-            }
-            other => Err(unknown(self.name(), other)),
-        }
-    }
-}
-
-/// The inventory service: `inventory.deduct` takes every item's quantity from its SKU's
-/// stock (refused when any SKU is short or unknown), `inventory.restore` puts it back.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Inventory;
-
-#[async_trait::async_trait]
-impl Participant for Inventory {
-    fn name(&self) -> &str {
-        "inventory"
-    }
-
-    fn queue(&self) -> &str {
-        crate::broker::names::INVENTORY_QUEUE
-    }
-
-    async fn apply(
-        &self,
-        txn: &DatabaseTransaction,
-        command: &str,
-        cmd: &CommandData,
-    ) -> Result<Outcome, JobError> {
-        let o = order(cmd)?;
-        let now = Utc::now();
-        let deduct = match command {
-            "inventory.deduct" => true,
-            "inventory.restore" => false,
-            other => return Err(unknown(self.name(), other)),
-        };
-        for item in &o.items {
-            let mut q = inventory::Entity::update_many()
-                .col_expr(
-                    inventory::Column::Stock,
-                    if deduct {
-                        Expr::col(inventory::Column::Stock).sub(item.qty)
-                    } else {
-                        Expr::col(inventory::Column::Stock).add(item.qty)
-                    },
-                )
-                .col_expr(inventory::Column::UpdatedAt, Expr::value(now))
-                .filter(inventory::Column::Sku.eq(&item.sku));
-            if deduct {
-                q = q.filter(inventory::Column::Stock.gte(item.qty));
-            }
-            let res = q
-                .exec(txn)
-                .await
-                .map_err(fault("cannot update the stock"))?;
-            if res.rows_affected == 0 {
-                let known = inventory::Entity::find_by_id(item.sku.clone())
-                    .one(txn)
-                    .await
-                    .map_err(fault("cannot read the stock"))?;
-                return Ok(Outcome::Refused(match known {
-                    None => format!("unknown SKU {}", item.sku),
-                    Some(row) => format!(
-                        "insufficient stock for SKU {}: {} wanted, {} in stock",
-                        item.sku, item.qty, row.stock
-                    ),
-                }));
-            }
-        }
-        Ok(Outcome::Applied)
-    }
-}
-
-/// The payments service: `balance.deduct` takes the order's total from the user's balance
-/// (refused when short or when the user has no account), `balance.refund` gives it back.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Payments;
-
-#[async_trait::async_trait]
-impl Participant for Payments {
-    fn name(&self) -> &str {
-        "payments"
-    }
-
-    fn queue(&self) -> &str {
-        crate::broker::names::PAYMENTS_QUEUE
-    }
-
-    async fn apply(
-        &self,
-        txn: &DatabaseTransaction,
-        command: &str,
-        cmd: &CommandData,
-    ) -> Result<Outcome, JobError> {
-        let o = order(cmd)?;
-        let deduct = match command {
-            "balance.deduct" => true,
-            "balance.refund" => false,
-            other => return Err(unknown(self.name(), other)),
-        };
-        let mut q = accounts::Entity::update_many()
-            .col_expr(
-                accounts::Column::Balance,
-                if deduct {
-                    Expr::col(accounts::Column::Balance).sub(o.total_amount)
-                } else {
-                    Expr::col(accounts::Column::Balance).add(o.total_amount)
-                },
-            )
-            .col_expr(accounts::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(accounts::Column::UserId.eq(&o.user_id));
-        if deduct {
-            q = q.filter(accounts::Column::Balance.gte(o.total_amount));
-        }
-        let res = q
-            .exec(txn)
-            .await
-            .map_err(fault("cannot update the balance"))?;
-        if res.rows_affected > 0 {
-            return Ok(Outcome::Applied);
-        }
-        let known = accounts::Entity::find_by_id(o.user_id.clone())
-            .one(txn)
-            .await
-            .map_err(fault("cannot read the balance"))?;
-        Ok(Outcome::Refused(match known {
-            None => format!("user {} has no account", o.user_id),
-            Some(a) => format!(
-                "insufficient balance for user {}: {} wanted, {} available",
-                o.user_id, o.total_amount, a.balance
-            ),
-        }))
-    }
-}
-
-/// The notification step: `notification.send` stores the "order created" notification for
-/// the buyer. It has no compensation (a sent notification cannot be unsent).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OrderNotification;
-
-#[async_trait::async_trait]
-impl Participant for OrderNotification {
-    fn name(&self) -> &str {
-        "notifications"
-    }
-
-    fn queue(&self) -> &str {
-        crate::broker::names::NOTIFICATIONS_QUEUE
-    }
-
-    async fn apply(
-        &self,
-        txn: &DatabaseTransaction,
-        command: &str,
-        cmd: &CommandData,
-    ) -> Result<Outcome, JobError> {
-        if command != "notification.send" || cmd.action != Action::Execute {
-            return Err(unknown(self.name(), command));
-        }
-        let o = order(cmd)?;
-        notifications::Entity::insert(notifications::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            user_id: Set(Some(o.user_id.clone())),
-            event_id: Set(Uuid::new_v5(&cmd.saga_id, b"order-created")),
-            event_name: Set("order.created".to_owned()),
-            title: Set(format!("Order {} created", o.order_no)),
-            data: Set(json!({
-                "order_no": o.order_no,
-                "total_amount": o.total_amount,
-                "saga_id": cmd.saga_id,
-            })),
-            created_at: Set(Utc::now()),
-        })
-        .exec_without_returning(txn)
-        .await
-        .map_err(fault("cannot store the notification"))?;
-        Ok(Outcome::Applied)
-    }
 }

@@ -16,7 +16,8 @@ use std::{
 use serde_json::{Value, json};
 use warren::{
     jobs::{Consumer, Job, JobError},
-    saga::participants::{Inventory, ParticipantConsumer},
+    modules::inventory::Inventory,
+    saga::participants::ParticipantConsumer,
 };
 
 use crate::{

@@ -322,3 +322,112 @@ async fn with_the_outbox_off_a_broker_outage_is_a_503() {
     gate.open();
     app.cleanup().await;
 }
+
+/// A consumer on `warren.notifications` that parks every job at once (invalid input).
+struct Refuses;
+
+#[async_trait::async_trait]
+impl warren::jobs::Consumer for Refuses {
+    fn name(&self) -> &str {
+        "notifications"
+    }
+
+    fn queue(&self) -> &str {
+        "warren.notifications"
+    }
+
+    async fn handle(&self, _: &warren::jobs::Job) -> Result<(), warren::jobs::JobError> {
+        Err(warren::jobs::JobError::Invalid(
+            "missing field email".into(),
+        ))
+    }
+}
+
+/// Limits `warren.audit` to `max` messages, refusing publishes over it (policy `policy`).
+async fn audit_limit(app: &TestApp, policy: &str, max: u64) {
+    app.vhost
+        .api
+        .put(
+            policy,
+            &json!({"pattern": "^warren\\.audit$", "apply-to": "queues",
+                    "definition": {"max-length": max, "overflow": "reject-publish"}}),
+        )
+        .await
+        .expect("policy");
+}
+
+#[tokio::test]
+async fn a_job_failed_alert_the_broker_cannot_confirm_is_stored_then_delivered_once() {
+    use warren::broker::topology::encode;
+    // The worker runs only `Refuses`: nothing consumes warren.audit, so the test reads there
+    // what warren published on warren.events.
+    let app = crate::helpers::spawn_worker_with(
+        |mut s| {
+            s.outbox.relay_ms = 200;
+            s
+        },
+        |a| a.consumer(Refuses),
+    )
+    .await;
+    // warren.audit (bound to every event) refuses publishes once it holds more than one message (the
+    // fillers): the broker nacks the job.failed alert, while the parked copy still reaches its
+    // dead-letter queue.
+    let policy = format!("policies/{}/audit-full", encode(&app.vhost.name));
+    // A quorum queue refuses once it is over its limit: two fillers over a limit of one.
+    for _ in 0..2 {
+        let filler = warren::broker::envelope::Event::new("misc.noted", None, json!({}));
+        app.publish_raw(
+            "",
+            "warren.audit",
+            &filler.to_json(),
+            warren::broker::envelope::Meta::for_event(&filler).properties(),
+        )
+        .await;
+    }
+    audit_limit(&app, &policy, 1).await;
+    // The policy reaches the queue asynchronously; then the job, straight to its queue only.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = warren::broker::envelope::Event::new("user.registered", None, json!({}));
+    app.publish_raw(
+        "",
+        "warren.notifications",
+        &job.to_json(),
+        warren::broker::envelope::Meta::for_event(&job).properties(),
+    )
+    .await;
+    let stored = eventually(
+        Duration::from_secs(20),
+        "job.failed stored in the outbox",
+        || async {
+            let rows = entities::event_outbox::Entity::find()
+                .all(&app.db().await)
+                .await
+                .ok()?;
+            rows.into_iter()
+                .find(|r| r.routing_key == "job.failed")
+                .map(|r| r.id.to_string())
+        },
+    )
+    .await;
+    // The broker takes the alert again: the relay delivers it.
+    // A quorum queue leaves its refusing state when it falls under its limit (deleting the
+    // policy alone does not end it): a higher limit, and the fillers taken.
+    audit_limit(&app, &policy, 100_000).await;
+    let mut audit = app.drain("warren.audit").await;
+    until_outbox_empty(&app).await;
+    audit.extend(app.drain("warren.audit").await);
+    let alerts: Vec<String> = audit
+        .iter()
+        .filter(|m| {
+            serde_json::from_slice::<Value>(&m.delivery.data)
+                .is_ok_and(|b| b["event_name"] == "job.failed")
+        })
+        .map(|m| message_id(&m.delivery.properties))
+        .collect();
+    assert_eq!(
+        alerts.iter().filter(|id| **id == stored).count(),
+        1,
+        "the stored job.failed {stored} delivered once: {alerts:?}"
+    );
+    app.cleanup().await;
+}

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use warren::{
     App, Role, Settings,
     jobs::{Consumer, Job, JobError},
-    saga::participants::{Inventory, ParticipantConsumer},
+    modules::inventory::Inventory,
+    saga::participants::ParticipantConsumer,
 };
 
 use crate::helpers::{TestApp, eventually, spawn_roles};

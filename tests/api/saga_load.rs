@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 use warren::{
     Role,
     jobs::{Consumer, Job, JobError},
-    saga::participants::{Inventory, ParticipantConsumer, Payments},
+    modules::{inventory::Inventory, payments::Payments},
+    saga::participants::ParticipantConsumer,
 };
 
 use crate::{

@@ -7,7 +7,9 @@
 //! the answer 503. A message the broker *returned* (no queue is bound for it) is not stored:
 //! the broker is up and said no, and a retry would get the same answer.
 //!
-//! The relay ([`run_relay`], in every process with the HTTP role) publishes stored rows in
+//! The relay ([`run_relay`], in every process that can store: the HTTP front, and every
+//! process running consumers, whose runner sends `job.failed` through [`EventOutbox::send`])
+//! is the shared one of [`relay`] (the saga commands use it too); it publishes stored rows in
 //! insertion order and deletes each once confirmed:
 //! - **Order per aggregate.** Rows with the same `aggregate_id` leave one at a time, in `seq`
 //!   order; a row that cannot be published holds back the rows after it. Rows of different
@@ -25,8 +27,13 @@
 //! for `outbox.breaker_ms` instead of each waiting for the broker to fail again; the relay
 //! keeps probing and closes it once it publishes.
 
+pub mod events;
+pub mod relay;
+
+pub use events::run_relay;
+
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -36,28 +43,22 @@ use std::{
 
 use chrono::Utc;
 use entities::event_outbox;
-use futures_util::StreamExt;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{
-        envelope::{Event, Meta},
+        envelope::{Event, Meta, Outgoing},
         publisher::{PublishError, Publisher},
     },
     config::OutboxSettings,
     telemetry::Metrics,
 };
 
-/// The advisory lock key of the relay on PostgreSQL (`warren` + 1, as bytes).
-const RELAY_LOCK_KEY: i64 = 0x7761_7272_656e_0001;
 /// Aggregates with waiting rows that one refresh reads at most.
 const PENDING_LIMIT: u64 = 10_000;
-/// Groups (aggregates) one relay pass publishes concurrently.
-const RELAY_CONCURRENCY: usize = 64;
 
 /// Where an accepted message was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +98,7 @@ pub enum OutboxError {
         #[source]
         store: DbErr,
     },
-    /// The relay could not read or update the outbox.
+    /// The outbox could not be read or updated.
     #[error("events outbox: {context}: {source}")]
     Db {
         /// What the relay was doing.
@@ -130,8 +131,6 @@ struct Inner {
     any_pending: AtomicBool,
     pending: Mutex<Pending>,
     wake: tokio::sync::Notify,
-    /// The last relay pass found the broker away (the loop then waits a whole period).
-    broker_away: AtomicBool,
 }
 
 /// Aggregates with rows waiting in the outbox, as far as this process knows.
@@ -169,7 +168,6 @@ impl EventOutbox {
                 any_pending: AtomicBool::new(false),
                 pending: Mutex::new(Pending::default()),
                 wake: tokio::sync::Notify::new(),
-                broker_away: AtomicBool::new(false),
             }),
         }
     }
@@ -189,6 +187,16 @@ impl EventOutbox {
             .saturating_add(self.inner.settings.breaker_ms)
             .max(1);
         self.inner.breaker_until.store(until, Ordering::Relaxed);
+    }
+
+    fn close_breaker(&self) {
+        self.inner.breaker_until.store(0, Ordering::Relaxed);
+    }
+
+    /// One relay pass over the stored events (as the relay loop runs it). Returns how many
+    /// were published; 0 when another instance holds the relay lock.
+    pub async fn relay_once(&self) -> Result<usize, relay::RelayError> {
+        events::relay_once(self).await
     }
 
     fn aggregate_pending(&self, aggregate: Option<&str>) -> bool {
@@ -256,6 +264,15 @@ impl EventOutbox {
         }
     }
 
+    /// [`send`](Self::send) for a message built with [`Outgoing`].
+    pub async fn send_outgoing(
+        &self,
+        exchange: &'static str,
+        message: &Outgoing,
+    ) -> Result<Stored, OutboxError> {
+        self.send(exchange, &message.event, &message.meta).await
+    }
+
     async fn store(
         &self,
         exchange: &'static str,
@@ -289,164 +306,6 @@ impl EventOutbox {
         self.inner.metrics.event_outbox_stored();
         self.inner.wake.notify_one();
         Ok(())
-    }
-
-    /// One relay pass: publishes up to `outbox.batch` stored rows (oldest first, in order per
-    /// aggregate) and deletes the confirmed ones. Returns how many were published; 0 when
-    /// another instance holds the relay lock.
-    pub async fn relay_once(&self) -> Result<usize, OutboxError> {
-        let conn = &self.inner.db;
-        let limit = self.inner.settings.batch;
-        let sent = if conn.get_database_backend() == DbBackend::Postgres {
-            let txn = conn.begin().await.map_err(db("beginning a relay pass"))?;
-            let locked = txn
-                .query_one_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "SELECT pg_try_advisory_xact_lock($1) AS locked",
-                    [RELAY_LOCK_KEY.into()],
-                ))
-                .await
-                .map_err(db("taking the relay lock"))?
-                .map(|r| r.try_get::<bool>("", "locked"))
-                .transpose()
-                .map_err(db("taking the relay lock"))?
-                .unwrap_or(false);
-            if !locked {
-                txn.commit().await.map_err(db("ending a relay pass"))?;
-                return Ok(0);
-            }
-            let sent = self.relay_rows(&txn, limit).await?;
-            txn.commit().await.map_err(db("committing a relay pass"))?;
-            sent
-        } else {
-            self.relay_rows(conn, limit).await?
-        };
-        if sent > 0 {
-            self.inner.metrics.event_outbox_relayed(sent as u64);
-            tracing::info!(sent, "Relayed events from the outbox.");
-        }
-        Ok(sent)
-    }
-
-    async fn relay_rows<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        limit: u64,
-    ) -> Result<usize, OutboxError> {
-        let rows = event_outbox::Entity::find()
-            .order_by_asc(event_outbox::Column::Seq)
-            .limit(limit)
-            .all(conn)
-            .await
-            .map_err(db("reading the outbox"))?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        // One group per aggregate (in seq order inside it); a row without one is its own.
-        let mut groups: Vec<Vec<event_outbox::Model>> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for row in rows {
-            match row.aggregate_id.clone() {
-                Some(a) => match index.get(&a) {
-                    Some(&i) => groups[i].push(row),
-                    None => {
-                        index.insert(a, groups.len());
-                        groups.push(vec![row]);
-                    }
-                },
-                None => groups.push(vec![row]),
-            }
-        }
-        let broker_down = AtomicBool::new(false);
-        let outcomes: Vec<GroupOutcome> = futures_util::stream::iter(groups)
-            .map(|group| self.publish_group(group, &broker_down))
-            .buffer_unordered(RELAY_CONCURRENCY)
-            .collect()
-            .await;
-        let mut sent: Vec<i64> = Vec::new();
-        for outcome in &outcomes {
-            sent.extend_from_slice(&outcome.sent);
-        }
-        if !sent.is_empty() {
-            event_outbox::Entity::delete_many()
-                .filter(event_outbox::Column::Seq.is_in(sent.clone()))
-                .exec(conn)
-                .await
-                .map_err(db("deleting relayed rows"))?;
-        }
-        for (seq, reason) in outcomes.into_iter().filter_map(|o| o.refused) {
-            tracing::error!(seq, reason = %reason,
-                "The broker refuses a stored message; it stays in the outbox (and holds back its aggregate).");
-            event_outbox::Entity::update_many()
-                .col_expr(
-                    event_outbox::Column::Attempts,
-                    sea_orm::sea_query::ExprTrait::add(
-                        sea_orm::sea_query::Expr::col(event_outbox::Column::Attempts),
-                        1,
-                    ),
-                )
-                .col_expr(
-                    event_outbox::Column::LastError,
-                    sea_orm::sea_query::Expr::value(reason),
-                )
-                .filter(event_outbox::Column::Seq.eq(seq))
-                .exec(conn)
-                .await
-                .map_err(db("recording a refused row"))?;
-        }
-        let away = broker_down.load(Ordering::Relaxed);
-        self.inner.broker_away.store(away, Ordering::Relaxed);
-        if !sent.is_empty() && !away {
-            // The broker takes messages again: requests may publish directly.
-            self.inner.breaker_until.store(0, Ordering::Relaxed);
-        }
-        Ok(sent.len())
-    }
-
-    /// Publishes one aggregate's rows in order, stopping at the first that fails.
-    async fn publish_group(
-        &self,
-        group: Vec<event_outbox::Model>,
-        broker_down: &AtomicBool,
-    ) -> GroupOutcome {
-        let mut outcome = GroupOutcome::default();
-        for row in group {
-            if broker_down.load(Ordering::Relaxed) {
-                break;
-            }
-            let meta = Meta {
-                message_id: row.id,
-                kind: row.routing_key.clone(),
-                correlation_id: row.correlation_id.clone(),
-                traceparent: row.traceparent.clone(),
-                request_id: row.request_id.clone(),
-                attempt: 1,
-                timestamp: row.created_at,
-            };
-            match self
-                .inner
-                .publisher
-                .publish(
-                    &row.exchange,
-                    &row.routing_key,
-                    row.body.as_bytes(),
-                    meta.properties(),
-                )
-                .await
-            {
-                Ok(()) => outcome.sent.push(row.seq),
-                Err(e @ PublishError::Returned { .. }) => {
-                    outcome.refused = Some((row.seq, e.to_string()));
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "Relay cannot publish yet.");
-                    broker_down.store(true, Ordering::Relaxed);
-                    break;
-                }
-            }
-        }
-        outcome
     }
 
     /// Rereads which aggregates have rows waiting, and sets the gauges.
@@ -500,55 +359,5 @@ impl EventOutbox {
             oldest.map_or(0.0, |d| d.as_secs_f64()),
         );
         Ok((depth, oldest))
-    }
-}
-
-#[derive(Default)]
-struct GroupOutcome {
-    /// Seqs confirmed by the broker.
-    sent: Vec<i64>,
-    /// A row the broker returned, and its reason.
-    refused: Option<(i64, String)>,
-}
-
-/// The relay loop: a pass at once when something was stored, every `outbox.relay_ms`
-/// otherwise, back to back while full batches come; until shutdown.
-pub async fn run_relay(outbox: EventOutbox, shutdown: CancellationToken) {
-    let period = Duration::from_millis(outbox.inner.settings.relay_ms);
-    let batch = usize::try_from(outbox.inner.settings.batch).unwrap_or(usize::MAX);
-    loop {
-        let full = match outbox.relay_once().await {
-            Ok(n) => n >= batch,
-            Err(e) => {
-                tracing::warn!(error = %e, "Outbox relay pass failed; retrying.");
-                false
-            }
-        };
-        if let Err(e) = outbox.refresh().await {
-            tracing::debug!(error = %e, "Cannot refresh the outbox state.");
-        }
-        if full {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            continue;
-        }
-        if outbox.inner.broker_away.load(Ordering::Relaxed) {
-            // Probe the broker once a period, not at every store.
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(period) => {}
-            }
-            continue;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(period) => {}
-            () = outbox.inner.wake.notified() => {
-                // Let a burst of stores land before the pass (they come while the broker is
-                // away, when there is no hurry).
-                tokio::time::sleep(period.min(Duration::from_millis(50))).await;
-            }
-        }
     }
 }
