@@ -11,7 +11,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     broker::{Broker, BrokerError, publisher::Publisher, topology::Topology},
-    config::Settings,
+    config::{Pool, Settings},
     dispatch::{Dispatcher, Listener},
     http::{self, HttpState},
     jobs::{
@@ -198,7 +198,10 @@ impl App {
     ) -> Result<Running, StartError> {
         let settings = self.settings.clone();
         let pools = store::Pools::connect(&settings.database).await?;
-        let db = pools.get(crate::config::Pool::Http).clone();
+        // Each role on its own pool (database.pools): `db` is the HTTP front's.
+        let db = pools.get(Pool::Http).clone();
+        let consumers_db = pools.get(Pool::Consumers).clone();
+        let relay_db = pools.get(Pool::Relay).clone();
         let broker = Broker::new(&settings, &format!("warren {}", std::process::id()))?;
         let topology = Arc::new(Topology::for_settings(&settings)?);
         let tasks = TaskTracker::new();
@@ -226,12 +229,16 @@ impl App {
         let watched = broker.clone();
         self.metrics.watch_broker(move || watched.connections());
         self.metrics.watch_database(pools.named());
-        let sagas = Sagas::new(
-            db.clone(),
-            publisher.clone(),
-            self.metrics.clone(),
-            crate::saga::definitions(&settings.saga)?,
-        );
+        let definitions = crate::saga::definitions(&settings)?;
+        let sagas_on = |db: &sea_orm::DatabaseConnection| {
+            Sagas::new(
+                db.clone(),
+                publisher.clone(),
+                self.metrics.clone(),
+                definitions.clone(),
+            )
+        };
+        let sagas = sagas_on(&db);
         // The events service: the HTTP front's events and the runners' job.failed alerts.
         // Every role that can store in it runs its relay.
         let outbox = EventOutbox::new(
@@ -239,7 +246,8 @@ impl App {
             publisher.clone(),
             self.metrics.clone(),
             settings.outbox.clone(),
-        );
+        )
+        .with_relay_pool(relay_db.clone());
         if [Role::Http, Role::Worker, Role::Saga]
             .iter()
             .any(|r| roles.contains(r))
@@ -249,13 +257,16 @@ impl App {
         let ctx = RunnerContext {
             broker: broker.clone(),
             publisher: publisher.clone(),
-            db: db.clone(),
+            db: consumers_db.clone(),
             metrics: self.metrics.clone(),
             topology: topology.clone(),
             events: outbox.clone(),
         };
         if roles.contains(&Role::Saga) {
-            let orchestrator: Arc<dyn Consumer> = Arc::new(Orchestrator::new(sagas.clone()));
+            // The replies on the consumers' pool; the timer, gauges and relay on the relays'.
+            let orchestrator: Arc<dyn Consumer> =
+                Arc::new(Orchestrator::new(sagas_on(&consumers_db)));
+            let sagas = sagas_on(&relay_db);
             let runner = Runner::new(orchestrator, ctx.clone(), &settings.jobs);
             tasks.spawn(runner.run(shutdown.clone()));
             tasks.spawn(run_timer(
@@ -277,9 +288,10 @@ impl App {
         }
         if roles.contains(&Role::Scheduler) {
             let scheduler = crate::scheduler::Scheduler::new(
-                db.clone(),
+                pools.get(Pool::Scheduler).clone(),
                 publisher.clone(),
                 &settings.scheduler,
+                settings.identity.instance(),
             )
             .map_err(StartError::Scheduler)?;
             tasks.spawn(scheduler.run(shutdown.clone()));
@@ -287,7 +299,7 @@ impl App {
         if roles.contains(&Role::Worker) {
             let mut consumers = Vec::new();
             for name in &self.modules {
-                consumers.push(builtin_module(name, &settings, &db, &publisher)?);
+                consumers.push(builtin_module(name, &settings, &consumers_db, &publisher)?);
             }
             consumers.extend(self.consumers.iter().cloned());
             for consumer in consumers {

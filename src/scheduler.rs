@@ -83,26 +83,25 @@ pub enum Fired {
 }
 
 impl Scheduler {
-    /// A scheduler for `settings` (validated: every cron parses).
+    /// A scheduler for `settings` (validated: every cron parses); `instance` names this
+    /// process in its tick claims (`<host>:<pid>`).
     pub fn new(
         db: DatabaseConnection,
         publisher: Publisher,
         settings: &SchedulerSettings,
+        instance: String,
     ) -> Result<Self, String> {
         let schedules = settings
             .schedules
             .iter()
             .map(|s| parse_cron(&s.cron).map(|c| (s.clone(), c)))
             .collect::<Result<Vec<_>, _>>()?;
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".to_owned());
         Ok(Self {
             db,
             publisher,
             schedules,
             missed: settings.missed,
-            instance: format!("{host}:{}", std::process::id()),
+            instance,
         })
     }
 

@@ -126,7 +126,7 @@ impl OutboxTable for EventTable {
 fn relay(outbox: &EventOutbox) -> Relay {
     let settings = &outbox.inner.settings;
     Relay::new(
-        outbox.inner.db.clone(),
+        outbox.inner.relay_db.clone(),
         outbox.inner.publisher.clone(),
         Arc::new(EventTable(outbox.clone())),
         settings.batch,

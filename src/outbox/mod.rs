@@ -120,7 +120,10 @@ pub struct EventOutbox {
 }
 
 struct Inner {
+    /// Where senders store (the HTTP front's pool).
     db: DatabaseConnection,
+    /// What the relay reads and deletes with (the relays' pool; `db` unless set).
+    relay_db: DatabaseConnection,
     publisher: Publisher,
     metrics: Metrics,
     settings: OutboxSettings,
@@ -159,6 +162,7 @@ impl EventOutbox {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                relay_db: db.clone(),
                 db,
                 publisher,
                 metrics,
@@ -170,6 +174,16 @@ impl EventOutbox {
                 wake: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// The same outbox with its relay on a pool of its own (`database.pools.relay`), so a
+    /// burst of senders storing while the broker is away cannot hold up the relay.
+    /// Called at start-up, before the outbox is cloned (a clone keeps the shared pool).
+    pub fn with_relay_pool(mut self, relay_db: DatabaseConnection) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.relay_db = relay_db;
+        }
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -310,7 +324,7 @@ impl EventOutbox {
 
     /// Rereads which aggregates have rows waiting, and sets the gauges.
     pub async fn refresh(&self) -> Result<(u64, Option<Duration>), OutboxError> {
-        let conn = &self.inner.db;
+        let conn = &self.inner.relay_db;
         self.inner
             .pending
             .lock()

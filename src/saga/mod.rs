@@ -16,7 +16,7 @@ pub mod protocol;
 mod timeline;
 mod views;
 
-use crate::config::SagaSettings;
+use crate::config::Settings;
 
 pub use engine::{Applied, SagaError, SagaView, Sagas};
 pub use machine::{Action, Command, Input, SagaDef, SagaState, Status, StepDef};
@@ -24,14 +24,9 @@ pub use machine::{Action, Command, Input, SagaDef, SagaState, Status, StepDef};
 /// Why the saga definitions could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionsError {
-    /// The file.
-    #[error("cannot read saga definitions from {path}: {source}")]
-    Read {
-        /// The path.
-        path: std::path::PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    /// The file could not be read.
+    #[error(transparent)]
+    Read(#[from] crate::config::ConfigError),
     /// Its content.
     #[error("saga definitions in {path} are not valid: {reason}")]
     Invalid {
@@ -42,17 +37,13 @@ pub enum DefinitionsError {
     },
 }
 
-/// The built-in order saga (from settings) plus those of `saga.definitions_file`.
-pub fn definitions(settings: &SagaSettings) -> Result<Vec<SagaDef>, DefinitionsError> {
-    let mut defs = vec![SagaDef::order_with(
-        settings.deadline(),
-        settings.notify_rolls_back,
-    )];
-    if let Some(path) = &settings.definitions_file {
-        let text = std::fs::read_to_string(path).map_err(|source| DefinitionsError::Read {
-            path: path.clone(),
-            source,
-        })?;
+/// The built-in order saga (from settings) plus those of `saga.definitions_file` (read when
+/// the settings loaded, [`crate::config::Files`]).
+pub fn definitions(settings: &Settings) -> Result<Vec<SagaDef>, DefinitionsError> {
+    let saga = &settings.saga;
+    let mut defs = vec![SagaDef::order_with(saga.deadline(), saga.notify_rolls_back)];
+    if let Some(file) = settings.files()?.saga_definitions {
+        let (path, text) = (file.path, file.text);
         let more: Vec<SagaDef> =
             serde_json::from_str(&text).map_err(|e| DefinitionsError::Invalid {
                 path: path.clone(),
