@@ -4,19 +4,22 @@
 //! layer or below, never one above (`python3 ../shared/tools/modgraph.py src` finds no
 //! circle):
 //!
-//! 1. Foundations: [`config`]: typed settings, loaded once (defaults, file, `WARREN_*`);
+//! 1. Foundations: [`config`]: typed settings, loaded once (defaults, file, `WARREN_*`),
+//!    with the files they name and the process's user and host;
 //!    [`retry`]: every in-process retry policy; [`telemetry`]: tracing subscriber (optional
 //!    OTLP export), W3C trace context, Prometheus metrics.
 //! 2. Broker and store: [`broker`]: the wire names and header helpers
 //!    ([`broker::names`]), the envelope, the AMQP pool, topology (`broker-topology.json`) and
-//!    the confirming publisher; [`store`]: the sea-orm database (PostgreSQL or SQLite) and
-//!    migrations at start; [`outbox`]: the events outbox and its relay.
+//!    the confirming publisher; [`store`]: the sea-orm database (PostgreSQL or SQLite), one
+//!    pool per role, migrations at start; above them [`outbox`]: the events service and the
+//!    one relay of both outboxes.
 //! 3. Runtime and saga engine: [`jobs`]: the consumer trait, the runner (ack, retries, dead
-//!    letters, inbox); [`saga`]: saga definitions, the pure state
-//!    machine, the persisting engine with its outbox, the orchestrator role and the order
-//!    saga's participants.
-//! 4. Modules and operator services: [`modules`]: the built-in job modules (e-mail,
-//!    notifications, audit, maintenance); [`dispatch`]: the in-process listener registry for
+//!    letters, inbox); [`saga`]: saga definitions, the pure state machine, the persisting
+//!    engine with its command outbox, interventions, the participant protocol, the
+//!    orchestrator's timer and relay.
+//! 4. Modules and operator services: [`modules`]: the built-in consumers (e-mail,
+//!    notifications, audit, maintenance, the order saga's participants, the orchestrator's
+//!    replies), one file each; [`dispatch`]: the in-process listener registry for
 //!    `?mode=sync`; [`scheduler`]: cron schedules fired once per tick across instances;
 //!    [`operator`]: the operator service (dead-letter replay and purge under a per-queue lock,
 //!    failed-job retry, saga interventions, the audit log) and its broker-side dead-letter

@@ -10,8 +10,8 @@ use lapin::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-// Old path, kept for the tests until they move.
-pub use super::names::{H_ATTEMPT, H_REQUEST_ID, H_TRACEPARENT, header_int, header_str};
+use super::names::{H_ATTEMPT, H_REQUEST_ID, H_TRACEPARENT};
+
 /// `app_id` on every message warren publishes.
 pub const APP_ID: &str = "warren";
 /// Version of the event body format.
@@ -242,6 +242,7 @@ fn short(s: &str) -> ShortString {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::names::{header_int, header_str};
     use serde_json::json;
 
     #[test]

@@ -44,7 +44,7 @@ impl Parts {
             db.clone(),
             publisher.clone(),
             Metrics::new(),
-            crate::saga::definitions(&settings)?,
+            crate::saga::definitions(settings)?,
         );
         let dlq = Dlq::new(broker.clone(), publisher.clone(), db.clone(), topology);
         let operator = Operator::new(db.clone(), dlq, sagas.clone(), settings.console.page_size);

@@ -36,10 +36,7 @@ use warp::{
 };
 
 use crate::{
-    broker::{
-        envelope::{Event, Meta},
-        names::EVENTS_EXCHANGE,
-    },
+    broker::{envelope::Outgoing, names::EVENTS_EXCHANGE},
     config::{Scope, Settings},
     dispatch::Dispatcher,
     operator::Operator,
@@ -327,7 +324,7 @@ fn slow_request_event(
     status: u16,
     elapsed: std::time::Duration,
 ) {
-    let event = Event::new(
+    let outgoing = Outgoing::event(
         "system.slow_request",
         None,
         json!({
@@ -338,15 +335,14 @@ fn slow_request_event(
             "threshold_ms": state.settings.http.slow_request_ms,
             "request_id": ctx.request_id,
         }),
-    );
-    let mut meta = Meta::for_event(&event);
-    meta.request_id = Some(ctx.request_id.clone());
-    meta.correlation_id = Some(ctx.request_id.clone());
+    )
+    .for_request(Some(ctx.request_id.clone()), None)
+    .correlated(ctx.request_id.clone());
     // Through the events service like a published event: what the broker cannot confirm
     // waits in the outbox.
     let events = state.events.clone();
     tokio::spawn(async move {
-        if let Err(e) = events.send(EVENTS_EXCHANGE, &event, &meta).await {
+        if let Err(e) = events.send_outgoing(EVENTS_EXCHANGE, &outgoing).await {
             tracing::debug!(error = %e, "Cannot publish system.slow_request.");
         }
     });

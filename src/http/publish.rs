@@ -11,7 +11,7 @@ use warp::{Filter, filters::BoxedFilter, http::StatusCode, reply::Reply as _};
 use super::{ApiError, Ctx, HttpState, Response, Route, authorize, limits};
 use crate::{
     broker::{
-        envelope::{Event, Meta},
+        envelope::{Event, Outgoing},
         names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
     },
     config::Scope,
@@ -238,17 +238,27 @@ async fn publish_event(
         .into_response());
     }
 
+    let event_id = event.event_id;
     let stored =
-        publish_for_request(state, ctx, EVENTS_EXCHANGE, &event, traceparent.as_deref()).await?;
-    Ok(warp::reply::with_status(
+        publish_for_request(state, ctx, EVENTS_EXCHANGE, event, traceparent.as_deref()).await?;
+    Ok(accepted(("event_id", event_id), "accepted", stored))
+}
+
+/// The 202 of a published message: its id, what happened, and where it is stored.
+fn accepted(
+    (id_key, id): (&str, uuid::Uuid),
+    status: &str,
+    stored: crate::outbox::Stored,
+) -> Response {
+    warp::reply::with_status(
         warp::reply::json(&json!({
-            "event_id": event.event_id,
-            "status": "accepted",
+            (id_key): id,
+            "status": status,
             "stored": stored.as_str(),
         })),
         StatusCode::ACCEPTED,
     )
-    .into_response())
+    .into_response()
 }
 
 /// Publishes `message` (routing key = its name) with the request's id as correlation id and
@@ -258,16 +268,15 @@ async fn publish_for_request(
     state: &HttpState,
     ctx: &Ctx,
     exchange: &'static str,
-    message: &Event,
+    message: Event,
     traceparent: Option<&str>,
 ) -> Result<crate::outbox::Stored, ApiError> {
     let trace = crate::telemetry::outgoing(traceparent);
     tracing::Span::current().record("trace_id", trace.trace_id.as_str());
-    let mut meta = Meta::for_event(message);
-    meta.correlation_id = Some(ctx.request_id.clone());
-    meta.request_id = Some(ctx.request_id.clone());
-    meta.traceparent = Some(trace.header());
-    Ok(state.events.send(exchange, message, &meta).await?)
+    let outgoing = Outgoing::from_event(message)
+        .for_request(Some(ctx.request_id.clone()), Some(trace.header()))
+        .correlated(ctx.request_id.clone());
+    Ok(state.events.send_outgoing(exchange, &outgoing).await?)
 }
 
 /// Checks the content type and parses the body as a JSON object (a message's `data`). Nesting
@@ -309,15 +318,8 @@ async fn enqueue_job(
     let data = parse_data(content_type.as_deref(), &body)?;
     let job = Event::new(name, None, data);
     tracing::Span::current().record("job_id", tracing::field::display(job.event_id));
+    let job_id = job.event_id;
     let stored =
-        publish_for_request(state, ctx, COMMANDS_EXCHANGE, &job, traceparent.as_deref()).await?;
-    Ok(warp::reply::with_status(
-        warp::reply::json(&json!({
-            "job_id": job.event_id,
-            "status": "queued",
-            "stored": stored.as_str(),
-        })),
-        StatusCode::ACCEPTED,
-    )
-    .into_response())
+        publish_for_request(state, ctx, COMMANDS_EXCHANGE, job, traceparent.as_deref()).await?;
+    Ok(accepted(("job_id", job_id), "queued", stored))
 }

@@ -13,7 +13,7 @@ use crate::broker::names::{
 };
 
 /// Longest message body copied into a `failed_jobs` row (the parked message keeps all of it).
-pub const MAX_FAILED_PAYLOAD: usize = 64 * 1024;
+pub(crate) const MAX_FAILED_PAYLOAD: usize = 64 * 1024;
 
 /// `s` as PostgreSQL accepts it in a text column: NUL characters become U+FFFD.
 pub(super) fn db_text(s: &str) -> String {

@@ -44,8 +44,8 @@ use crate::{
         Broker, BrokerError,
         envelope::Outgoing,
         names::{
-            DEAD_EXCHANGE, ERROR_TIER, EVENTS_EXCHANGE, FAILURE_TIER, H_ATTEMPT, H_TRACEPARENT,
-            header_str,
+            DEAD_EXCHANGE, ERROR_TIER, EVENTS_EXCHANGE, FAILURE_TIER, H_ATTEMPT, H_QUEUE, H_REASON,
+            H_TRACEPARENT, header_str,
         },
         publisher::Publisher,
         topology::Topology,
@@ -54,12 +54,6 @@ use crate::{
     outbox::{EventOutbox, OutboxError},
     store,
     telemetry::Metrics,
-};
-
-// Old path, kept for the tests until they move.
-pub use crate::broker::names::{
-    H_ERROR, H_FAILED_AT, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY, H_QUEUE, H_REASON,
-    H_REPLAYED_AT,
 };
 
 /// Errors that stop one consuming session (the runner reconnects after them).
@@ -660,6 +654,3 @@ impl Parts {
         Settled::Requeued
     }
 }
-
-// Old path, kept for the tests until they move.
-pub use super::failure::MAX_FAILED_PAYLOAD;

@@ -17,8 +17,11 @@ use sea_orm::EntityTrait;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::{
-    broker::envelope::{Event, H_ATTEMPT, header_int, header_str},
-    jobs::{Consumer, Job, JobError, runner},
+    broker::{
+        envelope::Event,
+        names::{self, H_ATTEMPT, header_int, header_str},
+    },
+    jobs::{Consumer, Job, JobError},
 };
 
 use crate::helpers::{TestApp, eventually, spawn_app, spawn_app_with, spawn_worker_with};
@@ -432,11 +435,11 @@ async fn undecodable_foreign_bodies_are_each_parked_with_the_decode_error_and_ne
     for m in &parked {
         let p = &m.delivery.properties;
         assert_eq!(
-            header_str(p, runner::H_REASON).as_deref(),
+            header_str(p, names::H_REASON).as_deref(),
             Some("undecodable")
         );
         assert!(
-            header_str(p, runner::H_ERROR)
+            header_str(p, names::H_ERROR)
                 .unwrap_or_default()
                 .starts_with("undecodable message body: "),
         );
@@ -510,8 +513,8 @@ async fn a_forged_attempt_count_does_not_skip_retries() {
         ids.push(event.event_id);
         let props = BasicProperties::default().with_headers(headers(vec![
             (H_ATTEMPT, value.clone()),
-            (runner::H_ORIGINAL_ROUTING_KEY, long("admin.forged")),
-            (runner::H_REASON, long("forged")),
+            (names::H_ORIGINAL_ROUTING_KEY, long("admin.forged")),
+            (names::H_REASON, long("forged")),
         ]));
         app.publish_raw("warren.events", "order.created", &event.to_json(), props)
             .await;
@@ -533,13 +536,10 @@ async fn a_forged_attempt_count_does_not_skip_retries() {
     );
     for m in &parked {
         let p = &m.delivery.properties;
-        assert_eq!(
-            header_str(p, runner::H_REASON).as_deref(),
-            Some("exhausted")
-        );
+        assert_eq!(header_str(p, names::H_REASON).as_deref(), Some("exhausted"));
         assert_eq!(header_int(p, H_ATTEMPT), Some(i64::from(max)));
         assert_eq!(
-            header_str(p, runner::H_ORIGINAL_ROUTING_KEY).as_deref(),
+            header_str(p, names::H_ORIGINAL_ROUTING_KEY).as_deref(),
             Some("order.created")
         );
     }

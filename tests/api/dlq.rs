@@ -22,11 +22,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use warren::{
     broker::{
-        envelope::{H_ATTEMPT, header_int, header_str},
+        names::{self, H_ATTEMPT, header_int, header_str},
         topology::Topology,
     },
     config::Secret,
-    jobs::{Consumer, Job, JobError, runner},
+    jobs::{Consumer, Job, JobError},
     operator::dlq::{Dlq, Filter},
 };
 
@@ -332,12 +332,12 @@ async fn a_replayed_message_keeps_body_properties_and_origin_and_carries_the_rep
     let long = |s: &str| AMQPValue::LongString(LongString::from(s));
     let mut headers = FieldTable::default();
     headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(3));
-    headers.insert(runner::H_REASON.into(), long("exhausted"));
-    headers.insert(runner::H_QUEUE.into(), long("warren.email"));
-    headers.insert(runner::H_ERROR.into(), long("smtp refused"));
-    headers.insert(runner::H_FAILED_AT.into(), long(&failed_at.to_rfc3339()));
-    headers.insert(runner::H_ORIGINAL_EXCHANGE.into(), long("warren.commands"));
-    headers.insert(runner::H_ORIGINAL_ROUTING_KEY.into(), long("email.send"));
+    headers.insert(names::H_REASON.into(), long("exhausted"));
+    headers.insert(names::H_QUEUE.into(), long("warren.email"));
+    headers.insert(names::H_ERROR.into(), long("smtp refused"));
+    headers.insert(names::H_FAILED_AT.into(), long(&failed_at.to_rfc3339()));
+    headers.insert(names::H_ORIGINAL_EXCHANGE.into(), long("warren.commands"));
+    headers.insert(names::H_ORIGINAL_ROUTING_KEY.into(), long("email.send"));
     headers.insert("x-custom".into(), AMQPValue::Boolean(true));
     let props = BasicProperties::default()
         .with_message_id(id.to_string().into())
@@ -391,15 +391,15 @@ async fn a_replayed_message_keeps_body_properties_and_origin_and_carries_the_rep
         Some("saga-9")
     );
     assert_eq!(header_int(p, H_ATTEMPT), Some(1), "attempt reset");
-    let replayed_at = header_str(p, runner::H_REPLAYED_AT).expect("replay mark");
+    let replayed_at = header_str(p, names::H_REPLAYED_AT).expect("replay mark");
     let replayed_at = chrono::DateTime::parse_from_rfc3339(&replayed_at).expect("rfc3339");
     assert!(Utc::now().signed_duration_since(replayed_at) < chrono::TimeDelta::minutes(1));
     assert_eq!(
-        header_str(p, runner::H_ORIGINAL_EXCHANGE).as_deref(),
+        header_str(p, names::H_ORIGINAL_EXCHANGE).as_deref(),
         Some("warren.commands")
     );
     assert_eq!(
-        header_str(p, runner::H_ORIGINAL_ROUTING_KEY).as_deref(),
+        header_str(p, names::H_ORIGINAL_ROUTING_KEY).as_deref(),
         Some("email.send")
     );
     assert!(matches!(

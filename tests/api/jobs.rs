@@ -11,8 +11,11 @@ use lapin::{BasicProperties, types::AMQPValue};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 use warren::{
-    broker::envelope::{Event, H_ATTEMPT, header_int, header_str},
-    jobs::{Consumer, Job, JobError, runner},
+    broker::{
+        envelope::Event,
+        names::{self, H_ATTEMPT, header_int, header_str},
+    },
+    jobs::{Consumer, Job, JobError},
 };
 
 use crate::helpers::{TestApp, eventually, spawn_worker_with};
@@ -262,24 +265,21 @@ async fn a_job_that_always_fails_is_parked_after_exactly_three_attempts_with_a_r
         Some(event_id.as_str())
     );
     assert_eq!(header_int(p, H_ATTEMPT), Some(3));
+    assert_eq!(header_str(p, names::H_REASON).as_deref(), Some("exhausted"));
     assert_eq!(
-        header_str(p, runner::H_REASON).as_deref(),
-        Some("exhausted")
-    );
-    assert_eq!(
-        header_str(p, runner::H_ORIGINAL_EXCHANGE).as_deref(),
+        header_str(p, names::H_ORIGINAL_EXCHANGE).as_deref(),
         Some("warren.events")
     );
     assert_eq!(
-        header_str(p, runner::H_ORIGINAL_ROUTING_KEY).as_deref(),
+        header_str(p, names::H_ORIGINAL_ROUTING_KEY).as_deref(),
         Some("user.registered")
     );
     assert!(
-        header_str(p, runner::H_ERROR)
+        header_str(p, names::H_ERROR)
             .expect("error header")
             .contains("mailbox full")
     );
-    assert!(header_str(p, runner::H_FAILED_AT).is_some());
+    assert!(header_str(p, names::H_FAILED_AT).is_some());
     let body: Event = serde_json::from_slice(&parked[0].delivery.data).expect("body kept");
     assert_eq!(body.data, json!({"email": "b@example.com"}));
 
@@ -332,7 +332,7 @@ async fn invalid_input_is_parked_after_one_attempt() {
     .await;
     assert_eq!(c.calls().len(), 1, "no retry for invalid input");
     let p = &parked[0].delivery.properties;
-    assert_eq!(header_str(p, runner::H_REASON).as_deref(), Some("invalid"));
+    assert_eq!(header_str(p, names::H_REASON).as_deref(), Some("invalid"));
     assert_eq!(header_int(p, H_ATTEMPT), Some(1));
     let rows = entities::failed_jobs::Entity::find()
         .all(&app.db().await)
@@ -363,11 +363,11 @@ async fn an_undecodable_message_from_a_foreign_client_is_parked_with_the_decode_
     assert_eq!(parked[0].delivery.data, b"<xml>not json</xml>");
     let p = &parked[0].delivery.properties;
     assert_eq!(
-        header_str(p, runner::H_REASON).as_deref(),
+        header_str(p, names::H_REASON).as_deref(),
         Some("undecodable")
     );
     assert!(
-        header_str(p, runner::H_ERROR)
+        header_str(p, names::H_ERROR)
             .expect("error")
             .contains("undecodable message body")
     );

@@ -477,7 +477,7 @@ async fn one_trace_id_follows_a_request_through_retries_dead_letters_and_saga_st
     let tapped = app.drain("test.trace").await;
     assert_eq!(tapped.len(), 8, "4 commands and 4 replies");
     for m in &tapped {
-        let tp = warren::broker::envelope::header_str(&m.delivery.properties, "traceparent")
+        let tp = warren::broker::names::header_str(&m.delivery.properties, "traceparent")
             .expect("traceparent header");
         assert_eq!(trace_id_of(&tp), trace, "{:?}", m.delivery.routing_key);
     }
@@ -496,7 +496,7 @@ async fn one_trace_id_follows_a_request_through_retries_dead_letters_and_saga_st
     app.settled(&[("warren.email", 0), ("warren.email.dead", 1)])
         .await;
     let parked = app.drain("warren.email.dead").await;
-    let tp = warren::broker::envelope::header_str(&parked[0].delivery.properties, "traceparent")
+    let tp = warren::broker::names::header_str(&parked[0].delivery.properties, "traceparent")
         .expect("traceparent kept on the dead letter");
     assert_eq!(trace_id_of(&tp), trace2);
     let seen = failing.traceparents.lock().expect("lock").clone();

@@ -92,7 +92,7 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
     assert_eq!(r.status(), 202);
     // The published message names the exported HTTP span, in the caller's trace.
     let msgs = app.drain("warren.audit").await;
-    let tp = warren::broker::envelope::header_str(&msgs[0].delivery.properties, "traceparent")
+    let tp = warren::broker::names::header_str(&msgs[0].delivery.properties, "traceparent")
         .expect("traceparent");
     assert_eq!(&tp[3..35], trace);
     let trace_bytes = hex::decode(trace).expect("hex");

@@ -1,8 +1,9 @@
 //! The publish path: HTTP -> confirm -> every bound durable queue.
 
 use serde_json::json;
-use warren::broker::envelope::{
-    Event, H_ATTEMPT, H_REQUEST_ID, H_TRACEPARENT, header_int, header_str,
+use warren::broker::{
+    envelope::Event,
+    names::{H_ATTEMPT, H_REQUEST_ID, H_TRACEPARENT, header_int, header_str},
 };
 
 use crate::helpers::{spawn_app, spawn_app_with};
