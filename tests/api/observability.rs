@@ -352,23 +352,7 @@ async fn a_slow_request_event_is_kept_in_the_outbox_when_the_broker_cannot_confi
     )
     .await;
     gate.close();
-    eventually(
-        Duration::from_secs(15),
-        "readyz: broker refused",
-        || async {
-            let r = app
-                .request(reqwest::Method::GET, "/readyz")
-                .send()
-                .await
-                .ok()?;
-            let body: Value = r.json().await.ok()?;
-            body["checks"]["broker"]
-                .as_str()?
-                .starts_with("cannot get an AMQP connection: ")
-                .then_some(())
-        },
-    )
-    .await;
+    crate::outbox::until_broker_refused(&app).await;
 
     let r = app
         .post_event("order.created", &json!({"slow": true}))

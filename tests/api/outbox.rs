@@ -107,7 +107,7 @@ fn assert_each_once(messages: &[(String, Value)], accepted: &[String]) {
 /// Waits until warren has seen the broker go: its connection pool no longer hands out the
 /// connection the gate cut (a publish on it would wait for a confirm that never comes) and
 /// gets each new one refused.
-async fn until_broker_refused(app: &TestApp) {
+pub(crate) async fn until_broker_refused(app: &TestApp) {
     eventually(
         Duration::from_secs(15),
         "readyz to report the broker refused",
