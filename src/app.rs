@@ -196,228 +196,304 @@ impl App {
         roles: &[Role],
         shutdown: CancellationToken,
     ) -> Result<Running, StartError> {
-        let settings = self.settings.clone();
+        let parts = Parts::connect(&self.settings, &self.metrics, roles, shutdown).await?;
+        if roles.contains(&Role::Saga) {
+            parts.start_saga();
+        }
+        if roles.contains(&Role::Scheduler) {
+            parts.start_scheduler()?;
+        }
+        if roles.contains(&Role::Worker) {
+            let mut consumers = Vec::new();
+            for name in &self.modules {
+                consumers.push(builtin_module(
+                    name,
+                    &parts.settings,
+                    parts.pools.get(Pool::Consumers),
+                    &parts.publisher,
+                )?);
+            }
+            consumers.extend(self.consumers.iter().cloned());
+            parts.start_runners(consumers);
+        }
+        if self.builtin_listeners {
+            self.register_builtin_listeners(parts.pools.get(Pool::Http));
+        }
+        let sagas = parts.sagas_on(Pool::Http);
+        let metrics_addr = if roles.contains(&Role::Http) {
+            None
+        } else {
+            parts.start_metrics_listener().await
+        };
+        let http_addr = if roles.contains(&Role::Http) {
+            Some(parts.start_http(self.dispatcher, &sagas).await?)
+        } else {
+            None
+        };
+        parts.tasks.close();
+        Ok(Running {
+            http_addr,
+            metrics_addr,
+            metrics: self.metrics,
+            db: parts.pools.get(Pool::Http).clone(),
+            pools: parts.pools,
+            broker: parts.broker,
+            publisher: parts.publisher,
+            topology_ready: parts.topology_ready,
+            sagas,
+            tasks: parts.tasks,
+            shutdown: parts.shutdown,
+        })
+    }
+
+    /// The article's synchronous mode does the consumers' work inside the request (so on the
+    /// HTTP front's pool): the notification row and the welcome e-mail (highest priority
+    /// first), then audit.
+    fn register_builtin_listeners(&mut self, db: &sea_orm::DatabaseConnection) {
+        self.dispatcher
+            .register("audit.record", "#", 0, AuditListener::new(db.clone()));
+        for pattern in ["user.*", "order.*"] {
+            self.dispatcher.register(
+                "notifications.store",
+                pattern,
+                10,
+                NotificationListener::new(db.clone()),
+            );
+        }
+        match crate::modules::email::Email::new(db.clone(), &self.settings.email) {
+            Ok(email) => {
+                self.dispatcher.register(
+                    "email.welcome",
+                    "user.registered",
+                    20,
+                    WelcomeEmailListener::new(email),
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "No welcome e-mail in sync mode."),
+        }
+    }
+}
+
+/// What every role is built from: the connections, the topology, the events service and the
+/// runners' context, and the task tracker the roles' tasks run on.
+struct Parts {
+    settings: Arc<Settings>,
+    metrics: Metrics,
+    pools: store::Pools,
+    broker: Broker,
+    topology: Arc<Topology>,
+    topology_ready: tokio::sync::watch::Receiver<bool>,
+    publisher: Publisher,
+    definitions: Vec<crate::saga::SagaDef>,
+    /// The events service: the HTTP front's events and the runners' `job.failed` alerts.
+    events: EventOutbox,
+    ctx: RunnerContext,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Parts {
+    /// Connects the pools and the broker, starts declaring the topology, and starts the
+    /// events relay in every role that can store in the events outbox.
+    async fn connect(
+        settings: &Arc<Settings>,
+        metrics: &Metrics,
+        roles: &[Role],
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
         let pools = store::Pools::connect(&settings.database).await?;
-        // Each role on its own pool (database.pools): `db` is the HTTP front's.
-        let db = pools.get(Pool::Http).clone();
-        let consumers_db = pools.get(Pool::Consumers).clone();
-        let relay_db = pools.get(Pool::Relay).clone();
-        let broker = Broker::new(&settings, &format!("warren {}", std::process::id()))?;
-        let topology = Arc::new(Topology::for_settings(&settings)?);
+        let broker = Broker::new(settings, &format!("warren {}", std::process::id()))?;
+        let topology = Arc::new(Topology::for_settings(settings)?);
+        let definitions = crate::saga::definitions(settings)?;
         let tasks = TaskTracker::new();
         let publisher = Publisher::new(
             broker.clone(),
             settings.amqp.publish_channels,
             settings.amqp.publish_timeout(),
-            self.metrics.clone(),
+            metrics.clone(),
         );
 
         // Ready once the topology is declared (or at once when warren is told not to declare).
         let (ready_tx, topology_ready) =
             tokio::sync::watch::channel(!settings.amqp.declare_topology);
         if settings.amqp.declare_topology {
-            let broker = broker.clone();
-            let shutdown = shutdown.clone();
-            let topology = topology.clone();
+            let (broker, shutdown, topology) = (broker.clone(), shutdown.clone(), topology.clone());
             tasks.spawn(async move {
                 if keep_declaring(broker, &topology, shutdown).await {
                     let _ = ready_tx.send(true);
                 }
             });
         }
-
         let watched = broker.clone();
-        self.metrics.watch_broker(move || watched.connections());
-        self.metrics.watch_database(pools.named());
-        let definitions = crate::saga::definitions(&settings)?;
-        let sagas_on = |db: &sea_orm::DatabaseConnection| {
-            Sagas::new(
-                db.clone(),
-                publisher.clone(),
-                self.metrics.clone(),
-                definitions.clone(),
-            )
-        };
-        let sagas = sagas_on(&db);
-        // The events service: the HTTP front's events and the runners' job.failed alerts.
-        // Every role that can store in it runs its relay.
-        let outbox = EventOutbox::new(
-            db.clone(),
+        metrics.watch_broker(move || watched.connections());
+        metrics.watch_database(pools.named());
+
+        let events = EventOutbox::new(
+            pools.get(Pool::Http).clone(),
             publisher.clone(),
-            self.metrics.clone(),
+            metrics.clone(),
             settings.outbox.clone(),
         )
-        .with_relay_pool(relay_db.clone());
+        .with_relay_pool(pools.get(Pool::Relay).clone());
         if [Role::Http, Role::Worker, Role::Saga]
             .iter()
             .any(|r| roles.contains(r))
         {
-            tasks.spawn(run_outbox_relay(outbox.clone(), shutdown.clone()));
+            tasks.spawn(run_outbox_relay(events.clone(), shutdown.clone()));
         }
         let ctx = RunnerContext {
             broker: broker.clone(),
             publisher: publisher.clone(),
-            db: consumers_db.clone(),
-            metrics: self.metrics.clone(),
+            db: pools.get(Pool::Consumers).clone(),
+            metrics: metrics.clone(),
             topology: topology.clone(),
-            events: outbox.clone(),
+            events: events.clone(),
         };
-        if roles.contains(&Role::Saga) {
-            // The replies on the consumers' pool; the timer, gauges and relay on the relays'.
-            let orchestrator: Arc<dyn Consumer> =
-                Arc::new(Orchestrator::new(sagas_on(&consumers_db)));
-            let sagas = sagas_on(&relay_db);
-            let runner = Runner::new(orchestrator, ctx.clone(), &settings.jobs);
-            tasks.spawn(runner.run(shutdown.clone()));
-            tasks.spawn(run_timer(
-                sagas.clone(),
-                std::time::Duration::from_millis(settings.saga.tick_ms),
-                shutdown.clone(),
-            ));
-            tasks.spawn(run_gauges(
-                sagas.clone(),
-                std::time::Duration::from_secs(5),
-                shutdown.clone(),
-            ));
-            tasks.spawn(run_relay(
-                sagas.clone(),
-                std::time::Duration::from_millis(settings.saga.relay_ms),
-                std::time::Duration::from_millis(settings.saga.relay_grace_ms),
-                shutdown.clone(),
-            ));
-        }
-        if roles.contains(&Role::Scheduler) {
-            let scheduler = crate::scheduler::Scheduler::new(
-                pools.get(Pool::Scheduler).clone(),
-                publisher.clone(),
-                &settings.scheduler,
-                settings.identity.instance(),
-            )
-            .map_err(StartError::Scheduler)?;
-            tasks.spawn(scheduler.run(shutdown.clone()));
-        }
-        if roles.contains(&Role::Worker) {
-            let mut consumers = Vec::new();
-            for name in &self.modules {
-                consumers.push(builtin_module(name, &settings, &consumers_db, &publisher)?);
-            }
-            consumers.extend(self.consumers.iter().cloned());
-            for consumer in consumers {
-                let runner = Runner::new(consumer, ctx.clone(), &settings.jobs);
-                tasks.spawn(runner.run(shutdown.clone()));
-            }
-        }
-
-        if self.builtin_listeners {
-            // The article's synchronous mode does the consumers' work inside the request:
-            // the notification row and the welcome e-mail (highest priority first), then audit.
-            self.dispatcher
-                .register("audit.record", "#", 0, AuditListener::new(db.clone()));
-            for pattern in ["user.*", "order.*"] {
-                self.dispatcher.register(
-                    "notifications.store",
-                    pattern,
-                    10,
-                    NotificationListener::new(db.clone()),
-                );
-            }
-            match crate::modules::email::Email::new(db.clone(), &settings.email) {
-                Ok(email) => {
-                    self.dispatcher.register(
-                        "email.welcome",
-                        "user.registered",
-                        20,
-                        WelcomeEmailListener::new(email),
-                    );
-                }
-                Err(e) => tracing::warn!(error = %e, "No welcome e-mail in sync mode."),
-            }
-        }
-
-        let mut metrics_addr = None;
-        if !roles.contains(&Role::Http)
-            && let Some(addr) = settings.metrics.addr
-        {
-            match crate::telemetry::serve_metrics(self.metrics.clone(), addr, shutdown.clone())
-                .await
-            {
-                Ok((bound, server)) => {
-                    tracing::info!(addr = %bound, "Metrics listener up (GET /metrics).");
-                    metrics_addr = Some(bound);
-                    tasks.spawn(server);
-                }
-                Err(e) => tracing::warn!(%addr, error = %e,
-                    "Cannot listen for metrics; this process is not scrapeable (set metrics.addr)."),
-            }
-        }
-
-        let mut http_addr = None;
-        if roles.contains(&Role::Http) {
-            let dlq = Dlq::new(
-                broker.clone(),
-                publisher.clone(),
-                db.clone(),
-                topology.clone(),
-            );
-            let operator =
-                Operator::new(db.clone(), dlq, sagas.clone(), settings.console.page_size);
-            let reads = crate::reads::Reads::new(db.clone(), topology.clone());
-            let health = crate::health::Health::new(
-                broker.clone(),
-                reads.clone(),
-                topology_ready.clone(),
-                settings.amqp.connect_timeout(),
-            );
-            let state = HttpState {
-                settings: settings.clone(),
-                events: outbox.clone(),
-                reads: reads.clone(),
-                health,
-                dispatcher: Arc::new(self.dispatcher),
-                metrics: self.metrics.clone(),
-                sagas: sagas.clone(),
-                slow_events: Arc::default(),
-                tokens: Arc::new(crate::http::auth::Tokens::new(&settings.http.tokens)),
-                limits: Arc::new(crate::http::limits::Limits::new(&settings.http)),
-                console: crate::console::Console::new(
-                    &settings,
-                    operator.clone(),
-                    reads,
-                    sagas.clone(),
-                ),
-                operator,
-            };
-            let (addr, server) = http::serve(state, settings.http.addr, shutdown.clone())
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: settings.http.addr,
-                    source,
-                })?;
-            tracing::info!(%addr, "HTTP front listening.");
-            http_addr = Some(addr);
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                server.await;
-                if !stop.is_cancelled() {
-                    tracing::error!("HTTP front exited; stopping the other roles.");
-                    stop.cancel();
-                }
-            });
-        }
-        tasks.close();
-        Ok(Running {
-            http_addr,
-            metrics_addr,
-            metrics: self.metrics,
-            db,
+        Ok(Self {
+            settings: settings.clone(),
+            metrics: metrics.clone(),
             pools,
             broker,
-            publisher,
+            topology,
             topology_ready,
-            sagas,
+            publisher,
+            definitions,
+            events,
+            ctx,
             tasks,
             shutdown,
         })
+    }
+
+    /// The saga engine on `pool`'s connections.
+    fn sagas_on(&self, pool: Pool) -> Sagas {
+        Sagas::new(
+            self.pools.get(pool).clone(),
+            self.publisher.clone(),
+            self.metrics.clone(),
+            self.definitions.clone(),
+        )
+    }
+
+    /// The saga role: the replies on the consumers' pool; the timer, gauges and relay on the
+    /// relays'.
+    fn start_saga(&self) {
+        let orchestrator: Arc<dyn Consumer> =
+            Arc::new(Orchestrator::new(self.sagas_on(Pool::Consumers)));
+        self.start_runners([orchestrator]);
+        let (sagas, saga) = (self.sagas_on(Pool::Relay), &self.settings.saga);
+        let ms = std::time::Duration::from_millis;
+        self.tasks.spawn(run_timer(
+            sagas.clone(),
+            ms(saga.tick_ms),
+            self.shutdown.clone(),
+        ));
+        self.tasks.spawn(run_gauges(
+            sagas.clone(),
+            std::time::Duration::from_secs(5),
+            self.shutdown.clone(),
+        ));
+        self.tasks.spawn(run_relay(
+            sagas,
+            ms(saga.relay_ms),
+            ms(saga.relay_grace_ms),
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// The scheduler role, on its own pool.
+    fn start_scheduler(&self) -> Result<(), StartError> {
+        let scheduler = crate::scheduler::Scheduler::new(
+            self.pools.get(Pool::Scheduler).clone(),
+            self.publisher.clone(),
+            &self.settings.scheduler,
+            self.settings.identity.instance(),
+        )
+        .map_err(StartError::Scheduler)?;
+        self.tasks.spawn(scheduler.run(self.shutdown.clone()));
+        Ok(())
+    }
+
+    /// A runner per consumer.
+    fn start_runners(&self, consumers: impl IntoIterator<Item = Arc<dyn Consumer>>) {
+        for consumer in consumers {
+            let runner = Runner::new(consumer, self.ctx.clone(), &self.settings.jobs);
+            self.tasks.spawn(runner.run(self.shutdown.clone()));
+        }
+    }
+
+    /// The metrics listener of a process without the HTTP front (`metrics.addr`), if set and
+    /// bound.
+    async fn start_metrics_listener(&self) -> Option<SocketAddr> {
+        let addr = self.settings.metrics.addr?;
+        match crate::telemetry::serve_metrics(self.metrics.clone(), addr, self.shutdown.clone())
+            .await
+        {
+            Ok((bound, server)) => {
+                tracing::info!(addr = %bound, "Metrics listener up (GET /metrics).");
+                self.tasks.spawn(server);
+                Some(bound)
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e,
+                    "Cannot listen for metrics; this process is not scrapeable (set metrics.addr).");
+                None
+            }
+        }
+    }
+
+    /// The HTTP front and the services it holds, on the HTTP front's pool; when it exits on
+    /// its own it stops the other roles.
+    async fn start_http(
+        &self,
+        dispatcher: Dispatcher,
+        sagas: &Sagas,
+    ) -> Result<SocketAddr, StartError> {
+        let (settings, db) = (&self.settings, self.pools.get(Pool::Http));
+        let dlq = Dlq::new(
+            self.broker.clone(),
+            self.publisher.clone(),
+            db.clone(),
+            self.topology.clone(),
+        );
+        let operator = Operator::new(db.clone(), dlq, sagas.clone(), settings.console.page_size);
+        let reads = crate::reads::Reads::new(db.clone(), self.topology.clone());
+        let health = crate::health::Health::new(
+            self.broker.clone(),
+            reads.clone(),
+            self.topology_ready.clone(),
+            settings.amqp.connect_timeout(),
+        );
+        let state = HttpState {
+            settings: settings.clone(),
+            events: self.events.clone(),
+            reads: reads.clone(),
+            health,
+            dispatcher: Arc::new(dispatcher),
+            metrics: self.metrics.clone(),
+            sagas: sagas.clone(),
+            slow_events: Arc::default(),
+            tokens: Arc::new(crate::http::auth::Tokens::new(&settings.http.tokens)),
+            limits: Arc::new(crate::http::limits::Limits::new(&settings.http)),
+            console: crate::console::Console::new(settings, operator.clone(), reads, sagas.clone()),
+            operator,
+        };
+        let (addr, server) = http::serve(state, settings.http.addr, self.shutdown.clone())
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: settings.http.addr,
+                source,
+            })?;
+        tracing::info!(%addr, "HTTP front listening.");
+        let stop = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            server.await;
+            if !stop.is_cancelled() {
+                tracing::error!("HTTP front exited; stopping the other roles.");
+                stop.cancel();
+            }
+        });
+        Ok(addr)
     }
 }
 
