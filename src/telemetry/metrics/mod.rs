@@ -195,6 +195,8 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A fresh registry with every metric registered.
+    // Long on purpose: one registration per metric family, kept as one list so that every
+    // name warren exports (and its help text) is found in one place.
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
