@@ -330,11 +330,11 @@ impl Parts {
 
         let events = EventOutbox::new(
             pools.get(Pool::Http).clone(),
+            pools.get(Pool::Relay).clone(),
             publisher.clone(),
             metrics.clone(),
             settings.outbox.clone(),
-        )
-        .with_relay_pool(pools.get(Pool::Relay).clone());
+        );
         if [Role::Http, Role::Worker, Role::Saga]
             .iter()
             .any(|r| roles.contains(r))

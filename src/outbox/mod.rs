@@ -122,7 +122,7 @@ pub struct EventOutbox {
 struct Inner {
     /// Where senders store (the HTTP front's pool).
     db: DatabaseConnection,
-    /// What the relay reads and deletes with (the relays' pool; `db` unless set).
+    /// What the relay reads and deletes with (the relays' pool).
     relay_db: DatabaseConnection,
     publisher: Publisher,
     metrics: Metrics,
@@ -153,17 +153,21 @@ impl std::fmt::Debug for EventOutbox {
 }
 
 impl EventOutbox {
-    /// An outbox over `db`, publishing through `publisher`.
+    /// An outbox whose senders store with `db` (the HTTP front's pool) and whose relay reads
+    /// and deletes with `relay_db` (the relays' pool, `database.pools.relay`), so a burst of
+    /// senders storing while the broker is away cannot hold up the relay. Publishes through
+    /// `publisher`.
     pub fn new(
         db: DatabaseConnection,
+        relay_db: DatabaseConnection,
         publisher: Publisher,
         metrics: Metrics,
         settings: OutboxSettings,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                relay_db: db.clone(),
                 db,
+                relay_db,
                 publisher,
                 metrics,
                 settings,
@@ -174,16 +178,6 @@ impl EventOutbox {
                 wake: tokio::sync::Notify::new(),
             }),
         }
-    }
-
-    /// The same outbox with its relay on a pool of its own (`database.pools.relay`), so a
-    /// burst of senders storing while the broker is away cannot hold up the relay.
-    /// Called at start-up, before the outbox is cloned (a clone keeps the shared pool).
-    pub fn with_relay_pool(mut self, relay_db: DatabaseConnection) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.relay_db = relay_db;
-        }
-        self
     }
 
     fn now_ms(&self) -> u64 {
