@@ -13,13 +13,15 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 use warp::{
-    Filter, Reply,
-    filters::BoxedFilter,
+    Filter, Reply as _,
     http::{HeaderValue, StatusCode, header},
     reply::Response,
 };
 
-use super::{ApiError, HttpState, Route, auth, optional_body};
+use super::{
+    ApiError, HttpState, auth, optional_body,
+    route::{self, Access, Endpoint, Reply, Request},
+};
 use crate::{
     config::Scope,
     operator::{Operation, dlq},
@@ -94,106 +96,75 @@ struct OperationBody {
     confirm: bool,
 }
 
-/// The console's routes.
-pub(super) fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
-    let cookie = || warp::cookie::optional::<String>(auth::SESSION_COOKIE);
-    let page = |p: Page| move |cookie: Option<String>| Route::ConsolePage { page: p, cookie };
-    let index = warp::path!("console")
-        .or(warp::path!("console" / ..).and(warp::path::end()))
-        .unify()
-        .or(warp::path!("console" / "index.html"))
-        .unify()
-        .and(warp::get())
-        .and(cookie())
-        .map(page(Page::Index))
-        .boxed();
-    let script = warp::path!("console" / "app.js")
-        .and(warp::get())
-        .and(cookie())
-        .map(page(Page::Script))
-        .boxed();
-    let style = warp::path!("console" / "style.css")
-        .and(warp::get())
-        .and(cookie())
-        .map(page(Page::Style))
-        .boxed();
-    let login_page = warp::path!("console" / "login")
-        .and(warp::get())
-        .and(cookie())
-        .map(page(Page::Login))
-        .boxed();
-    let login = warp::path!("console" / "login")
-        .and(warp::post())
-        .and(warp::header::optional::<String>("x-forwarded-proto"))
-        .and(warp::body::content_length_limit(body_limit))
-        .and(warp::body::form::<HashMap<String, String>>())
-        .map(|proto: Option<String>, form| Route::ConsoleLogin {
-            form,
-            https: proto.is_some_and(|p| p.eq_ignore_ascii_case("https")),
-        })
-        .boxed();
-    let logout = warp::path!("console" / "logout")
-        .and(warp::post())
-        .map(|| Route::ConsoleLogout)
-        .boxed();
-    let overview = warp::path!("v1" / "console" / "overview")
-        .and(warp::get())
-        .and(auth::credentials())
-        .map(|auth| Route::ConsoleOverview { auth })
-        .boxed();
-    let start = warp::path!("v1" / "console" / "operations")
-        .and(warp::post())
-        .and(auth::credentials())
-        .and(optional_body(body_limit))
-        .map(|auth, body| Route::ConsoleStart { auth, body })
-        .boxed();
-    let operation = warp::path!("v1" / "console" / "operations" / Uuid)
-        .and(warp::get())
-        .and(auth::credentials())
-        .map(|id, auth| Route::ConsoleOperation { id, auth })
-        .boxed();
-    let audit = warp::path!("v1" / "console" / "audit")
-        .and(warp::get())
-        .and(warp::query::<AuditQuery>())
-        .and(auth::credentials())
-        .map(|query, auth| Route::ConsoleAudit { query, auth })
-        .boxed();
-    index
-        .or(script)
-        .unify()
-        .or(style)
-        .unify()
-        .or(login_page)
-        .unify()
-        .or(login)
-        .unify()
-        .or(logout)
-        .unify()
-        .or(overview)
-        .unify()
-        .or(start)
-        .unify()
-        .or(operation)
-        .unify()
-        .or(audit)
-        .unify()
-        .boxed()
+/// The console's routes (all of them 404 when the console is off).
+pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
+    let (read, admin) = (Access::Scoped(Scope::Read), Access::Scoped(Scope::Admin));
+    let page = |path, label, p: Page| {
+        // The cookie filter cannot fail; the route's inputs are of the kind that can.
+        let cookie = warp::cookie::optional::<String>(auth::SESSION_COOKIE)
+            .and_then(|c| async move { Ok::<_, warp::Rejection>(c) });
+        Endpoint::get(path, Access::Public)
+            .input(cookie)
+            .label(label)
+            .guard(enabled)
+            .to(move |req: Request, (), cookie: Option<String>| async move {
+                serve_page(&req, p, cookie)
+            })
+    };
+    vec![
+        page("/console", "/console", Page::Index),
+        page("/console/index.html", "/console", Page::Index),
+        page("/console/app.js", "/console/{asset}", Page::Script),
+        page("/console/style.css", "/console/{asset}", Page::Style),
+        page("/console/login", "/console/login", Page::Login),
+        Endpoint::post("/console/login", Access::Public)
+            .input(
+                warp::header::optional::<String>("x-forwarded-proto")
+                    .and(warp::body::content_length_limit(body_limit))
+                    .and(warp::body::form::<HashMap<String, String>>())
+                    .map(|proto, form| (proto, form)),
+            )
+            .guard(enabled)
+            .to(sign_in),
+        Endpoint::post("/console/logout", Access::Public)
+            .guard(enabled)
+            .to(|_: Request, (), ()| async move { Ok(sign_out()) }),
+        Endpoint::get("/v1/console/overview", read)
+            .guard(enabled)
+            .to(|req: Request, (), ()| async move {
+                let mut body = req.state.console.overview().await;
+                body["operator"] = json!(req.actor());
+                route::json(&body)
+            }),
+        Endpoint::post("/v1/console/operations", admin)
+            .input(optional_body(body_limit))
+            .guard(enabled)
+            .to(|req: Request, (), body: Bytes| async move {
+                start_operation(&req.state, &req.actor(), &body).await
+            }),
+        Endpoint::get("/v1/console/operations/{id}", read)
+            .guard(enabled)
+            .to(|req: Request, (id,): (Uuid,), ()| async move {
+                route::json(&req.state.operator.get(id).await?)
+            }),
+        Endpoint::get("/v1/console/audit", read)
+            .input(warp::query::<AuditQuery>())
+            .guard(enabled)
+            .to(|req: Request, (), query: AuditQuery| async move {
+                let limit = super::list_limit(query.limit, AUDIT_LIMIT)?;
+                let rows = req.state.operator.audit(limit).await?;
+                route::json(&json!({ "actions": rows }))
+            }),
+    ]
 }
 
-/// The template of a console route, for requests rejected before routing.
-pub(super) fn template_for(path: &str) -> Option<&'static str> {
-    let segments: Vec<&str> = path.split('/').collect();
-    Some(match segments.as_slice() {
-        ["", "console"] | ["", "console", ""] | ["", "console", "index.html"] => "/console",
-        ["", "console", "login"] => "/console/login",
-        ["", "console", "logout"] => "/console/logout",
-        ["", "console", _] => "/console/{asset}",
-        ["", "v1", "console", "overview"] => "/v1/console/overview",
-        ["", "v1", "console", "operations"] => "/v1/console/operations",
-        ["", "v1", "console", "operations", _] => "/v1/console/operations/{id}",
-        ["", "v1", "console", "audit"] => "/v1/console/audit",
-        _ => return None,
-    })
+/// The console's routes are 404 while it is off.
+fn enabled(state: &HttpState) -> Result<(), ApiError> {
+    if state.settings.console.enabled {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound)
+    }
 }
 
 fn redirect(to: &str) -> Response {
@@ -241,90 +212,66 @@ fn query_escape(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn authorize(state: &HttpState, auth: Option<&str>, needed: Scope) -> Result<String, ApiError> {
-    let caller = state.tokens.authorize(auth, needed)?;
-    Ok(state.tokens.actor(caller, auth))
+/// A page or asset: the public ones to anyone, the others to a signed-in session (the app
+/// sends the rest to the sign-in page).
+fn serve_page(req: &Request, page: Page, cookie: Option<String>) -> Reply {
+    let tokens = &req.state.tokens;
+    let signed_in = tokens.session_valid(cookie.as_deref());
+    Ok(match page {
+        Page::Login if !tokens.enabled() => redirect("/console"),
+        p if p.public() || signed_in => page_response(p),
+        Page::Index => redirect("/console/login"),
+        _ => return Err(ApiError::Unauthorized),
+    })
 }
 
-/// Handles a console route.
-pub(super) async fn handle(state: &HttpState, route: Route) -> Result<Response, ApiError> {
-    if !state.settings.console.enabled {
-        return Err(ApiError::NotFound);
-    }
-    match route {
-        Route::ConsolePage { page, cookie } => {
-            let signed_in = state.tokens.session_valid(cookie.as_deref());
-            Ok(match page {
-                Page::Login if !state.tokens.enabled() => redirect("/console"),
-                p if p.public() || signed_in => page_response(p),
-                Page::Index => redirect("/console/login"),
-                _ => return Err(ApiError::Unauthorized),
-            })
-        }
-        Route::ConsoleLogin { form, https } => {
-            let token = form.get("token").map_or("", String::as_str).trim();
-            let operator = form.get("operator").map_or("", String::as_str);
-            let lifetime = Duration::from_secs(state.settings.console.session_hours * 3_600);
-            match state.tokens.sign_in(token, operator, lifetime) {
-                Ok(value) => {
-                    let mut r = redirect("/console");
-                    if let Ok(v) = HeaderValue::from_str(&session_cookie(&value, lifetime, https)) {
-                        r.headers_mut().insert(header::SET_COOKIE, v);
-                    }
-                    tracing::info!(actor = %operator.trim(), "Console sign-in.");
-                    Ok(r)
-                }
-                Err(e) => {
-                    let why = match e {
-                        ApiError::Unauthorized => "unknown token".to_owned(),
-                        ApiError::Forbidden(_) => {
-                            "this token lacks the admin scope the console needs".to_owned()
-                        }
-                        other => other.to_string(),
-                    };
-                    tracing::info!(reason = %why, "Console sign-in refused.");
-                    Ok(redirect(&format!(
-                        "/console/login?error={}",
-                        query_escape(&why)
-                    )))
-                }
+/// `POST /console/login`: a session cookie for a token with `admin`, and back to the
+/// console; a refusal goes back to the sign-in page with the reason.
+async fn sign_in(
+    req: Request,
+    (): (),
+    (proto, form): (Option<String>, HashMap<String, String>),
+) -> Reply {
+    // Whether the client came over HTTPS (a proxy's `X-Forwarded-Proto`).
+    let https = proto.is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let state = &req.state;
+    let token = form.get("token").map_or("", String::as_str).trim();
+    let operator = form.get("operator").map_or("", String::as_str);
+    let lifetime = Duration::from_secs(state.settings.console.session_hours * 3_600);
+    match state.tokens.sign_in(token, operator, lifetime) {
+        Ok(value) => {
+            let mut r = redirect("/console");
+            if let Ok(v) = HeaderValue::from_str(&session_cookie(&value, lifetime, https)) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
             }
-        }
-        Route::ConsoleLogout => {
-            let mut r = redirect("/console/login");
-            r.headers_mut().insert(
-                header::SET_COOKIE,
-                HeaderValue::from_static(
-                    "warren_console=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-                ),
-            );
+            tracing::info!(actor = %operator.trim(), "Console sign-in.");
             Ok(r)
         }
-        Route::ConsoleOverview { auth } => {
-            let actor = authorize(state, auth.as_deref(), Scope::Read)?;
-            let mut body = state.console.overview().await;
-            body["operator"] = json!(actor);
-            Ok(warp::reply::json(&body).into_response())
+        Err(e) => {
+            let why = match e {
+                ApiError::Unauthorized => "unknown token".to_owned(),
+                ApiError::Forbidden(_) => {
+                    "this token lacks the admin scope the console needs".to_owned()
+                }
+                other => other.to_string(),
+            };
+            tracing::info!(reason = %why, "Console sign-in refused.");
+            Ok(redirect(&format!(
+                "/console/login?error={}",
+                query_escape(&why)
+            )))
         }
-        Route::ConsoleStart { auth, body } => {
-            let actor = authorize(state, auth.as_deref(), Scope::Admin)?;
-            start_operation(state, &actor, &body).await
-        }
-        Route::ConsoleOperation { id, auth } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            let op = state.operator.get(id).await?;
-            Ok(warp::reply::json(&op).into_response())
-        }
-        Route::ConsoleAudit { query, auth } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            let rows = state
-                .operator
-                .audit(super::list_limit(query.limit, AUDIT_LIMIT)?)
-                .await?;
-            Ok(warp::reply::json(&json!({ "actions": rows })).into_response())
-        }
-        _ => Err(ApiError::NotFound),
     }
+}
+
+/// `POST /console/logout`: the session cookie cleared, and to the sign-in page.
+fn sign_out() -> Response {
+    let mut r = redirect("/console/login");
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("warren_console=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
 }
 
 /// `POST /v1/console/operations`: counts the selection; with `confirm: true` starts the

@@ -3,14 +3,14 @@
 //! `POST /v1/failed-jobs/{id}/retry`. Reads go to the operator service's dead-letter tools and
 //! the read service; every action to the operator service.
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
-use warp::{Filter, filters::BoxedFilter, reply::Reply as _};
 
 use super::{
-    ApiError, HttpState, Response, Route, auth, authorize, authorize_actor, list_limit,
-    optional_body,
+    ApiError, list_limit, optional_body,
+    route::{Access, Endpoint, Reply, Request, json},
 };
 use crate::{
     config::Scope,
@@ -65,148 +65,93 @@ pub struct FailedJobsQuery {
     pub limit: Option<u64>,
 }
 
-/// The template of a dead-letter route (`/v1/dlq...`, `/v1/failed-jobs...`).
-pub(super) fn template_for(path: &str) -> Option<&'static str> {
-    let segments: Vec<&str> = path.split('/').collect();
-    Some(match segments.as_slice() {
-        ["", "v1", "dlq"] => "/v1/dlq",
-        ["", "v1", "dlq", _] => "/v1/dlq/{queue}",
-        ["", "v1", "dlq", _, "replay"] => "/v1/dlq/{queue}/replay",
-        ["", "v1", "dlq", _, "purge"] => "/v1/dlq/{queue}/purge",
-        ["", "v1", "failed-jobs"] => "/v1/failed-jobs",
-        ["", "v1", "failed-jobs", _, "retry"] => "/v1/failed-jobs/{id}/retry",
-        _ => return None,
-    })
-}
-
 /// The dead-letter routes.
-pub(super) fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
-    let auth = auth::credentials;
-    let dlq_list = warp::path!("v1" / "dlq")
-        .and(warp::get())
-        .and(auth())
-        .map(|auth| Route::DlqList { auth })
-        .boxed();
-    let dlq_show = warp::path!("v1" / "dlq" / String)
-        .and(warp::get())
-        .and(warp::query::<DlqShowQuery>())
-        .and(auth())
-        .map(|queue, query, auth| Route::DlqShow { queue, query, auth })
-        .boxed();
-    let dlq_replay = warp::path!("v1" / "dlq" / String / "replay")
-        .and(warp::post())
-        .and(auth())
-        .and(optional_body(body_limit))
-        .map(|queue, auth, body| Route::DlqReplay { queue, auth, body })
-        .boxed();
-    let dlq_purge = warp::path!("v1" / "dlq" / String / "purge")
-        .and(warp::post())
-        .and(auth())
-        .and(optional_body(body_limit))
-        .map(|queue, auth, body| Route::DlqPurge { queue, auth, body })
-        .boxed();
-    let failed_jobs = warp::path!("v1" / "failed-jobs")
-        .and(warp::get())
-        .and(warp::query::<FailedJobsQuery>())
-        .and(auth())
-        .map(|query, auth| Route::FailedJobs { query, auth })
-        .boxed();
-    let retry = warp::path!("v1" / "failed-jobs" / Uuid / "retry")
-        .and(warp::post())
-        .and(auth())
-        .map(|id, auth| Route::RetryFailedJob { id, auth })
-        .boxed();
-    dlq_list
-        .or(dlq_show)
-        .unify()
-        .or(dlq_replay)
-        .unify()
-        .or(dlq_purge)
-        .unify()
-        .or(failed_jobs)
-        .unify()
-        .or(retry)
-        .unify()
-        .boxed()
+pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
+    let (read, admin) = (Access::Scoped(Scope::Read), Access::Scoped(Scope::Admin));
+    vec![
+        Endpoint::get("/v1/dlq", read).to(|req: Request, (), ()| async move {
+            let queues = req.state.operator.dlq().list().await?;
+            json(&json!({ "queues": queues }))
+        }),
+        Endpoint::get("/v1/dlq/{queue}", read)
+            .input(warp::query::<DlqShowQuery>())
+            .to(show),
+        Endpoint::post("/v1/dlq/{queue}/replay", admin)
+            .input(optional_body(body_limit))
+            .to(
+                |req: Request, (queue,): (String,), body: Bytes| async move {
+                    dlq_operation(&req, Operation::Replay, &queue, &body).await
+                },
+            ),
+        Endpoint::post("/v1/dlq/{queue}/purge", admin)
+            .input(optional_body(body_limit))
+            .to(
+                |req: Request, (queue,): (String,), body: Bytes| async move {
+                    dlq_operation(&req, Operation::Purge, &queue, &body).await
+                },
+            ),
+        Endpoint::get("/v1/failed-jobs", read)
+            .input(warp::query::<FailedJobsQuery>())
+            .to(failed_jobs),
+        Endpoint::post("/v1/failed-jobs/{id}/retry", admin).to(
+            |req: Request, (id,): (Uuid,), ()| async move {
+                let retried = req
+                    .state
+                    .operator
+                    .retry_failed_job(&req.actor(), id)
+                    .await?;
+                json(&retried)
+            },
+        ),
+    ]
 }
 
-/// Handles a dead-letter route.
-pub(super) async fn handle(state: &HttpState, route: Route) -> Result<Response, ApiError> {
-    match route {
-        Route::DlqList { auth } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            let queues = state.operator.dlq().list().await?;
-            Ok(warp::reply::json(&json!({ "queues": queues })).into_response())
-        }
-        Route::DlqShow { queue, query, auth } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            let (default, max) = DLQ_SHOW_LIMIT;
-            let limit = query.limit.unwrap_or(default);
-            if limit == 0 || limit > max {
-                return Err(ApiError::InvalidQuery(format!(
-                    "limit must be 1 to {max}, got {limit}"
-                )));
-            }
-            let older_than = query
-                .older_than
-                .as_deref()
-                .map(dlq::parse_duration)
-                .transpose()
-                .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
-            let filter = dlq::Filter {
-                message_id: query.message_id,
-                reason: check_reason(query.reason)?,
-                older_than,
-                ..dlq::Filter::default()
-            };
-            let peek = state.operator.dlq().show(&queue, &filter, limit).await?;
-            Ok(warp::reply::json(&peek).into_response())
-        }
-        Route::DlqReplay { queue, auth, body } => {
-            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
-            dlq_operation(state, &actor, Operation::Replay, &queue, &body).await
-        }
-        Route::DlqPurge { queue, auth, body } => {
-            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
-            dlq_operation(state, &actor, Operation::Purge, &queue, &body).await
-        }
-        Route::FailedJobs { query, auth } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            failed_jobs(state, query).await
-        }
-        Route::RetryFailedJob { id, auth } => {
-            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
-            let retried = state.operator.retry_failed_job(&actor, id).await?;
-            Ok(warp::reply::json(&retried).into_response())
-        }
-        _ => Err(ApiError::NotFound),
+/// `GET /v1/dlq/{queue}`: a peek at the parked messages, filtered.
+async fn show(req: Request, (queue,): (String,), query: DlqShowQuery) -> Reply {
+    let (default, max) = DLQ_SHOW_LIMIT;
+    let limit = query.limit.unwrap_or(default);
+    if limit == 0 || limit > max {
+        return Err(ApiError::InvalidQuery(format!(
+            "limit must be 1 to {max}, got {limit}"
+        )));
     }
+    let older_than = query
+        .older_than
+        .as_deref()
+        .map(dlq::parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
+    let filter = dlq::Filter {
+        message_id: query.message_id,
+        reason: check_reason(query.reason)?,
+        older_than,
+        ..dlq::Filter::default()
+    };
+    let peek = req
+        .state
+        .operator
+        .dlq()
+        .show(&queue, &filter, limit)
+        .await?;
+    json(&peek)
 }
 
 /// `POST /v1/dlq/{queue}/replay|purge`: the operation runs to its end under the queue's lock
 /// and is recorded in the audit log; the answer says how many messages moved.
-async fn dlq_operation(
-    state: &HttpState,
-    actor: &str,
-    op: Operation,
-    queue: &str,
-    body: &[u8],
-) -> Result<Response, ApiError> {
+async fn dlq_operation(req: &Request, op: Operation, queue: &str, body: &[u8]) -> Reply {
+    let state = &req.state;
     let filter = dlq_filter(body)?;
     let queue = state.operator.dlq().work_queue(queue)?;
     let detail = crate::operator::filter_detail(&filter);
     let (row, error) = state
         .operator
-        .run_now(actor, op, &queue, filter, detail)
+        .run_now(&req.actor(), op, &queue, filter, detail)
         .await?;
     if let Some(e) = error {
         return Err(e.into());
     }
     let key = op.done();
-    Ok(
-        warp::reply::json(&json!({"queue": queue, key: row.moved, "action_id": row.id}))
-            .into_response(),
-    )
+    json(&json!({"queue": queue, key: row.moved, "action_id": row.id}))
 }
 
 /// The filter in a replay or purge body (none: everything).
@@ -235,7 +180,7 @@ pub(super) fn check_reason(reason: Option<String>) -> Result<Option<String>, Api
     }
 }
 
-async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Response, ApiError> {
+async fn failed_jobs(req: Request, (): (), query: FailedJobsQuery) -> Reply {
     let limit = list_limit(query.limit, FAILED_JOBS_LIMIT)?;
     if let Some(s) = query.status.as_deref()
         && ![
@@ -249,7 +194,8 @@ async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Respon
             "status must be parked, retried or purged, got {s:?}"
         )));
     }
-    let rows = state
+    let rows = req
+        .state
         .reads
         .failed_jobs(query.queue.as_deref(), query.status.as_deref(), limit)
         .await?;
@@ -271,5 +217,5 @@ async fn failed_jobs(state: &HttpState, query: FailedJobsQuery) -> Result<Respon
             })
         })
         .collect();
-    Ok(warp::reply::json(&json!({ "failed_jobs": rows })).into_response())
+    json(&json!({ "failed_jobs": rows }))
 }

@@ -2,39 +2,28 @@
 //! service's checks) and `GET /metrics` (Prometheus, OpenMetrics or the classic text format).
 
 use serde_json::json;
-use warp::{Filter, filters::BoxedFilter, http::StatusCode, reply::Reply as _};
+use warp::{http::StatusCode, reply::Reply as _};
 
-use super::{ApiError, HttpState, Response, Route};
+use super::{
+    HttpState, Response,
+    route::{Access, Endpoint, Request, json},
+};
 
 /// The health and metrics routes.
-pub(super) fn routes() -> BoxedFilter<(Route,)> {
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| Route::Healthz)
-        .boxed();
-    let readyz = warp::path!("readyz")
-        .and(warp::get())
-        .map(|| Route::Readyz)
-        .boxed();
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(warp::header::optional::<String>("accept"))
-        .map(|accept| Route::Metrics { accept })
-        .boxed();
-    healthz.or(readyz).unify().or(metrics).unify().boxed()
-}
-
-/// Handles a health or metrics route.
-pub(super) async fn handle(state: &HttpState, route: Route) -> Result<Response, ApiError> {
-    match route {
-        Route::Healthz => Ok(warp::reply::json(&json!({"status": "ok"})).into_response()),
-        Route::Readyz => Ok(readyz(state).await),
-        Route::Metrics { accept } => {
-            let (body, content_type) = state.metrics.render_for(accept.as_deref());
-            Ok(warp::reply::with_header(body, "content-type", content_type).into_response())
-        }
-        _ => Err(ApiError::NotFound),
-    }
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::get("/healthz", Access::Public)
+            .to(|_: Request, (), ()| async move { json(&json!({"status": "ok"})) }),
+        Endpoint::get("/readyz", Access::Public)
+            .to(|req: Request, (), ()| async move { Ok(readyz(&req.state).await) }),
+        // The Accept header chooses OpenMetrics or the classic text format.
+        Endpoint::get("/metrics", Access::Public)
+            .input(warp::header::optional::<String>("accept"))
+            .to(|req: Request, (), accept: Option<String>| async move {
+                let (body, content_type) = req.state.metrics.render_for(accept.as_deref());
+                Ok(warp::reply::with_header(body, "content-type", content_type).into_response())
+            }),
+    ]
 }
 
 async fn readyz(state: &HttpState) -> Response {

@@ -1,10 +1,12 @@
 //! The HTTP front (warp): publish events, run the sync dispatcher, the dead-letter tools
 //! (`/v1/dlq`, `/v1/failed-jobs`), health, readiness, metrics.
 //!
-//! Shape: one filter parses a request into a [`Route`] (or a rejection), then one function
-//! answers it. Wrapping both is the monitor: it gives every response `X-Request-ID` (echoed
-//! or generated) and `X-Execution-Time`, and records `http_requests_total` and
-//! `http_request_duration_seconds` by route template, never by raw path.
+//! Shape: every route is declared once, as an endpoint in its group's file (`route.rs` says
+//! how); one filter over all of them parses a request into a [`Call`] (or a rejection), then
+//! the front checks the call's access and runs its handler. Wrapping both is the monitor: it
+//! gives every response `X-Request-ID` (echoed or generated) and `X-Execution-Time`, and
+//! records `http_requests_total` and `http_request_duration_seconds` by route template, never
+//! by raw path.
 //!
 //! Access: every `/v1` route needs a bearer token with a scope ([`auth`]): `publish` for the
 //! publish routes, `read` for the `GET`s, `admin` for the operator actions. The publish routes
@@ -30,14 +32,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use warp::{
     Filter, Reply,
-    filters::BoxedFilter,
     http::{HeaderValue, Method, StatusCode},
     reply::Response,
 };
 
 use crate::{
     broker::{envelope::Outgoing, names::EVENTS_EXCHANGE},
-    config::{Scope, Settings},
+    config::Settings,
     dispatch::Dispatcher,
     operator::Operator,
     telemetry::Metrics,
@@ -45,7 +46,7 @@ use crate::{
 pub use dlq::{DLQ_SHOW_LIMIT, DlqActionBody, DlqShowQuery, FAILED_JOBS_LIMIT, FailedJobsQuery};
 pub use error::ApiError;
 pub use publish::{EventQuery, MAX_EVENT_NAME, parse_data, validate_event_name};
-pub use route::Route;
+pub use route::{Call, Routes};
 
 /// Largest accepted request head: the names and values of all headers together, in bytes.
 /// Beyond it the answer is 431 `headers_too_large`. (hyper itself refuses heads beyond about
@@ -106,30 +107,6 @@ impl SlowEvents {
     }
 }
 
-/// The route template for a raw path, for requests that were rejected before routing.
-fn template_for(path: &str) -> &'static str {
-    if path.starts_with("/v1/events/") {
-        "/v1/events/{name}"
-    } else if path.starts_with("/v1/jobs/") {
-        "/v1/jobs/{name}"
-    } else if let Some(t) = dlq::template_for(path) {
-        t
-    } else if let Some(t) = sagas::template_for(path) {
-        t
-    } else if let Some(t) = console::template_for(path) {
-        t
-    } else {
-        match path {
-            "/v1/events" => "/v1/events",
-            "/v1/notifications" => "/v1/notifications",
-            "/healthz" => "/healthz",
-            "/readyz" => "/readyz",
-            "/metrics" => "/metrics",
-            _ => "unmatched",
-        }
-    }
-}
-
 fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
@@ -186,22 +163,41 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
         )
 }
 
-/// The route tree: parses a request into a [`Route`] or a rejection, touching nothing else
-/// (public for the fuzz targets in `fuzz/`). Each route is boxed: the unboxed tree's type nests
-/// deep enough to overflow the compiler's recursion limit in release builds, and the boxing
-/// costs one indirect call.
-pub fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
-    // Path before method: an unknown path is 404, a known path with the wrong method 405.
-    publish::routes(body_limit)
-        .or(dlq::routes(body_limit))
-        .unify()
-        .or(sagas::routes(body_limit))
-        .unify()
-        .or(console::routes(body_limit))
-        .unify()
-        .or(health::routes())
-        .unify()
-        .boxed()
+/// The route table: every endpoint, tried in order (public for the fuzz targets in `fuzz/`).
+/// Each route's filter is boxed: the unboxed tree's type nests deep enough to overflow the
+/// compiler's recursion limit in release builds, and the boxing costs one indirect call.
+pub fn routes(body_limit: u64) -> Routes {
+    let mut endpoints = publish::endpoints(body_limit);
+    endpoints.extend(dlq::endpoints(body_limit));
+    endpoints.extend(sagas::endpoints(body_limit));
+    endpoints.extend(console::endpoints(body_limit));
+    endpoints.extend(health::endpoints());
+    Routes::new(endpoints)
+}
+
+/// A JSON request body with the headers that go with it.
+#[derive(Debug)]
+pub(super) struct JsonBody {
+    /// `Content-Type` (none: taken as JSON).
+    content_type: Option<String>,
+    /// Incoming W3C trace context (a header that is not visible ASCII is refused by name).
+    traceparent: Option<String>,
+    /// The raw body, at most the body limit.
+    bytes: Bytes,
+}
+
+/// A required body of at most `limit` bytes (413 beyond, 411 without a length), with its
+/// content type and trace context.
+fn json_body(limit: u64) -> impl Filter<Extract = (JsonBody,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and(warp::header::optional::<String>("traceparent"))
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+        .map(|content_type, traceparent, bytes| JsonBody {
+            content_type,
+            traceparent,
+            bytes,
+        })
 }
 
 /// A body that may be absent: without `Content-Length` (and without `Transfer-Encoding`) it is
@@ -245,16 +241,18 @@ fn header_limit() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone 
 /// The whole HTTP API as one filter (what the server and `warp::test` run).
 pub fn api(state: HttpState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let limit = state.settings.http.body_limit_bytes;
+    let table = Arc::new(routes(limit));
     let parsed = header_limit()
-        .and(routes(limit))
-        .map(Ok::<Route, warp::Rejection>)
-        .recover(|r: warp::Rejection| async move { Ok::<_, Infallible>(Err::<Route, _>(r)) })
+        .and(table.filter())
+        .map(Ok::<Call, warp::Rejection>)
+        .recover(|r: warp::Rejection| async move { Ok::<_, Infallible>(Err::<Call, _>(r)) })
         .unify();
     let state = Arc::new(state);
     ctx()
         .and(parsed)
-        .then(move |ctx: Ctx, route: Result<Route, warp::Rejection>| {
+        .then(move |ctx: Ctx, call: Result<Call, warp::Rejection>| {
             let state = state.clone();
+            let table = table.clone();
             // One span per request, parented (when spans are exported) on the caller's
             // traceparent before it is entered.
             let span = tracing::info_span!(
@@ -264,18 +262,21 @@ pub fn api(state: HttpState) -> impl Filter<Extract = (Response,), Error = Infal
                 request_id = %ctx.request_id,
             );
             crate::telemetry::set_remote_parent(&span, ctx.traceparent.as_deref());
-            async move { answer(&state, ctx, route).await }.instrument(span)
+            async move { answer(state, &table, ctx, call).await }.instrument(span)
         })
 }
 
-async fn answer(state: &HttpState, ctx: Ctx, route: Result<Route, warp::Rejection>) -> Response {
-    let (template, result) = match route {
-        Ok(route) => {
-            let template = route.template();
-            (template, handle(state, &ctx, route).await)
-        }
+async fn answer(
+    state: Arc<HttpState>,
+    table: &Routes,
+    ctx: Ctx,
+    call: Result<Call, warp::Rejection>,
+) -> Response {
+    let ctx = Arc::new(ctx);
+    let (template, result) = match call {
+        Ok(call) => (call.template(), call.run(state.clone(), ctx.clone()).await),
         Err(rejection) => (
-            template_for(&ctx.path),
+            table.template_for(&ctx.path),
             Err(ApiError::from_rejection(
                 &rejection,
                 state.settings.http.body_limit_bytes,
@@ -284,7 +285,7 @@ async fn answer(state: &HttpState, ctx: Ctx, route: Result<Route, warp::Rejectio
     };
     let mut response = match result {
         Ok(r) => r,
-        Err(e) => error_response(state, &ctx, e),
+        Err(e) => error_response(&state, &ctx, e),
     };
     let elapsed = ctx.start.elapsed();
     let headers = response.headers_mut();
@@ -309,7 +310,7 @@ async fn answer(state: &HttpState, ctx: Ctx, route: Result<Route, warp::Rejectio
             .slow_events
             .take(state.settings.http.slow_request_events_per_sec)
         {
-            slow_request_event(state, &ctx, template, response.status().as_u16(), elapsed);
+            slow_request_event(&state, &ctx, template, response.status().as_u16(), elapsed);
         }
     }
     response
@@ -373,50 +374,6 @@ fn error_response(state: &HttpState, ctx: &Ctx, e: ApiError) -> Response {
     resp
 }
 
-async fn handle(state: &HttpState, ctx: &Ctx, route: Route) -> Result<Response, ApiError> {
-    match route {
-        Route::Healthz | Route::Readyz | Route::Metrics { .. } => {
-            health::handle(state, route).await
-        }
-        Route::PublishEvent { .. }
-        | Route::EnqueueJob { .. }
-        | Route::ListEvents { .. }
-        | Route::ListNotifications { .. } => publish::handle(state, ctx, route).await,
-        Route::DlqList { .. }
-        | Route::DlqShow { .. }
-        | Route::DlqReplay { .. }
-        | Route::DlqPurge { .. }
-        | Route::FailedJobs { .. }
-        | Route::RetryFailedJob { .. } => dlq::handle(state, route).await,
-        Route::CreateOrder { ref auth, .. } => {
-            let _permit = publish::admit_publish(state, ctx, auth.as_deref(), "/v1/orders")?;
-            sagas::handle(state, ctx, route).await
-        }
-        Route::GetOrder { ref auth, .. }
-        | Route::ListSagas { ref auth, .. }
-        | Route::GetSaga { ref auth, .. }
-        | Route::ListInterventions { ref auth, .. } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            sagas::handle(state, ctx, route).await
-        }
-        Route::RetryIntervention { ref auth, .. } | Route::ResolveIntervention { ref auth, .. } => {
-            let actor = authorize_actor(state, auth.as_deref(), Scope::Admin)?;
-            sagas::intervene(state, &actor, route).await
-        }
-        Route::Seed { ref auth, .. } => {
-            authorize(state, auth.as_deref(), Scope::Admin)?;
-            sagas::handle(state, ctx, route).await
-        }
-        Route::ConsolePage { .. }
-        | Route::ConsoleLogin { .. }
-        | Route::ConsoleLogout
-        | Route::ConsoleOverview { .. }
-        | Route::ConsoleStart { .. }
-        | Route::ConsoleOperation { .. }
-        | Route::ConsoleAudit { .. } => console::handle(state, route).await,
-    }
-}
-
 /// A list's `?limit=`: `default` when absent, else 1 to `max` (400 otherwise).
 pub(super) fn list_limit(
     requested: Option<u64>,
@@ -429,25 +386,6 @@ pub(super) fn list_limit(
         )));
     }
     Ok(n)
-}
-
-/// Checks the credentials for `needed` and names the caller for the audit log.
-fn authorize_actor(
-    state: &HttpState,
-    header: Option<&str>,
-    needed: Scope,
-) -> Result<String, ApiError> {
-    let caller = state.tokens.authorize(header, needed)?;
-    Ok(state.tokens.actor(caller, header))
-}
-
-/// Checks the bearer token for `needed` (see [`auth`]).
-fn authorize(
-    state: &HttpState,
-    header: Option<&str>,
-    needed: Scope,
-) -> Result<auth::Caller, ApiError> {
-    state.tokens.authorize(header, needed)
 }
 
 /// Binds `addr` (port 0 picks a free port) and serves the API until `shutdown` fires.
@@ -497,6 +435,8 @@ mod tests {
 
     #[test]
     fn templates_are_bounded() {
+        let table = routes(1024);
+        let template_for = |path| table.template_for(path);
         assert_eq!(
             template_for("/v1/events/anything.here"),
             "/v1/events/{name}"
@@ -516,5 +456,36 @@ mod tests {
             "/v1/failed-jobs/{id}/retry"
         );
         assert_eq!(template_for("/v1/failed-jobs/123"), "unmatched");
+    }
+
+    fn parse(method: &str, path: &str) -> Result<&'static str, String> {
+        let table = routes(1024);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let req = warp::test::request().method(method).path(path);
+        rt.block_on(req.filter(&table.filter()))
+            .map(|call| call.template())
+            .map_err(|r| format!("{r:?}"))
+    }
+
+    #[test]
+    fn each_route_is_declared_once_and_parses_to_its_own_template() {
+        let table = routes(1024);
+        let list = table.list();
+        let unique: std::collections::HashSet<_> = list.iter().collect();
+        assert_eq!(unique.len(), list.len(), "a route declared twice: {list:?}");
+        assert_eq!(parse("GET", "/v1/dlq/warren.email"), Ok("/v1/dlq/{queue}"));
+        assert_eq!(
+            parse("POST", &format!("/v1/failed-jobs/{}/retry", Uuid::now_v7())),
+            Ok("/v1/failed-jobs/{id}/retry")
+        );
+        assert_eq!(parse("GET", "/console/app.js"), Ok("/console/{asset}"));
+        assert_eq!(parse("GET", "/console/"), Ok("/console"));
+        // Not a UUID: no route (404), as before the table.
+        assert!(parse("POST", "/v1/failed-jobs/12/retry").is_err());
+        // A known path with the wrong method is refused, not routed elsewhere.
+        let wrong = parse("DELETE", "/v1/dlq").expect_err("refused");
+        assert!(wrong.contains("MethodNotAllowed"), "{wrong}");
     }
 }

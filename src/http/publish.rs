@@ -3,12 +3,14 @@
 //! or the events outbox), and the lists `GET /v1/events` (the audit log) and
 //! `GET /v1/notifications`.
 
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use warp::{Filter, filters::BoxedFilter, http::StatusCode, reply::Reply as _};
+use warp::{Filter, http::StatusCode, reply::Reply as _};
 
-use super::{ApiError, Ctx, HttpState, Response, Route, authorize, limits};
+use super::{
+    ApiError, JsonBody, Response, json_body,
+    route::{Access, Endpoint, Reply, Request, json},
+};
 use crate::{
     broker::{
         envelope::{Event, Outgoing},
@@ -30,129 +32,32 @@ pub struct EventQuery {
 }
 
 /// The publish routes.
-pub(super) fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
-    // Path before method: an unknown path is 404, a known path with the wrong method 405.
-    let publish = warp::path!("v1" / "events" / String)
-        .and(warp::post())
-        .and(warp::query::<EventQuery>())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::header::optional::<String>("traceparent"))
-        .and(warp::body::content_length_limit(body_limit))
-        .and(warp::body::bytes())
-        .map(
-            |name, query, auth, content_type, traceparent, body| Route::PublishEvent {
-                name,
-                query,
-                auth,
-                content_type,
-                traceparent,
-                body,
-            },
-        )
-        .boxed();
-    let enqueue = warp::path!("v1" / "jobs" / String)
-        .and(warp::post())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::header::optional::<String>("traceparent"))
-        .and(warp::body::content_length_limit(body_limit))
-        .and(warp::body::bytes())
-        .map(
-            |name, auth, content_type, traceparent, body| Route::EnqueueJob {
-                name,
-                auth,
-                content_type,
-                traceparent,
-                body,
-            },
-        )
-        .boxed();
-    let list_events = warp::path!("v1" / "events")
-        .and(warp::get())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::query::<ListQuery>())
-        .map(|auth, query| Route::ListEvents { auth, query })
-        .boxed();
-    let list_notifications = warp::path!("v1" / "notifications")
-        .and(warp::get())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::query::<ListQuery>())
-        .map(|auth, query| Route::ListNotifications { auth, query })
-        .boxed();
-    publish
-        .or(enqueue)
-        .unify()
-        .or(list_events)
-        .unify()
-        .or(list_notifications)
-        .unify()
-        .boxed()
-}
-
-/// Handles a publish route.
-pub(super) async fn handle(
-    state: &HttpState,
-    ctx: &Ctx,
-    route: Route,
-) -> Result<Response, ApiError> {
-    match route {
-        Route::PublishEvent {
-            name,
-            query,
-            auth,
-            content_type,
-            traceparent,
-            body,
-        } => {
-            let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/events/{name}")?;
-            publish_event(state, ctx, name, query, content_type, traceparent, body).await
-        }
-        Route::EnqueueJob {
-            name,
-            auth,
-            content_type,
-            traceparent,
-            body,
-        } => {
-            let _permit = admit_publish(state, ctx, auth.as_deref(), "/v1/jobs/{name}")?;
-            enqueue_job(state, ctx, name, content_type, traceparent, body).await
-        }
-        Route::ListEvents { auth, query } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            let rows = state.reads.events(&query).await?;
-            Ok(warp::reply::json(&json!({"events": rows})).into_response())
-        }
-        Route::ListNotifications { auth, query } => {
-            authorize(state, auth.as_deref(), Scope::Read)?;
-            let rows = state.reads.notifications(&query).await?;
-            Ok(warp::reply::json(&json!({"notifications": rows})).into_response())
-        }
-        _ => Err(ApiError::NotFound),
-    }
-}
-
-/// The gate of a publish route, in order: a token with `publish` (401/403), the caller's rate
-/// (429), a free in-flight slot (503 at once). The permit is held until the answer.
-pub(super) fn admit_publish(
-    state: &HttpState,
-    ctx: &Ctx,
-    header: Option<&str>,
-    template: &'static str,
-) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
-    let caller = authorize(state, header, Scope::Publish)?;
-    let key = limits::RateKey::new(caller, ctx.remote.map(|a| a.ip()));
-    if let Err(e) = state.limits.check_rate(key) {
-        state.metrics.publish_refused(template, "rate_limited");
-        return Err(e);
-    }
-    match state.limits.admit() {
-        Ok(permit) => Ok(permit),
-        Err(e) => {
-            state.metrics.publish_refused(template, "overloaded");
-            Err(e)
-        }
-    }
+pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
+    let read = Access::Scoped(Scope::Read);
+    vec![
+        Endpoint::post("/v1/events/{name}", Access::Publish)
+            .input(
+                warp::query::<EventQuery>()
+                    .and(json_body(body_limit))
+                    .map(|query, body| (query, body)),
+            )
+            .to(publish_event),
+        Endpoint::post("/v1/jobs/{name}", Access::Publish)
+            .input(json_body(body_limit))
+            .to(enqueue_job),
+        Endpoint::get("/v1/events", read)
+            .input(warp::query::<ListQuery>())
+            .to(|req: Request, (), query: ListQuery| async move {
+                let rows = req.state.reads.events(&query).await?;
+                json(&json!({"events": rows}))
+            }),
+        Endpoint::get("/v1/notifications", read)
+            .input(warp::query::<ListQuery>())
+            .to(|req: Request, (), query: ListQuery| async move {
+                let rows = req.state.reads.notifications(&query).await?;
+                json(&json!({"notifications": rows}))
+            }),
+    ]
 }
 
 /// Checks the event naming rule: two or more lowercase segments separated by dots, each
@@ -196,16 +101,12 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-#[tracing::instrument(skip_all, fields(event_name = %name, request_id = %ctx.request_id, event_id, trace_id))]
+#[tracing::instrument(skip_all, fields(event_name = %name, request_id = %req.ctx.request_id, event_id, trace_id))]
 async fn publish_event(
-    state: &HttpState,
-    ctx: &Ctx,
-    name: String,
-    query: EventQuery,
-    content_type: Option<String>,
-    traceparent: Option<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+    req: Request,
+    (name,): (String,),
+    (query, body): (EventQuery, JsonBody),
+) -> Reply {
     validate_event_name(&name)?;
     let sync = match query.mode.as_deref() {
         None | Some("async") => false,
@@ -216,7 +117,7 @@ async fn publish_event(
             )));
         }
     };
-    let data = parse_data(content_type.as_deref(), &body)?;
+    let data = parse_data(body.content_type.as_deref(), &body.bytes)?;
     if let Some(a) = &query.aggregate_id
         && (a.is_empty() || a.len() > 255)
     {
@@ -228,7 +129,7 @@ async fn publish_event(
     tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
 
     if sync {
-        let results = state.dispatcher.dispatch_sync(&event).await;
+        let results = req.state.dispatcher.dispatch_sync(&event).await;
         return Ok(warp::reply::json(&json!({
             "event_id": event.event_id,
             "event_name": event.event_name,
@@ -240,7 +141,7 @@ async fn publish_event(
 
     let event_id = event.event_id;
     let stored =
-        publish_for_request(state, ctx, EVENTS_EXCHANGE, event, traceparent.as_deref()).await?;
+        publish_for_request(&req, EVENTS_EXCHANGE, event, body.traceparent.as_deref()).await?;
     Ok(accepted(("event_id", event_id), "accepted", stored))
 }
 
@@ -265,18 +166,18 @@ fn accepted(
 /// `x-request-id`, and a child of the caller's trace (or a new trace), and waits for the
 /// confirm; when the broker cannot confirm, stores it in the events outbox.
 async fn publish_for_request(
-    state: &HttpState,
-    ctx: &Ctx,
+    req: &Request,
     exchange: &'static str,
     message: Event,
     traceparent: Option<&str>,
 ) -> Result<crate::outbox::Stored, ApiError> {
+    let ctx = &req.ctx;
     let trace = crate::telemetry::outgoing(traceparent);
     tracing::Span::current().record("trace_id", trace.trace_id.as_str());
     let outgoing = Outgoing::from_event(message)
         .for_request(Some(ctx.request_id.clone()), Some(trace.header()))
         .correlated(ctx.request_id.clone());
-    Ok(state.events.send_outgoing(exchange, &outgoing).await?)
+    Ok(req.state.events.send_outgoing(exchange, &outgoing).await?)
 }
 
 /// Checks the content type and parses the body as a JSON object (a message's `data`). Nesting
@@ -302,24 +203,17 @@ pub fn parse_data(content_type: Option<&str>, body: &[u8]) -> Result<serde_json:
     Ok(data)
 }
 
-#[tracing::instrument(skip_all, fields(job_name = %name, request_id = %ctx.request_id, job_id, trace_id))]
-async fn enqueue_job(
-    state: &HttpState,
-    ctx: &Ctx,
-    name: String,
-    content_type: Option<String>,
-    traceparent: Option<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+#[tracing::instrument(skip_all, fields(job_name = %name, request_id = %req.ctx.request_id, job_id, trace_id))]
+async fn enqueue_job(req: Request, (name,): (String,), body: JsonBody) -> Reply {
     validate_event_name(&name)?;
-    if !state.reads.takes_job(&name) {
+    if !req.state.reads.takes_job(&name) {
         return Err(ApiError::UnknownJob(name));
     }
-    let data = parse_data(content_type.as_deref(), &body)?;
+    let data = parse_data(body.content_type.as_deref(), &body.bytes)?;
     let job = Event::new(name, None, data);
     tracing::Span::current().record("job_id", tracing::field::display(job.event_id));
     let job_id = job.event_id;
     let stored =
-        publish_for_request(state, ctx, COMMANDS_EXCHANGE, job, traceparent.as_deref()).await?;
+        publish_for_request(&req, COMMANDS_EXCHANGE, job, body.traceparent.as_deref()).await?;
     Ok(accepted(("job_id", job_id), "queued", stored))
 }

@@ -1,261 +1,385 @@
-//! The parsed request: one variant per route, with what its filter extracted, and its
-//! template (the metric label).
+//! One route, declared once: an [`Endpoint`] says its method, its path template, its metric
+//! label, who may call it ([`Access`]), what else it reads from the request, and its handler.
+//! The path filter, the credentials check, the publish gate and the template of a rejected
+//! request all come from that one declaration.
+//!
+//! A route's filter parses a request into a [`Call`]: the handler with its inputs, not yet
+//! run. The front ([`super::api`]) then checks the call's access and runs it, so a request
+//! that fails a check never reaches its handler and every handler starts already admitted.
 
-use bytes::Bytes;
-use uuid::Uuid;
+use std::{future::Future, pin::Pin, str::FromStr, sync::Arc};
 
-use super::{
-    console,
-    dlq::{DlqShowQuery, FailedJobsQuery},
-    publish::EventQuery,
-    sagas,
+use warp::{
+    Filter,
+    filters::BoxedFilter,
+    http::Method,
+    reply::{Reply as _, Response},
 };
-use crate::store::ListQuery;
 
-/// A parsed request.
-#[derive(Debug)]
-pub enum Route {
-    /// `POST /v1/events/{name}`.
-    PublishEvent {
-        /// Event name as in the path.
-        name: String,
-        /// Query parameters.
-        query: EventQuery,
-        /// Authorization header.
-        auth: Option<String>,
-        /// Content-Type header.
-        content_type: Option<String>,
-        /// Incoming W3C trace context.
-        traceparent: Option<String>,
-        /// The raw body.
-        body: Bytes,
-    },
-    /// `POST /v1/jobs/{name}`.
-    EnqueueJob {
-        /// Job (command) name as in the path.
-        name: String,
-        /// Authorization header.
-        auth: Option<String>,
-        /// Content-Type header.
-        content_type: Option<String>,
-        /// Incoming W3C trace context.
-        traceparent: Option<String>,
-        /// The raw body.
-        body: Bytes,
-    },
-    /// `GET /v1/events`: the audit log.
-    ListEvents {
-        /// Authorization header.
-        auth: Option<String>,
-        /// Filters.
-        query: ListQuery,
-    },
-    /// `GET /v1/notifications`.
-    ListNotifications {
-        /// Authorization header.
-        auth: Option<String>,
-        /// Filters.
-        query: ListQuery,
-    },
-    /// `GET /v1/dlq`: parked messages per work queue.
-    DlqList {
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `GET /v1/dlq/{queue}`: peek at parked messages.
-    DlqShow {
-        /// The work queue.
-        queue: String,
-        /// Query parameters.
-        query: DlqShowQuery,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `POST /v1/dlq/{queue}/replay`.
-    DlqReplay {
-        /// The work queue.
-        queue: String,
-        /// Authorization header.
-        auth: Option<String>,
-        /// The optional JSON filter.
-        body: Bytes,
-    },
-    /// `POST /v1/dlq/{queue}/purge`.
-    DlqPurge {
-        /// The work queue.
-        queue: String,
-        /// Authorization header.
-        auth: Option<String>,
-        /// The optional JSON filter.
-        body: Bytes,
-    },
-    /// `GET /v1/failed-jobs`.
-    FailedJobs {
-        /// Query parameters.
-        query: FailedJobsQuery,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `POST /v1/failed-jobs/{id}/retry`.
-    RetryFailedJob {
-        /// The `failed_jobs` row id.
-        id: Uuid,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `POST /v1/orders`.
-    CreateOrder {
-        /// Authorization header.
-        auth: Option<String>,
-        /// Content-Type header.
-        content_type: Option<String>,
-        /// Incoming W3C trace context.
-        traceparent: Option<String>,
-        /// The raw body.
-        body: Bytes,
-    },
-    /// `GET /v1/orders/{order_no}`.
-    GetOrder {
-        /// The order number.
-        order_no: String,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `GET /v1/sagas`.
-    ListSagas {
-        /// Filters.
-        query: sagas::SagaListQuery,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `GET /v1/sagas/{id}`.
-    GetSaga {
-        /// The saga id.
-        id: Uuid,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `GET /v1/interventions`.
-    ListInterventions {
-        /// Filters.
-        query: sagas::InterventionsQuery,
-        /// Authorization header.
-        auth: Option<String>,
-    },
-    /// `POST /v1/interventions/{id}/retry`.
-    RetryIntervention {
-        /// The intervention id.
-        id: Uuid,
-        /// Authorization header.
-        auth: Option<String>,
-        /// Optional `{"note": ...}`.
-        body: Bytes,
-    },
-    /// `POST /v1/interventions/{id}/resolve`.
-    ResolveIntervention {
-        /// The intervention id.
-        id: Uuid,
-        /// Authorization header.
-        auth: Option<String>,
-        /// `{"note": ...}`.
-        body: Bytes,
-    },
-    /// `POST /v1/admin/seed`.
-    Seed {
-        /// Authorization header.
-        auth: Option<String>,
-        /// `{"inventory": {sku: n}, "accounts": {user: n}}`.
-        body: Bytes,
-    },
-    /// `GET /console...`: a console page or asset.
-    ConsolePage {
-        /// Which.
-        page: console::Page,
-        /// The session cookie.
-        cookie: Option<String>,
-    },
-    /// `POST /console/login`.
-    ConsoleLogin {
-        /// `token` and `operator`.
-        form: std::collections::HashMap<String, String>,
-        /// Whether the client came over HTTPS (a proxy's `X-Forwarded-Proto`).
-        https: bool,
-    },
-    /// `POST /console/logout`.
-    ConsoleLogout,
-    /// `GET /v1/console/overview`.
-    ConsoleOverview {
-        /// Credentials.
-        auth: Option<String>,
-    },
-    /// `POST /v1/console/operations`.
-    ConsoleStart {
-        /// Credentials.
-        auth: Option<String>,
-        /// The JSON body.
-        body: Bytes,
-    },
-    /// `GET /v1/console/operations/{id}`.
-    ConsoleOperation {
-        /// The operation id.
-        id: Uuid,
-        /// Credentials.
-        auth: Option<String>,
-    },
-    /// `GET /v1/console/audit`.
-    ConsoleAudit {
-        /// Filters.
-        query: console::AuditQuery,
-        /// Credentials.
-        auth: Option<String>,
-    },
-    /// `GET /healthz`.
-    Healthz,
-    /// `GET /readyz`.
-    Readyz,
-    /// `GET /metrics`.
-    Metrics {
-        /// Accept header (OpenMetrics or the classic text format).
-        accept: Option<String>,
-    },
+use super::{ApiError, Ctx, HttpState, auth};
+use crate::config::Scope;
+
+/// What a handler answers.
+pub(super) type Reply = Result<Response, ApiError>;
+
+type Run = Box<dyn FnOnce(Request) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send>;
+
+/// A check that runs before the access check (a part of the API that can be switched off).
+type Guard = fn(&HttpState) -> Result<(), ApiError>;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// Anyone: health, metrics, and the console's pages and sign-in (which check the session
+    /// themselves).
+    Public,
+    /// A bearer token or console session with this scope (401 without, 403 with too little).
+    Scoped(Scope),
+    /// The publish gate, in order: a token with `publish` (401/403), the caller's rate (429),
+    /// a free in-flight slot (503 at once). The slot is held until the answer.
+    Publish,
 }
 
-impl Route {
+/// What a handler gets besides its inputs: the shared state, the request's context, and who
+/// is calling.
+pub(super) struct Request {
+    /// Everything the handlers share.
+    pub(super) state: Arc<HttpState>,
+    /// Request id, remote address, incoming trace context.
+    pub(super) ctx: Arc<Ctx>,
+    caller: auth::Caller,
+    credentials: Option<String>,
+}
+
+impl Request {
+    /// The caller's name for the audit log (the token's name, and the operator's on a console
+    /// session).
+    pub(super) fn actor(&self) -> String {
+        self.state
+            .tokens
+            .actor(self.caller, self.credentials.as_deref())
+    }
+}
+
+/// A parsed request: a route's handler with its inputs, run once its access is checked.
+pub struct Call {
+    template: &'static str,
+    access: Access,
+    guard: Option<Guard>,
+    credentials: Option<String>,
+    run: Run,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("template", &self.template)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Call {
     /// The route's template: the metric label, never the raw path.
     pub fn template(&self) -> &'static str {
-        match self {
-            Route::PublishEvent { .. } => "/v1/events/{name}",
-            Route::EnqueueJob { .. } => "/v1/jobs/{name}",
-            Route::ListEvents { .. } => "/v1/events",
-            Route::ListNotifications { .. } => "/v1/notifications",
-            Route::DlqList { .. } => "/v1/dlq",
-            Route::DlqShow { .. } => "/v1/dlq/{queue}",
-            Route::DlqReplay { .. } => "/v1/dlq/{queue}/replay",
-            Route::DlqPurge { .. } => "/v1/dlq/{queue}/purge",
-            Route::FailedJobs { .. } => "/v1/failed-jobs",
-            Route::RetryFailedJob { .. } => "/v1/failed-jobs/{id}/retry",
-            Route::CreateOrder { .. } => "/v1/orders",
-            Route::GetOrder { .. } => "/v1/orders/{order_no}",
-            Route::ListSagas { .. } => "/v1/sagas",
-            Route::GetSaga { .. } => "/v1/sagas/{id}",
-            Route::ListInterventions { .. } => "/v1/interventions",
-            Route::RetryIntervention { .. } => "/v1/interventions/{id}/retry",
-            Route::ResolveIntervention { .. } => "/v1/interventions/{id}/resolve",
-            Route::Seed { .. } => "/v1/admin/seed",
-            Route::ConsolePage { page, .. } => match page {
-                console::Page::Index => "/console",
-                console::Page::Login => "/console/login",
-                _ => "/console/{asset}",
-            },
-            Route::ConsoleLogin { .. } => "/console/login",
-            Route::ConsoleLogout => "/console/logout",
-            Route::ConsoleOverview { .. } => "/v1/console/overview",
-            Route::ConsoleStart { .. } => "/v1/console/operations",
-            Route::ConsoleOperation { .. } => "/v1/console/operations/{id}",
-            Route::ConsoleAudit { .. } => "/v1/console/audit",
-            Route::Healthz => "/healthz",
-            Route::Readyz => "/readyz",
-            Route::Metrics { .. } => "/metrics",
+        self.template
+    }
+
+    /// Checks the call's guard and access, then runs its handler. A publish slot taken by the
+    /// gate is held until the handler has answered.
+    pub(super) async fn run(self, state: Arc<HttpState>, ctx: Arc<Ctx>) -> Reply {
+        if let Some(guard) = self.guard {
+            guard(&state)?;
+        }
+        let header = self.credentials.as_deref();
+        let (caller, _permit) = match self.access {
+            Access::Public => (auth::Caller::Anonymous, None),
+            Access::Scoped(scope) => (state.tokens.authorize(header, scope)?, None),
+            Access::Publish => admit_publish(&state, &ctx, header, self.template)?,
+        };
+        let request = Request {
+            state,
+            ctx,
+            caller,
+            credentials: self.credentials,
+        };
+        (self.run)(request).await
+    }
+}
+
+/// The publish gate (see [`Access::Publish`]).
+fn admit_publish(
+    state: &HttpState,
+    ctx: &Ctx,
+    header: Option<&str>,
+    template: &'static str,
+) -> Result<(auth::Caller, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
+    let caller = state.tokens.authorize(header, Scope::Publish)?;
+    let key = super::limits::RateKey::new(caller, ctx.remote.map(|a| a.ip()));
+    if let Err(e) = state.limits.check_rate(key) {
+        state.metrics.publish_refused(template, "rate_limited");
+        return Err(e);
+    }
+    match state.limits.admit() {
+        Ok(permit) => Ok((caller, permit)),
+        Err(e) => {
+            state.metrics.publish_refused(template, "overloaded");
+            Err(e)
         }
     }
+}
+
+/// The values a route's path template holds: `()` for none, `(T,)` for one `{placeholder}`
+/// (a segment that does not parse as `T` is 404, as with `warp::path!`).
+pub(super) trait PathParams: Sized + Send + 'static {
+    /// The filter matching `template` exactly, extracting its values as one.
+    fn filter(template: &'static str) -> BoxedFilter<(Self,)>;
+}
+
+/// The template's segments (`/v1/dlq/{queue}` gives `v1`, `dlq`, `{queue}`).
+fn segments(template: &'static str) -> Vec<&'static str> {
+    template.trim_start_matches('/').split('/').collect()
+}
+
+fn is_placeholder(segment: &str) -> bool {
+    segment.starts_with('{') && segment.ends_with('}')
+}
+
+/// Literal segments, in order, as one filter.
+fn literals(segments: &[&'static str]) -> BoxedFilter<()> {
+    segments
+        .iter()
+        .fold(warp::any().boxed(), |f, s| f.and(warp::path(*s)).boxed())
+}
+
+impl PathParams for () {
+    fn filter(template: &'static str) -> BoxedFilter<((),)> {
+        let segs = segments(template);
+        assert!(
+            !segs.iter().any(|s| is_placeholder(s)),
+            "{template}: a route with a placeholder takes its value"
+        );
+        literals(&segs).and(warp::path::end()).map(|| ()).boxed()
+    }
+}
+
+impl<T: FromStr + Send + 'static> PathParams for (T,) {
+    fn filter(template: &'static str) -> BoxedFilter<((T,),)> {
+        let segs = segments(template);
+        let at = segs.iter().position(|s| is_placeholder(s));
+        let at = at.unwrap_or_else(|| panic!("{template}: no placeholder for the route's value"));
+        let (before, rest) = segs.split_at(at);
+        let after = &rest[1..];
+        assert!(
+            !after.iter().any(|s| is_placeholder(s)),
+            "{template}: one placeholder at most"
+        );
+        literals(before)
+            .and(warp::path::param::<T>())
+            .and(literals(after))
+            .and(warp::path::end())
+            .map(|t| (t,))
+            .boxed()
+    }
+}
+
+/// A route being declared: see [`Endpoint::get`] and [`Endpoint::post`].
+pub(super) struct Declare<I> {
+    method: Method,
+    path: &'static str,
+    label: &'static str,
+    access: Access,
+    guard: Option<Guard>,
+    input: BoxedFilter<(I,)>,
+}
+
+impl Declare<()> {
+    /// What else the handler reads from the request (a query, headers, the body), as one
+    /// value; rejections here (400, 413, 415) come before the access check.
+    pub(super) fn input<I, F>(self, input: F) -> Declare<I>
+    where
+        I: Send + 'static,
+        F: Filter<Extract = (I,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
+    {
+        Declare {
+            method: self.method,
+            path: self.path,
+            label: self.label,
+            access: self.access,
+            guard: self.guard,
+            input: input.boxed(),
+        }
+    }
+}
+
+impl<I: Send + 'static> Declare<I> {
+    /// The metric label when it is not the path (the console's assets share one).
+    pub(super) fn label(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
+    }
+
+    /// A check run before the access check.
+    pub(super) fn guard(mut self, guard: Guard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// The handler: `handler(request, path values, input)`.
+    pub(super) fn to<P, H, Fut>(self, handler: H) -> Endpoint
+    where
+        P: PathParams,
+        H: Fn(Request, P, I) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        let Declare {
+            method,
+            path,
+            label,
+            access,
+            guard,
+            input,
+        } = self;
+        let credentials = match access {
+            Access::Public => warp::any().map(|| None).boxed(),
+            Access::Scoped(_) | Access::Publish => auth::credentials().boxed(),
+        };
+        // Path before method: an unknown path is 404, a known path with the wrong method 405.
+        let filter = P::filter(path)
+            .and(method_filter(&method))
+            .and(credentials)
+            .and(input)
+            .map(move |params: P, credentials: Option<String>, input: I| {
+                let handler = handler.clone();
+                Call {
+                    template: label,
+                    access,
+                    guard,
+                    credentials,
+                    run: Box::new(move |request| Box::pin(handler(request, params, input))),
+                }
+            })
+            .boxed();
+        Endpoint {
+            method,
+            path,
+            label,
+            filter,
+        }
+    }
+}
+
+fn method_filter(method: &Method) -> BoxedFilter<()> {
+    if *method == Method::POST {
+        warp::post().boxed()
+    } else {
+        warp::get().boxed()
+    }
+}
+
+/// One route of the API.
+pub(super) struct Endpoint {
+    method: Method,
+    path: &'static str,
+    label: &'static str,
+    filter: BoxedFilter<(Call,)>,
+}
+
+impl Endpoint {
+    /// A `GET` route at `path` (`{name}` marks the one value a path may hold).
+    pub(super) fn get(path: &'static str, access: Access) -> Declare<()> {
+        Self::declare(Method::GET, path, access)
+    }
+
+    /// A `POST` route at `path`.
+    pub(super) fn post(path: &'static str, access: Access) -> Declare<()> {
+        Self::declare(Method::POST, path, access)
+    }
+
+    fn declare(method: Method, path: &'static str, access: Access) -> Declare<()> {
+        Declare {
+            method,
+            path,
+            label: path,
+            access,
+            guard: None,
+            input: warp::any().map(|| ()).boxed(),
+        }
+    }
+}
+
+/// The whole route table: one filter over every endpoint, and their templates for the
+/// requests the filter rejects.
+pub struct Routes {
+    filter: BoxedFilter<(Call,)>,
+    templates: Vec<(Method, &'static str, &'static str)>,
+}
+
+impl Routes {
+    /// The table of `endpoints`, tried in order.
+    pub(super) fn new(endpoints: Vec<Endpoint>) -> Self {
+        let templates = endpoints
+            .iter()
+            .map(|e| (e.method.clone(), e.path, e.label))
+            .collect();
+        let filters: Vec<BoxedFilter<(Call,)>> = endpoints.into_iter().map(|e| e.filter).collect();
+        Routes {
+            filter: balanced(filters),
+            templates,
+        }
+    }
+
+    /// The filter: parses a request into a [`Call`] or a rejection, touching nothing else.
+    pub fn filter(&self) -> BoxedFilter<(Call,)> {
+        self.filter.clone()
+    }
+
+    /// The metric label of a raw path (for requests rejected before routing): the label of
+    /// the first route whose template the path fits, whatever the method, else `unmatched`.
+    pub fn template_for(&self, path: &str) -> &'static str {
+        let given: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        self.templates
+            .iter()
+            .find(|(_, template, _)| {
+                let want = segments(template);
+                want.len() == given.len()
+                    && want.iter().zip(&given).all(|(w, g)| {
+                        if is_placeholder(w) {
+                            !g.is_empty()
+                        } else {
+                            w == g
+                        }
+                    })
+            })
+            .map_or("unmatched", |(_, _, label)| *label)
+    }
+
+    /// Every route as `METHOD template`, in order.
+    pub fn list(&self) -> Vec<String> {
+        self.templates
+            .iter()
+            .map(|(m, t, _)| format!("{m} {t}"))
+            .collect()
+    }
+}
+
+/// `a or b or ...` as a balanced tree, so a request to the last route goes through a few
+/// levels of `or`, not one per route. Order is kept: the first route that matches wins.
+fn balanced(mut filters: Vec<BoxedFilter<(Call,)>>) -> BoxedFilter<(Call,)> {
+    if filters.len() <= 1 {
+        return filters
+            .pop()
+            .unwrap_or_else(|| warp::any().and_then(not_found).boxed());
+    }
+    let right = filters.split_off(filters.len() / 2);
+    balanced(filters).or(balanced(right)).unify().boxed()
+}
+
+async fn not_found() -> Result<Call, warp::Rejection> {
+    Err(warp::reject::not_found())
+}
+
+/// A JSON answer with status 200.
+pub(super) fn json(value: &impl serde::Serialize) -> Reply {
+    Ok(warp::reply::json(value).into_response())
 }

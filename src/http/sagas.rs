@@ -6,12 +6,18 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
-use warp::{Filter, filters::BoxedFilter, http::StatusCode, reply::Reply as _};
+use warp::{Filter, http::StatusCode, reply::Reply as _};
 
-use super::{ApiError, Ctx, HttpState, Response, Route, optional_body};
-use crate::saga::{
-    engine::STATUSES,
-    order::{OrderRequest, Seed},
+use super::{
+    ApiError, JsonBody, optional_body,
+    route::{Access, Endpoint, Reply, Request, json},
+};
+use crate::{
+    config::Scope,
+    saga::{
+        engine::STATUSES,
+        order::{OrderRequest, Seed},
+    },
 };
 
 /// Default and largest `?limit=` of the saga lists.
@@ -49,95 +55,39 @@ struct NoteBody {
 }
 
 /// The saga routes.
-pub(super) fn routes(body_limit: u64) -> BoxedFilter<(Route,)> {
-    let auth = super::auth::credentials;
-    let create = warp::path!("v1" / "orders")
-        .and(warp::post())
-        .and(auth())
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::header::optional::<String>("traceparent"))
-        .and(warp::body::content_length_limit(body_limit))
-        .and(warp::body::bytes())
-        .map(|auth, content_type, traceparent, body| Route::CreateOrder {
-            auth,
-            content_type,
-            traceparent,
-            body,
-        })
-        .boxed();
-    let get_order = warp::path!("v1" / "orders" / String)
-        .and(warp::get())
-        .and(auth())
-        .map(|order_no, auth| Route::GetOrder { order_no, auth })
-        .boxed();
-    let list = warp::path!("v1" / "sagas")
-        .and(warp::get())
-        .and(warp::query::<SagaListQuery>())
-        .and(auth())
-        .map(|query, auth| Route::ListSagas { query, auth })
-        .boxed();
-    let get = warp::path!("v1" / "sagas" / Uuid)
-        .and(warp::get())
-        .and(auth())
-        .map(|id, auth| Route::GetSaga { id, auth })
-        .boxed();
-    let interventions = warp::path!("v1" / "interventions")
-        .and(warp::get())
-        .and(warp::query::<InterventionsQuery>())
-        .and(auth())
-        .map(|query, auth| Route::ListInterventions { query, auth })
-        .boxed();
-    let retry = warp::path!("v1" / "interventions" / Uuid / "retry")
-        .and(warp::post())
-        .and(auth())
-        .and(optional_body(body_limit))
-        .map(|id, auth, body| Route::RetryIntervention { id, auth, body })
-        .boxed();
-    let resolve = warp::path!("v1" / "interventions" / Uuid / "resolve")
-        .and(warp::post())
-        .and(auth())
-        .and(optional_body(body_limit))
-        .map(|id, auth, body| Route::ResolveIntervention { id, auth, body })
-        .boxed();
-    let seed = warp::path!("v1" / "admin" / "seed")
-        .and(warp::post())
-        .and(auth())
-        .and(warp::body::content_length_limit(body_limit))
-        .and(warp::body::bytes())
-        .map(|auth, body| Route::Seed { auth, body })
-        .boxed();
-    create
-        .or(get_order)
-        .unify()
-        .or(list)
-        .unify()
-        .or(get)
-        .unify()
-        .or(interventions)
-        .unify()
-        .or(retry)
-        .unify()
-        .or(resolve)
-        .unify()
-        .or(seed)
-        .unify()
-        .boxed()
-}
-
-/// The template of a saga route, for requests rejected before routing.
-pub(super) fn template_for(path: &str) -> Option<&'static str> {
-    let segments: Vec<&str> = path.split('/').collect();
-    Some(match segments.as_slice() {
-        ["", "v1", "orders"] => "/v1/orders",
-        ["", "v1", "orders", _] => "/v1/orders/{order_no}",
-        ["", "v1", "sagas"] => "/v1/sagas",
-        ["", "v1", "sagas", _] => "/v1/sagas/{id}",
-        ["", "v1", "interventions"] => "/v1/interventions",
-        ["", "v1", "interventions", _, "retry"] => "/v1/interventions/{id}/retry",
-        ["", "v1", "interventions", _, "resolve"] => "/v1/interventions/{id}/resolve",
-        ["", "v1", "admin", "seed"] => "/v1/admin/seed",
-        _ => return None,
-    })
+pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
+    let (read, admin) = (Access::Scoped(Scope::Read), Access::Scoped(Scope::Admin));
+    vec![
+        Endpoint::post("/v1/orders", Access::Publish)
+            .input(super::json_body(body_limit))
+            .to(create_order),
+        Endpoint::get("/v1/orders/{order_no}", read).to(get_order),
+        Endpoint::get("/v1/sagas", read)
+            .input(warp::query::<SagaListQuery>())
+            .to(list_sagas),
+        Endpoint::get("/v1/sagas/{id}", read).to(|req: Request, (id,): (Uuid,), ()| async move {
+            json(&req.state.sagas.get(id).await?)
+        }),
+        Endpoint::get("/v1/interventions", read)
+            .input(warp::query::<InterventionsQuery>())
+            .to(|req: Request, (), query: InterventionsQuery| async move {
+                let rows = req
+                    .state
+                    .sagas
+                    .interventions(query.all, limit(query.limit)?)
+                    .await?;
+                json(&json!({ "interventions": rows }))
+            }),
+        Endpoint::post("/v1/interventions/{id}/retry", admin)
+            .input(optional_body(body_limit))
+            .to(retry_intervention),
+        Endpoint::post("/v1/interventions/{id}/resolve", admin)
+            .input(optional_body(body_limit))
+            .to(resolve_intervention),
+        Endpoint::post("/v1/admin/seed", admin)
+            .input(warp::body::content_length_limit(body_limit).and(warp::body::bytes()))
+            .to(seed),
+    ]
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(
@@ -153,21 +103,16 @@ fn limit(requested: Option<u64>) -> Result<u64, ApiError> {
 }
 
 /// `POST /v1/orders`: validates and starts the order saga.
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, order_no, saga_id, trace_id))]
-pub(super) async fn create_order(
-    state: &HttpState,
-    ctx: &Ctx,
-    content_type: Option<String>,
-    traceparent: Option<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let order: OrderRequest = json_body(content_type.as_deref(), &body)?;
+#[tracing::instrument(skip_all, fields(request_id = %req.ctx.request_id, order_no, saga_id, trace_id))]
+async fn create_order(req: Request, (): (), body: JsonBody) -> Reply {
+    let order: OrderRequest = json_body(body.content_type.as_deref(), &body.bytes)?;
     order.validate().map_err(ApiError::InvalidOrder)?;
     tracing::Span::current().record("order_no", order.order_no.as_str());
-    let trace = crate::telemetry::outgoing(traceparent.as_deref());
+    let trace = crate::telemetry::outgoing(body.traceparent.as_deref());
     tracing::Span::current().record("trace_id", trace.trace_id.as_str());
     let payload = serde_json::to_value(&order).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let id = state
+    let id = req
+        .state
         .sagas
         .start(
             "order",
@@ -190,110 +135,89 @@ pub(super) async fn create_order(
     .into_response())
 }
 
-/// Handles a saga route.
-pub(super) async fn handle(
-    state: &HttpState,
-    ctx: &Ctx,
-    route: Route,
-) -> Result<Response, ApiError> {
-    let json = |v: serde_json::Value| Ok(warp::reply::json(&v).into_response());
-    match route {
-        Route::CreateOrder {
-            content_type,
-            traceparent,
-            body,
-            ..
-        } => create_order(state, ctx, content_type, traceparent, body).await,
-        Route::GetOrder { order_no, .. } => {
-            let order = state
-                .reads
-                .order(&order_no)
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let saga_id = state.sagas.by_key("order", &order_no).await?;
-            let Some(saga_id) = saga_id else {
-                return Err(ApiError::OrderNotFound(order_no));
-            };
-            let saga = state.sagas.get(saga_id).await?;
-            json(json!({"order": order, "saga": saga}))
-        }
-        Route::ListSagas { query, .. } => {
-            if let Some(s) = query.state.as_deref()
-                && !STATUSES.contains(&s)
-            {
-                return Err(ApiError::InvalidQuery(format!(
-                    "state must be one of {}, got {s:?}",
-                    STATUSES.join(", ")
-                )));
-            }
-            let rows = state
-                .sagas
-                .list(
-                    query.state.as_deref(),
-                    query.kind.as_deref(),
-                    limit(query.limit)?,
-                )
-                .await?;
-            json(json!({ "sagas": rows }))
-        }
-        Route::GetSaga { id, .. } => {
-            let view = state.sagas.get(id).await?;
-            json(serde_json::to_value(view).map_err(|e| ApiError::Internal(e.to_string()))?)
-        }
-        Route::ListInterventions { query, .. } => {
-            let rows = state
-                .sagas
-                .interventions(query.all, limit(query.limit)?)
-                .await?;
-            json(json!({ "interventions": rows }))
-        }
-        Route::Seed { body, .. } => {
-            let seed: Seed = json_body(Some("application/json"), &body)?;
-            seed.validate().map_err(ApiError::InvalidOrder)?;
-            state
-                .reads
-                .seed(&seed)
-                .await
-                .map_err(|e| ApiError::Internal(format!("seeding failed: {e}")))?;
-            json(json!({
-                "inventory": seed.inventory.len(),
-                "accounts": seed.accounts.len(),
-            }))
-        }
-        _ => Err(ApiError::NotFound),
-    }
+/// `GET /v1/orders/{order_no}`: the order and its saga.
+async fn get_order(req: Request, (order_no,): (String,), (): ()) -> Reply {
+    let state = &req.state;
+    let order = state
+        .reads
+        .order(&order_no)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let saga_id = state.sagas.by_key("order", &order_no).await?;
+    let Some(saga_id) = saga_id else {
+        return Err(ApiError::OrderNotFound(order_no));
+    };
+    let saga = state.sagas.get(saga_id).await?;
+    json(&json!({"order": order, "saga": saga}))
 }
 
-/// The intervention actions (the operator service's): retry the failed compensation, or
-/// resolve it with a note. Both go into the saga's timeline with the operator's name, and
-/// into the audit log.
-pub(super) async fn intervene(
-    state: &HttpState,
-    actor: &str,
-    route: Route,
-) -> Result<Response, ApiError> {
-    let (key, id, view) = match route {
-        Route::RetryIntervention { id, body, .. } => {
-            let note = note(&body)?.note;
-            let view = state.operator.retry_intervention(actor, id, note).await?;
-            ("retried", id, view)
-        }
-        Route::ResolveIntervention { id, body, .. } => {
-            let note = note(&body)?
-                .note
-                .filter(|n| !n.trim().is_empty())
-                .ok_or_else(|| {
-                    ApiError::InvalidOrder(
-                        "resolving needs a JSON body with a note saying what was done by hand"
-                            .to_owned(),
-                    )
-                })?;
-            let view = state.operator.resolve_intervention(actor, id, note).await?;
-            ("resolved", id, view)
-        }
-        _ => return Err(ApiError::NotFound),
-    };
-    Ok(warp::reply::json(&json!({key: id, "saga": view})).into_response())
+/// `GET /v1/sagas`.
+async fn list_sagas(req: Request, (): (), query: SagaListQuery) -> Reply {
+    if let Some(s) = query.state.as_deref()
+        && !STATUSES.contains(&s)
+    {
+        return Err(ApiError::InvalidQuery(format!(
+            "state must be one of {}, got {s:?}",
+            STATUSES.join(", ")
+        )));
+    }
+    let rows = req
+        .state
+        .sagas
+        .list(
+            query.state.as_deref(),
+            query.kind.as_deref(),
+            limit(query.limit)?,
+        )
+        .await?;
+    json(&json!({ "sagas": rows }))
+}
+
+/// `POST /v1/admin/seed`: stock and balances for the order saga's participants.
+async fn seed(req: Request, (): (), body: Bytes) -> Reply {
+    let seed: Seed = json_body(Some("application/json"), &body)?;
+    seed.validate().map_err(ApiError::InvalidOrder)?;
+    req.state
+        .reads
+        .seed(&seed)
+        .await
+        .map_err(|e| ApiError::Internal(format!("seeding failed: {e}")))?;
+    json(&json!({
+        "inventory": seed.inventory.len(),
+        "accounts": seed.accounts.len(),
+    }))
+}
+
+/// `POST /v1/interventions/{id}/retry`: the operator service retries the failed
+/// compensation. It goes into the saga's timeline with the operator's name, and into the
+/// audit log.
+async fn retry_intervention(req: Request, (id,): (Uuid,), body: Bytes) -> Reply {
+    let note = note(&body)?.note;
+    let view = req
+        .state
+        .operator
+        .retry_intervention(&req.actor(), id, note)
+        .await?;
+    json(&json!({"retried": id, "saga": view}))
+}
+
+/// `POST /v1/interventions/{id}/resolve`: the operator says what was done by hand (a note
+/// is required); recorded like a retry.
+async fn resolve_intervention(req: Request, (id,): (Uuid,), body: Bytes) -> Reply {
+    let note = note(&body)?
+        .note
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::InvalidOrder(
+                "resolving needs a JSON body with a note saying what was done by hand".to_owned(),
+            )
+        })?;
+    let view = req
+        .state
+        .operator
+        .resolve_intervention(&req.actor(), id, note)
+        .await?;
+    json(&json!({"resolved": id, "saga": view}))
 }
 
 fn note(body: &[u8]) -> Result<NoteBody, ApiError> {
