@@ -255,142 +255,147 @@ pub enum TopologyAction {
 /// Runs a parsed command line with loaded settings; returns the process exit code.
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Serve
-        | Command::All
-        | Command::Worker { .. }
-        | Command::Orders
-        | Command::Inventory
-        | Command::Payments
-        | Command::Scheduler
-        | Command::Saga {
-            action: SagaAction::Run,
-        } => {
-            let (roles, modules): (Vec<Role>, Vec<String>) = match cli.command {
-                Command::Serve => (vec![Role::Http], Vec::new()),
-                Command::Worker { modules } => (vec![Role::Worker], modules),
-                Command::Orders => (vec![Role::Worker], vec!["orders".to_owned()]),
-                Command::Inventory => (vec![Role::Worker], vec!["inventory".to_owned()]),
-                Command::Payments => (vec![Role::Worker], vec!["payments".to_owned()]),
-                Command::Saga { .. } => (vec![Role::Saga], Vec::new()),
-                Command::Scheduler => (vec![Role::Scheduler], Vec::new()),
-                _ => (
-                    vec![Role::Http, Role::Worker, Role::Saga, Role::Scheduler],
-                    Vec::new(),
-                ),
-            };
-            tracing::info!(
-                amqp = %redact_url(settings.amqp.url.expose()),
-                database = %redact_url(settings.database.url.expose()),
-                http = %settings.http.addr,
-                "Starting warren."
-            );
-            let shutdown = CancellationToken::new();
-            let mut app = App::new(settings);
-            if !modules.is_empty() {
-                app = app.modules(modules);
-            } else if !roles.contains(&Role::Worker) {
-                app = app.modules(Vec::<String>::new());
-            }
-            let running = app.start(&roles, shutdown.clone()).await?;
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!(
-                    "Shutdown requested: finishing in-flight work (a second signal exits at once)."
-                );
-                stop.cancel();
-                wait_for_signal().await;
-                tracing::warn!("Second signal: exiting now.");
-                std::process::exit(130);
-            });
-            running.wait().await;
-            Ok(0)
-        }
         Command::Dlq { action } => dlq(action, &settings, &settings.identity.cli_actor()).await,
+        Command::Saga {
+            action: SagaAction::Run,
+        } => serve(vec![Role::Saga], Vec::new(), settings).await,
         Command::Saga { action } => saga(action, &settings, &settings.identity.cli_actor()).await,
-        Command::Healthcheck { url, timeout_ms } => {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_millis(timeout_ms))
-                .build()?;
-            match client.get(&url).send().await {
-                Ok(r) if r.status().is_success() => Ok(0),
-                Ok(r) => {
-                    eprintln!("warren: {url} answered {}", r.status());
-                    Ok(1)
-                }
-                Err(e) => {
-                    eprintln!("warren: {url}: {e}");
-                    Ok(1)
-                }
-            }
+        Command::Serve => serve(vec![Role::Http], Vec::new(), settings).await,
+        Command::Worker { modules } => serve(vec![Role::Worker], modules, settings).await,
+        Command::Orders => serve(vec![Role::Worker], vec!["orders".to_owned()], settings).await,
+        Command::Inventory => {
+            serve(vec![Role::Worker], vec!["inventory".to_owned()], settings).await
         }
-        Command::Seed(args) => {
-            let mut seed = if args.demo {
-                crate::saga::order::Seed::demo()
-            } else {
-                crate::saga::order::Seed::default()
-            };
-            seed.inventory.extend(args.skus);
-            seed.accounts.extend(args.accounts);
-            if seed.inventory.is_empty() && seed.accounts.is_empty() {
-                eprintln!("warren: nothing to seed: give --sku, --account or --demo");
-                return Ok(2);
-            }
-            if let Err(e) = seed.validate() {
-                eprintln!("warren: {e}");
-                return Ok(2);
-            }
-            let db = store::connect(&settings.database).await?;
-            seed.apply(&db).await?;
-            println!(
-                "seeded {} SKU(s) and {} account(s)",
-                seed.inventory.len(),
-                seed.accounts.len()
-            );
-            Ok(0)
+        Command::Payments => serve(vec![Role::Worker], vec!["payments".to_owned()], settings).await,
+        Command::Scheduler => serve(vec![Role::Scheduler], Vec::new(), settings).await,
+        Command::All => {
+            let all = vec![Role::Http, Role::Worker, Role::Saga, Role::Scheduler];
+            serve(all, Vec::new(), settings).await
         }
+        Command::Healthcheck { url, timeout_ms } => healthcheck(&url, timeout_ms).await,
+        Command::Seed(args) => seed(args, &settings).await,
         Command::Config => {
             let redacted = toml_redacted(&settings)?;
             println!("{redacted}");
             Ok(0)
         }
-        Command::Topology { action } => {
-            let topology = Topology::for_settings(&settings)?;
-            match action {
-                TopologyAction::Apply => {
-                    let broker = Broker::new(&settings, "warren topology apply")?;
-                    broker.declare(&topology).await?;
-                    broker.close();
-                    println!(
-                        "topology applied: {} exchanges, {} queues, {} bindings",
-                        topology.exchanges.len(),
-                        topology.queues.len(),
-                        topology.bindings.len()
-                    );
-                    Ok(0)
+        Command::Topology { action } => topology(action, &settings).await,
+    }
+}
+
+/// Runs `roles` (with only `modules`, when named) until a signal: the first finishes the work
+/// in flight, a second exits at once.
+async fn serve(roles: Vec<Role>, modules: Vec<String>, settings: Settings) -> anyhow::Result<i32> {
+    tracing::info!(
+        amqp = %redact_url(settings.amqp.url.expose()),
+        database = %redact_url(settings.database.url.expose()),
+        http = %settings.http.addr,
+        "Starting warren."
+    );
+    let shutdown = CancellationToken::new();
+    let mut app = App::new(settings);
+    if !modules.is_empty() {
+        app = app.modules(modules);
+    } else if !roles.contains(&Role::Worker) {
+        app = app.modules(Vec::<String>::new());
+    }
+    let running = app.start(&roles, shutdown.clone()).await?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(
+            "Shutdown requested: finishing in-flight work (a second signal exits at once)."
+        );
+        stop.cancel();
+        wait_for_signal().await;
+        tracing::warn!("Second signal: exiting now.");
+        std::process::exit(130);
+    });
+    running.wait().await;
+    Ok(0)
+}
+
+/// `warren healthcheck`: 0 when `url` answers 2xx within the timeout.
+async fn healthcheck(url: &str, timeout_ms: u64) -> anyhow::Result<i32> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .build()?;
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => Ok(0),
+        Ok(r) => {
+            eprintln!("warren: {url} answered {}", r.status());
+            Ok(1)
+        }
+        Err(e) => {
+            eprintln!("warren: {url}: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// `warren seed`: stock and balances for the order saga's participants.
+async fn seed(args: SeedArgs, settings: &Settings) -> anyhow::Result<i32> {
+    let mut seed = if args.demo {
+        crate::saga::order::Seed::demo()
+    } else {
+        crate::saga::order::Seed::default()
+    };
+    seed.inventory.extend(args.skus);
+    seed.accounts.extend(args.accounts);
+    if seed.inventory.is_empty() && seed.accounts.is_empty() {
+        eprintln!("warren: nothing to seed: give --sku, --account or --demo");
+        return Ok(2);
+    }
+    if let Err(e) = seed.validate() {
+        eprintln!("warren: {e}");
+        return Ok(2);
+    }
+    let db = store::connect(&settings.database).await?;
+    seed.apply(&db).await?;
+    println!(
+        "seeded {} SKU(s) and {} account(s)",
+        seed.inventory.len(),
+        seed.accounts.len()
+    );
+    Ok(0)
+}
+
+/// `warren topology apply|verify|export`.
+async fn topology(action: TopologyAction, settings: &Settings) -> anyhow::Result<i32> {
+    let topology = Topology::for_settings(settings)?;
+    match action {
+        TopologyAction::Apply => {
+            let broker = Broker::new(settings, "warren topology apply")?;
+            broker.declare(&topology).await?;
+            broker.close();
+            println!(
+                "topology applied: {} exchanges, {} queues, {} bindings",
+                topology.exchanges.len(),
+                topology.queues.len(),
+                topology.bindings.len()
+            );
+            Ok(0)
+        }
+        TopologyAction::Verify { vhost } => {
+            let vhost = vhost.unwrap_or_else(|| vhost_of(settings.amqp.url.expose()));
+            let drift = topology
+                .verify(settings.amqp.management_url.expose(), &vhost)
+                .await?;
+            if drift.is_empty() {
+                println!("topology matches vhost {vhost:?}");
+                Ok(0)
+            } else {
+                for d in &drift {
+                    println!("{d}");
                 }
-                TopologyAction::Verify { vhost } => {
-                    let vhost = vhost.unwrap_or_else(|| vhost_of(settings.amqp.url.expose()));
-                    let drift = topology
-                        .verify(settings.amqp.management_url.expose(), &vhost)
-                        .await?;
-                    if drift.is_empty() {
-                        println!("topology matches vhost {vhost:?}");
-                        Ok(0)
-                    } else {
-                        for d in &drift {
-                            println!("{d}");
-                        }
-                        println!("{} difference(s) in vhost {vhost:?}", drift.len());
-                        Ok(1)
-                    }
-                }
-                TopologyAction::Export { vhost } => {
-                    let out = serde_json::to_string_pretty(&topology.export(vhost.as_deref()))?;
-                    println!("{out}");
-                    Ok(0)
-                }
+                println!("{} difference(s) in vhost {vhost:?}", drift.len());
+                Ok(1)
             }
+        }
+        TopologyAction::Export { vhost } => {
+            let out = serde_json::to_string_pretty(&topology.export(vhost.as_deref()))?;
+            println!("{out}");
+            Ok(0)
         }
     }
 }

@@ -315,114 +315,99 @@ impl Topology {
     /// The pure comparison behind [`Topology::verify`], on the management API's JSON lists.
     pub fn diff(&self, exchanges: &[Value], queues: &[Value], bindings: &[Value]) -> Vec<Drift> {
         let mut drift = Vec::new();
-        let by_name = |list: &[Value]| -> BTreeMap<String, Value> {
-            list.iter()
-                .filter_map(|v| Some((v.get("name")?.as_str()?.to_owned(), v.clone())))
-                .collect()
-        };
-        let live_ex = by_name(exchanges);
+        self.diff_exchanges(&mut drift, exchanges);
+        self.diff_queues(&mut drift, queues);
+        self.diff_bindings(&mut drift, bindings);
+        drift
+    }
+
+    fn diff_exchanges(&self, drift: &mut Vec<Drift>, exchanges: &[Value]) {
+        let live = by_name(exchanges);
         for e in &self.exchanges {
             let entity = format!("exchange {}", e.name);
-            let Some(live) = live_ex.get(&e.name) else {
+            let Some(live) = live.get(&e.name) else {
                 drift.push(Drift::Missing(entity));
                 continue;
             };
-            compare(
-                &mut drift,
-                &entity,
-                "type",
-                &json_str(&e.kind),
-                live.get("type"),
-            );
-            compare(
-                &mut drift,
-                &entity,
-                "durable",
-                &Value::Bool(e.durable),
-                live.get("durable"),
-            );
-            compare(
-                &mut drift,
-                &entity,
-                "auto_delete",
-                &Value::Bool(e.auto_delete),
-                live.get("auto_delete"),
-            );
-            compare(
-                &mut drift,
-                &entity,
-                "internal",
-                &Value::Bool(e.internal),
-                live.get("internal"),
-            );
-            compare_args(&mut drift, &entity, &e.arguments, live.get("arguments"));
+            let fields = [
+                ("type", json_str(&e.kind)),
+                ("durable", Value::Bool(e.durable)),
+                ("auto_delete", Value::Bool(e.auto_delete)),
+                ("internal", Value::Bool(e.internal)),
+            ];
+            for (field, want) in &fields {
+                compare(drift, &entity, field, want, live.get(*field));
+            }
+            compare_args(drift, &entity, &e.arguments, live.get("arguments"));
         }
-        for name in live_ex.keys() {
+        for name in live.keys() {
             if name.starts_with("warren.") && !self.exchanges.iter().any(|e| &e.name == name) {
                 drift.push(Drift::Unexpected(format!("exchange {name}")));
             }
         }
-        let live_q = by_name(queues);
+    }
+
+    fn diff_queues(&self, drift: &mut Vec<Drift>, queues: &[Value]) {
+        let live = by_name(queues);
         for q in &self.queues {
             let entity = format!("queue {}", q.name);
-            let Some(live) = live_q.get(&q.name) else {
+            let Some(live) = live.get(&q.name) else {
                 drift.push(Drift::Missing(entity));
                 continue;
             };
-            compare(
-                &mut drift,
-                &entity,
-                "durable",
-                &Value::Bool(q.durable),
-                live.get("durable"),
-            );
-            compare(
-                &mut drift,
-                &entity,
-                "auto_delete",
-                &Value::Bool(q.auto_delete),
-                live.get("auto_delete"),
-            );
-            compare_args(&mut drift, &entity, &q.arguments, live.get("arguments"));
+            let fields = [
+                ("durable", Value::Bool(q.durable)),
+                ("auto_delete", Value::Bool(q.auto_delete)),
+            ];
+            for (field, want) in &fields {
+                compare(drift, &entity, field, want, live.get(*field));
+            }
+            compare_args(drift, &entity, &q.arguments, live.get("arguments"));
         }
-        for name in live_q.keys() {
+        for name in live.keys() {
             if name.starts_with("warren.") && !self.queues.iter().any(|q| &q.name == name) {
                 drift.push(Drift::Unexpected(format!("queue {name}")));
             }
         }
+    }
+
+    fn diff_bindings(&self, drift: &mut Vec<Drift>, bindings: &[Value]) {
         let key = |s: &str, d: &str, k: &str| format!("binding {s} -> {d} ({k})");
-        let live_b: Vec<String> = bindings
+        // The default exchange's implicit bindings have an empty source.
+        let live: Vec<String> = bindings
             .iter()
-            .filter(|b| {
-                b.get("source")
-                    .and_then(Value::as_str)
-                    .is_some_and(|s| !s.is_empty())
-            })
             .filter_map(|b| {
+                let source = b.get("source")?.as_str().filter(|s| !s.is_empty())?;
                 Some(key(
-                    b.get("source")?.as_str()?,
+                    source,
                     b.get("destination")?.as_str()?,
                     b.get("routing_key")?.as_str()?,
                 ))
             })
             .collect();
-        let want_b: Vec<String> = self
+        let want: Vec<String> = self
             .bindings
             .iter()
             .map(|b| key(&b.source, &b.destination, &b.routing_key))
             .collect();
-        for b in &want_b {
-            if !live_b.contains(b) {
+        for b in &want {
+            if !live.contains(b) {
                 drift.push(Drift::Missing(b.clone()));
             }
         }
-        for b in &live_b {
-            if b.starts_with("binding warren.") && !want_b.contains(b) {
+        for b in &live {
+            if b.starts_with("binding warren.") && !want.contains(b) {
                 drift.push(Drift::Unexpected(b.clone()));
             }
         }
-        drift
     }
+}
+
+/// A management API list keyed by each entry's `name`.
+fn by_name(list: &[Value]) -> BTreeMap<String, Value> {
+    list.iter()
+        .filter_map(|v| Some((v.get("name")?.as_str()?.to_owned(), v.clone())))
+        .collect()
 }
 
 fn json_str(s: &str) -> Value {

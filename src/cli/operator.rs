@@ -86,43 +86,8 @@ async fn saga_action(parts: &Parts, actor: &str, action: SagaAction) -> anyhow::
             state,
             limit,
             interventions: true,
-        } => {
-            if state.is_some() {
-                eprintln!("warren: --state does not apply to --interventions");
-                return Ok(2);
-            }
-            let rows = sagas.interventions(false, limit).await?;
-            println!("{} open intervention(s)", rows.len());
-            for r in rows {
-                println!(
-                    "{}  saga {}  step {} ({})  {}  {}: {}",
-                    r.id, r.saga_id, r.step, r.step_name, r.status, r.compensation, r.reason
-                );
-            }
-        }
-        SagaAction::List { state, limit, .. } => {
-            if let Some(s) = state.as_deref()
-                && !crate::saga::engine::STATUSES.contains(&s)
-            {
-                eprintln!(
-                    "warren: --state must be one of {}",
-                    crate::saga::engine::STATUSES.join(", ")
-                );
-                return Ok(2);
-            }
-            let rows = sagas.list(state.as_deref(), None, limit).await?;
-            for r in rows {
-                println!(
-                    "{}  {:<6}  {:<18}  step {}  {}  {}",
-                    r.id,
-                    r.kind,
-                    r.status,
-                    r.step,
-                    r.business_key.as_deref().unwrap_or("-"),
-                    r.created_at.to_rfc3339()
-                );
-            }
-        }
+        } => return list_interventions(sagas, state, limit).await,
+        SagaAction::List { state, limit, .. } => return list_sagas(sagas, state, limit).await,
         SagaAction::Show { id } => {
             let saga_id = match uuid::Uuid::parse_str(&id) {
                 Ok(u) => u,
@@ -154,6 +119,57 @@ async fn saga_action(parts: &Parts, actor: &str, action: SagaAction) -> anyhow::
                 view.saga.id, view.saga.status
             );
         }
+    }
+    Ok(0)
+}
+
+/// `warren saga list --interventions`: the open ones.
+async fn list_interventions(
+    sagas: &crate::saga::Sagas,
+    state: Option<String>,
+    limit: u64,
+) -> anyhow::Result<i32> {
+    if state.is_some() {
+        eprintln!("warren: --state does not apply to --interventions");
+        return Ok(2);
+    }
+    let rows = sagas.interventions(false, limit).await?;
+    println!("{} open intervention(s)", rows.len());
+    for r in rows {
+        println!(
+            "{}  saga {}  step {} ({})  {}  {}: {}",
+            r.id, r.saga_id, r.step, r.step_name, r.status, r.compensation, r.reason
+        );
+    }
+    Ok(0)
+}
+
+/// `warren saga list [--state S]`.
+async fn list_sagas(
+    sagas: &crate::saga::Sagas,
+    state: Option<String>,
+    limit: u64,
+) -> anyhow::Result<i32> {
+    if let Some(s) = state.as_deref()
+        && !crate::saga::engine::STATUSES.contains(&s)
+    {
+        eprintln!(
+            "warren: --state must be one of {}",
+            crate::saga::engine::STATUSES.join(", ")
+        );
+        return Ok(2);
+    }
+    let rows = sagas.list(state.as_deref(), None, limit).await?;
+    for r in rows {
+        println!(
+            "{}  {:<6}  {:<18}  step {}  {}  {}",
+            r.id,
+            r.kind,
+            r.status,
+            r.step,
+            r.business_key.as_deref().unwrap_or("-"),
+            r.created_at.to_rfc3339()
+        );
     }
     Ok(0)
 }

@@ -138,30 +138,13 @@ impl Dlq {
         action: Action,
         already: &mut MovedIds,
     ) -> (usize, Result<(), DlqError>) {
-        use futures_util::StreamExt;
         // Copies of messages this operation moved already, handed back by the broker: removed,
         // not moved again.
         let (repeats, batch): (Vec<Delivery>, Vec<Delivery>) = batch
             .into_iter()
             .partition(|d| message_uuid(&d.properties).is_some_and(|id| already.contains(&id)));
-        if !repeats.is_empty() {
-            tracing::info!(
-                queue,
-                n = repeats.len(),
-                "Removing copies of messages this operation already moved (handed back by the broker)."
-            );
-            for d in &repeats {
-                if let Err(source) = d.ack(BasicAckOptions::default()).await {
-                    return (
-                        0,
-                        Err(DlqError::Amqp {
-                            doing: "basic.ack",
-                            queue: dead_queue.to_owned(),
-                            source,
-                        }),
-                    );
-                }
-            }
+        if let Err(e) = remove_repeats(queue, dead_queue, &repeats).await {
+            return (0, Err(e));
         }
         if batch.is_empty() {
             return (0, Ok(()));
@@ -178,79 +161,15 @@ impl Dlq {
                 for d in &batch {
                     requeue(d).await;
                 }
-                return (
-                    0,
-                    Err(DlqError::Store {
-                        queue: queue.to_owned(),
-                        source,
-                    }),
-                );
+                let queue = queue.to_owned();
+                return (0, Err(DlqError::Store { queue, source }));
             }
         };
-        let published: Vec<Result<(), PublishError>> = match action {
+        let published = match action {
             Action::Purge => batch.iter().map(|_| Ok(())).collect(),
-            Action::Replay => {
-                // Boxed as `Send`: the publish futures borrow the batch, and an unboxed
-                // stream of them trips the compiler's higher-ranked `Send` inference.
-                type Publish<'a> = std::pin::Pin<
-                    Box<dyn std::future::Future<Output = Result<(), PublishError>> + Send + 'a>,
-                >;
-                let publishes: Vec<Publish<'_>> = batch
-                    .iter()
-                    .map(|d| {
-                        let publisher = self.publisher.clone();
-                        let body = d.data.clone();
-                        let props = replay_properties(&d.properties, Utc::now());
-                        let queue = queue.to_owned();
-                        Box::pin(async move {
-                            publisher
-                                .publish(REQUEUE_EXCHANGE, &queue, &body, props)
-                                .await
-                        }) as Publish<'_>
-                    })
-                    .collect();
-                futures_util::stream::iter(publishes)
-                    .buffered(IN_FLIGHT)
-                    .collect()
-                    .await
-            }
+            Action::Replay => self.republish(queue, &batch).await,
         };
-        let mut moved = 0usize;
-        let mut moved_ids = std::collections::HashSet::new();
-        let mut error = None;
-        for (delivery, outcome) in batch.iter().zip(published) {
-            if let Err(source) = outcome {
-                requeue(delivery).await;
-                error.get_or_insert(DlqError::Publish {
-                    message_id: delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .map_or_else(|| "-".to_owned(), |m| m.as_str().to_owned()),
-                    exchange: REQUEUE_EXCHANGE,
-                    queue: queue.to_owned(),
-                    source: Box::new(source),
-                });
-                continue;
-            }
-            let acked = delivery.ack(BasicAckOptions::default()).await;
-            if action == Action::Replay || acked.is_ok() {
-                // A confirmed replay counts whether or not the ack arrives (if not, the parked
-                // copy stays and a later replay duplicates it, which the inbox absorbs).
-                moved += 1;
-                if let Some(id) = message_uuid(&delivery.properties) {
-                    moved_ids.insert(id);
-                }
-            }
-            if let Err(source) = acked {
-                error = Some(DlqError::Amqp {
-                    doing: "basic.ack",
-                    queue: dead_queue.to_owned(),
-                    source,
-                });
-                break;
-            }
-        }
+        let (moved, moved_ids, error) = settle(queue, dead_queue, action, &batch, published).await;
         let row_ids: Vec<Uuid> = rows
             .iter()
             .filter(|(m, _)| moved_ids.contains(m))
@@ -262,6 +181,110 @@ impl Dlq {
         }
         (moved, error.map_or(Ok(()), Err))
     }
+
+    /// Publishes each message back to its work queue through `warren.requeue`, up to
+    /// [`IN_FLIGHT`] awaiting their confirms at once; the outcomes in the batch's order.
+    async fn republish(&self, queue: &str, batch: &[Delivery]) -> Vec<Result<(), PublishError>> {
+        use futures_util::StreamExt;
+        // Boxed as `Send`: the publish futures borrow the batch, and an unboxed stream of them
+        // trips the compiler's higher-ranked `Send` inference.
+        type Publish<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), PublishError>> + Send + 'a>,
+        >;
+        let publishes: Vec<Publish<'_>> = batch
+            .iter()
+            .map(|d| {
+                let publisher = self.publisher.clone();
+                let body = d.data.clone();
+                let props = replay_properties(&d.properties, Utc::now());
+                let queue = queue.to_owned();
+                Box::pin(async move {
+                    publisher
+                        .publish(REQUEUE_EXCHANGE, &queue, &body, props)
+                        .await
+                }) as Publish<'_>
+            })
+            .collect();
+        futures_util::stream::iter(publishes)
+            .buffered(IN_FLIGHT)
+            .collect()
+            .await
+    }
+}
+
+/// Acks the copies of messages this operation already moved (the broker handed them back).
+async fn remove_repeats(
+    queue: &str,
+    dead_queue: &str,
+    repeats: &[Delivery],
+) -> Result<(), DlqError> {
+    if repeats.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        queue,
+        n = repeats.len(),
+        "Removing copies of messages this operation already moved (handed back by the broker)."
+    );
+    for d in repeats {
+        d.ack(BasicAckOptions::default())
+            .await
+            .map_err(|source| DlqError::Amqp {
+                doing: "basic.ack",
+                queue: dead_queue.to_owned(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Settles each message after its publish (or, purging, at once): a failed publish goes back
+/// to the parking queue, a moved one is acked. Returns how many moved, their ids, and the
+/// first error; after a failed ack the rest stay held.
+async fn settle(
+    queue: &str,
+    dead_queue: &str,
+    action: Action,
+    batch: &[Delivery],
+    published: Vec<Result<(), PublishError>>,
+) -> (usize, std::collections::HashSet<Uuid>, Option<DlqError>) {
+    let mut moved = 0usize;
+    let mut moved_ids = std::collections::HashSet::new();
+    let mut error = None;
+    for (delivery, outcome) in batch.iter().zip(published) {
+        if let Err(source) = outcome {
+            requeue(delivery).await;
+            error.get_or_insert(DlqError::Publish {
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |m| m.as_str().to_owned()),
+                exchange: REQUEUE_EXCHANGE,
+                queue: queue.to_owned(),
+                source: Box::new(source),
+            });
+            continue;
+        }
+        let acked = delivery.ack(BasicAckOptions::default()).await;
+        if action == Action::Replay || acked.is_ok() {
+            // A confirmed replay counts whether or not the ack arrives (if not, the parked
+            // copy stays and a later replay duplicates it, which the inbox absorbs).
+            moved += 1;
+            if let Some(id) = message_uuid(&delivery.properties) {
+                moved_ids.insert(id);
+            }
+        }
+        if let Err(source) = acked {
+            error = Some(DlqError::Amqp {
+                doing: "basic.ack",
+                queue: dead_queue.to_owned(),
+                source,
+            });
+            break;
+        }
+    }
+    (moved, moved_ids, error)
 }
 
 /// Messages ready in `queue`, exactly (a passive declare; a missing queue is an error and
