@@ -13,7 +13,7 @@ use crate::{broker::topology::Management, operator::Operator, reads::Reads};
 
 /// Where the console links to: Grafana's dashboards and the management UI.
 #[derive(Debug, Clone, Serialize)]
-pub struct Links {
+pub(crate) struct Links {
     /// The management UI's queue list of warren's vhost.
     pub management: String,
     /// Grafana dashboards by name (`queues`, `sagas`, `http`, `process`), when Grafana is set.
@@ -22,7 +22,7 @@ pub struct Links {
 
 /// One work queue on the overview.
 #[derive(Debug, Clone, Serialize)]
-pub struct QueueRow {
+pub(crate) struct QueueRow {
     /// The work queue.
     pub queue: String,
     /// Its parking queue.
@@ -45,7 +45,7 @@ pub struct QueueRow {
 
 /// The console's overview.
 #[derive(Clone)]
-pub struct Console {
+pub(crate) struct Console {
     inner: std::sync::Arc<Inner>,
 }
 
@@ -91,7 +91,7 @@ fn encode(s: &str) -> String {
 
 impl Console {
     /// The console over these services, with its links from `settings`.
-    pub fn new(
+    pub(crate) fn new(
         settings: &crate::config::Settings,
         operator: Operator,
         reads: Reads,
@@ -133,7 +133,7 @@ impl Console {
 
     /// The overview: queues (management API and exact parked counts), failed jobs, sagas by
     /// state, open interventions, links. Parts that fail are reported, not fatal.
-    pub async fn overview(&self) -> Value {
+    pub(crate) async fn overview(&self) -> Value {
         let (mgmt, parked) =
             tokio::join!(self.management_queues(), self.inner.operator.dlq().list());
         let (mgmt, management_error) = match mgmt {

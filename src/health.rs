@@ -10,7 +10,7 @@ use crate::{broker::Broker, reads::Reads};
 
 /// What [`Health::readiness`] found: `"ok"` or why not, per part.
 #[derive(Debug, Clone, Serialize)]
-pub struct Checks {
+pub(crate) struct Checks {
     /// The broker.
     pub broker: String,
     /// The database.
@@ -21,14 +21,14 @@ pub struct Checks {
 
 impl Checks {
     /// Whether every part is ok.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.broker == "ok" && self.database == "ok" && self.topology == "ok"
     }
 }
 
 /// The health checks over the broker, the database and the topology's declaration.
 #[derive(Debug, Clone)]
-pub struct Health {
+pub(crate) struct Health {
     broker: Broker,
     reads: Reads,
     topology_ready: watch::Receiver<bool>,
@@ -38,7 +38,7 @@ pub struct Health {
 impl Health {
     /// Checks `broker` and `reads`' database, each bounded by `timeout`, and reads
     /// `topology_ready` (true once the topology is declared).
-    pub fn new(
+    pub(crate) fn new(
         broker: Broker,
         reads: Reads,
         topology_ready: watch::Receiver<bool>,
@@ -53,7 +53,7 @@ impl Health {
     }
 
     /// Pings the broker and the database (at once) and reads the topology flag.
-    pub async fn readiness(&self) -> Checks {
+    pub(crate) async fn readiness(&self) -> Checks {
         let (broker, database) = tokio::join!(
             tokio::time::timeout(self.timeout, self.broker.ping()),
             tokio::time::timeout(self.timeout, self.reads.ping()),

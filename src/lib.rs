@@ -6,12 +6,12 @@
 //!
 //! 1. Foundations: [`config`]: typed settings, loaded once (defaults, file, `WARREN_*`),
 //!    with the files they name and the process's user and host;
-//!    [`retry`]: every in-process retry policy; [`telemetry`]: tracing subscriber (optional
+//!    `retry`: every in-process retry policy; [`telemetry`]: tracing subscriber (optional
 //!    OTLP export), W3C trace context, Prometheus metrics.
 //! 2. Broker and store: [`broker`]: the wire names and header helpers
 //!    ([`broker::names`]), the envelope, the AMQP pool, topology (`broker-topology.json`) and
 //!    the confirming publisher; [`store`]: the sea-orm database (PostgreSQL or SQLite), one
-//!    pool per role, migrations at start; above them [`outbox`]: the events service and the
+//!    pool per role, migrations at start; above them `outbox`: the events service and the
 //!    one relay of both outboxes.
 //! 3. Runtime and saga engine: [`jobs`]: the consumer trait, the runner (ack, retries, dead
 //!    letters, inbox); [`saga`]: saga definitions, the pure state machine, the persisting
@@ -20,12 +20,12 @@
 //! 4. Modules and operator services: [`modules`]: the built-in consumers (e-mail,
 //!    notifications, audit, maintenance, the order saga's participants, the orchestrator's
 //!    replies), one file each; [`dispatch`]: the in-process listener registry for
-//!    `?mode=sync`; [`scheduler`]: cron schedules fired once per tick across instances;
+//!    `?mode=sync`; `scheduler`: cron schedules fired once per tick across instances;
 //!    [`operator`]: the operator service (dead-letter replay and purge under a per-queue lock,
 //!    failed-job retry, saga interventions, the audit log) and its broker-side dead-letter
-//!    tools; [`reads`]: what the edges show from the database and the topology; [`health`]:
-//!    the readiness checks; [`console`]:
-//!    the operator console's overview (its pages: [`http::console`]).
+//!    tools; `reads`: what the edges show from the database and the topology; `health`:
+//!    the readiness checks; `console`:
+//!    the operator console's overview (its pages: `http::console`).
 //! 5. Edges: [`http`]: the warp front (publish events, sync dispatch, orders and sagas, dead
 //!    letters, health, metrics).
 //! 6. [`app`]: roles and their lifecycle; above it [`cli`]: the `warren` command line.
@@ -35,23 +35,25 @@
 //! (`scripts/bench-suite.sh` runs them; its `smtp-sink` is also the local run's mail server).
 
 #![forbid(unsafe_code)]
+// What no other crate needs is `pub(crate)`; this lint finds a `pub` that says otherwise.
+#![warn(unreachable_pub)]
 
 pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
-pub mod console;
+pub(crate) mod console;
 pub mod dispatch;
-pub mod health;
+pub(crate) mod health;
 pub mod http;
 pub mod jobs;
 pub mod modules;
 pub mod operator;
-pub mod outbox;
-pub mod reads;
-pub mod retry;
+pub(crate) mod outbox;
+pub(crate) mod reads;
+pub(crate) mod retry;
 pub mod saga;
-pub mod scheduler;
+pub(crate) mod scheduler;
 pub mod store;
 pub mod telemetry;
 

@@ -15,29 +15,32 @@ use crate::{
 
 /// Reads over the database and the topology (cheap to clone).
 #[derive(Debug, Clone)]
-pub struct Reads {
+pub(crate) struct Reads {
     db: DatabaseConnection,
     topology: Arc<Topology>,
 }
 
 impl Reads {
     /// The service over `db` and `topology`.
-    pub fn new(db: DatabaseConnection, topology: Arc<Topology>) -> Self {
+    pub(crate) fn new(db: DatabaseConnection, topology: Arc<Topology>) -> Self {
         Self { db, topology }
     }
 
     /// Whether a queue of the topology takes job (command) `name`.
-    pub fn takes_job(&self, name: &str) -> bool {
+    pub(crate) fn takes_job(&self, name: &str) -> bool {
         self.topology.routes(COMMANDS_EXCHANGE, name)
     }
 
     /// The audit log of events, filtered.
-    pub async fn events(&self, query: &ListQuery) -> Result<Vec<event_log::Model>, StoreError> {
+    pub(crate) async fn events(
+        &self,
+        query: &ListQuery,
+    ) -> Result<Vec<event_log::Model>, StoreError> {
         store::list_events(&self.db, query).await
     }
 
     /// The notifications, filtered.
-    pub async fn notifications(
+    pub(crate) async fn notifications(
         &self,
         query: &ListQuery,
     ) -> Result<Vec<notifications::Model>, StoreError> {
@@ -45,7 +48,7 @@ impl Reads {
     }
 
     /// `failed_jobs` rows, newest first, of one queue and status when given.
-    pub async fn failed_jobs(
+    pub(crate) async fn failed_jobs(
         &self,
         queue: Option<&str>,
         status: Option<&str>,
@@ -55,7 +58,10 @@ impl Reads {
     }
 
     /// The order with this number, if any.
-    pub async fn order(&self, order_no: &str) -> Result<Option<orders::Model>, sea_orm::DbErr> {
+    pub(crate) async fn order(
+        &self,
+        order_no: &str,
+    ) -> Result<Option<orders::Model>, sea_orm::DbErr> {
         orders::Entity::find()
             .filter(orders::Column::OrderNo.eq(order_no))
             .one(&self.db)
@@ -63,7 +69,7 @@ impl Reads {
     }
 
     /// How many `failed_jobs` rows are still parked (`None` when the database fails).
-    pub async fn failed_jobs_parked(&self) -> Option<u64> {
+    pub(crate) async fn failed_jobs_parked(&self) -> Option<u64> {
         failed_jobs::Entity::find()
             .filter(failed_jobs::Column::Status.eq(store::FAILED_PARKED))
             .count(&self.db)
@@ -72,7 +78,7 @@ impl Reads {
     }
 
     /// How many saga interventions are open (`None` when the database fails).
-    pub async fn interventions_open(&self) -> Option<u64> {
+    pub(crate) async fn interventions_open(&self) -> Option<u64> {
         saga_interventions::Entity::find()
             .filter(saga_interventions::Column::Status.ne("resolved"))
             .count(&self.db)
@@ -81,12 +87,12 @@ impl Reads {
     }
 
     /// Applies a demo or load-test seed (stock per SKU, balances per user).
-    pub async fn seed(&self, seed: &crate::saga::order::Seed) -> Result<(), sea_orm::DbErr> {
+    pub(crate) async fn seed(&self, seed: &crate::saga::order::Seed) -> Result<(), sea_orm::DbErr> {
         seed.apply(&self.db).await
     }
 
     /// Whether the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         store::ping(&self.db).await
     }
 }

@@ -9,7 +9,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 /// 200 ms doubling up to 10 s, with jitter, forever (the caller stops on shutdown). backon adds
 /// its jitter (up to as much again) after the cap, so the doubled base stops at 5 s: the waits
 /// go from 200-400 ms to 5-10 s, never more than 10 s.
-pub fn reconnect() -> impl Iterator<Item = Duration> {
+pub(crate) fn reconnect() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(5))
@@ -21,7 +21,7 @@ pub fn reconnect() -> impl Iterator<Item = Duration> {
 /// Backoff for a dead-letter operation's page that stopped on a transient broker error (a
 /// publish not confirmed in time, a lost channel): 1 s doubling, at most 4 tries, then the
 /// operation fails with the error.
-pub fn operation_page() -> impl Iterator<Item = Duration> {
+pub(crate) fn operation_page() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
         .with_max_delay(Duration::from_secs(8))

@@ -42,7 +42,7 @@ use crate::{
 
 /// Scheduler failures.
 #[derive(Debug, thiserror::Error)]
-pub enum SchedulerError {
+pub(crate) enum SchedulerError {
     /// The database.
     #[error("database error while {doing}: {source}")]
     Db {
@@ -54,9 +54,6 @@ pub enum SchedulerError {
     /// The broker did not confirm the tick's message.
     #[error("cannot publish the tick: {0}")]
     Publish(#[from] crate::broker::publisher::PublishError),
-    /// A cron expression that has no next occurrence.
-    #[error("schedule {0:?} has no next occurrence")]
-    NoNext(String),
 }
 
 fn db(doing: &'static str) -> impl FnOnce(DbErr) -> SchedulerError {
@@ -65,7 +62,7 @@ fn db(doing: &'static str) -> impl FnOnce(DbErr) -> SchedulerError {
 
 /// The scheduler role.
 #[derive(Debug, Clone)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     db: DatabaseConnection,
     publisher: Publisher,
     schedules: Vec<(ScheduleSettings, Cron)>,
@@ -75,7 +72,7 @@ pub struct Scheduler {
 
 /// How a claim attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fired {
+pub(crate) enum Fired {
     /// This instance fired the tick.
     Fired,
     /// Another instance had fired it.
@@ -85,7 +82,7 @@ pub enum Fired {
 impl Scheduler {
     /// A scheduler for `settings` (validated: every cron parses); `instance` names this
     /// process in its tick claims (`<host>:<pid>`).
-    pub fn new(
+    pub(crate) fn new(
         db: DatabaseConnection,
         publisher: Publisher,
         settings: &SchedulerSettings,
@@ -106,7 +103,7 @@ impl Scheduler {
     }
 
     /// Runs every schedule until shutdown.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         if self.schedules.is_empty() {
             tracing::info!("No schedules configured; the scheduler idles.");
         }
@@ -202,7 +199,7 @@ impl Scheduler {
     }
 
     /// Claims `tick` and publishes its message, in one transaction.
-    pub async fn fire(
+    pub(crate) async fn fire(
         &self,
         schedule: &ScheduleSettings,
         tick: DateTime<Utc>,
@@ -265,7 +262,7 @@ fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// The message id of a schedule's tick: the same for every instance and every retry.
-pub fn tick_id(schedule: &str, tick: DateTime<Utc>) -> Uuid {
+pub(crate) fn tick_id(schedule: &str, tick: DateTime<Utc>) -> Uuid {
     Uuid::new_v5(
         &Uuid::NAMESPACE_URL,
         format!("warren:schedule:{schedule}:{}", tick.timestamp_millis()).as_bytes(),

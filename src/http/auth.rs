@@ -27,7 +27,7 @@ use crate::config::{Scope, TokenSetting};
 
 /// Who sends a request, as far as authentication can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// Authentication is off (no tokens configured).
     Anonymous,
     /// The configured token at this index of `http.tokens`.
@@ -43,13 +43,13 @@ fn bit(scope: Scope) -> u8 {
 }
 
 /// The console's session cookie.
-pub const SESSION_COOKIE: &str = "warren_console";
+pub(crate) const SESSION_COOKIE: &str = "warren_console";
 /// The header that makes the session cookie count as credentials.
-pub const CONSOLE_HEADER: &str = "x-warren-console";
+pub(crate) const CONSOLE_HEADER: &str = "x-warren-console";
 /// The `Authorization` scheme [`credentials`] gives a console session.
 const CONSOLE_SCHEME: &str = "console";
 /// Longest operator name a session carries.
-pub const MAX_OPERATOR: usize = 64;
+pub(crate) const MAX_OPERATOR: usize = 64;
 
 /// One configured token: its digest, its scopes as bits, its holder's name and the key its
 /// console sessions are signed with.
@@ -62,7 +62,8 @@ struct Entry {
 
 /// The credentials of a request: its `Authorization` header or, on a console request (one
 /// with `x-warren-console`), its session cookie, as `Console <cookie>`.
-pub fn credentials() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
+pub(crate) fn credentials()
+-> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(warp::header::optional::<String>(CONSOLE_HEADER))
         .and(warp::cookie::optional::<String>(SESSION_COOKIE))
@@ -74,7 +75,7 @@ pub fn credentials() -> impl Filter<Extract = (Option<String>,), Error = warp::R
 }
 
 /// A valid operator name: 1 to 64 characters, none of them control characters.
-pub fn valid_operator(name: &str) -> bool {
+pub(crate) fn valid_operator(name: &str) -> bool {
     let n = name.chars().count();
     (1..=MAX_OPERATOR).contains(&n) && !name.chars().any(char::is_control)
 }
@@ -87,7 +88,7 @@ fn now_secs() -> u64 {
 }
 
 /// The configured tokens, ready for constant-time checks.
-pub struct Tokens {
+pub(crate) struct Tokens {
     entries: Vec<Entry>,
 }
 
@@ -101,7 +102,7 @@ impl std::fmt::Debug for Tokens {
 
 impl Tokens {
     /// Digests the configured tokens.
-    pub fn new(settings: &[TokenSetting]) -> Self {
+    pub(crate) fn new(settings: &[TokenSetting]) -> Self {
         let entries = settings
             .iter()
             .enumerate()
@@ -124,13 +125,17 @@ impl Tokens {
     }
 
     /// Whether any token is configured (authentication is on).
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.entries.is_empty()
     }
 
     /// Checks the `Authorization` header (or console session, see [`credentials`]) for a
     /// token with `needed`.
-    pub fn authorize(&self, header: Option<&str>, needed: Scope) -> Result<Caller, ApiError> {
+    pub(crate) fn authorize(
+        &self,
+        header: Option<&str>,
+        needed: Scope,
+    ) -> Result<Caller, ApiError> {
         if self.entries.is_empty() {
             return Ok(Caller::Anonymous);
         }
@@ -173,7 +178,7 @@ impl Tokens {
 
     /// Who an authorized request comes from, as the audit log records it: `anonymous`, the
     /// token's name, or `<operator> (console, <token name>)`.
-    pub fn actor(&self, caller: Caller, header: Option<&str>) -> String {
+    pub(crate) fn actor(&self, caller: Caller, header: Option<&str>) -> String {
         let Caller::Token(index) = caller else {
             return "anonymous".to_owned();
         };
@@ -193,7 +198,7 @@ impl Tokens {
     /// Signs a console session for `token`, which must have `admin`, on behalf of `operator`
     /// (a name for the audit log; the token's name when empty), valid for `lifetime`. Returns
     /// the cookie value.
-    pub fn sign_in(
+    pub(crate) fn sign_in(
         &self,
         token: &str,
         operator: &str,
@@ -245,7 +250,7 @@ impl Tokens {
     }
 
     /// Whether `cookie` is a valid console session (for the console's pages).
-    pub fn session_valid(&self, cookie: Option<&str>) -> bool {
+    pub(crate) fn session_valid(&self, cookie: Option<&str>) -> bool {
         !self.enabled() || cookie.is_some_and(|c| self.session(c).is_some())
     }
 }

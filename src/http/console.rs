@@ -28,11 +28,11 @@ use crate::{
 };
 
 /// Default and largest `?limit=` of `GET /v1/console/audit`.
-pub const AUDIT_LIMIT: (u64, u64) = (100, 1000);
+pub(crate) const AUDIT_LIMIT: (u64, u64) = (100, 1000);
 
 /// The console's files, embedded at build time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Page {
+pub(crate) enum Page {
     /// `index.html`: the app.
     Index,
     /// `app.js`.
@@ -69,7 +69,7 @@ impl Page {
 /// Query of `GET /v1/console/audit`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct AuditQuery {
+pub(crate) struct AuditQuery {
     /// How many (default 100, at most 1000), newest first.
     pub limit: Option<u64>,
 }

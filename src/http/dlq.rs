@@ -19,14 +19,14 @@ use crate::{
 };
 
 /// Default and largest `?limit=` of `GET /v1/dlq/{queue}`.
-pub const DLQ_SHOW_LIMIT: (usize, usize) = (20, 200);
+pub(super) const DLQ_SHOW_LIMIT: (usize, usize) = (20, 200);
 /// Default and largest `?limit=` of `GET /v1/failed-jobs`.
-pub const FAILED_JOBS_LIMIT: (u64, u64) = (50, 500);
+pub(super) const FAILED_JOBS_LIMIT: (u64, u64) = (50, 500);
 
 /// Query of `GET /v1/dlq/{queue}`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct DlqShowQuery {
+pub(super) struct DlqShowQuery {
     /// How many messages to show (default 20, at most 200).
     pub limit: Option<usize>,
     /// Only the message with this id.
@@ -42,7 +42,7 @@ pub struct DlqShowQuery {
 /// widen a purge to everything.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct DlqActionBody {
+pub(super) struct DlqActionBody {
     /// Only the message with this id.
     pub message_id: Option<Uuid>,
     /// Only messages parked at least this many seconds ago.
@@ -56,7 +56,7 @@ pub struct DlqActionBody {
 /// Query of `GET /v1/failed-jobs`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct FailedJobsQuery {
+pub(super) struct FailedJobsQuery {
     /// Only rows of this work queue.
     pub queue: Option<String>,
     /// Only rows with this status: `parked`, `retried` or `purged`.

@@ -16,7 +16,7 @@ use crate::{
 
 /// A request whose headers together exceed the limit (the limit in bytes).
 #[derive(Debug)]
-pub struct HeadersTooLarge(pub usize);
+pub(super) struct HeadersTooLarge(pub usize);
 
 impl warp::reject::Reject for HeadersTooLarge {}
 

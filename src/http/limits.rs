@@ -28,7 +28,7 @@ use crate::config::HttpSettings;
 
 /// Whom a rate applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RateKey {
+pub(crate) enum RateKey {
     /// A configured token (its index in `http.tokens`).
     Token(usize),
     /// A client address, when authentication is off.
@@ -39,7 +39,7 @@ pub enum RateKey {
 
 impl RateKey {
     /// The key for a caller from `remote`.
-    pub fn new(caller: Caller, remote: Option<IpAddr>) -> Self {
+    pub(crate) fn new(caller: Caller, remote: Option<IpAddr>) -> Self {
         match (caller, remote) {
             (Caller::Token(i), _) => RateKey::Token(i),
             (Caller::Anonymous, Some(ip)) => RateKey::Client(ip),
@@ -52,7 +52,7 @@ impl RateKey {
 const RETAIN_EVERY: u64 = 4096;
 
 /// The publish limits of one process.
-pub struct Limits {
+pub(crate) struct Limits {
     rate: Option<DefaultKeyedRateLimiter<RateKey>>,
     in_flight: Option<Arc<Semaphore>>,
     max_in_flight: usize,
@@ -70,7 +70,7 @@ impl std::fmt::Debug for Limits {
 
 impl Limits {
     /// The limits `settings` ask for (0 turns either off).
-    pub fn new(settings: &HttpSettings) -> Self {
+    pub(crate) fn new(settings: &HttpSettings) -> Self {
         let rate = NonZeroU32::new(settings.rate_limit_per_sec).map(|per_sec| {
             let burst = NonZeroU32::new(settings.rate_limit_burst).unwrap_or(per_sec);
             RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst))
@@ -86,7 +86,7 @@ impl Limits {
     }
 
     /// Takes one request from `key`'s bucket, or says how long to wait (429).
-    pub fn check_rate(&self, key: RateKey) -> Result<(), ApiError> {
+    pub(crate) fn check_rate(&self, key: RateKey) -> Result<(), ApiError> {
         let Some(limiter) = &self.rate else {
             return Ok(());
         };
@@ -103,7 +103,7 @@ impl Limits {
     }
 
     /// A permit to handle one publish, held until the answer; none left is 503 at once.
-    pub fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    pub(crate) fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
         let Some(sem) = &self.in_flight else {
             return Ok(None);
         };
@@ -114,7 +114,8 @@ impl Limits {
     }
 
     /// Publishes being handled now (0 when unbounded).
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
             .as_ref()
             .map_or(0, |s| self.max_in_flight - s.available_permits())
@@ -122,7 +123,7 @@ impl Limits {
 }
 
 /// Whole seconds to announce in `Retry-After`: rounded up, at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     secs.max(1)
 }

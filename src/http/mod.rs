@@ -8,15 +8,15 @@
 //! records `http_requests_total` and `http_request_duration_seconds` by route template, never
 //! by raw path.
 //!
-//! Access: every `/v1` route needs a bearer token with a scope ([`auth`]): `publish` for the
+//! Access: every `/v1` route needs a bearer token with a scope (`auth`): `publish` for the
 //! publish routes, `read` for the `GET`s, `admin` for the operator actions. The publish routes
-//! are also rate-limited per caller and bounded in flight ([`limits`]).
+//! are also rate-limited per caller and bounded in flight (`limits`).
 
-pub mod auth;
-pub mod console;
-pub mod error;
-pub mod limits;
-pub mod sagas;
+pub(crate) mod auth;
+pub(crate) mod console;
+mod error;
+pub(crate) mod limits;
+pub(crate) mod sagas;
 
 mod dlq;
 mod health;
@@ -43,9 +43,8 @@ use crate::{
     operator::Operator,
     telemetry::Metrics,
 };
-pub use dlq::{DLQ_SHOW_LIMIT, DlqActionBody, DlqShowQuery, FAILED_JOBS_LIMIT, FailedJobsQuery};
 pub use error::ApiError;
-pub use publish::{EventQuery, MAX_EVENT_NAME, parse_data, validate_event_name};
+pub use publish::{MAX_EVENT_NAME, parse_data, validate_event_name};
 pub use route::{Call, Routes};
 
 /// Largest accepted request head: the names and values of all headers together, in bytes.
@@ -55,7 +54,7 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
-pub struct HttpState {
+pub(crate) struct HttpState {
     /// Settings, loaded once.
     pub settings: Arc<Settings>,
     /// The events service: publishes with a confirm, and keeps what the broker cannot
@@ -87,14 +86,14 @@ pub struct HttpState {
 /// A per-second budget of `system.slow_request` events: under overload every request is
 /// slow, and one event per request would add to the load that made them slow.
 #[derive(Debug, Default)]
-pub struct SlowEvents {
+pub(crate) struct SlowEvents {
     second: std::sync::atomic::AtomicU64,
     used: std::sync::atomic::AtomicU32,
 }
 
 impl SlowEvents {
     /// Whether one more event fits in this second's budget of `per_sec`.
-    pub fn take(&self, per_sec: u32) -> bool {
+    pub(crate) fn take(&self, per_sec: u32) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -239,7 +238,9 @@ fn header_limit() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone 
 }
 
 /// The whole HTTP API as one filter (what the server and `warp::test` run).
-pub fn api(state: HttpState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+pub(crate) fn api(
+    state: HttpState,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let limit = state.settings.http.body_limit_bytes;
     let table = Arc::new(routes(limit));
     let parsed = header_limit()
@@ -390,7 +391,7 @@ pub(super) fn list_limit(
 
 /// Binds `addr` (port 0 picks a free port) and serves the API until `shutdown` fires.
 /// Returns the bound address and the server task.
-pub async fn serve(
+pub(crate) async fn serve(
     state: HttpState,
     addr: SocketAddr,
     shutdown: CancellationToken,

@@ -24,7 +24,7 @@ use crate::{
 pub const MAX_EVENT_NAME: usize = 128;
 /// Query of `POST /v1/events/{name}`.
 #[derive(Debug, Deserialize, Default)]
-pub struct EventQuery {
+pub(super) struct EventQuery {
     /// `async` (default: publish and answer 202) or `sync` (run in-process listeners).
     pub mode: Option<String>,
     /// The entity the event is about.

@@ -21,12 +21,12 @@ use crate::{
 };
 
 /// Default and largest `?limit=` of the saga lists.
-pub const SAGA_LIST_LIMIT: (u64, u64) = (50, 500);
+pub(crate) const SAGA_LIST_LIMIT: (u64, u64) = (50, 500);
 
 /// Query of `GET /v1/sagas`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct SagaListQuery {
+pub(crate) struct SagaListQuery {
     /// Only sagas in this state (`running`, `compensating`, `completed`, `compensated`,
     /// `needs_intervention`).
     pub state: Option<String>,
@@ -39,7 +39,7 @@ pub struct SagaListQuery {
 /// Query of `GET /v1/interventions`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct InterventionsQuery {
+pub(crate) struct InterventionsQuery {
     /// Also resolved ones.
     #[serde(default)]
     pub all: bool,

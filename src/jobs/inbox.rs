@@ -16,7 +16,7 @@ use entities::processed_messages;
 
 /// Why an inbox read or write failed.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum InboxError {
+pub(crate) enum InboxError {
     /// The database refused the batch.
     #[error("database query failed while {doing}: {reason}")]
     Query {
@@ -47,20 +47,20 @@ enum Op {
 /// A handle on one consumer's batched inbox. Cheap to clone; the batching task ends when the
 /// last handle is dropped.
 #[derive(Clone, Debug)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     tx: mpsc::Sender<Op>,
 }
 
 impl Inbox {
     /// Starts the batching task for `consumer` on `db`.
-    pub fn spawn(db: sea_orm::DatabaseConnection, consumer: String) -> Self {
+    pub(crate) fn spawn(db: sea_orm::DatabaseConnection, consumer: String) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(run(db, consumer, rx));
         Self { tx }
     }
 
     /// Whether `message_id` was already handled by this consumer.
-    pub async fn seen(&self, message_id: Uuid) -> Result<bool, InboxError> {
+    pub(crate) async fn seen(&self, message_id: Uuid) -> Result<bool, InboxError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Op::Seen(message_id, tx))
@@ -70,7 +70,7 @@ impl Inbox {
     }
 
     /// Records that this consumer handled `message_id` (recording twice is a no-op).
-    pub async fn mark(&self, message_id: Uuid) -> Result<(), InboxError> {
+    pub(crate) async fn mark(&self, message_id: Uuid) -> Result<(), InboxError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Op::Mark(message_id, tx))

@@ -18,8 +18,8 @@
 
 pub mod decode;
 mod failure;
-pub mod inbox;
-pub mod runner;
+pub(crate) mod inbox;
+pub(crate) mod runner;
 
 use std::time::Duration;
 
@@ -95,8 +95,8 @@ impl crate::broker::envelope::Cause for Job {
 
 /// A job module: what it consumes and how it handles one message.
 ///
-/// Implement it in your own crate and hand it to [`runner::Runner`]; warren's own modules
-/// (e-mail, notifications, audit) are built the same way.
+/// Implement it in your own crate and hand it to [`App::consumer`](crate::App::consumer);
+/// warren's own modules (e-mail, notifications, audit) are built the same way.
 #[async_trait::async_trait]
 pub trait Consumer: Send + Sync + 'static {
     /// Module name (`email`), used in settings, metrics and the alert type (`email_failed`).

@@ -58,7 +58,7 @@ use crate::{
 
 /// Errors that stop one consuming session (the runner reconnects after them).
 #[derive(Debug, thiserror::Error)]
-pub enum RunnerError {
+pub(crate) enum RunnerError {
     /// No channel.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -74,7 +74,7 @@ pub enum RunnerError {
 
 /// What every runner shares.
 #[derive(Clone, Debug)]
-pub struct RunnerContext {
+pub(crate) struct RunnerContext {
     /// The broker.
     pub broker: Broker,
     /// A confirming publisher for retries, dead letters and alerts.
@@ -100,7 +100,7 @@ struct Limits {
 }
 
 /// Runs one [`Consumer`] until shutdown, reconnecting with backoff when the broker goes away.
-pub struct Runner {
+pub(crate) struct Runner {
     consumer: Arc<dyn Consumer>,
     ctx: RunnerContext,
     limits: Limits,
@@ -139,7 +139,11 @@ enum Settled {
 
 impl Runner {
     /// A runner for `consumer`, with limits from `settings` (module overrides first).
-    pub fn new(consumer: Arc<dyn Consumer>, ctx: RunnerContext, settings: &JobsSettings) -> Self {
+    pub(crate) fn new(
+        consumer: Arc<dyn Consumer>,
+        ctx: RunnerContext,
+        settings: &JobsSettings,
+    ) -> Self {
         let m = settings
             .modules
             .get(consumer.name())
@@ -178,7 +182,7 @@ impl Runner {
 
     /// Consumes until `shutdown`; never returns early on broker trouble (it reconnects).
     #[tracing::instrument(skip_all, fields(module = self.consumer.name(), queue = self.consumer.queue()))]
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         // Every queue's series exist from the start, at zero, so dashboards and alerts see
         // an idle queue as 0 rather than as no data.
         let queue = self.consumer.queue().to_owned();

@@ -10,13 +10,13 @@ use crate::{
 
 /// Records every event in `event_log`.
 #[derive(Debug, Clone)]
-pub struct Audit {
+pub(crate) struct Audit {
     db: sea_orm::DatabaseConnection,
 }
 
 impl Audit {
     /// The audit module writing to `db`.
-    pub fn new(db: sea_orm::DatabaseConnection) -> Self {
+    pub(crate) fn new(db: sea_orm::DatabaseConnection) -> Self {
         Self { db }
     }
 }
@@ -46,13 +46,13 @@ impl Consumer for Audit {
 
 /// The built-in audit listener: records each event in `event_log`.
 #[derive(Debug, Clone)]
-pub struct AuditListener {
+pub(crate) struct AuditListener {
     db: sea_orm::DatabaseConnection,
 }
 
 impl AuditListener {
     /// An audit listener writing to `db`.
-    pub fn new(db: sea_orm::DatabaseConnection) -> Self {
+    pub(crate) fn new(db: sea_orm::DatabaseConnection) -> Self {
         Self { db }
     }
 }

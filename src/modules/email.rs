@@ -29,7 +29,7 @@ use crate::{
 
 /// `email.send` data.
 #[derive(Debug, Clone, Deserialize)]
-pub struct SendEmail {
+pub(crate) struct SendEmail {
     /// Recipient address.
     pub email: Option<String>,
     /// Subject line.
@@ -57,7 +57,7 @@ pub enum EmailError {
 
 /// The e-mail module.
 #[derive(Clone)]
-pub struct Email {
+pub(crate) struct Email {
     db: sea_orm::DatabaseConnection,
     mailer: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
@@ -71,7 +71,7 @@ impl std::fmt::Debug for Email {
 
 impl Email {
     /// The e-mail module with the SMTP server from `settings`.
-    pub fn new(
+    pub(crate) fn new(
         db: sea_orm::DatabaseConnection,
         settings: &EmailSettings,
     ) -> Result<Self, EmailError> {
@@ -148,7 +148,7 @@ impl Consumer for Email {
 impl Email {
     /// Sends one e-mail and writes its `email_log` row (`job_id` names the job or event it
     /// belongs to). The error says whether a retry can help (see the module docs).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         job_id: uuid::Uuid,
         attempt: u32,

@@ -21,7 +21,7 @@ use crate::{
 
 /// The maintenance module.
 #[derive(Debug, Clone)]
-pub struct Maintenance {
+pub(crate) struct Maintenance {
     db: DatabaseConnection,
     publisher: Publisher,
 }
@@ -43,7 +43,7 @@ fn fault(doing: &str) -> impl FnOnce(sea_orm::DbErr) -> JobError + '_ {
 
 impl Maintenance {
     /// The module over `db`, publishing reports through `publisher`.
-    pub fn new(db: DatabaseConnection, publisher: Publisher) -> Self {
+    pub(crate) fn new(db: DatabaseConnection, publisher: Publisher) -> Self {
         Self { db, publisher }
     }
 

@@ -36,7 +36,7 @@ const SEND_COMMAND: &str = "notification.send";
 
 /// The notifications module.
 #[derive(Debug, Clone)]
-pub struct Notifications {
+pub(crate) struct Notifications {
     db: sea_orm::DatabaseConnection,
     publisher: Publisher,
     saga: ParticipantConsumer<OrderNotification>,
@@ -44,7 +44,7 @@ pub struct Notifications {
 
 impl Notifications {
     /// The module, storing in `db` and enqueueing e-mails through `publisher`.
-    pub fn new(db: sea_orm::DatabaseConnection, publisher: Publisher) -> Self {
+    pub(crate) fn new(db: sea_orm::DatabaseConnection, publisher: Publisher) -> Self {
         Self {
             saga: ParticipantConsumer::new(OrderNotification, db.clone(), publisher.clone()),
             db,
@@ -72,7 +72,7 @@ impl Notifications {
 }
 
 /// The welcome e-mail for a `user.registered` event (None without an `email` field).
-pub fn welcome_email(event: &Event) -> Option<SendEmail> {
+pub(crate) fn welcome_email(event: &Event) -> Option<SendEmail> {
     let email = event.data.get("email").and_then(|e| e.as_str())?;
     let name = event
         .data
@@ -90,7 +90,7 @@ pub fn welcome_email(event: &Event) -> Option<SendEmail> {
 }
 
 /// The in-app notification row for `event`.
-pub fn notification_row(event: &Event) -> entities::notifications::ActiveModel {
+pub(crate) fn notification_row(event: &Event) -> entities::notifications::ActiveModel {
     let user_id = event
         .data
         .get("user_id")
@@ -173,13 +173,13 @@ impl Consumer for Notifications {
 
 /// Sync mode's notification listener: stores the in-app notification row, as the
 /// `notifications` module does in async mode.
-pub struct NotificationListener {
+pub(crate) struct NotificationListener {
     db: sea_orm::DatabaseConnection,
 }
 
 impl NotificationListener {
     /// A notification listener writing to `db`.
-    pub fn new(db: sea_orm::DatabaseConnection) -> Self {
+    pub(crate) fn new(db: sea_orm::DatabaseConnection) -> Self {
         Self { db }
     }
 }
@@ -198,13 +198,13 @@ impl Listener for NotificationListener {
 
 /// Sync mode's welcome e-mail: sends it over SMTP inside the request and writes its
 /// `email_log` row, as the article's synchronous `SendEmailJob` did.
-pub struct WelcomeEmailListener {
+pub(crate) struct WelcomeEmailListener {
     email: Email,
 }
 
 impl WelcomeEmailListener {
     /// A listener sending through `email`.
-    pub fn new(email: Email) -> Self {
+    pub(crate) fn new(email: Email) -> Self {
         Self { email }
     }
 }

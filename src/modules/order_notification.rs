@@ -20,7 +20,7 @@ use crate::{
 /// The notification step: `notification.send` stores the "order created" notification for
 /// the buyer. It has no compensation (a sent notification cannot be unsent).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct OrderNotification;
+pub(crate) struct OrderNotification;
 
 #[async_trait::async_trait]
 impl Participant for OrderNotification {

@@ -18,7 +18,7 @@ use crate::{
 
 /// The orders service: `order.create` inserts an order (`created`), `order.cancel` cancels it.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Orders;
+pub(crate) struct Orders;
 
 #[async_trait::async_trait]
 impl Participant for Orders {

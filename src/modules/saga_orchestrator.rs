@@ -16,13 +16,13 @@ use crate::{
 
 /// The consumer of `warren.saga`.
 #[derive(Debug, Clone)]
-pub struct Orchestrator {
+pub(crate) struct Orchestrator {
     sagas: Sagas,
 }
 
 impl Orchestrator {
     /// The orchestrator over `sagas`.
-    pub fn new(sagas: Sagas) -> Self {
+    pub(crate) fn new(sagas: Sagas) -> Self {
         Self { sagas }
     }
 }

@@ -9,14 +9,14 @@
 //!
 //! Every action is one row of `operator_actions` (the audit log): who, what, on what, when,
 //! how many messages it moved. The actions that move parked messages take the queue's lock
-//! (`lock_key = dlq:<queue>`, unique, see [`operations`]), so a second operation on the same
+//! (`lock_key = dlq:<queue>`, unique, see `operations`), so a second operation on the same
 //! queue, from any edge, is refused with who holds it ([`OperatorError::Running`]).
 //!
 //! The broker-side tools the service runs on (count, peek, replay and purge passes) are in
 //! [`dlq`].
 
 pub mod dlq;
-pub mod operations;
+pub(crate) mod operations;
 
 use std::{sync::Arc, time::Duration};
 

@@ -36,7 +36,7 @@ const CONFIRM_PAUSE: Duration = Duration::from_millis(500);
 const SWEEP_AFTER: Duration = Duration::from_secs(1);
 
 /// A progress report: called with the messages moved so far after each page.
-pub type Progress<'a> = &'a (dyn Fn(usize) + Send + Sync);
+pub(crate) type Progress<'a> = &'a (dyn Fn(usize) + Send + Sync);
 
 /// How an operation ends: after how many empty second looks, and whether its final sweep
 /// runs in the background or is awaited (a command line exits when the call returns).

@@ -134,15 +134,7 @@ fn relay(outbox: &EventOutbox) -> Relay {
     )
 }
 
-/// One pass, with its bookkeeping (gauges, breaker).
-pub(super) async fn relay_once(outbox: &EventOutbox) -> Result<usize, super::relay::RelayError> {
-    let table = EventTable(outbox.clone());
-    let outcome = relay(outbox).pass().await?;
-    table.after_pass(&outcome).await;
-    Ok(outcome.sent)
-}
-
 /// The events outbox's relay loop ([`Relay::run`]): until shutdown.
-pub async fn run_relay(outbox: EventOutbox, shutdown: CancellationToken) {
+pub(crate) async fn run_relay(outbox: EventOutbox, shutdown: CancellationToken) {
     relay(&outbox).run(shutdown).await;
 }

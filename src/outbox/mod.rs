@@ -27,10 +27,10 @@
 //! for `outbox.breaker_ms` instead of each waiting for the broker to fail again; the relay
 //! keeps probing and closes it once it publishes.
 
-pub mod events;
-pub mod relay;
+pub(crate) mod events;
+pub(crate) mod relay;
 
-pub use events::run_relay;
+pub(crate) use events::run_relay;
 
 use std::{
     collections::HashSet,
@@ -62,7 +62,7 @@ const PENDING_LIMIT: u64 = 10_000;
 
 /// Where an accepted message was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
+pub(crate) enum Stored {
     /// The broker confirmed it.
     Broker,
     /// The database holds it; the relay publishes it when the broker is back.
@@ -71,7 +71,7 @@ pub enum Stored {
 
 impl Stored {
     /// `broker` or `outbox`, as the HTTP answer says.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Stored::Broker => "broker",
             Stored::Outbox => "outbox",
@@ -115,7 +115,7 @@ fn db(context: &'static str) -> impl FnOnce(DbErr) -> OutboxError {
 
 /// The events outbox and its relay. Cheap to clone.
 #[derive(Clone)]
-pub struct EventOutbox {
+pub(crate) struct EventOutbox {
     inner: Arc<Inner>,
 }
 
@@ -157,7 +157,7 @@ impl EventOutbox {
     /// and deletes with `relay_db` (the relays' pool, `database.pools.relay`), so a burst of
     /// senders storing while the broker is away cannot hold up the relay. Publishes through
     /// `publisher`.
-    pub fn new(
+    pub(crate) fn new(
         db: DatabaseConnection,
         relay_db: DatabaseConnection,
         publisher: Publisher,
@@ -201,12 +201,6 @@ impl EventOutbox {
         self.inner.breaker_until.store(0, Ordering::Relaxed);
     }
 
-    /// One relay pass over the stored events (as the relay loop runs it). Returns how many
-    /// were published; 0 when another instance holds the relay lock.
-    pub async fn relay_once(&self) -> Result<usize, relay::RelayError> {
-        events::relay_once(self).await
-    }
-
     fn aggregate_pending(&self, aggregate: Option<&str>) -> bool {
         let Some(a) = aggregate else { return false };
         if !self.inner.any_pending.load(Ordering::Acquire) {
@@ -218,7 +212,7 @@ impl EventOutbox {
 
     /// Publishes `event` on `exchange` (routing key = its name) with the broker's confirm, or
     /// stores it in the outbox when the broker cannot take it. `Ok` means the message is safe.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         exchange: &'static str,
         event: &Event,
@@ -273,7 +267,7 @@ impl EventOutbox {
     }
 
     /// [`send`](Self::send) for a message built with [`Outgoing`].
-    pub async fn send_outgoing(
+    pub(crate) async fn send_outgoing(
         &self,
         exchange: &'static str,
         message: &Outgoing,
@@ -317,7 +311,7 @@ impl EventOutbox {
     }
 
     /// Rereads which aggregates have rows waiting, and sets the gauges.
-    pub async fn refresh(&self) -> Result<(u64, Option<Duration>), OutboxError> {
+    pub(crate) async fn refresh(&self) -> Result<(u64, Option<Duration>), OutboxError> {
         let conn = &self.inner.relay_db;
         self.inner
             .pending

@@ -161,7 +161,7 @@ pub(super) fn parse_action(s: &str) -> Option<Action> {
 }
 
 /// The status as stored (`needs_intervention`).
-pub fn status_str(s: Status) -> &'static str {
+pub(crate) fn status_str(s: Status) -> &'static str {
     match s {
         Status::Pending => "pending",
         Status::Running => "running",
@@ -173,7 +173,7 @@ pub fn status_str(s: Status) -> &'static str {
 }
 
 /// Every stored status, for validating a filter.
-pub const STATUSES: &[&str] = &[
+pub(crate) const STATUSES: &[&str] = &[
     "running",
     "compensating",
     "completed",

@@ -62,7 +62,7 @@ pub struct SagaDef {
 }
 
 /// Default step deadline.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
 impl SagaDef {
     /// Starts a definition of kind `kind`.
@@ -260,7 +260,7 @@ impl Command {
 /// Stale, duplicate or unknown inputs change nothing and send nothing.
 // Long on purpose: the whole transition table in one match, so every (status, step,
 // input) case is seen next to the others.
-pub fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaState, Vec<Command>) {
+pub(crate) fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaState, Vec<Command>) {
     let mut s = state.clone();
     let mut out = Vec::new();
     match input {

@@ -1,18 +1,18 @@
 //! Orchestration sagas (SPEC section 6): generic saga definitions and their pure state
-//! machine ([`machine`]), the adapter that persists sagas and sends their commands through an
-//! outbox ([`engine`]), the orchestrator role's loops ([`orchestrator`]), the wire contract
-//! ([`protocol`]), the protocol every participant shares ([`participants`]) and the order
+//! machine (`machine`), the adapter that persists sagas and sends their commands through an
+//! outbox (`engine`), the orchestrator role's loops (`orchestrator`), the wire contract
+//! (`protocol`), the protocol every participant shares ([`participants`]) and the order
 //! saga's definition and input ([`order`]). The consumers (the orchestrator's, the order
 //! saga's participants) are modules, in `crate::modules`.
 
-pub mod engine;
+pub(crate) mod engine;
 mod interventions;
-pub mod machine;
-pub mod orchestrator;
+pub(crate) mod machine;
+pub(crate) mod orchestrator;
 pub mod order;
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod participants;
-pub mod protocol;
+pub(crate) mod protocol;
 mod timeline;
 mod views;
 

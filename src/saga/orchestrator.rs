@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::engine::Sagas;
 
 /// Applies passed deadlines every `every` until shutdown.
-pub async fn run_timer(sagas: Sagas, every: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run_timer(sagas: Sagas, every: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -27,7 +27,7 @@ pub async fn run_timer(sagas: Sagas, every: Duration, shutdown: CancellationToke
 }
 
 /// Refreshes the saga gauges (states, interventions, outbox) every `every` until shutdown.
-pub async fn run_gauges(sagas: Sagas, every: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run_gauges(sagas: Sagas, every: Duration, shutdown: CancellationToken) {
     loop {
         if let Err(e) = sagas.refresh_gauges().await {
             tracing::warn!(error = %e, "Cannot refresh the saga gauges.");
@@ -41,7 +41,7 @@ pub async fn run_gauges(sagas: Sagas, every: Duration, shutdown: CancellationTok
 
 /// Publishes what the outbox still holds (commands older than `grace`) through the shared
 /// relay, a pass every `every`, until shutdown.
-pub async fn run_relay(
+pub(crate) async fn run_relay(
     sagas: Sagas,
     every: Duration,
     grace: Duration,

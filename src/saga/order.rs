@@ -1,7 +1,7 @@
 //! The order saga: its definition (create order, deduct inventory, deduct balance, notify),
 //! its input (`POST /v1/orders`) and that input's validation, and seeding of stock and
 //! balances for demos and tests. Its participants are modules (`crate::modules::orders`,
-//! `inventory`, `payments`, `order_notification`); the generic machine is [`super::machine`].
+//! `inventory`, `payments`, `order_notification`); the generic machine is `super::machine`.
 //!
 //! Amounts are integers in the currency's minor unit (cents), so no rounding happens
 //! anywhere; `total_amount` must equal the sum of `qty * price`.

@@ -10,12 +10,12 @@ use uuid::Uuid;
 use super::machine::Action;
 
 /// Routing key of replies (bound to `warren.saga`).
-pub const REPLY_KEY: &str = "saga";
+pub(crate) const REPLY_KEY: &str = "saga";
 /// Event name of a reply.
-pub const REPLY_EVENT: &str = "saga.reply";
+pub(crate) const REPLY_EVENT: &str = "saga.reply";
 /// Command that starts a saga through the broker (`warren.commands`, bound to
 /// `warren.saga`).
-pub const START_COMMAND: &str = "saga.start";
+pub(crate) const START_COMMAND: &str = "saga.start";
 
 /// What a command tells a participant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ pub struct CommandData {
 
 /// A participant's answer: `{saga_id, step, action, ok, reason}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply {
+pub(crate) struct Reply {
     /// The saga.
     pub saga_id: Uuid,
     /// Step index.
@@ -55,7 +55,7 @@ pub struct Reply {
 /// `saga.start`: starts a saga of `kind` with `payload`. The message's event id becomes the
 /// saga id, so a redelivered start starts nothing twice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StartData {
+pub(crate) struct StartData {
     /// Saga kind.
     pub kind: String,
     /// A business key unique per kind (an order number), optional.

@@ -1,9 +1,9 @@
 //! Logs, traces and metrics: the `tracing` subscriber and the Prometheus registry.
 
-pub mod metrics;
+pub(crate) mod metrics;
 #[cfg(feature = "otlp")]
-pub mod otlp;
-pub mod trace;
+pub(crate) mod otlp;
+pub(crate) mod trace;
 
 pub use metrics::Metrics;
 

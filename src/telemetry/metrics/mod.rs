@@ -18,7 +18,7 @@ use prometheus_client::{
 
 /// `http_requests_total` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpLabels {
+pub(crate) struct HttpLabels {
     /// HTTP method.
     pub method: &'static str,
     /// Route template.
@@ -29,7 +29,7 @@ pub struct HttpLabels {
 
 /// `http_request_duration_seconds` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub(crate) struct RouteLabels {
     /// HTTP method.
     pub method: &'static str,
     /// Route template.
@@ -38,7 +38,7 @@ pub struct RouteLabels {
 
 /// Labels of publish requests refused by a limit.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefusedLabels {
+pub(crate) struct RefusedLabels {
     /// Route template.
     pub path: &'static str,
     /// `rate_limited` (429) or `overloaded` (503, no in-flight slot).
@@ -47,7 +47,7 @@ pub struct RefusedLabels {
 
 /// `messages_published_total` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PublishLabels {
+pub(crate) struct PublishLabels {
     /// The exchange.
     pub exchange: String,
     /// confirmed, nacked, returned, timeout, blocked, unavailable, channel_error.
@@ -56,7 +56,7 @@ pub struct PublishLabels {
 
 /// `queue_jobs_total` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct JobLabels {
+pub(crate) struct JobLabels {
     /// The work queue.
     pub queue: String,
     /// success, failed, error, timeout, panic, invalid, undecodable, duplicate,
@@ -66,14 +66,14 @@ pub struct JobLabels {
 
 /// Per-queue labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QueueLabels {
+pub(crate) struct QueueLabels {
     /// The work queue.
     pub queue: String,
 }
 
 /// `queue_messages_total` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QueueActionLabels {
+pub(crate) struct QueueActionLabels {
     /// The work queue.
     pub queue: String,
     /// consumed, acked, requeued, retried_60s, retried_120s, dead_lettered, replayed.
@@ -82,7 +82,7 @@ pub struct QueueActionLabels {
 
 /// `sagas` gauge labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SagaStateLabels {
+pub(crate) struct SagaStateLabels {
     /// Saga kind.
     pub kind: String,
     /// running, compensating, completed, compensated, needs_intervention.
@@ -97,14 +97,14 @@ struct BuildLabels {
 
 /// `active_connections` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectionLabels {
+pub(crate) struct ConnectionLabels {
     /// `amqp_connections`, `amqp_channels` or `database_in_use`.
     pub kind: &'static str,
 }
 
 /// `database_pool_connections` labels.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PoolLabels {
+pub(crate) struct PoolLabels {
     /// The role's pool: `http`, `consumers`, `relay`, `scheduler` (SQLite: `shared`).
     pub pool: &'static str,
     /// `in_use` (checked out) or `max` (the pool's size).
@@ -113,14 +113,14 @@ pub struct PoolLabels {
 
 /// Saga labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SagaLabels {
+pub(crate) struct SagaLabels {
     /// Saga kind (`order`).
     pub kind: String,
 }
 
 /// Finished saga labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SagaOutcomeLabels {
+pub(crate) struct SagaOutcomeLabels {
     /// Saga kind.
     pub kind: String,
     /// `completed`, `compensated`, `needs_intervention`.
