@@ -38,14 +38,14 @@ pub(crate) fn provider(
 }
 
 /// Sends the spans still buffered (at shutdown, or in a test).
-pub fn flush() {
+pub(crate) fn flush() {
     if let Some(p) = PROVIDER.get() {
         let _ = p.force_flush();
     }
 }
 
 /// Makes `span` (created, not yet entered) a child of the remote span `parent`.
-pub fn set_remote_parent(span: &tracing::Span, parent: &TraceParent) -> bool {
+pub(crate) fn set_remote_parent(span: &tracing::Span, parent: &TraceParent) -> bool {
     if PROVIDER.get().is_none() {
         return false;
     }
@@ -67,7 +67,7 @@ pub fn set_remote_parent(span: &tracing::Span, parent: &TraceParent) -> bool {
 }
 
 /// The `traceparent` naming the current span, when spans are exported.
-pub fn current() -> Option<TraceParent> {
+pub(crate) fn current() -> Option<TraceParent> {
     PROVIDER.get()?;
     let cx = tracing::Span::current().context();
     let own = cx.span().span_context().clone();
