@@ -309,19 +309,11 @@ fn check_subscription(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
         ));
     }
     check_headers(sub)?;
-    let mut keys = std::collections::HashSet::new();
-    for (i, secret) in sub.signing_secrets().enumerate() {
-        let field = if i == 0 && sub.secret.is_some() {
-            "subscriptions.secret"
-        } else {
-            "subscriptions.secrets"
-        };
-        let key = super::decode_whsec(secret.expose())
-            .map_err(|e| sub_invalid(field, sub, &format!("the secret {e}")))?;
-        if !keys.insert(key) {
-            return Err(sub_invalid(field, sub, "a secret is listed twice"));
-        }
-    }
+    check_secrets(sub)?;
+    check_delivery_rules(sub)
+}
+
+fn check_delivery_rules(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
     if sub.ordering == Ordering::Aggregate {
         return Err(sub_invalid(
             "subscriptions.ordering",
@@ -350,6 +342,23 @@ fn check_subscription(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
             sub,
             "at most 1048576 (1 MiB) of a response is kept",
         ));
+    }
+    Ok(())
+}
+
+fn check_secrets(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
+    let mut keys = std::collections::HashSet::new();
+    for (i, secret) in sub.signing_secrets().enumerate() {
+        let field = if i == 0 && sub.secret.is_some() {
+            "subscriptions.secret"
+        } else {
+            "subscriptions.secrets"
+        };
+        let key = super::decode_whsec(secret.expose())
+            .map_err(|e| sub_invalid(field, sub, &format!("the secret {e}")))?;
+        if !keys.insert(key) {
+            return Err(sub_invalid(field, sub, "a secret is listed twice"));
+        }
     }
     Ok(())
 }
