@@ -135,3 +135,50 @@ async fn a_changed_body_fails_the_check() {
     assert!(!ok, "a changed body passed: {output}");
     assert!(output.contains("signature with secret 1"), "{output}");
 }
+
+#[tokio::test]
+async fn the_python_receiver_example_accepts_signed_deliveries_and_refuses_forged_ones() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/wire/receiver.py");
+    let mut child = tokio::process::Command::new(python())
+        .arg(script)
+        .arg(OLD_SECRET)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the receiver starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let next = async |lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>| {
+        tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the receiver answers within 20 s")
+            .expect("stdout readable")
+            .expect("a line")
+    };
+    let port: u16 = next(&mut lines).await.parse().expect("the port");
+
+    let mut sub = settings(format!("http://127.0.0.1:{port}/"));
+    sub.timeout_ms = 5_000;
+    sub.secret = Some(Secret::new(OLD_SECRET));
+    let signed =
+        SubscriptionConsumer::new(&sub, "/", http_client().expect("client"), Metrics::new())
+            .expect("consumer");
+    let job = job("order.created", Some(SUBJECT));
+    assert_eq!(signed.handle(&job).await, Ok(()));
+    let event: serde_json::Value = serde_json::from_str(&next(&mut lines).await).expect("JSON");
+    assert_eq!(
+        event,
+        json!({"id": job.message_id.to_string(), "type": "order.created", "subject": SUBJECT, "data": job.event.data})
+    );
+
+    sub.secret = Some(Secret::new(NEW_SECRET));
+    let forged =
+        SubscriptionConsumer::new(&sub, "/", http_client().expect("client"), Metrics::new())
+            .expect("consumer");
+    let refused = forged.handle(&job).await;
+    assert!(
+        matches!(&refused, Err(crate::jobs::JobError::Invalid(r)) if r.contains("401")),
+        "{refused:?}"
+    );
+    let _ = child.kill().await;
+}
