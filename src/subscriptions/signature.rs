@@ -8,7 +8,7 @@
 //! value, refuses bodies that are not UTF-8, and would add `base64` 0.21, `hmac-sha256` and
 //! `time` to the tree for about twenty lines of HMAC. Its reference behaviour is checked
 //! instead: the unit test below uses the test vector of the Standard Webhooks reference
-//! libraries, and `tests/wire/check_delivery.py` verifies real deliveries with the Python
+//! implementation, and `tests/wire/check_delivery.py` verifies real deliveries with the Python
 //! reference library.
 
 use base64::Engine;
@@ -76,8 +76,8 @@ mod tests {
     use super::*;
     use crate::config::decode_whsec;
 
-    // The test vector of the Standard Webhooks reference libraries (the Rust crate's and the
-    // Python package's `test_sign`): secret, message id, timestamp, payload, signature.
+    // The test vector of the Standard Webhooks reference implementation (`test_sign` of its
+    // Rust crate, standardwebhooks 1.0.1): secret, message id, timestamp, payload, signature.
     const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
     const ID: &str = "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk";
     const TIMESTAMP: i64 = 1_649_367_553;
