@@ -17,6 +17,16 @@ command -v chromium >/dev/null 2>&1 || scripts/services.sh install chromium
 command -v npm >/dev/null 2>&1 || scripts/services.sh install nodejs npm
 [ -d tests/console/node_modules/playwright-core ] ||
   npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
+# The subscriptions' wire check (tests/wire/check_delivery.py, run by src/subscriptions/wire.rs):
+# the CloudEvents SDK and the Standard Webhooks reference library from PyPI, pinned, in a venv
+# of their own (target/pyenv, reused when it already has both).
+command -v python3 >/dev/null 2>&1 || scripts/services.sh install python3
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || scripts/services.sh install python3-venv
+if ! target/pyenv/bin/python -c 'import cloudevents.core.bindings.http, standardwebhooks' >/dev/null 2>&1; then
+  python3 -m venv target/pyenv
+  target/pyenv/bin/pip install --quiet --disable-pip-version-check \
+    'cloudevents==2.2.0' 'standardwebhooks==1.1.0'
+fi
 
 # Where the tests find the servers (an already-set value wins). Tests create their own vhosts
 # and databases, hence no vhost or database name here.
@@ -32,6 +42,8 @@ export WARREN_TEST_CHAOS_AMQP_URL="${WARREN_TEST_CHAOS_AMQP_URL:-amqp://guest:gu
 export WARREN_TEST_CHAOS_MANAGEMENT_URL="${WARREN_TEST_CHAOS_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15673}"
 export WARREN_TEST_CHAOS_PROMETHEUS_URL="${WARREN_TEST_CHAOS_PROMETHEUS_URL:-http://127.0.0.1:15693}"
 export WARREN_TEST_CHAOS_DATABASE_URL="${WARREN_TEST_CHAOS_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5433}"
+# The Python that runs the subscriptions' wire check (the venv above).
+export WARREN_TEST_PYTHON="${WARREN_TEST_PYTHON:-$PWD/target/pyenv/bin/python}"
 
 # The whole suite, then the tests of the optional `otlp` feature (a second build of the test
 # binary with the feature on). Both run; the exit status is non-zero if either failed.

@@ -24,8 +24,9 @@
 //!    [`operator`]: the operator service (dead-letter replay and purge under a per-queue lock,
 //!    failed-job retry, saga interventions, the audit log) and its broker-side dead-letter
 //!    tools; `reads`: what the edges show from the database and the topology; `health`:
-//!    the readiness checks; `console`:
-//!    the operator console's overview (its pages: `http::console`).
+//!    the readiness checks; `console`: the operator console's overview (its pages:
+//!    `http::console`); `subscriptions`: HTTP subscriptions (CloudEvents deliveries signed
+//!    per Standard Webhooks, one job module each).
 //! 5. Edges: [`http`]: the warp front (publish events, sync dispatch, orders and sagas, dead
 //!    letters, health, metrics).
 //! 6. [`app`]: roles and their lifecycle; above it [`cli`]: the `warren` command line.
@@ -55,6 +56,7 @@ pub(crate) mod retry;
 pub mod saga;
 pub(crate) mod scheduler;
 pub mod store;
+pub(crate) mod subscriptions;
 pub mod telemetry;
 
 pub use app::{App, Role, Running};

@@ -61,6 +61,8 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     /// The operator console at `/console`.
     pub console: ConsoleSettings,
+    /// HTTP subscriptions (`[[subscriptions]]`): events and commands delivered to URLs.
+    pub subscriptions: Vec<SubscriptionSettings>,
     /// This process's user and host, read when settings load (not a setting: never in a file).
     #[serde(skip)]
     pub identity: Identity,

@@ -471,3 +471,235 @@ impl Default for LogSettings {
         }
     }
 }
+
+/// How a subscription puts an event on the wire (CloudEvents HTTP binding, section 1.3).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    /// Attributes in `ce-*` headers, the event's `data` as the body.
+    #[default]
+    Binary,
+    /// The whole event as one `application/cloudevents+json` document.
+    Structured,
+}
+
+/// Delivery order of a subscription's messages.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// No order: up to `concurrency` deliveries at once.
+    #[default]
+    None,
+    /// One message at a time per aggregate id, in publish order (not built yet: refused by
+    /// validation until issue 18's ordering step lands).
+    Aggregate,
+}
+
+/// A subscription's circuit breaker: after `failures` failed deliveries in a row it stops
+/// taking messages for a cooldown that doubles from `cooldown_ms` up to `max_cooldown_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Consecutive failed deliveries that open the breaker.
+    pub failures: u32,
+    /// The first cooldown (ms).
+    pub cooldown_ms: u64,
+    /// The longest cooldown (ms).
+    pub max_cooldown_ms: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            cooldown_ms: 1_000,
+            max_cooldown_ms: 60_000,
+        }
+    }
+}
+
+fn default_sub_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_sub_concurrency() -> usize {
+    16
+}
+
+fn default_max_retry_after_secs() -> u64 {
+    300
+}
+
+fn default_max_response_bytes() -> usize {
+    4_096
+}
+
+/// Serializes a secret as `[redacted]`: settings are shown (`warren config`) by serializing
+/// them, so a subscription's signing secrets never reach that output. Nothing deserializes
+/// a serialized `Settings` back (the loader's defaults have no subscriptions).
+fn redact_secret<S: serde::Serializer>(secret: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_some("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+fn redact_secrets<S: serde::Serializer>(secrets: &[Secret], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(secrets.len()))?;
+    for _ in secrets {
+        seq.serialize_element("[redacted]")?;
+    }
+    seq.end()
+}
+
+fn redact_header_values<S: serde::Serializer>(
+    headers: &std::collections::BTreeMap<String, Secret>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(headers.len()))?;
+    for name in headers.keys() {
+        map.serialize_entry(name, "[redacted]")?;
+    }
+    map.end()
+}
+
+/// One HTTP subscription (`[[subscriptions]]`): warren delivers the events and commands
+/// matching its patterns to `url`, from its own queue `warren.sub.<name>`, with the runner's
+/// retries and dead letters. See `docs/subscriptions.md`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSettings {
+    /// Unique name, `[a-z0-9_-]`, at most 64 characters: in the queue name, metrics and logs.
+    pub name: String,
+    /// Binding patterns on `warren.events` (`order.*`, `user.registered`, `#`).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Binding patterns on `warren.commands` (`invoice.render`): jobs an HTTP service does.
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// Where deliveries are POSTed: `http://` (`https://` is refused until warren's HTTP
+    /// client has TLS), no credentials in the URL (put them in `headers`).
+    pub url: String,
+    /// How long one delivery may take, connect to the last byte of the response (ms).
+    #[serde(default = "default_sub_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Deliveries in flight at once per worker process.
+    #[serde(default = "default_sub_concurrency")]
+    pub concurrency: usize,
+    /// Attempts before a message is parked in `warren.sub.<name>.dead`; unset:
+    /// `jobs.max_attempts`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Static headers sent with every delivery (`authorization = "Bearer ..."`). Values are
+    /// shown as `[redacted]` by `warren config`: they often are credentials. Hop-by-hop
+    /// headers and the ones warren sets (`ce-*`, `webhook-*`, `content-type`, ...) are refused.
+    #[serde(default, serialize_with = "redact_header_values")]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// Signing secret in the Standard Webhooks form `whsec_<base64>` (24 to 64 bytes).
+    #[serde(default, serialize_with = "redact_secret")]
+    pub secret: Option<Secret>,
+    /// More signing secrets, for rotation: every secret (with `secret`) signs each delivery.
+    #[serde(default, serialize_with = "redact_secrets")]
+    pub secrets: Vec<Secret>,
+    /// `binary` (default) or `structured`.
+    #[serde(default)]
+    pub content_mode: ContentMode,
+    /// `none` (default) or `aggregate`.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// The circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+    /// The longest pause a `Retry-After` on 429/503 can ask for (s).
+    #[serde(default = "default_max_retry_after_secs")]
+    pub max_retry_after_secs: u64,
+    /// How much of a failed response's body is kept for the failure record (bytes); no more
+    /// is ever read.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+impl SubscriptionSettings {
+    /// A subscription with every optional field at its default.
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            events: Vec::new(),
+            commands: Vec::new(),
+            url: url.into(),
+            timeout_ms: default_sub_timeout_ms(),
+            concurrency: default_sub_concurrency(),
+            max_attempts: None,
+            headers: std::collections::BTreeMap::new(),
+            secret: None,
+            secrets: Vec::new(),
+            content_mode: ContentMode::default(),
+            ordering: Ordering::default(),
+            breaker: BreakerSettings::default(),
+            max_retry_after_secs: default_max_retry_after_secs(),
+            max_response_bytes: default_max_response_bytes(),
+        }
+    }
+
+    /// The subscription's durable queue: `warren.sub.<name>`.
+    pub fn queue(&self) -> String {
+        format!("warren.sub.{}", self.name)
+    }
+
+    /// Its dead-letter queue: `warren.sub.<name>.dead`.
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.queue())
+    }
+
+    /// The delivery timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Every signing secret: `secret`, then `secrets`.
+    pub fn signing_secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.secret.iter().chain(self.secrets.iter())
+    }
+}
+
+/// The prefix of a Standard Webhooks secret.
+pub const WHSEC_PREFIX: &str = "whsec_";
+
+/// Decodes a Standard Webhooks secret, `whsec_` followed by the base64 (standard alphabet,
+/// padded or not) of 24 to 64 random bytes, into the HMAC key. The error says what is wrong
+/// without repeating the value.
+pub fn decode_whsec(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::{
+        Engine,
+        alphabet::STANDARD,
+        engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+    };
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let encoded = secret
+        .strip_prefix(WHSEC_PREFIX)
+        .ok_or_else(|| format!("must start with {WHSEC_PREFIX:?} (the Standard Webhooks form)"))?;
+    let key = LENIENT
+        .decode(encoded)
+        .map_err(|e| format!("is not base64 after {WHSEC_PREFIX:?}: {e}"))?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(format!(
+            "decodes to {} bytes; the Standard Webhooks specification asks for 24 to 64",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+impl SubscriptionSettings {
+    /// The HMAC keys of every signing secret, in order (see [`decode_whsec`]).
+    pub fn signing_keys(&self) -> Result<Vec<Vec<u8>>, String> {
+        self.signing_secrets()
+            .map(|s| decode_whsec(s.expose()))
+            .collect()
+    }
+}

@@ -170,3 +170,308 @@ fn heartbeat_is_added_once() {
     s.amqp.url = Secret::new("amqp://h/%2f?heartbeat=5");
     assert_eq!(s.amqp_uri(), "amqp://h/%2f?heartbeat=5");
 }
+
+const SUB_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const SUB_SECRET_2: &str = "whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGQ";
+
+#[test]
+fn subscriptions_load_from_toml_with_their_defaults() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "warren.toml",
+            &format!(
+                r##"
+[jobs]
+max_attempts = 4
+
+[[subscriptions]]
+name = "billing"
+events = ["order.*", "user.registered"]
+commands = ["invoice.render"]
+url = "http://billing.internal:8080/hooks/warren?v=1"
+timeout_ms = 2500
+concurrency = 4
+max_attempts = 9
+secret = "{SUB_SECRET}"
+secrets = ["{SUB_SECRET_2}"]
+content_mode = "structured"
+max_retry_after_secs = 30
+max_response_bytes = 100
+headers = {{ authorization = "Bearer billing-token-xyz", x-tenant = "acme" }}
+breaker = {{ failures = 3, cooldown_ms = 500, max_cooldown_ms = 8000 }}
+
+[[subscriptions]]
+name = "audit-mirror"
+events = ["#"]
+url = "http://127.0.0.1:9000/"
+"##
+            ),
+        )?;
+        let s =
+            Settings::load(Some(std::path::Path::new("warren.toml"))).map_err(|e| e.to_string())?;
+        let [billing, mirror] = s.subscriptions.as_slice() else {
+            panic!("two subscriptions: {:?}", s.subscriptions);
+        };
+        assert_eq!(billing.queue(), "warren.sub.billing");
+        assert_eq!(billing.dead_queue(), "warren.sub.billing.dead");
+        assert_eq!(billing.commands, ["invoice.render"]);
+        assert_eq!(billing.timeout(), Duration::from_millis(2_500));
+        assert_eq!(billing.concurrency, 4);
+        assert_eq!(billing.max_attempts, Some(9));
+        assert_eq!(billing.content_mode, ContentMode::Structured);
+        assert_eq!(billing.breaker.failures, 3);
+        assert_eq!(billing.breaker.max_cooldown_ms, 8_000);
+        assert_eq!(billing.headers["x-tenant"].expose(), "acme");
+        let keys = billing.signing_keys()?;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1], (1..=25).collect::<Vec<u8>>());
+
+        assert_eq!(mirror.events, ["#"]);
+        assert!(mirror.commands.is_empty());
+        assert_eq!(mirror.timeout_ms, 10_000);
+        assert_eq!(mirror.concurrency, 16);
+        assert_eq!(mirror.max_attempts, None, "falls back to jobs.max_attempts");
+        assert!(mirror.headers.is_empty() && mirror.secret.is_none() && mirror.secrets.is_empty());
+        assert_eq!(mirror.content_mode, ContentMode::Binary);
+        assert_eq!(mirror.ordering, Ordering::None);
+        assert_eq!(mirror.breaker, BreakerSettings::default());
+        assert_eq!(
+            (
+                mirror.breaker.failures,
+                mirror.breaker.cooldown_ms,
+                mirror.breaker.max_cooldown_ms
+            ),
+            (5, 1_000, 60_000)
+        );
+        assert_eq!(mirror.max_retry_after_secs, 300);
+        assert_eq!(mirror.max_response_bytes, 4_096);
+        assert!(Settings::default().subscriptions.is_empty());
+        Ok(())
+    });
+}
+
+#[test]
+fn subscription_secrets_and_headers_never_print() {
+    let mut sub = SubscriptionSettings::new("billing", "http://h/x");
+    sub.events = vec!["#".into()];
+    sub.secret = Some(Secret::new(SUB_SECRET));
+    sub.secrets = vec![Secret::new(SUB_SECRET_2)];
+    sub.headers.insert(
+        "authorization".into(),
+        Secret::new("Bearer billing-token-xyz"),
+    );
+    let s = Settings {
+        subscriptions: vec![sub],
+        ..Settings::default()
+    };
+    // `warren config` prints `serde_json::to_value(settings)` (then redacts URLs and tokens).
+    let shown =
+        serde_json::to_string(&serde_json::to_value(&s).expect("serializes")).expect("json");
+    let debug = format!("{s:?}");
+    for printed in [&shown, &debug] {
+        for secret in ["C2FVsBQIhrscChlQIMV", "AQIDBAUGBwgJCg", "billing-token-xyz"] {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
+    }
+    assert!(shown.contains(r#""authorization":"[redacted]""#), "{shown}");
+    assert!(shown.contains(r#""secret":"[redacted]""#), "{shown}");
+    assert!(shown.contains(r#""secrets":["[redacted]"]"#), "{shown}");
+    assert!(shown.contains(r#""url":"http://h/x""#), "{shown}");
+}
+
+#[test]
+fn bad_subscriptions_are_refused_naming_the_subscription_and_field() {
+    let with = |f: &dyn Fn(&mut SubscriptionSettings)| {
+        let mut sub = SubscriptionSettings::new("billing", "http://billing.internal/hook");
+        sub.events = vec!["order.*".into()];
+        f(&mut sub);
+        let s = Settings {
+            subscriptions: vec![sub],
+            ..Settings::default()
+        };
+        s.validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(with(&|_| {}), "", "the base subscription is valid");
+    type Change<'a> = &'a dyn Fn(&mut SubscriptionSettings);
+    let cases: Vec<(&str, Change, &str)> = vec![
+        (
+            "subscriptions.name",
+            &|s| s.name = "Billing".into(),
+            "a-z, 0-9",
+        ),
+        ("subscriptions.name", &|s| s.name = String::new(), "1 to 64"),
+        (
+            "subscriptions.name",
+            &|s| s.name = "a".repeat(65),
+            "1 to 64",
+        ),
+        ("subscriptions.name", &|s| s.name = "a.b".into(), "a-z"),
+        (
+            "subscriptions.events",
+            &|s| s.events.clear(),
+            "at least one pattern",
+        ),
+        (
+            "subscriptions.events",
+            &|s| s.events = vec!["Order.*".into()],
+            "binding pattern",
+        ),
+        (
+            "subscriptions.events",
+            &|s| s.events = vec!["order..x".into()],
+            "binding pattern",
+        ),
+        (
+            "subscriptions.commands",
+            &|s| s.commands = vec!["".into()],
+            "binding pattern",
+        ),
+        (
+            "subscriptions.url",
+            &|s| s.url = "billing/hook".into(),
+            "not a URL",
+        ),
+        (
+            "subscriptions.url",
+            &|s| s.url = "ftp://h/x".into(),
+            "http://",
+        ),
+        (
+            "subscriptions.url",
+            &|s| s.url = "https://h/x".into(),
+            "not supported yet",
+        ),
+        (
+            "subscriptions.url",
+            &|s| s.url = "http://u:p@h/x".into(),
+            "credentials",
+        ),
+        (
+            "subscriptions.url",
+            &|s| s.url = "http://u@h/x".into(),
+            "credentials",
+        ),
+        (
+            "subscriptions.url",
+            &|s| s.url = "http://h/x#frag".into(),
+            "fragment",
+        ),
+        (
+            "subscriptions.timeout_ms",
+            &|s| s.timeout_ms = 0,
+            "at least 1",
+        ),
+        (
+            "subscriptions.concurrency",
+            &|s| s.concurrency = 0,
+            "at least 1",
+        ),
+        (
+            "subscriptions.max_attempts",
+            &|s| s.max_attempts = Some(0),
+            "at least 1",
+        ),
+        (
+            "subscriptions.secret",
+            &|s| s.secret = Some(Secret::new("plain-secret-value")),
+            "whsec_",
+        ),
+        (
+            "subscriptions.secret",
+            &|s| s.secret = Some(Secret::new("whsec_c2hvcnQ=")),
+            "24 to 64",
+        ),
+        (
+            "subscriptions.secrets",
+            &|s| s.secrets = vec![Secret::new("whsec_???")],
+            "base64",
+        ),
+        (
+            "subscriptions.secrets",
+            &|s| {
+                s.secret = Some(Secret::new(SUB_SECRET));
+                s.secrets = vec![Secret::new(SUB_SECRET)];
+            },
+            "twice",
+        ),
+        (
+            "subscriptions.ordering",
+            &|s| s.ordering = Ordering::Aggregate,
+            "not built yet",
+        ),
+        (
+            "subscriptions.breaker",
+            &|s| s.breaker.failures = 0,
+            "at least 1",
+        ),
+        (
+            "subscriptions.breaker",
+            &|s| s.breaker.max_cooldown_ms = 10,
+            "at least breaker.cooldown_ms",
+        ),
+        (
+            "subscriptions.max_response_bytes",
+            &|s| s.max_response_bytes = 2 << 20,
+            "1 MiB",
+        ),
+    ];
+    for header in [
+        "Connection",
+        "transfer-encoding",
+        "host",
+        "content-type",
+        "ce-id",
+        "CE-Type",
+        "webhook-signature",
+        "traceparent",
+        "warren-attempt",
+    ] {
+        let e = with(&|s| {
+            s.headers.insert(header.into(), Secret::new("x"));
+        });
+        assert!(
+            e.contains("subscriptions.headers") && e.contains(r#"subscription "billing""#),
+            "{header}: {e}"
+        );
+    }
+    assert!(
+        with(&|s| {
+            s.headers.insert("bad header".into(), Secret::new("x"));
+        })
+        .contains("not a header name")
+    );
+    assert!(
+        with(&|s| {
+            s.headers.insert("x-ok".into(), Secret::new("line\nbreak"));
+        })
+        .contains("not a valid header value")
+    );
+    for (field, change, reason) in cases {
+        let e = with(change);
+        assert!(
+            e.contains(&format!("`{field}`"))
+                && e.contains(r#"subscription ""#)
+                && (field == "subscriptions.name" || e.contains(r#"subscription "billing""#))
+                && e.contains(reason),
+            "want {field} / {reason}, got: {e}"
+        );
+        assert!(!e.contains(SUB_SECRET), "the secret is not repeated: {e}");
+    }
+
+    // Names are unique; the other checks still run on the second one.
+    let mut a = SubscriptionSettings::new("billing", "http://h/a");
+    a.events = vec!["#".into()];
+    let s = Settings {
+        subscriptions: vec![a.clone(), a],
+        ..Settings::default()
+    };
+    let e = s
+        .validate()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("used twice"), "{e}");
+}

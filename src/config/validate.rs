@@ -1,7 +1,7 @@
 //! Checks of values that parse but cannot work, one function per concern; the first
 //! problem found is the error.
 
-use super::{ConfigError, Settings, TokenSetting, parse_cron};
+use super::{ConfigError, Ordering, Settings, SubscriptionSettings, TokenSetting, parse_cron};
 
 fn invalid(field: &'static str, reason: &str) -> ConfigError {
     ConfigError::Invalid {
@@ -18,7 +18,8 @@ impl Settings {
         self.check_runtime()?;
         self.check_schedules()?;
         self.check_http()?;
-        self.check_tls()
+        self.check_tls()?;
+        self.check_subscriptions()
     }
 
     fn check_broker(&self) -> Result<(), ConfigError> {
@@ -189,4 +190,252 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Headers a subscription may not set: hop-by-hop ones (RFC 9110 section 7.6.1) and the
+/// framing ones the HTTP client owns.
+const FORBIDDEN_HEADERS: [&str; 12] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "content-type",
+];
+
+/// Headers warren sets on every delivery (see `docs/subscriptions.md`), and their prefixes.
+const WARREN_HEADERS: [&str; 4] = [
+    "traceparent",
+    "x-request-id",
+    "warren-attempt",
+    "warren-subscription",
+];
+const WARREN_PREFIXES: [&str; 2] = ["ce-", "webhook-"];
+
+/// A binding pattern: dot-separated words, each `*`, `#` or `[a-z0-9_]+`.
+fn valid_pattern(p: &str) -> bool {
+    p.len() <= 255
+        && p.split('.').all(|w| {
+            w == "*"
+                || w == "#"
+                || (!w.is_empty()
+                    && w.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+        })
+}
+
+fn sub_invalid(field: &'static str, sub: &SubscriptionSettings, reason: &str) -> ConfigError {
+    invalid(field, &format!("subscription {:?}: {reason}", sub.name))
+}
+
+impl Settings {
+    fn check_subscriptions(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for sub in &self.subscriptions {
+            if !names.insert(sub.name.as_str()) {
+                return Err(sub_invalid(
+                    "subscriptions.name",
+                    sub,
+                    "the name is used twice",
+                ));
+            }
+            check_subscription(sub)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_subscription(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
+    let name_ok = !sub.name.is_empty()
+        && sub.name.len() <= 64
+        && sub
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(sub_invalid(
+            "subscriptions.name",
+            sub,
+            "a name is 1 to 64 characters of a-z, 0-9, _ and -",
+        ));
+    }
+    if sub.events.is_empty() && sub.commands.is_empty() {
+        return Err(sub_invalid(
+            "subscriptions.events",
+            sub,
+            "needs at least one pattern in events or commands",
+        ));
+    }
+    for (field, patterns) in [
+        ("subscriptions.events", &sub.events),
+        ("subscriptions.commands", &sub.commands),
+    ] {
+        if let Some(p) = patterns.iter().find(|p| !valid_pattern(p)) {
+            return Err(sub_invalid(
+                field,
+                sub,
+                &format!(
+                    "{p:?} is not a binding pattern (dot-separated words of a-z, 0-9 and _, or * and #)"
+                ),
+            ));
+        }
+    }
+    check_url(sub)?;
+    if sub.timeout_ms == 0 {
+        return Err(sub_invalid(
+            "subscriptions.timeout_ms",
+            sub,
+            "must be at least 1",
+        ));
+    }
+    if sub.concurrency == 0 {
+        return Err(sub_invalid(
+            "subscriptions.concurrency",
+            sub,
+            "must be at least 1",
+        ));
+    }
+    if sub.max_attempts == Some(0) {
+        return Err(sub_invalid(
+            "subscriptions.max_attempts",
+            sub,
+            "must be at least 1",
+        ));
+    }
+    check_headers(sub)?;
+    check_secrets(sub)?;
+    check_delivery_rules(sub)
+}
+
+fn check_delivery_rules(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
+    if sub.ordering == Ordering::Aggregate {
+        return Err(sub_invalid(
+            "subscriptions.ordering",
+            sub,
+            "ordering = \"aggregate\" is not built yet; use \"none\"",
+        ));
+    }
+    let b = &sub.breaker;
+    if b.failures == 0 || b.cooldown_ms == 0 {
+        return Err(sub_invalid(
+            "subscriptions.breaker",
+            sub,
+            "breaker.failures and breaker.cooldown_ms must be at least 1",
+        ));
+    }
+    if b.max_cooldown_ms < b.cooldown_ms {
+        return Err(sub_invalid(
+            "subscriptions.breaker",
+            sub,
+            "breaker.max_cooldown_ms must be at least breaker.cooldown_ms",
+        ));
+    }
+    if sub.max_response_bytes > 1 << 20 {
+        return Err(sub_invalid(
+            "subscriptions.max_response_bytes",
+            sub,
+            "at most 1048576 (1 MiB) of a response is kept",
+        ));
+    }
+    Ok(())
+}
+
+fn check_secrets(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
+    let mut keys = std::collections::HashSet::new();
+    for (i, secret) in sub.signing_secrets().enumerate() {
+        let field = if i == 0 && sub.secret.is_some() {
+            "subscriptions.secret"
+        } else {
+            "subscriptions.secrets"
+        };
+        let key = super::decode_whsec(secret.expose())
+            .map_err(|e| sub_invalid(field, sub, &format!("the secret {e}")))?;
+        if !keys.insert(key) {
+            return Err(sub_invalid(field, sub, "a secret is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+fn check_url(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
+    let url = url::Url::parse(&sub.url)
+        .map_err(|e| sub_invalid("subscriptions.url", sub, &format!("not a URL: {e}")))?;
+    if url.scheme() == "https" {
+        // reqwest is built without TLS: its only TLS feature without aws-lc
+        // (`rustls-no-provider`) makes every client in the process panic unless a crypto
+        // provider is installed first, which only `main` can do (docs/subscriptions.md).
+        return Err(sub_invalid(
+            "subscriptions.url",
+            sub,
+            "https:// is not supported yet (warren's HTTP client has no TLS); use http:// to a local TLS proxy",
+        ));
+    }
+    if url.scheme() != "http" {
+        return Err(sub_invalid(
+            "subscriptions.url",
+            sub,
+            "must start with http://",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(sub_invalid("subscriptions.url", sub, "names no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(sub_invalid(
+            "subscriptions.url",
+            sub,
+            "must not carry credentials (user:password@); send them in headers",
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(sub_invalid(
+            "subscriptions.url",
+            sub,
+            "must not have a #fragment (it is never sent)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_headers(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
+    for (name, value) in &sub.headers {
+        let lower = name.to_ascii_lowercase();
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(sub_invalid(
+                "subscriptions.headers",
+                sub,
+                &format!("{name:?} is not a header name"),
+            ));
+        }
+        if FORBIDDEN_HEADERS.contains(&lower.as_str()) {
+            return Err(sub_invalid(
+                "subscriptions.headers",
+                sub,
+                &format!("{name:?} is a hop-by-hop or framing header, set by the HTTP client"),
+            ));
+        }
+        if WARREN_HEADERS.contains(&lower.as_str())
+            || WARREN_PREFIXES.iter().any(|p| lower.starts_with(p))
+        {
+            return Err(sub_invalid(
+                "subscriptions.headers",
+                sub,
+                &format!("{name:?} is set by warren on every delivery"),
+            ));
+        }
+        if reqwest::header::HeaderValue::from_str(value.expose()).is_err() {
+            return Err(sub_invalid(
+                "subscriptions.headers",
+                sub,
+                &format!("the value of {name:?} is not a valid header value"),
+            ));
+        }
+    }
+    Ok(())
 }

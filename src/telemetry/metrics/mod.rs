@@ -127,6 +127,29 @@ pub(crate) struct SagaOutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// `subscription_deliveries_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DeliveryLabels {
+    /// The subscription's name (from settings: bounded).
+    pub subscription: String,
+    /// delivered, failed, error, invalid, timeout, connect, transport.
+    pub outcome: &'static str,
+}
+
+/// Per-subscription labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SubscriptionLabels {
+    /// The subscription's name.
+    pub subscription: String,
+}
+
+fn delivery_histogram() -> Histogram {
+    // From a local receiver's milliseconds to the default 10 s delivery timeout and beyond.
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
 fn saga_histogram() -> Histogram {
     Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])
 }
@@ -162,6 +185,8 @@ struct Inner {
     slow_requests: Family<RouteLabels, Counter>,
     publish_refused: Family<RefusedLabels, Counter>,
     sagas: Family<SagaStateLabels, Gauge>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    delivery_duration: Family<SubscriptionLabels, Histogram, fn() -> Histogram>,
     interventions_open: Gauge,
     outbox_depth: Gauge,
     outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -340,6 +365,21 @@ impl Metrics {
             "Age of the oldest message waiting in the events outbox (0 when empty)",
             event_outbox_oldest.clone(),
         );
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "subscription_deliveries",
+            "HTTP subscription deliveries, by subscription and outcome (delivered, failed, error, invalid, timeout, connect, transport)",
+            deliveries.clone(),
+        );
+        let delivery_duration =
+            Family::<SubscriptionLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                delivery_histogram,
+            );
+        registry.register(
+            "subscription_delivery_duration_seconds",
+            "Time from sending a delivery to its outcome (response read or transport error), by subscription",
+            delivery_duration.clone(),
+        );
         let amqp_channels = Gauge::default();
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -360,6 +400,8 @@ impl Metrics {
                 slow_requests,
                 publish_refused,
                 sagas,
+                deliveries,
+                delivery_duration,
                 interventions_open,
                 outbox_depth,
                 outbox_oldest,
@@ -426,6 +468,23 @@ impl Metrics {
                 status,
             })
             .inc();
+    }
+
+    /// Records one subscription delivery: its outcome and how long it took.
+    pub fn subscription_delivery(&self, subscription: &str, outcome: &'static str, seconds: f64) {
+        self.inner
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                subscription: subscription.to_owned(),
+                outcome,
+            })
+            .inc();
+        self.inner
+            .delivery_duration
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.to_owned(),
+            })
+            .observe(seconds);
     }
 
     /// Records a handler's duration.

@@ -1,0 +1,187 @@
+//! [`SubscriptionConsumer`]: the job module that delivers a subscription's messages. One
+//! POST per attempt with the process's shared, pooled HTTP client: no redirects followed, the
+//! subscription's timeout over the whole exchange (connect to the last byte read), at most
+//! `max_response_bytes` of a response read (the rest is dropped with the connection). The
+//! runner does the rest (ack, tiers, dead letters, `failed_jobs`, the inbox).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::{Client, Url};
+
+use super::{
+    cloudevent::{Binding, Request},
+    outcome::Outcome,
+};
+use crate::{
+    config::SubscriptionSettings,
+    jobs::{Consumer, Job, JobError},
+    telemetry::Metrics,
+};
+
+/// How much longer than the delivery timeout the runner waits for the handler, so that the
+/// HTTP client's own timeout (an `error` with its reason) always fires first.
+pub(crate) const HANDLER_MARGIN: Duration = Duration::from_secs(2);
+
+/// Delivers one subscription's messages over HTTP.
+pub(crate) struct SubscriptionConsumer {
+    module: String,
+    queue: String,
+    url: Url,
+    timeout: Duration,
+    max_response_bytes: usize,
+    max_retry_after: Duration,
+    binding: Binding,
+    client: Client,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for SubscriptionConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the URL's query (it may carry a token) nor the headers' values.
+        f.debug_struct("SubscriptionConsumer")
+            .field("subscription", &self.binding.subscription)
+            .field("queue", &self.queue)
+            .field("host", &self.url.host_str())
+            .field("path", &self.url.path())
+            .field("mode", &self.binding.mode)
+            .field("keys", &self.binding.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SubscriptionConsumer {
+    /// The consumer of `sub` (validated settings), sending with `client` (share one per
+    /// process: [`super::http_client`]) from the broker vhost `vhost` (for `ce-source`).
+    pub(crate) fn new(
+        sub: &SubscriptionSettings,
+        vhost: &str,
+        client: Client,
+        metrics: Metrics,
+    ) -> Result<Self, super::SubscriptionError> {
+        let invalid = |reason: String| super::SubscriptionError::Invalid {
+            subscription: sub.name.clone(),
+            reason,
+        };
+        let url = Url::parse(&sub.url).map_err(|e| invalid(format!("url: {e}")))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &sub.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| invalid(format!("header {name:?}: {e}")))?;
+            let mut value = reqwest::header::HeaderValue::from_str(value.expose())
+                .map_err(|_| invalid(format!("the value of header {name:?} is not valid")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let keys = sub
+            .signing_keys()
+            .map_err(|e| invalid(format!("secret {e}")))?;
+        Ok(Self {
+            module: super::module_name(sub),
+            queue: sub.queue(),
+            url,
+            timeout: sub.timeout(),
+            max_response_bytes: sub.max_response_bytes,
+            max_retry_after: Duration::from_secs(sub.max_retry_after_secs),
+            binding: Binding {
+                subscription: sub.name.clone(),
+                mode: sub.content_mode,
+                vhost: vhost.to_owned(),
+                events: sub.events.clone(),
+                commands: sub.commands.clone(),
+                headers,
+                keys: super::signature::SigningKeys::new(keys),
+            },
+            client,
+            metrics,
+        })
+    }
+
+    /// The subscription's name (settings), as metrics and `warren-subscription` say it.
+    pub(crate) fn subscription(&self) -> &str {
+        &self.binding.subscription
+    }
+
+    /// The request this consumer sends for `job` now (what [`Self::deliver`] POSTs).
+    pub(crate) fn request(&self, job: &Job) -> Request {
+        let now = chrono::Utc::now().timestamp();
+        let traceparent = crate::telemetry::outgoing(job.traceparent.as_deref()).header();
+        self.binding.request(job, now, Some(traceparent))
+    }
+
+    /// POSTs `job` once and classifies the answer; counts it in
+    /// `subscription_deliveries_total` and the duration histogram. The outcome carries the
+    /// response's status, its first bytes and a bounded `Retry-After`.
+    pub(crate) async fn deliver(&self, job: &Job) -> Outcome {
+        let Request { headers, body } = self.request(job);
+        let started = Instant::now();
+        let sent = self
+            .client
+            .post(self.url.clone())
+            .headers(headers)
+            .body(body)
+            .timeout(self.timeout)
+            .send()
+            .await;
+        let outcome = match sent {
+            Ok(mut response) => {
+                let status = response.status();
+                let head = response.headers().clone();
+                let mut kept = Vec::new();
+                // Read up to the bound, never more: a huge or endless body costs nothing
+                // beyond it. A body that breaks off after the status does not change what
+                // the status said.
+                while kept.len() < self.max_response_bytes {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => {
+                            let room = self.max_response_bytes - kept.len();
+                            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                Outcome::from_response(
+                    status,
+                    &head,
+                    &kept,
+                    self.max_retry_after,
+                    SystemTime::now(),
+                )
+            }
+            Err(e) => Outcome::from_transport(&e, self.timeout),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics
+            .subscription_delivery(self.subscription(), outcome.kind, seconds);
+        match outcome.kind {
+            "delivered" => tracing::debug!(status = ?outcome.status, seconds, "Delivered."),
+            _ => tracing::warn!(
+                status = ?outcome.status,
+                outcome = outcome.kind,
+                reason = %outcome.reason,
+                seconds,
+                "Delivery did not succeed."
+            ),
+        }
+        outcome
+    }
+}
+
+#[async_trait::async_trait]
+impl Consumer for SubscriptionConsumer {
+    fn name(&self) -> &str {
+        &self.module
+    }
+
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout + HANDLER_MARGIN
+    }
+
+    #[tracing::instrument(skip_all, fields(subscription = %self.binding.subscription, job_id = %job.message_id, attempt = job.attempt))]
+    async fn handle(&self, job: &Job) -> Result<(), JobError> {
+        self.deliver(job).await.into_result()
+    }
+}

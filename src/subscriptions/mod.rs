@@ -1,0 +1,112 @@
+//! HTTP subscriptions (issue 18): the events and commands an operator subscribes a URL to
+//! (`[[subscriptions]]`), delivered from the subscription's own queue `warren.sub.<name>` as
+//! CloudEvents over HTTP ([`cloudevent`]), signed per Standard Webhooks ([`signature`]), with
+//! the answer classified into the runner's retry tiers and dead letters ([`outcome`]), by one
+//! job module per subscription ([`SubscriptionConsumer`]).
+//!
+//! What the app wires: [`consumers`] (one consumer per subscription, sharing one HTTP
+//! client), run by the ordinary [`crate::jobs::runner::Runner`] with the limits of
+//! [`jobs_settings`], and [`topology::add_to`] for the queues and bindings. See
+//! `docs/subscriptions.md` for the wire format and what a receiver does.
+
+pub(crate) mod cloudevent;
+mod consumer;
+pub(crate) mod outcome;
+pub(crate) mod signature;
+pub(crate) mod topology;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod wire;
+
+use std::sync::Arc;
+
+pub(crate) use consumer::{HANDLER_MARGIN, SubscriptionConsumer};
+
+use crate::{
+    config::{JobsSettings, ModuleSettings, Settings, SubscriptionSettings},
+    jobs::Consumer,
+    telemetry::Metrics,
+};
+
+/// Why the subscriptions' consumers could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubscriptionError {
+    /// A subscription's settings do not work (validation normally catches this first).
+    #[error("subscription {subscription:?}: {reason}")]
+    Invalid {
+        /// The subscription's name.
+        subscription: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the subscriptions' HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// The job module name of a subscription: `sub.<name>` (settings overrides under
+/// `[jobs.modules."sub.<name>"]`, the inbox, `queue_jobs_total`, the `sub.<name>_failed`
+/// alert). The dot keeps it apart from every built-in module's name.
+pub(crate) fn module_name(sub: &SubscriptionSettings) -> String {
+    format!("sub.{}", sub.name)
+}
+
+/// The HTTP client every subscription of a process shares: pooled keep-alive connections,
+/// redirects never followed (a 3xx is the subscriber's answer), no proxy from the
+/// environment (a subscription goes where its URL says), warren's user agent.
+pub(crate) fn http_client() -> Result<reqwest::Client, SubscriptionError> {
+    Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("warren/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .build()?)
+}
+
+/// One [`SubscriptionConsumer`] per subscription in `settings`, sharing one HTTP client.
+pub(crate) fn consumers(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Vec<Arc<dyn Consumer>>, SubscriptionError> {
+    if settings.subscriptions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = http_client()?;
+    let vhost = cloudevent::vhost_of(&settings.amqp_uri());
+    settings
+        .subscriptions
+        .iter()
+        .map(|sub| {
+            SubscriptionConsumer::new(sub, &vhost, client.clone(), metrics.clone())
+                .map(|c| Arc::new(c) as Arc<dyn Consumer>)
+        })
+        .collect()
+}
+
+/// `settings.jobs` with each subscription's limits as its module's overrides, for
+/// [`crate::jobs::runner::Runner::new`]: its `concurrency` (prefetch twice that), its
+/// `max_attempts` (unset: `jobs.max_attempts`), and a handler timeout of `timeout_ms` plus
+/// [`HANDLER_MARGIN`]. An override the operator set under `[jobs.modules."sub.<name>"]` for
+/// prefetch or timeout is kept.
+pub(crate) fn jobs_settings(settings: &Settings) -> JobsSettings {
+    let mut jobs = settings.jobs.clone();
+    for sub in &settings.subscriptions {
+        let given = jobs.modules.remove(&module_name(sub)).unwrap_or_default();
+        let handler_ms = sub
+            .timeout_ms
+            .saturating_add(u64::try_from(HANDLER_MARGIN.as_millis()).unwrap_or(u64::MAX));
+        let prefetch = u16::try_from(sub.concurrency.saturating_mul(2)).unwrap_or(u16::MAX);
+        jobs.modules.insert(
+            module_name(sub),
+            ModuleSettings {
+                timeout_ms: given.timeout_ms.or(Some(handler_ms)),
+                prefetch: given.prefetch.or(Some(prefetch)),
+                concurrency: Some(sub.concurrency),
+                max_attempts: sub.max_attempts.or(given.max_attempts),
+            },
+        );
+    }
+    jobs
+}
