@@ -44,6 +44,8 @@ pub const PAYMENTS_QUEUE: &str = "warren.payments";
 
 /// Header: 1-based attempt number, kept across retries.
 pub const H_ATTEMPT: &str = "x-warren-attempt";
+/// Header: how many times in a row the message was deferred (its receiver asked for a pause).
+pub const H_DEFERRALS: &str = "x-warren-deferrals";
 /// Header: W3C trace context.
 pub const H_TRACEPARENT: &str = "traceparent";
 /// Header: the HTTP request that caused the message.

@@ -11,6 +11,7 @@
 //! | [`JobError::Failed`] (the article's `return false`) | attempt < max: wait in `warren.retry.60s`, then back |
 //! | [`JobError::Error`], a panic, or the timeout | attempt < max: wait in `warren.retry.120s`, then back |
 //! | attempt = max, or [`JobError::Invalid`] | park in `Q.dead`, `failed_jobs` row, `job.failed` event |
+//! | [`JobError::Deferred`] | back to the queue, same attempt (a `Failed` after `max_attempts` deferrals) |
 //! | body that is not a warren message | park in `Q.dead` with the decode error |
 //!
 //! Every transfer is publish-with-confirm first, then ack: a crash in between duplicates a
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::broker::envelope::Event;
+use crate::{broker::envelope::Event, config::ModuleSettings};
 
 /// What a handler reports when it did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +41,13 @@ pub enum JobError {
     /// The input can never succeed (missing or malformed fields): parked at once, no retry.
     #[error("invalid job input: {0}")]
     Invalid(String),
+    /// Not handled and not an attempt: the receiver asked for a pause (an HTTP 429 or 503
+    /// with `Retry-After`). The message goes back to its queue with the same attempt number
+    /// while the consumer waits (see [`Consumer::ready`]); after `max_attempts` deferrals in a
+    /// row it counts as [`JobError::Failed`], so a receiver that only ever defers still ends
+    /// in the dead-letter queue.
+    #[error("job deferred: {0}")]
+    Deferred(String),
 }
 
 /// One message handed to a handler.
@@ -115,6 +123,18 @@ pub trait Consumer: Send + Sync + 'static {
     fn use_inbox(&self) -> bool {
         true
     }
+
+    /// Limits of the consumer's own (concurrency, prefetch, timeout, attempts) over the
+    /// `jobs` defaults; settings under `jobs.modules.<name>` still win. None by default.
+    fn limits(&self) -> ModuleSettings {
+        ModuleSettings::default()
+    }
+
+    /// Waits until the consumer takes another message: at once by default. A consumer whose
+    /// downstream is down (an open circuit breaker, a pause a receiver asked for) waits here;
+    /// the runner calls it before each handler, so messages wait in the queue (the prefetched
+    /// ones unacked) keeping their attempts.
+    async fn ready(&self) {}
 
     /// Handles one message.
     async fn handle(&self, job: &Job) -> Result<(), JobError>;

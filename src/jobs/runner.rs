@@ -44,8 +44,8 @@ use crate::{
         Broker, BrokerError,
         envelope::Outgoing,
         names::{
-            DEAD_EXCHANGE, ERROR_TIER, EVENTS_EXCHANGE, FAILURE_TIER, H_ATTEMPT, H_QUEUE, H_REASON,
-            H_TRACEPARENT, header_str,
+            DEAD_EXCHANGE, ERROR_TIER, EVENTS_EXCHANGE, FAILURE_TIER, H_ATTEMPT, H_DEFERRALS,
+            H_QUEUE, H_REASON, H_TRACEPARENT, REQUEUE_EXCHANGE, header_int, header_str,
         },
         publisher::Publisher,
         topology::Topology,
@@ -107,6 +107,13 @@ pub(crate) struct Runner {
     parts: Arc<Parts>,
 }
 
+/// How many times in a row the message was deferred (`x-warren-deferrals`).
+fn deferrals(delivery: &Delivery) -> u32 {
+    header_int(&delivery.properties, H_DEFERRALS)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
 /// Lock stripes that keep two deliveries of one message id from running the inbox check and
 /// the handler at the same time in one process (a publisher's retry can put both copies in
 /// one prefetch window).
@@ -144,11 +151,18 @@ impl Runner {
         ctx: RunnerContext,
         settings: &JobsSettings,
     ) -> Self {
-        let m = settings
+        let own = consumer.limits();
+        let set = settings
             .modules
             .get(consumer.name())
             .cloned()
             .unwrap_or_default();
+        let m = crate::config::ModuleSettings {
+            timeout_ms: set.timeout_ms.or(own.timeout_ms),
+            prefetch: set.prefetch.or(own.prefetch),
+            concurrency: set.concurrency.or(own.concurrency),
+            max_attempts: set.max_attempts.or(own.max_attempts),
+        };
         let timeout = m
             .timeout_ms
             .map(Duration::from_millis)
@@ -431,6 +445,9 @@ impl Parts {
             }
         }
 
+        // A consumer whose downstream is down holds the message here, unacked, with its
+        // attempts kept.
+        self.consumer.ready().await;
         let outcome = tokio::time::timeout(
             self.limits.timeout,
             AssertUnwindSafe(self.consumer.handle(&job)).catch_unwind(),
@@ -461,6 +478,7 @@ impl Parts {
                     JobError::Failed(_) => "failed",
                     JobError::Error(_) => "error",
                     JobError::Invalid(_) => "invalid",
+                    JobError::Deferred(_) => "deferred",
                 };
                 (Err(e), s)
             }
@@ -481,6 +499,12 @@ impl Parts {
                 }
                 self.ack(&delivery).await;
             }
+            Err(JobError::Deferred(reason))
+                if deferrals(&delivery) < self.limits.max_attempts =>
+            {
+                tracing::info!(error = %reason, "Job deferred; back to its queue, same attempt.");
+                self.defer(&delivery, attempt, &reason).await;
+            }
             Err(JobError::Invalid(reason)) => {
                 tracing::warn!(error = %reason, "Invalid job input; parking without retry.");
                 self.consumer.on_failed(&job, &reason).await;
@@ -496,7 +520,7 @@ impl Parts {
             }
             Err(e) => {
                 let tier = match e {
-                    JobError::Failed(_) => FAILURE_TIER,
+                    JobError::Failed(_) | JobError::Deferred(_) => FAILURE_TIER,
                     _ => ERROR_TIER,
                 };
                 tracing::info!(error = %e, tier, "Job will be retried.");
@@ -505,9 +529,43 @@ impl Parts {
         }
     }
 
+    /// Puts the message back at the end of its queue (through `warren.requeue`, confirmed,
+    /// then acked) with the same attempt and one more deferral.
+    async fn defer(&self, delivery: &Delivery, attempt: u32, reason: &str) -> Settled {
+        let mut headers = failure_headers(delivery, reason);
+        headers.insert(
+            H_DEFERRALS.into(),
+            AMQPValue::LongLongInt(i64::from(deferrals(delivery)) + 1),
+        );
+        // decode() reads the attempt back from a delivery that came through warren.requeue.
+        headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+        let props = delivery.properties.clone().with_headers(headers);
+        match self
+            .ctx
+            .publisher
+            .publish(REQUEUE_EXCHANGE, self.queue(), &delivery.data, props)
+            .await
+        {
+            Ok(()) => {
+                self.ctx.metrics.queue_message(self.queue(), "deferred");
+                self.ack(delivery).await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Could not put the deferred message back; requeueing.");
+                self.requeue(delivery).await
+            }
+        }
+    }
+
     /// Moves the message to a delay tier with attempt+1, confirmed, then acks.
     async fn retry(&self, delivery: &Delivery, attempt: u32, tier: &str, error: &str) -> Settled {
         let mut headers = failure_headers(delivery, error);
+        // Deferrals count in a row: an attempt spent starts them again.
+        if headers.inner().contains_key(H_DEFERRALS) {
+            let mut inner = headers.inner().clone();
+            inner.remove(H_DEFERRALS);
+            headers = FieldTable::from(inner);
+        }
         headers.insert(
             H_ATTEMPT.into(),
             AMQPValue::LongLongInt(i64::from(attempt) + 1),

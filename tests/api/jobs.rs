@@ -28,6 +28,7 @@ enum Step {
     Invalid,
     Panic,
     Sleep(u64),
+    Defer,
 }
 
 /// A consumer on `warren.notifications` that plays a script, one step per attempt, and
@@ -76,6 +77,7 @@ impl Consumer for Scripted {
             Step::Error => Err(JobError::Error("smtp connection refused".into())),
             Step::Invalid => Err(JobError::Invalid("missing field email".into())),
             Step::Panic => panic!("handler bug"),
+            Step::Defer => Err(JobError::Deferred("receiver said 429, retry after 1s".into())),
             Step::Sleep(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(())
@@ -478,5 +480,112 @@ async fn the_audit_module_records_every_event() {
     got.sort();
     ids.sort();
     assert_eq!(got, ids);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_deferred_job_keeps_its_attempt_and_one_that_only_defers_ends_parked() {
+    // Two deferrals, then success: three calls, all of them attempt 1.
+    let c = Scripted::new(vec![Step::Defer, Step::Defer, Step::Ok]);
+    let app = start(c.clone(), |s| s.jobs.max_attempts = 3).await;
+    let resp = app
+        .post_event("user.registered", &json!({"email": "d@example.com"}))
+        .await;
+    assert_eq!(resp.status(), 202);
+    let calls = wait_calls(&c, 3, Duration::from_secs(20)).await;
+    assert_eq!(calls.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 1, 1]);
+    app.settled(&[("warren.notifications", 0)]).await;
+    assert_eq!(c.calls().len(), 3, "done after the third call");
+    assert!(
+        metric(
+            &app,
+            r#"queue_jobs_total{queue="warren.notifications",status="deferred"} 2"#
+        )
+        .await
+    );
+    app.cleanup().await;
+
+    // Deferring for ever: max_attempts (2) deferrals in a row make one failed attempt, so the
+    // message ends in the dead-letter queue after 2 attempts of 3 calls each.
+    let c = Scripted::new(vec![Step::Defer; 10]);
+    let app = start(c.clone(), |s| s.jobs.max_attempts = 2).await;
+    app.post_event("user.registered", &json!({"email": "e@example.com"}))
+        .await;
+    let parked = eventually(Duration::from_secs(20), "message parked", || async {
+        let m = app.drain("warren.notifications.dead").await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        c.calls().iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![1, 1, 1, 2, 2, 2]
+    );
+    let p = &parked[0].delivery.properties;
+    assert_eq!(header_int(p, H_ATTEMPT), Some(2));
+    assert_eq!(header_str(p, names::H_REASON).as_deref(), Some("exhausted"));
+    assert!(
+        header_str(p, names::H_ERROR)
+            .expect("error header")
+            .contains("retry after")
+    );
+    app.settled(&[("warren.notifications", 0), ("warren.notifications.dead", 0)])
+        .await;
+    app.cleanup().await;
+}
+
+/// A consumer whose `ready` holds every message until the test opens its gate.
+#[derive(Clone)]
+struct Gated {
+    open: Arc<tokio::sync::Semaphore>,
+    handled: Arc<Mutex<Vec<u32>>>,
+}
+
+#[async_trait::async_trait]
+impl Consumer for Gated {
+    fn name(&self) -> &str {
+        "notifications"
+    }
+
+    fn queue(&self) -> &str {
+        "warren.notifications"
+    }
+
+    async fn ready(&self) {
+        if let Ok(permit) = self.open.acquire().await {
+            permit.forget();
+        }
+    }
+
+    async fn handle(&self, job: &Job) -> Result<(), JobError> {
+        self.handled.lock().expect("lock").push(job.attempt);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_that_is_not_ready_holds_its_messages_unacked_with_their_attempts() {
+    let g = Gated {
+        open: Arc::new(tokio::sync::Semaphore::new(0)),
+        handled: Arc::default(),
+    };
+    let app = spawn_worker_with(|s| s, {
+        let g = g.clone();
+        move |a| a.consumer(g)
+    })
+    .await;
+    for n in 0..3 {
+        app.post_event("user.registered", &json!({"email": format!("{n}@example.com")}))
+            .await;
+    }
+    // Held: all three still in the queue (delivered, unacked), none handled.
+    app.settled(&[("warren.notifications", 3)]).await;
+    assert!(g.handled.lock().expect("lock").is_empty());
+    g.open.add_permits(3);
+    eventually(Duration::from_secs(10), "three handled", || async {
+        (g.handled.lock().expect("lock").len() == 3).then_some(())
+    })
+    .await;
+    app.settled(&[("warren.notifications", 0)]).await;
+    assert_eq!(*g.handled.lock().expect("lock"), vec![1, 1, 1], "no attempt spent");
     app.cleanup().await;
 }
