@@ -93,6 +93,9 @@ pub enum StartError {
     /// The schedules.
     #[error("invalid schedule: {0}")]
     Scheduler(String),
+    /// The HTTP subscriptions' consumers.
+    #[error("HTTP subscriptions: {0}")]
+    Subscriptions(String),
     /// The HTTP listener.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -150,16 +153,26 @@ impl App {
     /// An app with the built-in listeners (the audit listener on every event).
     pub fn new(settings: Settings) -> Self {
         Self {
-            settings: Arc::new(settings),
             metrics: Metrics::new(),
             dispatcher: Dispatcher::new(),
             builtin_listeners: true,
-            modules: BUILTIN_MODULES.iter().map(|m| (*m).to_owned()).collect(),
+            modules: BUILTIN_MODULES
+                .iter()
+                .map(|m| (*m).to_owned())
+                .chain(
+                    settings
+                        .subscriptions
+                        .iter()
+                        .map(crate::subscriptions::module_name),
+                )
+                .collect(),
+            settings: Arc::new(settings),
             consumers: Vec::new(),
         }
     }
 
-    /// Chooses which built-in modules the worker role runs (default: all of them).
+    /// Chooses which modules the worker role runs: built-in ones by name, HTTP subscriptions
+    /// as `sub.<name>` (default: all of them).
     pub fn modules<I: IntoIterator<Item = S>, S: Into<String>>(mut self, modules: I) -> Self {
         self.modules = modules.into_iter().map(Into::into).collect();
         self
@@ -204,8 +217,15 @@ impl App {
             parts.start_scheduler()?;
         }
         if roles.contains(&Role::Worker) {
+            let mut subscriptions =
+                crate::subscriptions::consumers(&parts.settings, &parts.metrics)
+                    .map_err(|e| StartError::Subscriptions(e.to_string()))?;
             let mut consumers = Vec::new();
             for name in &self.modules {
+                if let Some(at) = subscriptions.iter().position(|c| c.name() == name) {
+                    consumers.push(subscriptions.swap_remove(at));
+                    continue;
+                }
                 consumers.push(builtin_module(
                     name,
                     &parts.settings,
@@ -215,6 +235,7 @@ impl App {
             }
             consumers.extend(self.consumers.iter().cloned());
             parts.start_runners(consumers);
+            parts.warn_of_removed_subscriptions();
         }
         if self.builtin_listeners {
             self.register_builtin_listeners(parts.pools.get(Pool::Http));
@@ -399,6 +420,40 @@ impl Parts {
             ms(saga.relay_grace_ms),
             self.shutdown.clone(),
         ));
+    }
+
+    /// Says, once the topology is declared, which subscription queues on the broker no
+    /// subscription has any more: warren leaves them alone (they may hold messages). Best
+    /// effort: without the management API it says nothing.
+    fn warn_of_removed_subscriptions(&self) {
+        let settings = self.settings.clone();
+        let mut ready = self.topology_ready.clone();
+        self.tasks.spawn(async move {
+            if ready.wait_for(|r| *r).await.is_err() {
+                return;
+            }
+            let vhost = crate::broker::vhost_of(settings.amqp.url.expose());
+            let Ok(api) =
+                crate::broker::topology::Management::new(settings.amqp.management_url.expose())
+            else {
+                return;
+            };
+            let path = format!("queues/{}", crate::broker::topology::encode(&vhost));
+            let Ok(queues) = api.get(&path).await else {
+                tracing::debug!(
+                    "No management API: cannot look for removed subscriptions' queues."
+                );
+                return;
+            };
+            let names = queues
+                .iter()
+                .filter_map(|q| q.get("name").and_then(serde_json::Value::as_str));
+            for queue in crate::broker::subscriptions::orphaned(names, &settings.subscriptions) {
+                tracing::warn!(%queue,
+                    "This subscription queue belongs to no subscription in the settings any more; \
+                     left as it is (it may hold messages): delete it by hand when it is empty.");
+            }
+        });
     }
 
     /// The scheduler role, on its own pool.

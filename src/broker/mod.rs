@@ -14,6 +14,7 @@
 pub mod envelope;
 pub mod names;
 pub mod publisher;
+pub(crate) mod subscriptions;
 pub mod topology;
 
 use std::time::Duration;
@@ -23,20 +24,19 @@ use lapin::{Channel, Connection, ConnectionProperties, tcp::OwnedTLSConfig};
 
 use crate::config::Settings;
 
-/// The vhost named by an AMQP URL (`/` when the URL has no path).
+/// The vhost named by an AMQP URL (`/` when the URL has no path): its path, percent-decoded
+/// (`amqp://h/%2f` is `/`; a `+` stays a `+`, as the AMQP URI spec has it).
 pub fn vhost_of(amqp_url: &str) -> String {
-    let Ok(url) = url::Url::parse(amqp_url) else {
-        return "/".to_owned();
-    };
-    let path = url.path().strip_prefix('/').unwrap_or("");
+    let path = url::Url::parse(amqp_url)
+        .ok()
+        .map(|u| u.path().trim_start_matches('/').to_owned())
+        .unwrap_or_default();
     if path.is_empty() {
-        "/".to_owned()
-    } else {
-        url::form_urlencoded::parse(format!("v={path}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_else(|| "/".to_owned())
+        return "/".to_owned();
     }
+    percent_encoding::percent_decode_str(&path)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Errors reaching the broker.

@@ -173,17 +173,18 @@ impl Topology {
     }
 
     /// The topology for these settings: the file (or the built-in one) with the delay tiers
-    /// TTLs set from `jobs.failure_delay_ms` and `jobs.error_delay_ms`.
+    /// TTLs set from `jobs.failure_delay_ms` and `jobs.error_delay_ms`, and the queues and
+    /// bindings of every HTTP subscription (`[[subscriptions]]`).
     /// The file's text was read when the settings loaded ([`crate::config::Files`]).
     pub fn for_settings(settings: &crate::config::Settings) -> Result<Self, TopologyError> {
         let topology = match settings.files()?.topology {
             Some(file) => Self::parse(&file.text)?,
             None => Self::builtin()?,
         };
-        Ok(
-            topology
-                .with_retry_delays(settings.jobs.failure_delay_ms, settings.jobs.error_delay_ms),
-        )
+        let mut topology = topology
+            .with_retry_delays(settings.jobs.failure_delay_ms, settings.jobs.error_delay_ms);
+        super::subscriptions::add_to(&mut topology, &settings.subscriptions);
+        Ok(topology)
     }
 
     /// Sets the TTL of the failure tier (`warren.retry.60s`) and the error tier

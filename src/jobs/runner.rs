@@ -499,9 +499,7 @@ impl Parts {
                 }
                 self.ack(&delivery).await;
             }
-            Err(JobError::Deferred(reason))
-                if deferrals(&delivery) < self.limits.max_attempts =>
-            {
+            Err(JobError::Deferred(reason)) if deferrals(&delivery) < self.limits.max_attempts => {
                 tracing::info!(error = %reason, "Job deferred; back to its queue, same attempt.");
                 self.defer(&delivery, attempt, &reason).await;
             }

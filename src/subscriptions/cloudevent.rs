@@ -67,20 +67,6 @@ pub(crate) fn source(vhost: &str, exchange: &str) -> String {
     format!("/warren/{segment}/{exchange}")
 }
 
-/// The vhost an AMQP URI names (`amqp://h/%2f` and `amqp://h` are `/`).
-pub(crate) fn vhost_of(amqp_uri: &str) -> String {
-    let path = url::Url::parse(amqp_uri)
-        .ok()
-        .map(|u| u.path().trim_start_matches('/').to_owned())
-        .unwrap_or_default();
-    if path.is_empty() {
-        return "/".to_owned();
-    }
-    percent_encoding::percent_decode_str(&path)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
 /// What a subscription puts on every request, prepared once from its settings.
 #[derive(Debug, Clone)]
 pub(crate) struct Binding {
@@ -157,7 +143,12 @@ impl Binding {
 
     /// The request for `job`, signed (when keys are set) at `timestamp` (seconds since the
     /// epoch) with a new span id in the job's trace (`traceparent`).
-    pub(crate) fn request(&self, job: &Job, timestamp: i64, traceparent: Option<String>) -> Request {
+    pub(crate) fn request(
+        &self,
+        job: &Job,
+        timestamp: i64,
+        traceparent: Option<String>,
+    ) -> Request {
         let attrs = self.attributes(job);
         let mut headers = self.headers.clone();
         let body = match self.mode {
@@ -276,8 +267,14 @@ mod tests {
             source("prod", "warren.commands"),
             "/warren/prod/warren.commands"
         );
-        assert_eq!(vhost_of("amqp://guest:guest@127.0.0.1:5672/%2f"), "/");
-        assert_eq!(vhost_of("amqp://127.0.0.1:5672"), "/");
-        assert_eq!(vhost_of("amqp://h/prod?heartbeat=10"), "prod");
+        assert_eq!(
+            crate::broker::vhost_of("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "/"
+        );
+        assert_eq!(crate::broker::vhost_of("amqp://127.0.0.1:5672"), "/");
+        assert_eq!(
+            crate::broker::vhost_of("amqp://h/prod?heartbeat=10"),
+            "prod"
+        );
     }
 }

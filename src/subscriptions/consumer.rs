@@ -13,7 +13,7 @@ use super::{
     outcome::Outcome,
 };
 use crate::{
-    config::SubscriptionSettings,
+    config::{ModuleSettings, SubscriptionSettings},
     jobs::{Consumer, Job, JobError},
     telemetry::Metrics,
 };
@@ -25,6 +25,9 @@ pub(crate) const HANDLER_MARGIN: Duration = Duration::from_secs(2);
 /// Delivers one subscription's messages over HTTP.
 pub(crate) struct SubscriptionConsumer {
     module: String,
+    limits: ModuleSettings,
+    /// Until when the receiver asked to be left alone (a 429 or 503 with `Retry-After`).
+    paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     queue: String,
     url: Url,
     timeout: Duration,
@@ -75,8 +78,21 @@ impl SubscriptionConsumer {
         let keys = sub
             .signing_keys()
             .map_err(|e| invalid(format!("secret {e}")))?;
+        let handler_ms = sub
+            .timeout_ms
+            .saturating_add(u64::try_from(HANDLER_MARGIN.as_millis()).unwrap_or(u64::MAX));
         Ok(Self {
             module: super::module_name(sub),
+            limits: ModuleSettings {
+                timeout_ms: Some(handler_ms),
+                // Twice the deliveries in flight: the next ones are at hand when one ends.
+                prefetch: Some(
+                    u16::try_from(sub.concurrency.saturating_mul(2)).unwrap_or(u16::MAX),
+                ),
+                concurrency: Some(sub.concurrency),
+                max_attempts: sub.max_attempts,
+            },
+            paused_until: std::sync::Mutex::new(None),
             queue: sub.queue(),
             url,
             timeout: sub.timeout(),
@@ -180,8 +196,46 @@ impl Consumer for SubscriptionConsumer {
         self.timeout + HANDLER_MARGIN
     }
 
+    fn limits(&self) -> ModuleSettings {
+        self.limits.clone()
+    }
+
+    /// Waits out a pause the receiver asked for.
+    async fn ready(&self) {
+        loop {
+            let until = *self
+                .paused_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match until {
+                Some(t) if t > tokio::time::Instant::now() => tokio::time::sleep_until(t).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// One delivery. A 429 or 503 with `Retry-After` pauses the subscription for that long
+    /// (bounded by `max_retry_after_secs`) and defers the message: it waits in the queue
+    /// without spending an attempt.
     #[tracing::instrument(skip_all, fields(subscription = %self.binding.subscription, job_id = %job.message_id, attempt = job.attempt))]
     async fn handle(&self, job: &Job) -> Result<(), JobError> {
-        self.deliver(job).await.into_result()
+        let outcome = self.deliver(job).await;
+        if let Some(after) = outcome.retry_after {
+            let until = tokio::time::Instant::now() + after;
+            let mut paused = self
+                .paused_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if paused.is_none_or(|t| t < until) {
+                *paused = Some(until);
+            }
+            drop(paused);
+            tracing::info!(
+                pause_ms = after.as_millis(),
+                "The receiver asked for a pause."
+            );
+            return Err(JobError::Deferred(outcome.into_text()));
+        }
+        outcome.into_result()
     }
 }

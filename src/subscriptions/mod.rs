@@ -5,15 +5,14 @@
 //! job module per subscription ([`SubscriptionConsumer`]).
 //!
 //! What the app wires: [`consumers`] (one consumer per subscription, sharing one HTTP
-//! client), run by the ordinary [`crate::jobs::runner::Runner`] with the limits of
-//! [`jobs_settings`], and [`topology::add_to`] for the queues and bindings. See
+//! client), each run by the ordinary runner with its own limits ([`Consumer::limits`]); the
+//! queues and bindings are in the topology (`broker::subscriptions`). See
 //! `docs/subscriptions.md` for the wire format and what a receiver does.
 
 pub(crate) mod cloudevent;
 mod consumer;
 pub(crate) mod outcome;
 pub(crate) mod signature;
-pub(crate) mod topology;
 
 #[cfg(test)]
 mod tests;
@@ -22,10 +21,12 @@ mod wire;
 
 use std::sync::Arc;
 
-pub(crate) use consumer::{HANDLER_MARGIN, SubscriptionConsumer};
+#[cfg(test)]
+pub(crate) use consumer::HANDLER_MARGIN;
+pub(crate) use consumer::SubscriptionConsumer;
 
 use crate::{
-    config::{JobsSettings, ModuleSettings, Settings, SubscriptionSettings},
+    config::{Settings, SubscriptionSettings},
     jobs::Consumer,
     telemetry::Metrics,
 };
@@ -74,7 +75,7 @@ pub(crate) fn consumers(
         return Ok(Vec::new());
     }
     let client = http_client()?;
-    let vhost = cloudevent::vhost_of(&settings.amqp_uri());
+    let vhost = crate::broker::vhost_of(&settings.amqp_uri());
     settings
         .subscriptions
         .iter()
@@ -83,30 +84,4 @@ pub(crate) fn consumers(
                 .map(|c| Arc::new(c) as Arc<dyn Consumer>)
         })
         .collect()
-}
-
-/// `settings.jobs` with each subscription's limits as its module's overrides, for
-/// [`crate::jobs::runner::Runner::new`]: its `concurrency` (prefetch twice that), its
-/// `max_attempts` (unset: `jobs.max_attempts`), and a handler timeout of `timeout_ms` plus
-/// [`HANDLER_MARGIN`]. An override the operator set under `[jobs.modules."sub.<name>"]` for
-/// prefetch or timeout is kept.
-pub(crate) fn jobs_settings(settings: &Settings) -> JobsSettings {
-    let mut jobs = settings.jobs.clone();
-    for sub in &settings.subscriptions {
-        let given = jobs.modules.remove(&module_name(sub)).unwrap_or_default();
-        let handler_ms = sub
-            .timeout_ms
-            .saturating_add(u64::try_from(HANDLER_MARGIN.as_millis()).unwrap_or(u64::MAX));
-        let prefetch = u16::try_from(sub.concurrency.saturating_mul(2)).unwrap_or(u16::MAX);
-        jobs.modules.insert(
-            module_name(sub),
-            ModuleSettings {
-                timeout_ms: given.timeout_ms.or(Some(handler_ms)),
-                prefetch: given.prefetch.or(Some(prefetch)),
-                concurrency: Some(sub.concurrency),
-                max_attempts: sub.max_attempts.or(given.max_attempts),
-            },
-        );
-    }
-    jobs
 }

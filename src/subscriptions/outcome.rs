@@ -139,16 +139,24 @@ impl Outcome {
     /// What the handler returns: `Ok` when delivered, else the error the runner routes by,
     /// with the reason and the body's first bytes as its text.
     pub(crate) fn into_result(self) -> Result<(), JobError> {
-        let text = if self.body.is_empty() {
-            self.reason
-        } else {
-            format!("{}: {}", self.reason, self.body)
-        };
-        match self.verdict {
+        let verdict = self.verdict;
+        let text = self.into_text();
+        match verdict {
             Verdict::Delivered => Ok(()),
             Verdict::Failed => Err(JobError::Failed(text)),
             Verdict::Error => Err(JobError::Error(text)),
             Verdict::Invalid => Err(JobError::Invalid(text)),
+        }
+    }
+}
+
+impl Outcome {
+    /// The reason and the first bytes of the body, as the failure record keeps them.
+    pub(crate) fn into_text(self) -> String {
+        if self.body.is_empty() {
+            self.reason
+        } else {
+            format!("{}: {}", self.reason, self.body)
         }
     }
 }

@@ -38,11 +38,6 @@ impl SigningKeys {
         Self(keys)
     }
 
-    /// Whether there is no key (the subscription does not sign).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The `webhook-signature` value for `id`, `timestamp` and `body`: `v1,<sig>` per key,
     /// space-separated; `None` without keys.
     pub(crate) fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {

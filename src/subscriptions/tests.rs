@@ -13,6 +13,7 @@ use warp::{Filter, http::Response};
 use super::*;
 use crate::{
     broker::envelope::Event,
+    config::ModuleSettings,
     jobs::{Job, JobError},
 };
 
@@ -263,17 +264,18 @@ fn consumers_and_runner_limits_come_from_the_settings() {
         names,
         [("sub.a", "warren.sub.a"), ("sub.b", "warren.sub.b")]
     );
-    let jobs = jobs_settings(&settings);
-    let a = &jobs.modules["sub.a"];
+    // The consumer's own limits; the runner lets `jobs.modules."sub.<name>"` win over them
+    // (sub.b's prefetch of 3 there).
+    let a = consumers[0].limits();
     assert_eq!(
         (a.concurrency, a.prefetch, a.max_attempts, a.timeout_ms),
         (Some(4), Some(8), Some(7), Some(3_000))
     );
-    let b = &jobs.modules["sub.b"];
+    let b = consumers[1].limits();
     assert_eq!(
         (b.concurrency, b.prefetch, b.max_attempts),
-        (Some(16), Some(3), None),
-        "the operator's prefetch is kept; attempts fall back to jobs.max_attempts"
+        (Some(16), Some(32), None),
+        "attempts fall back to jobs.max_attempts"
     );
 }
 

@@ -77,7 +77,9 @@ impl Consumer for Scripted {
             Step::Error => Err(JobError::Error("smtp connection refused".into())),
             Step::Invalid => Err(JobError::Invalid("missing field email".into())),
             Step::Panic => panic!("handler bug"),
-            Step::Defer => Err(JobError::Deferred("receiver said 429, retry after 1s".into())),
+            Step::Defer => Err(JobError::Deferred(
+                "receiver said 429, retry after 1s".into(),
+            )),
             Step::Sleep(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(())
@@ -528,8 +530,11 @@ async fn a_deferred_job_keeps_its_attempt_and_one_that_only_defers_ends_parked()
             .expect("error header")
             .contains("retry after")
     );
-    app.settled(&[("warren.notifications", 0), ("warren.notifications.dead", 0)])
-        .await;
+    app.settled(&[
+        ("warren.notifications", 0),
+        ("warren.notifications.dead", 0),
+    ])
+    .await;
     app.cleanup().await;
 }
 
@@ -574,8 +579,11 @@ async fn a_consumer_that_is_not_ready_holds_its_messages_unacked_with_their_atte
     })
     .await;
     for n in 0..3 {
-        app.post_event("user.registered", &json!({"email": format!("{n}@example.com")}))
-            .await;
+        app.post_event(
+            "user.registered",
+            &json!({"email": format!("{n}@example.com")}),
+        )
+        .await;
     }
     // Held: all three still in the queue (delivered, unacked), none handled.
     app.settled(&[("warren.notifications", 3)]).await;
@@ -586,6 +594,10 @@ async fn a_consumer_that_is_not_ready_holds_its_messages_unacked_with_their_atte
     })
     .await;
     app.settled(&[("warren.notifications", 0)]).await;
-    assert_eq!(*g.handled.lock().expect("lock"), vec![1, 1, 1], "no attempt spent");
+    assert_eq!(
+        *g.handled.lock().expect("lock"),
+        vec![1, 1, 1],
+        "no attempt spent"
+    );
     app.cleanup().await;
 }

@@ -1,4 +1,6 @@
-//! The broker entities of the subscriptions, in the shape of every built-in module's: a
+//! The broker entities of the HTTP subscriptions (`[[subscriptions]]`, delivered by
+//! `crate::subscriptions`), added to the topology by [`Topology::for_settings`] so that
+//! everything that declares, verifies or exports it has them, in the shape of every built-in module's: a
 //! durable quorum work queue `warren.sub.<name>` that dead-letters into `warren.dead` with
 //! its own name as the key, a quorum parking queue `warren.sub.<name>.dead`, and the
 //! bindings: its patterns on `warren.events` and `warren.commands`, `warren.requeue` →
