@@ -27,4 +27,5 @@ mod scale;
 mod scheduler;
 mod security;
 mod smtp;
+mod subscriptions;
 mod topology;

@@ -1,0 +1,382 @@
+//! HTTP subscriptions end to end: warren delivers from each subscription's queue to a real
+//! HTTP receiver started by the test, and every answer goes the way the article's runner
+//! sends a Rust module's result (done, the 60 s tier, the 120 s tier, parked), through the
+//! same queues, dead letters, `failed_jobs` rows and `job.failed` alerts. Tiers are 1 s and
+//! 2 s here (`spawn_worker_with`).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use sea_orm::EntityTrait;
+use serde_json::json;
+use warp::{Filter, http::Response};
+
+use warren::{
+    broker::{
+        envelope::Event,
+        names::{self, H_ATTEMPT, header_int, header_str},
+    },
+    config::SubscriptionSettings,
+};
+
+use crate::helpers::{TestApp, eventually, spawn_worker_with};
+
+/// One answer the receiver gives: status, extra headers, body, and how long it waits first.
+#[derive(Clone, Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(&'static str, &'static str)>,
+    body: &'static str,
+    delay: Duration,
+}
+
+fn answer(status: u16) -> Answer {
+    Answer {
+        status,
+        headers: Vec::new(),
+        body: "",
+        delay: Duration::ZERO,
+    }
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Got {
+    headers: HashMap<String, String>,
+    body: Bytes,
+    at: Instant,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// A real HTTP receiver on 127.0.0.1: `POST /{name}` plays `name`'s script (one answer per
+/// request, the last one for ever after) and records each request.
+#[derive(Clone, Default)]
+struct Receiver {
+    scripts: Arc<Mutex<HashMap<String, Vec<Answer>>>>,
+    got: Arc<Mutex<HashMap<String, Vec<Got>>>>,
+}
+
+impl Receiver {
+    async fn start(scripts: &[(&str, Vec<Answer>)]) -> (Self, SocketAddr) {
+        let r = Receiver::default();
+        for (name, script) in scripts {
+            r.scripts
+                .lock()
+                .expect("lock")
+                .insert((*name).to_owned(), script.clone());
+        }
+        let state = r.clone();
+        let route = warp::post()
+            .and(warp::path::param::<String>())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .then(move |name: String, headers: warp::http::HeaderMap, body: Bytes| {
+                let state = state.clone();
+                async move { state.answer(name, headers, body).await }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        (r, addr)
+    }
+
+    async fn answer(
+        &self,
+        name: String,
+        headers: warp::http::HeaderMap,
+        body: Bytes,
+    ) -> Response<String> {
+        let n = {
+            let mut got = self.got.lock().expect("lock");
+            let list = got.entry(name.clone()).or_default();
+            list.push(Got {
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                    .collect(),
+                body,
+                at: Instant::now(),
+            });
+            list.len()
+        };
+        let a = {
+            let scripts = self.scripts.lock().expect("lock");
+            let script = scripts.get(&name).cloned().unwrap_or_default();
+            script
+                .get(n - 1)
+                .or(script.last())
+                .cloned()
+                .unwrap_or_else(|| answer(204))
+        };
+        if !a.delay.is_zero() {
+            tokio::time::sleep(a.delay).await;
+        }
+        let mut resp = Response::builder().status(a.status);
+        for (k, v) in &a.headers {
+            resp = resp.header(*k, *v);
+        }
+        resp.body(a.body.to_owned()).expect("response")
+    }
+
+    fn got(&self, name: &str) -> Vec<Got> {
+        self.got
+            .lock()
+            .expect("lock")
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn wait(&self, name: &str, n: usize, limit: Duration) -> Vec<Got> {
+        eventually(limit, &format!("{n} requests to /{name}"), || async {
+            let got = self.got(name);
+            (got.len() >= n).then_some(got)
+        })
+        .await
+    }
+}
+
+fn subscription(name: &str, addr: SocketAddr, events: &[&str]) -> SubscriptionSettings {
+    let mut s = SubscriptionSettings::new(name, format!("http://{addr}/{name}"));
+    s.events = events.iter().map(|e| (*e).to_owned()).collect();
+    s
+}
+
+async fn start(subs: Vec<SubscriptionSettings>) -> TestApp {
+    let modules: Vec<String> = subs.iter().map(|s| format!("sub.{}", s.name)).collect();
+    spawn_worker_with(
+        move |mut s| {
+            s.subscriptions = subs;
+            s
+        },
+        move |a| a.modules(modules),
+    )
+    .await
+}
+
+async fn publish(app: &TestApp, name: &str, data: serde_json::Value) -> String {
+    let r = app.post_event(name, &data).await;
+    assert_eq!(r.status(), 202, "{name} accepted");
+    r.json::<serde_json::Value>().await.expect("json")["event_id"]
+        .as_str()
+        .expect("event_id")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn each_subscribed_event_is_delivered_once_as_a_cloudevent_and_only_those() {
+    let (rx, addr) = Receiver::start(&[("orders", vec![answer(204)])]).await;
+    let mut sub = subscription("orders", addr, &["order.*"]);
+    sub.concurrency = 4;
+    let app = start(vec![sub]).await;
+    let mut want = BTreeSet::new();
+    for n in 0..30 {
+        want.insert(publish(&app, "order.created", json!({"n": n})).await);
+        // Not subscribed: never delivered.
+        publish(&app, "user.registered", json!({"n": n})).await;
+    }
+    rx.wait("orders", 30, Duration::from_secs(20)).await;
+    app.settled(&[("warren.sub.orders", 0)]).await;
+    let got = rx.got("orders");
+    let ids: BTreeSet<String> = got
+        .iter()
+        .map(|g| g.header("ce-id").expect("ce-id").to_owned())
+        .collect();
+    assert_eq!(ids, want, "every subscribed event, each once, nothing else");
+    assert_eq!(got.len(), 30, "no request repeated");
+    for g in &got {
+        assert_eq!(g.header("ce-specversion"), Some("1.0"));
+        assert_eq!(g.header("ce-type"), Some("order.created"));
+        assert_eq!(g.header("warren-subscription"), Some("orders"));
+        assert_eq!(g.header("warren-attempt"), Some("1"));
+        assert_eq!(g.header("content-type"), Some("application/json"));
+        assert!(g.header("traceparent").is_some());
+        let data: serde_json::Value = serde_json::from_slice(&g.body).expect("json body");
+        assert!(data["n"].is_number(), "the event's data is the body");
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn each_answer_goes_its_way_through_the_tiers_and_the_dead_letters() {
+    let retry_after = Answer {
+        headers: vec![("retry-after", "1")],
+        ..answer(429)
+    };
+    let hang = Answer {
+        delay: Duration::from_secs(5),
+        ..answer(204)
+    };
+    let refusal = Answer {
+        body: "{\"error\":\"no such customer\"}",
+        ..answer(404)
+    };
+    let (rx, addr) = Receiver::start(&[
+        ("reported", vec![answer(503), answer(204)]),
+        ("broken", vec![answer(500), answer(204)]),
+        ("slow", vec![hang, answer(204)]),
+        ("busy", vec![retry_after, answer(204)]),
+        ("refused", vec![refusal]),
+        ("exhausted", vec![answer(503)]),
+        ("alerts", vec![answer(204)]),
+    ])
+    .await;
+    let names = [
+        "reported",
+        "broken",
+        "slow",
+        "busy",
+        "refused",
+        "exhausted",
+    ];
+    let subs: Vec<SubscriptionSettings> = names
+        .iter()
+        .map(|n| {
+            let mut s = subscription(n, addr, &["invoice.*"]);
+            s.timeout_ms = 500;
+            s.max_attempts = Some(2);
+            s
+        })
+        .collect();
+    // The job.failed alerts reach an HTTP service like any event.
+    let mut subs = subs;
+    subs.push(subscription("alerts", addr, &["job.failed"]));
+    let app = start(subs).await;
+    let id = publish(&app, "invoice.issued", json!({"invoice": 7})).await;
+
+    // 503 (a reported failure): the failure tier, then delivered on attempt 2.
+    let got = rx.wait("reported", 2, Duration::from_secs(20)).await;
+    let attempts: Vec<_> = got.iter().map(|g| g.header("warren-attempt")).collect();
+    assert_eq!(attempts, [Some("1"), Some("2")]);
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(950), "waited in the 1 s tier: {gap:?}");
+    // 500 (an error): the error tier.
+    let got = rx.wait("broken", 2, Duration::from_secs(20)).await;
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(1_950), "waited in the 2 s tier: {gap:?}");
+    // No answer within timeout_ms: an error too.
+    let got = rx.wait("slow", 2, Duration::from_secs(20)).await;
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(2_400), "timeout, then the 2 s tier: {gap:?}");
+    // 429 with Retry-After: a pause, and the same attempt again.
+    let got = rx.wait("busy", 2, Duration::from_secs(20)).await;
+    let attempts: Vec<_> = got.iter().map(|g| g.header("warren-attempt")).collect();
+    assert_eq!(attempts, [Some("1"), Some("1")], "a pause spends no attempt");
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(950), "paused for Retry-After: {gap:?}");
+    for got in [&rx.got("reported"), &rx.got("broken"), &rx.got("busy")] {
+        assert!(got.iter().all(|g| g.header("ce-id") == Some(id.as_str())));
+    }
+
+    // 404 (a refusal): parked at once; 503 every time: parked after max_attempts (2).
+    let parked = |queue: String| {
+        let app = &app;
+        async move {
+            eventually(Duration::from_secs(20), &format!("{queue} parked"), || async {
+                let m = app.drain(&queue).await;
+                (!m.is_empty()).then_some(m)
+            })
+            .await
+        }
+    };
+    let refused = parked("warren.sub.refused.dead".to_owned()).await;
+    assert_eq!(rx.got("refused").len(), 1, "a refusal is not retried");
+    let p = &refused[0].delivery.properties;
+    assert_eq!(header_str(p, names::H_REASON).as_deref(), Some("invalid"));
+    let error = header_str(p, names::H_ERROR).expect("error header");
+    assert!(
+        error.contains("404") && error.contains("no such customer"),
+        "status and body kept: {error}"
+    );
+    let exhausted = parked("warren.sub.exhausted.dead".to_owned()).await;
+    assert_eq!(rx.got("exhausted").len(), 2, "exactly max_attempts deliveries");
+    let p = &exhausted[0].delivery.properties;
+    assert_eq!(header_str(p, names::H_REASON).as_deref(), Some("exhausted"));
+    assert_eq!(header_int(p, H_ATTEMPT), Some(2));
+    let body: Event = serde_json::from_slice(&exhausted[0].delivery.data).expect("kept");
+    assert_eq!(body.event_id.to_string(), id);
+
+    // Both have a failed_jobs row and a job.failed alert naming the subscription.
+    let db = app.db().await;
+    let rows = entities::failed_jobs::Entity::find()
+        .all(&db)
+        .await
+        .expect("query");
+    let mut queues: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.queue.as_str(), r.reason.as_str()))
+        .collect();
+    queues.sort_unstable();
+    assert_eq!(
+        queues,
+        [
+            ("warren.sub.exhausted", "exhausted"),
+            ("warren.sub.refused", "invalid")
+        ]
+    );
+    let alerts = rx.wait("alerts", 2, Duration::from_secs(10)).await;
+    let mut kinds: Vec<String> = alerts
+        .iter()
+        .map(|g| {
+            assert_eq!(g.header("ce-type"), Some("job.failed"));
+            let data: serde_json::Value = serde_json::from_slice(&g.body).expect("json");
+            assert_eq!(data["job_id"], id.as_str());
+            data["type"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["sub.exhausted_failed", "sub.refused_failed"]);
+    let names: Vec<String> = names
+        .iter()
+        .chain(&["alerts"])
+        .flat_map(|n| [format!("warren.sub.{n}"), format!("warren.sub.{n}.dead")])
+        .collect();
+    let queues: Vec<(&str, u64)> = names.iter().map(|q| (q.as_str(), 0)).collect();
+    app.settled(&queues).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_type_an_http_service_subscribes_to_is_accepted_and_delivered() {
+    let (rx, addr) = Receiver::start(&[("invoices", vec![answer(200)])]).await;
+    let mut sub = subscription("invoices", addr, &[]);
+    sub.commands = vec!["invoice.render".to_owned()];
+    let app = start(vec![sub]).await;
+    let r = app
+        .request(reqwest::Method::POST, "/v1/jobs/invoice.render")
+        .json(&json!({"invoice": 42}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 202, "a subscribed job type is known");
+    let job_id = r.json::<serde_json::Value>().await.expect("json")["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_owned();
+    // A job type nobody takes is still refused.
+    let r = app
+        .request(reqwest::Method::POST, "/v1/jobs/invoice.void")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 404);
+    let got = rx.wait("invoices", 1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].header("ce-id"), Some(job_id.as_str()));
+    assert_eq!(got[0].header("ce-type"), Some("invoice.render"));
+    app.settled(&[("warren.sub.invoices", 0)]).await;
+    assert_eq!(rx.got("invoices").len(), 1);
+    app.cleanup().await;
+}
