@@ -80,10 +80,12 @@ impl Receiver {
             .and(warp::path::param::<String>())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
-            .then(move |name: String, headers: warp::http::HeaderMap, body: Bytes| {
-                let state = state.clone();
-                async move { state.answer(name, headers, body).await }
-            });
+            .then(
+                move |name: String, headers: warp::http::HeaderMap, body: Bytes| {
+                    let state = state.clone();
+                    async move { state.answer(name, headers, body).await }
+                },
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -233,14 +235,7 @@ async fn each_answer_goes_its_way_through_the_tiers_and_the_dead_letters() {
         ("alerts", vec![answer(204)]),
     ])
     .await;
-    let names = [
-        "reported",
-        "broken",
-        "slow",
-        "busy",
-        "refused",
-        "exhausted",
-    ];
+    let names = ["reported", "broken", "slow", "busy", "refused", "exhausted"];
     let subs: Vec<SubscriptionSettings> = names
         .iter()
         .map(|n| {
@@ -261,21 +256,37 @@ async fn each_answer_goes_its_way_through_the_tiers_and_the_dead_letters() {
     let attempts: Vec<_> = got.iter().map(|g| g.header("warren-attempt")).collect();
     assert_eq!(attempts, [Some("1"), Some("2")]);
     let gap = got[1].at - got[0].at;
-    assert!(gap >= Duration::from_millis(950), "waited in the 1 s tier: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "waited in the 1 s tier: {gap:?}"
+    );
     // 500 (an error): the error tier.
     let got = rx.wait("broken", 2, Duration::from_secs(20)).await;
     let gap = got[1].at - got[0].at;
-    assert!(gap >= Duration::from_millis(1_950), "waited in the 2 s tier: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1_950),
+        "waited in the 2 s tier: {gap:?}"
+    );
     // No answer within timeout_ms: an error too.
     let got = rx.wait("slow", 2, Duration::from_secs(20)).await;
     let gap = got[1].at - got[0].at;
-    assert!(gap >= Duration::from_millis(2_400), "timeout, then the 2 s tier: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(2_400),
+        "timeout, then the 2 s tier: {gap:?}"
+    );
     // 429 with Retry-After: a pause, and the same attempt again.
     let got = rx.wait("busy", 2, Duration::from_secs(20)).await;
     let attempts: Vec<_> = got.iter().map(|g| g.header("warren-attempt")).collect();
-    assert_eq!(attempts, [Some("1"), Some("1")], "a pause spends no attempt");
+    assert_eq!(
+        attempts,
+        [Some("1"), Some("1")],
+        "a pause spends no attempt"
+    );
     let gap = got[1].at - got[0].at;
-    assert!(gap >= Duration::from_millis(950), "paused for Retry-After: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "paused for Retry-After: {gap:?}"
+    );
     for got in [&rx.got("reported"), &rx.got("broken"), &rx.got("busy")] {
         assert!(got.iter().all(|g| g.header("ce-id") == Some(id.as_str())));
     }
@@ -284,10 +295,14 @@ async fn each_answer_goes_its_way_through_the_tiers_and_the_dead_letters() {
     let parked = |queue: String| {
         let app = &app;
         async move {
-            eventually(Duration::from_secs(20), &format!("{queue} parked"), || async {
-                let m = app.drain(&queue).await;
-                (!m.is_empty()).then_some(m)
-            })
+            eventually(
+                Duration::from_secs(20),
+                &format!("{queue} parked"),
+                || async {
+                    let m = app.drain(&queue).await;
+                    (!m.is_empty()).then_some(m)
+                },
+            )
             .await
         }
     };
@@ -301,7 +316,11 @@ async fn each_answer_goes_its_way_through_the_tiers_and_the_dead_letters() {
         "status and body kept: {error}"
     );
     let exhausted = parked("warren.sub.exhausted.dead".to_owned()).await;
-    assert_eq!(rx.got("exhausted").len(), 2, "exactly max_attempts deliveries");
+    assert_eq!(
+        rx.got("exhausted").len(),
+        2,
+        "exactly max_attempts deliveries"
+    );
     let p = &exhausted[0].delivery.properties;
     assert_eq!(header_str(p, names::H_REASON).as_deref(), Some("exhausted"));
     assert_eq!(header_int(p, H_ATTEMPT), Some(2));
