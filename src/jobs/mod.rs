@@ -130,11 +130,11 @@ pub trait Consumer: Send + Sync + 'static {
         ModuleSettings::default()
     }
 
-    /// Waits until the consumer takes another message: at once by default. A consumer whose
-    /// downstream is down (an open circuit breaker, a pause a receiver asked for) waits here;
-    /// the runner calls it before each handler, so messages wait in the queue (the prefetched
-    /// ones unacked) keeping their attempts.
-    async fn ready(&self) {}
+    /// Waits until the consumer takes `job`: at once by default. A consumer whose downstream
+    /// is down (an open circuit breaker, a pause a receiver asked for) waits here; the runner
+    /// calls it before each handler, outside the handler's timeout, so messages wait in the
+    /// queue (the prefetched ones unacked) keeping their attempts.
+    async fn ready(&self, _job: &Job) {}
 
     /// Handles one message.
     async fn handle(&self, job: &Job) -> Result<(), JobError>;

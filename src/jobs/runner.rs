@@ -447,7 +447,7 @@ impl Parts {
 
         // A consumer whose downstream is down holds the message here, unacked, with its
         // attempts kept.
-        self.consumer.ready().await;
+        self.consumer.ready(&job).await;
         let outcome = tokio::time::timeout(
             self.limits.timeout,
             AssertUnwindSafe(self.consumer.handle(&job)).catch_unwind(),

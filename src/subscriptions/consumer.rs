@@ -9,8 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::{Client, Url};
 
 use super::{
+    breaker::{Breaker, Report},
     cloudevent::{Binding, Request},
-    outcome::Outcome,
+    outcome::{Outcome, Verdict},
 };
 use crate::{
     config::{ModuleSettings, SubscriptionSettings},
@@ -28,6 +29,8 @@ pub(crate) struct SubscriptionConsumer {
     limits: ModuleSettings,
     /// Until when the receiver asked to be left alone (a 429 or 503 with `Retry-After`).
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The circuit breaker of this subscription in this process.
+    breaker: Breaker,
     queue: String,
     url: Url,
     timeout: Duration,
@@ -93,6 +96,8 @@ impl SubscriptionConsumer {
                 max_attempts: sub.max_attempts,
             },
             paused_until: std::sync::Mutex::new(None),
+            // A trial the runner cut off (its handler timeout) counts as failed after it.
+            breaker: Breaker::new(sub.breaker.clone(), sub.timeout() + HANDLER_MARGIN * 2),
             queue: sub.queue(),
             url,
             timeout: sub.timeout(),
@@ -200,8 +205,9 @@ impl Consumer for SubscriptionConsumer {
         self.limits.clone()
     }
 
-    /// Waits out a pause the receiver asked for.
-    async fn ready(&self) {
+    /// Waits out a pause the receiver asked for, then for the breaker: at once while it is
+    /// closed; when open, until its cooldown ends and this delivery is the one trial.
+    async fn ready(&self, job: &Job) {
         loop {
             let until = *self
                 .paused_until
@@ -209,9 +215,12 @@ impl Consumer for SubscriptionConsumer {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match until {
                 Some(t) if t > tokio::time::Instant::now() => tokio::time::sleep_until(t).await,
-                _ => return,
+                _ => break,
             }
         }
+        self.breaker.ready(job.message_id).await;
+        self.metrics
+            .subscription_breaker(self.subscription(), self.breaker.gauge());
     }
 
     /// One delivery. A 429 or 503 with `Retry-After` pauses the subscription for that long
@@ -220,6 +229,16 @@ impl Consumer for SubscriptionConsumer {
     #[tracing::instrument(skip_all, fields(subscription = %self.binding.subscription, job_id = %job.message_id, attempt = job.attempt))]
     async fn handle(&self, job: &Job) -> Result<(), JobError> {
         let outcome = self.deliver(job).await;
+        // A refusal, or a pause asked for, is an answer: the subscriber is up.
+        let report = match (outcome.verdict, outcome.retry_after) {
+            (Verdict::Delivered | Verdict::Invalid, _) | (_, Some(_)) => Report::Up,
+            (Verdict::Failed | Verdict::Error, None) => Report::Down,
+        };
+        if let Some(change) = self.breaker.report(job.message_id, report) {
+            tracing::warn!(breaker = change, "Circuit breaker {change}.");
+        }
+        self.metrics
+            .subscription_breaker(self.subscription(), self.breaker.gauge());
         if let Some(after) = outcome.retry_after {
             let until = tokio::time::Instant::now() + after;
             let mut paused = self

@@ -9,6 +9,7 @@
 //! queues and bindings are in the topology (`broker::subscriptions`). See
 //! `docs/subscriptions.md` for the wire format and what a receiver does.
 
+pub(crate) mod breaker;
 pub(crate) mod cloudevent;
 mod consumer;
 pub(crate) mod outcome;

@@ -555,7 +555,7 @@ impl Consumer for Gated {
         "warren.notifications"
     }
 
-    async fn ready(&self) {
+    async fn ready(&self, _job: &Job) {
         if let Ok(permit) = self.open.acquire().await {
             permit.forget();
         }

@@ -399,3 +399,65 @@ async fn a_job_type_an_http_service_subscribes_to_is_accepted_and_delivered() {
     assert_eq!(rx.got("invoices").len(), 1);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_breaker_opens_after_failures_in_a_row_holds_the_queue_then_one_trial_closes_it() {
+    let (rx, addr) = Receiver::start(&[(
+        "flaky",
+        vec![answer(500), answer(500), answer(500), answer(204)],
+    )])
+    .await;
+    let mut sub = subscription("flaky", addr, &["order.*"]);
+    sub.concurrency = 1;
+    sub.max_attempts = Some(5);
+    sub.breaker.failures = 3;
+    sub.breaker.cooldown_ms = 1_500;
+    let app = start(vec![sub]).await;
+    let mut want = BTreeSet::new();
+    for n in 0..5 {
+        want.insert(publish(&app, "order.created", json!({"n": n})).await);
+    }
+    // Three failures in a row open it: the fourth request comes only after the cooldown,
+    // although two messages were waiting (without the breaker it came at once).
+    let got = rx.wait("flaky", 4, Duration::from_secs(20)).await;
+    let gap = got[3].at - got[2].at;
+    assert!(
+        gap >= Duration::from_millis(1_450),
+        "no delivery while open: {gap:?}"
+    );
+    assert_eq!(
+        got[3].header("warren-attempt"),
+        Some("1"),
+        "the waiting message kept its attempts"
+    );
+    // The trial went alone, then the breaker closed: every message delivered, each once
+    // delivered (the three failed ones again after their tier).
+    let got = rx.wait("flaky", 8, Duration::from_secs(20)).await;
+    app.settled(&[("warren.sub.flaky", 0), ("warren.sub.flaky.dead", 0)])
+        .await;
+    let delivered: Vec<String> = rx
+        .got("flaky")
+        .iter()
+        .skip(3)
+        .map(|g| g.header("ce-id").expect("ce-id").to_owned())
+        .collect();
+    assert_eq!(delivered.len(), 5, "{got:?}");
+    assert_eq!(
+        delivered.iter().cloned().collect::<BTreeSet<_>>(),
+        want,
+        "each message delivered once after the failures"
+    );
+    let metrics = app
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"subscription_breaker_state{subscription="flaky"} 0"#),
+        "closed again"
+    );
+    app.cleanup().await;
+}

@@ -187,6 +187,7 @@ struct Inner {
     sagas: Family<SagaStateLabels, Gauge>,
     deliveries: Family<DeliveryLabels, Counter>,
     delivery_duration: Family<SubscriptionLabels, Histogram, fn() -> Histogram>,
+    breaker_state: Family<SubscriptionLabels, Gauge>,
     interventions_open: Gauge,
     outbox_depth: Gauge,
     outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -380,6 +381,12 @@ impl Metrics {
             "Time from sending a delivery to its outcome (response read or transport error), by subscription",
             delivery_duration.clone(),
         );
+        let breaker_state = Family::<SubscriptionLabels, Gauge>::default();
+        registry.register(
+            "subscription_breaker_state",
+            "A subscription's circuit breaker in this process: 0 closed, 1 half-open (one trial delivery), 2 open (taking no messages)",
+            breaker_state.clone(),
+        );
         let amqp_channels = Gauge::default();
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -402,6 +409,7 @@ impl Metrics {
                 sagas,
                 deliveries,
                 delivery_duration,
+                breaker_state,
                 interventions_open,
                 outbox_depth,
                 outbox_oldest,
@@ -485,6 +493,16 @@ impl Metrics {
                 subscription: subscription.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Sets a subscription's breaker state: 0 closed, 1 half-open, 2 open.
+    pub fn subscription_breaker(&self, subscription: &str, state: i64) {
+        self.inner
+            .breaker_state
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.to_owned(),
+            })
+            .set(state);
     }
 
     /// Records a handler's duration.
