@@ -227,11 +227,30 @@ impl Consumer for FailingEmail {
 
 #[tokio::test]
 async fn every_dashboard_panel_and_alert_rule_returns_data_from_a_real_prometheus() {
+    // An HTTP subscriber for the subscription panels: 204 to every event.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let subscriber = listener.local_addr().expect("addr");
+    let answer = warp::Filter::map(warp::post(), || warp::http::StatusCode::NO_CONTENT);
+    tokio::spawn(warp::serve(answer).incoming(listener).run());
     let app = spawn_saga(
-        &["orders", "payments", "notifications", "audit"],
-        |mut s| {
+        &[
+            "orders",
+            "payments",
+            "notifications",
+            "audit",
+            "sub.dashboard",
+        ],
+        move |mut s| {
             // Every request is "slow", so the slow-request panels have data.
             s.http.slow_request_ms = 0;
+            let mut sub = warren::config::SubscriptionSettings::new(
+                "dashboard",
+                format!("http://{subscriber}/events"),
+            );
+            sub.events = vec!["order.placed".to_owned()];
+            s.subscriptions.push(sub);
             s
         },
         |a| a,
