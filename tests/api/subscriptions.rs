@@ -461,3 +461,139 @@ async fn the_breaker_opens_after_failures_in_a_row_holds_the_queue_then_one_tria
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_worker_killed_mid_delivery_loses_nothing_and_the_next_one_delivers_it() {
+    let hang = Answer {
+        delay: Duration::from_secs(60),
+        ..answer(204)
+    };
+    let (rx, addr) = Receiver::start(&[("killed", vec![hang, answer(204)])]).await;
+    // HTTP front in-process (it declares the subscription's queue, so nothing published
+    // before the worker is up misses it); the subscription's worker is a separate
+    // `warren worker`.
+    let mut sub = subscription("killed", addr, &["order.*"]);
+    sub.concurrency = 4;
+    let app = spawn_worker_with(
+        move |mut s| {
+            s.subscriptions = vec![sub];
+            s
+        },
+        |a| a,
+    )
+    .await;
+    let config = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        config.path(),
+        format!(
+            "[[subscriptions]]\nname = \"killed\"\nevents = [\"order.*\"]\n\
+             url = \"http://{addr}/killed\"\nconcurrency = 4\n"
+        ),
+    )
+    .expect("config written");
+    let worker = || {
+        crate::reliability::KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+                .args(["worker", "--modules", "sub.killed"])
+                .env("WARREN_CONFIG", config.path())
+                .env("WARREN_AMQP__URL", app.vhost.amqp_url())
+                .env(
+                    "WARREN_AMQP__MANAGEMENT_URL",
+                    crate::helpers::management_url(),
+                )
+                .env("WARREN_DATABASE__URL", &app.db.url)
+                .env("WARREN_LOG__FILTER", "warn")
+                .env("WARREN_JOBS__FAILURE_DELAY_MS", "1000")
+                .env("WARREN_JOBS__ERROR_DELAY_MS", "2000")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("worker starts"),
+        )
+    };
+    let mut first = worker();
+    let mut want = BTreeSet::new();
+    for n in 0..10 {
+        want.insert(publish(&app, "order.created", json!({"n": n})).await);
+    }
+    // The fault lands on work in flight: the receiver holds the first delivery open.
+    let held = rx.wait("killed", 1, Duration::from_secs(30)).await[0]
+        .header("ce-id")
+        .expect("ce-id")
+        .to_owned();
+    first.0.kill().expect("SIGKILL");
+    let _ = first.0.wait();
+    let _second = worker();
+    // Every message answered 2xx (every request after the held one), the held one among
+    // them: delivered again, with the same id for the receiver to recognise.
+    eventually(Duration::from_secs(30), "all ten delivered", || async {
+        let answered: BTreeSet<String> = rx
+            .got("killed")
+            .iter()
+            .skip(1)
+            .filter_map(|g| g.header("ce-id").map(str::to_owned))
+            .collect();
+        (answered == want).then_some(())
+    })
+    .await;
+    app.settled(&[("warren.sub.killed", 0), ("warren.sub.killed.dead", 0)])
+        .await;
+    let again: Vec<Got> = rx
+        .got("killed")
+        .into_iter()
+        .skip(1)
+        .filter(|g| g.header("ce-id") == Some(held.as_str()))
+        .collect();
+    assert!(!again.is_empty(), "the held delivery came again");
+    assert_eq!(
+        again[0].header("webhook-id").or(again[0].header("ce-id")),
+        Some(held.as_str()),
+        "the same id on the redelivery"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_subscriptions_dead_letters_replayed_from_the_console_are_delivered_once_each() {
+    // Refused (404) until the subscriber is fixed, then taken.
+    let script = vec![answer(404), answer(404), answer(404), answer(204)];
+    let (rx, addr) = Receiver::start(&[("fixed", script)]).await;
+    let mut sub = subscription("fixed", addr, &["order.*"]);
+    sub.concurrency = 1;
+    let app = start(vec![sub]).await;
+    let mut want = BTreeSet::new();
+    for n in 0..3 {
+        want.insert(publish(&app, "order.created", json!({"n": n})).await);
+    }
+    rx.wait("fixed", 3, Duration::from_secs(20)).await;
+    app.settled(&[("warren.sub.fixed", 0), ("warren.sub.fixed.dead", 3)])
+        .await;
+    // The console's operation: counted, confirmed, run under the queue's lock.
+    let r = app
+        .request(reqwest::Method::POST, "/v1/console/operations")
+        .json(&json!({"action": "replay", "queue": "warren.sub.fixed", "confirm": true}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 202);
+    let op = r.json::<serde_json::Value>().await.expect("json")["operation"]["id"]
+        .as_str()
+        .expect("operation id")
+        .to_owned();
+    let done = eventually(Duration::from_secs(20), "replay done", || async {
+        let v = app.get_json(&format!("/v1/console/operations/{op}")).await;
+        (v["status"] == "done").then_some(v)
+    })
+    .await;
+    assert_eq!(done["moved"], 3, "{done}");
+    let got = rx.wait("fixed", 6, Duration::from_secs(20)).await;
+    app.settled(&[("warren.sub.fixed", 0), ("warren.sub.fixed.dead", 0)])
+        .await;
+    let replayed: BTreeSet<String> = got[3..]
+        .iter()
+        .map(|g| g.header("ce-id").expect("ce-id").to_owned())
+        .collect();
+    assert_eq!(replayed, want, "each parked message delivered, once");
+    assert_eq!(rx.got("fixed").len(), 6, "nothing delivered twice");
+    app.cleanup().await;
+}
