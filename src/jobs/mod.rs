@@ -139,6 +139,13 @@ pub trait Consumer: Send + Sync + 'static {
     /// Handles one message.
     async fn handle(&self, job: &Job) -> Result<(), JobError>;
 
+    /// Extra headers for a message `handle` just failed, put on it when it goes to a retry
+    /// tier or is parked (an HTTP subscription's response status and body). Called once
+    /// after each failed `handle`; none by default.
+    fn failure_details(&self, _job: &Job) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// Called once when a job is parked for good (after its last attempt, or invalid): the
     /// article's `onFailed`. The runner has already written `failed_jobs` and will publish
     /// `job.failed`; use this for module-specific records.

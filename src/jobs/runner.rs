@@ -403,8 +403,15 @@ impl Parts {
             Err(e) => {
                 span.record("attempt", e.attempt);
                 self.ctx.metrics.job(self.queue(), "undecodable");
-                self.park(&delivery, None, e.attempt, "undecodable", &e.to_string())
-                    .await;
+                self.park(
+                    &delivery,
+                    None,
+                    e.attempt,
+                    "undecodable",
+                    &e.to_string(),
+                    &[],
+                )
+                .await;
                 return;
             }
         };
@@ -488,6 +495,11 @@ impl Parts {
             .job_duration(self.queue(), started.elapsed().as_secs_f64());
         self.ctx.metrics.job(self.queue(), status);
 
+        let details = if result.is_err() {
+            self.consumer.failure_details(&job)
+        } else {
+            Vec::new()
+        };
         match result {
             Ok(()) => {
                 if let Some(inbox) = inbox
@@ -506,15 +518,22 @@ impl Parts {
             Err(JobError::Invalid(reason)) => {
                 tracing::warn!(error = %reason, "Invalid job input; parking without retry.");
                 self.consumer.on_failed(&job, &reason).await;
-                self.park(&delivery, Some(&job), attempt, "invalid", &reason)
+                self.park(&delivery, Some(&job), attempt, "invalid", &reason, &details)
                     .await;
             }
             Err(e) if attempt >= self.limits.max_attempts => {
                 let error = e.to_string();
                 tracing::warn!(error = %error, "Job failed on its last attempt; parking.");
                 self.consumer.on_failed(&job, &error).await;
-                self.park(&delivery, Some(&job), attempt, "exhausted", &error)
-                    .await;
+                self.park(
+                    &delivery,
+                    Some(&job),
+                    attempt,
+                    "exhausted",
+                    &error,
+                    &details,
+                )
+                .await;
             }
             Err(e) => {
                 let tier = match e {
@@ -522,7 +541,8 @@ impl Parts {
                     _ => ERROR_TIER,
                 };
                 tracing::info!(error = %e, tier, "Job will be retried.");
-                self.retry(&delivery, attempt, tier, &e.to_string()).await;
+                self.retry(&delivery, attempt, tier, &e.to_string(), &details)
+                    .await;
             }
         }
     }
@@ -556,8 +576,18 @@ impl Parts {
     }
 
     /// Moves the message to a delay tier with attempt+1, confirmed, then acks.
-    async fn retry(&self, delivery: &Delivery, attempt: u32, tier: &str, error: &str) -> Settled {
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        attempt: u32,
+        tier: &str,
+        error: &str,
+        details: &[(String, String)],
+    ) -> Settled {
         let mut headers = failure_headers(delivery, error);
+        for (key, value) in details {
+            headers.insert(key.as_str().into(), long(value));
+        }
         // Deferrals count in a row: an attempt spent starts them again.
         if headers.inner().contains_key(H_DEFERRALS) {
             let mut inner = headers.inner().clone();
@@ -603,8 +633,12 @@ impl Parts {
         attempt: u32,
         reason: &str,
         error: &str,
+        details: &[(String, String)],
     ) -> Settled {
         let mut headers = failure_headers(delivery, error);
+        for (key, value) in details {
+            headers.insert(key.as_str().into(), long(value));
+        }
         headers.insert(H_REASON.into(), long(reason));
         headers.insert(H_QUEUE.into(), long(self.queue()));
         headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));

@@ -19,6 +19,14 @@ use crate::{
     telemetry::Metrics,
 };
 
+/// Header on a failed delivery's message: what the answer meant (`failed`, `error`,
+/// `invalid`, `timeout`, `connect`, `transport`).
+pub(crate) const H_HTTP_OUTCOME: &str = "x-warren-http-outcome";
+/// Header on a failed delivery's message: the subscriber's response status.
+pub(crate) const H_HTTP_STATUS: &str = "x-warren-http-status";
+/// Header on a failed delivery's message: the first `max_response_bytes` of its body.
+pub(crate) const H_HTTP_BODY: &str = "x-warren-http-body";
+
 /// How much longer than the delivery timeout the runner waits for the handler, so that the
 /// HTTP client's own timeout (an `error` with its reason) always fires first.
 pub(crate) const HANDLER_MARGIN: Duration = Duration::from_secs(2);
@@ -31,6 +39,9 @@ pub(crate) struct SubscriptionConsumer {
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// The circuit breaker of this subscription in this process.
     breaker: Breaker,
+    /// The response of each message whose delivery just failed, until the runner takes it
+    /// for the message's headers ([`Consumer::failure_details`]).
+    failures: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Vec<(String, String)>>>,
     queue: String,
     url: Url,
     timeout: Duration,
@@ -98,6 +109,7 @@ impl SubscriptionConsumer {
             paused_until: std::sync::Mutex::new(None),
             // A trial the runner cut off (its handler timeout) counts as failed after it.
             breaker: Breaker::new(sub.breaker.clone(), sub.timeout() + HANDLER_MARGIN * 2),
+            failures: std::sync::Mutex::default(),
             queue: sub.queue(),
             url,
             timeout: sub.timeout(),
@@ -205,6 +217,14 @@ impl Consumer for SubscriptionConsumer {
         self.limits.clone()
     }
 
+    fn failure_details(&self, job: &Job) -> Vec<(String, String)> {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&job.message_id)
+            .unwrap_or_default()
+    }
+
     /// Waits out a pause the receiver asked for, then for the breaker: at once while it is
     /// closed; when open, until its cooldown ends and this delivery is the one trial.
     async fn ready(&self, job: &Job) {
@@ -239,6 +259,24 @@ impl Consumer for SubscriptionConsumer {
         }
         self.metrics
             .subscription_breaker(self.subscription(), self.breaker.gauge());
+        if outcome.verdict != Verdict::Delivered {
+            let mut details = vec![(H_HTTP_OUTCOME.to_owned(), outcome.kind.to_owned())];
+            if let Some(status) = outcome.status {
+                details.push((H_HTTP_STATUS.to_owned(), status.to_string()));
+            }
+            if !outcome.body.is_empty() {
+                details.push((H_HTTP_BODY.to_owned(), outcome.body.clone()));
+            }
+            let mut failures = self
+                .failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Bounded: an entry the runner never took (its handler cut off) goes with the rest.
+            if failures.len() >= 10_000 {
+                failures.clear();
+            }
+            failures.insert(job.message_id, details);
+        }
         if let Some(after) = outcome.retry_after {
             let until = tokio::time::Instant::now() + after;
             let mut paused = self

@@ -315,6 +315,18 @@ async fn each_answer_goes_its_way_through_the_tiers_and_the_dead_letters() {
         error.contains("404") && error.contains("no such customer"),
         "status and body kept: {error}"
     );
+    assert_eq!(
+        header_str(p, "x-warren-http-status").as_deref(),
+        Some("404")
+    );
+    assert_eq!(
+        header_str(p, "x-warren-http-body").as_deref(),
+        Some("{\"error\":\"no such customer\"}")
+    );
+    assert_eq!(
+        header_str(p, "x-warren-http-outcome").as_deref(),
+        Some("invalid")
+    );
     let exhausted = parked("warren.sub.exhausted.dead".to_owned()).await;
     assert_eq!(
         rx.got("exhausted").len(),
@@ -324,6 +336,10 @@ async fn each_answer_goes_its_way_through_the_tiers_and_the_dead_letters() {
     let p = &exhausted[0].delivery.properties;
     assert_eq!(header_str(p, names::H_REASON).as_deref(), Some("exhausted"));
     assert_eq!(header_int(p, H_ATTEMPT), Some(2));
+    assert_eq!(
+        header_str(p, "x-warren-http-status").as_deref(),
+        Some("503")
+    );
     let body: Event = serde_json::from_slice(&exhausted[0].delivery.data).expect("kept");
     assert_eq!(body.event_id.to_string(), id);
 
