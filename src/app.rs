@@ -152,6 +152,7 @@ pub struct Running {
 impl App {
     /// An app with the built-in listeners (the audit listener on every event).
     pub fn new(settings: Settings) -> Self {
+        crate::tls::install_crypto_provider();
         Self {
             metrics: Metrics::new(),
             dispatcher: Dispatcher::new(),

@@ -317,6 +317,7 @@ async fn serve(roles: Vec<Role>, modules: Vec<String>, settings: Settings) -> an
 
 /// `warren healthcheck`: 0 when `url` answers 2xx within the timeout.
 async fn healthcheck(url: &str, timeout_ms: u64) -> anyhow::Result<i32> {
+    crate::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(timeout_ms))
         .build()?;

@@ -7,7 +7,8 @@
 //! 1. Foundations: [`config`]: typed settings, loaded once (defaults, file, `WARREN_*`),
 //!    with the files they name and the process's user and host;
 //!    `retry`: every in-process retry policy; [`telemetry`]: tracing subscriber (optional
-//!    OTLP export), W3C trace context, Prometheus metrics.
+//!    OTLP export), W3C trace context, Prometheus metrics; [`tls`]: the process's TLS crypto
+//!    provider.
 //! 2. Broker and store: [`broker`]: the wire names and header helpers
 //!    ([`broker::names`]), the envelope, the AMQP pool, topology (`broker-topology.json`) and
 //!    the confirming publisher; [`store`]: the sea-orm database (PostgreSQL or SQLite), one
@@ -58,6 +59,7 @@ pub(crate) mod scheduler;
 pub mod store;
 pub(crate) mod subscriptions;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{App, Role, Running};
 pub use config::Settings;

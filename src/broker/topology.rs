@@ -512,6 +512,7 @@ impl Management {
         let password = percent_decode(base.password().unwrap_or(""));
         let _ = base.set_username("");
         let _ = base.set_password(None);
+        crate::tls::install_crypto_provider();
         Ok(Self {
             base,
             user,

@@ -341,11 +341,6 @@ fn bad_subscriptions_are_refused_naming_the_subscription_and_field() {
         ),
         (
             "subscriptions.url",
-            &|s| s.url = "https://h/x".into(),
-            "not supported yet",
-        ),
-        (
-            "subscriptions.url",
             &|s| s.url = "http://u:p@h/x".into(),
             "credentials",
         ),

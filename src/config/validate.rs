@@ -366,21 +366,11 @@ fn check_secrets(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
 fn check_url(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
     let url = url::Url::parse(&sub.url)
         .map_err(|e| sub_invalid("subscriptions.url", sub, &format!("not a URL: {e}")))?;
-    if url.scheme() == "https" {
-        // reqwest is built without TLS: its only TLS feature without aws-lc
-        // (`rustls-no-provider`) makes every client in the process panic unless a crypto
-        // provider is installed first, which only `main` can do (docs/subscriptions.md).
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(sub_invalid(
             "subscriptions.url",
             sub,
-            "https:// is not supported yet (warren's HTTP client has no TLS); use http:// to a local TLS proxy",
-        ));
-    }
-    if url.scheme() != "http" {
-        return Err(sub_invalid(
-            "subscriptions.url",
-            sub,
-            "must start with http://",
+            "must start with http:// or https://",
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {

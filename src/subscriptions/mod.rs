@@ -59,6 +59,7 @@ pub(crate) fn module_name(sub: &SubscriptionSettings) -> String {
 /// redirects never followed (a 3xx is the subscriber's answer), no proxy from the
 /// environment (a subscription goes where its URL says), warren's user agent.
 pub(crate) fn http_client() -> Result<reqwest::Client, SubscriptionError> {
+    crate::tls::install_crypto_provider();
     Ok(reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

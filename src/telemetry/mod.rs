@@ -16,6 +16,7 @@ use crate::config::{LogFormat, LogSettings};
 /// `log.otlp_endpoint` set (and the `otlp` feature built in), spans are exported over OTLP
 /// too.
 pub fn init(settings: &LogSettings) {
+    crate::tls::install_crypto_provider();
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     #[cfg(feature = "otlp")]
     let (otel, otel_error) = match settings.otlp_endpoint.as_deref().map(otlp::provider) {

@@ -613,3 +613,33 @@ async fn a_subscriptions_dead_letters_replayed_from_the_console_are_delivered_on
     assert_eq!(rx.got("fixed").len(), 6, "nothing delivered twice");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_https_subscriber_that_fails_the_tls_handshake_is_an_error_not_a_crash() {
+    // A plain HTTP server behind an https:// URL: the TLS handshake fails.
+    let (rx, addr) = Receiver::start(&[("tls", vec![answer(204)])]).await;
+    let mut sub = SubscriptionSettings::new("tls", format!("https://{addr}/tls"));
+    sub.events = vec!["order.*".to_owned()];
+    sub.max_attempts = Some(1);
+    let app = start(vec![sub]).await;
+    let id = publish(&app, "order.created", json!({"n": 1})).await;
+    let parked = eventually(Duration::from_secs(20), "parked", || async {
+        let m = app.drain("warren.sub.tls.dead").await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    let p = &parked[0].delivery.properties;
+    assert_eq!(header_str(p, names::H_REASON).as_deref(), Some("exhausted"));
+    let outcome = header_str(p, "x-warren-http-outcome").expect("outcome header");
+    assert!(
+        ["connect", "transport"].contains(&outcome.as_str()),
+        "a transport failure, in the error tier: {outcome}"
+    );
+    assert_eq!(header_str(p, "x-warren-http-status"), None, "no response");
+    let body: Event = serde_json::from_slice(&parked[0].delivery.data).expect("kept");
+    assert_eq!(body.event_id.to_string(), id);
+    assert!(rx.got("tls").is_empty(), "no HTTP request got through");
+    app.settled(&[("warren.sub.tls", 0), ("warren.sub.tls.dead", 0)])
+        .await;
+    app.cleanup().await;
+}
