@@ -623,6 +623,17 @@ impl TestApp {
             .expect("extra warren starts")
     }
 
+    /// The front's `GET /metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
+        self.request(reqwest::Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// `GET path` answered 200, as JSON.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let r = self

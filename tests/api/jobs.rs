@@ -119,15 +119,7 @@ fn gaps(calls: &[(u32, Instant)]) -> Vec<Duration> {
 }
 
 async fn metric(app: &TestApp, needle: &str) -> bool {
-    let text = app
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
-    text.contains(needle)
+    app.metrics_text().await.contains(needle)
 }
 
 #[tokio::test]

@@ -463,14 +463,7 @@ async fn the_breaker_opens_after_failures_in_a_row_holds_the_queue_then_one_tria
         want,
         "each message delivered once after the failures"
     );
-    let metrics = app
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(r#"subscription_breaker_state{subscription="flaky"} 0"#),
         "closed again"
