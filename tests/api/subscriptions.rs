@@ -636,3 +636,69 @@ async fn an_https_subscriber_that_fails_the_tls_handshake_is_an_error_not_a_cras
         .await;
     app.cleanup().await;
 }
+
+/// The ten-line Python receiver of the README's "Receive events in any language", as
+/// written there (its port swapped for a free one).
+fn readme_receiver(port: u16) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let section = readme
+        .split_once("## Receive events in any language")
+        .expect("the section")
+        .1;
+    let code = section
+        .split_once("```python\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a python block")
+        .0;
+    assert!(
+        code.contains("9000"),
+        "the README's receiver listens on 9000"
+    );
+    code.replace("9000", &port.to_string())
+}
+
+#[tokio::test]
+async fn the_readme_receiver_gets_a_published_event() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let script = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(script.path(), readme_receiver(port)).expect("written");
+    let mut child = crate::reliability::KillOnDrop(
+        std::process::Command::new("python3")
+            .arg(script.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut sub = SubscriptionSettings::new("printer", format!("http://127.0.0.1:{port}/"));
+    sub.events = vec!["user.*".to_owned(), "order.*".to_owned()];
+    let app = start(vec![sub]).await;
+    let id = publish(&app, "user.registered", json!({"email": "ann@example.com"})).await;
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+        .await
+        .expect("the receiver printed within 20 s")
+        .expect("a line");
+    assert_eq!(
+        line,
+        format!("user.registered {id} {{\"email\":\"ann@example.com\"}}"),
+        "type, id and data as the README says"
+    );
+    app.settled(&[("warren.sub.printer", 0), ("warren.sub.printer.dead", 0)])
+        .await;
+    app.cleanup().await;
+}
