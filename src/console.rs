@@ -43,6 +43,17 @@ pub(crate) struct QueueRow {
     pub management_url: String,
 }
 
+/// The work queues' rows, and why a source of them could not be read.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueRows {
+    /// One per work queue.
+    pub rows: Vec<QueueRow>,
+    /// Why the management API gave nothing (its figures are then `None`).
+    pub management_error: Option<String>,
+    /// Why the parked counts are missing.
+    pub dlq_error: Option<String>,
+}
+
 /// The console's overview.
 #[derive(Clone)]
 pub(crate) struct Console {
@@ -134,6 +145,31 @@ impl Console {
     /// The overview: queues (management API and exact parked counts), failed jobs, sagas by
     /// state, open interventions, links. Parts that fail are reported, not fatal.
     pub(crate) async fn overview(&self) -> Value {
+        let QueueRows {
+            rows: queues,
+            management_error,
+            dlq_error,
+        } = self.queues().await;
+        let dead_letters: u64 = queues.iter().filter_map(|q| q.parked).map(u64::from).sum();
+        let failed_jobs_parked = self.inner.reads.failed_jobs_parked().await;
+        let sagas = self.inner.sagas.counts().await.ok();
+        let interventions_open = self.inner.reads.interventions_open().await;
+        json!({
+            "generated_at": Utc::now(),
+            "vhost": self.inner.vhost,
+            "queues": queues,
+            "management_error": management_error,
+            "dlq_error": dlq_error,
+            "dead_letters": dead_letters,
+            "failed_jobs_parked": failed_jobs_parked,
+            "sagas": sagas,
+            "interventions_open": interventions_open,
+            "links": self.inner.links,
+        })
+    }
+
+    /// Every work queue with the broker's figures (management API) and its parked count.
+    pub(crate) async fn queues(&self) -> QueueRows {
         let (mgmt, parked) =
             tokio::join!(self.management_queues(), self.inner.operator.dlq().list());
         let (mgmt, management_error) = match mgmt {
@@ -144,7 +180,7 @@ impl Console {
             Ok(p) => (p, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
-        let queues: Vec<QueueRow> = self
+        let rows = self
             .inner
             .operator
             .dlq()
@@ -168,22 +204,11 @@ impl Console {
                 }
             })
             .collect();
-        let dead_letters: u64 = queues.iter().filter_map(|q| q.parked).map(u64::from).sum();
-        let failed_jobs_parked = self.inner.reads.failed_jobs_parked().await;
-        let sagas = self.inner.sagas.counts().await.ok();
-        let interventions_open = self.inner.reads.interventions_open().await;
-        json!({
-            "generated_at": Utc::now(),
-            "vhost": self.inner.vhost,
-            "queues": queues,
-            "management_error": management_error,
-            "dlq_error": dlq_error,
-            "dead_letters": dead_letters,
-            "failed_jobs_parked": failed_jobs_parked,
-            "sagas": sagas,
-            "interventions_open": interventions_open,
-            "links": self.inner.links,
-        })
+        QueueRows {
+            rows,
+            management_error,
+            dlq_error,
+        }
     }
 
     async fn management_queues(&self) -> Result<std::collections::HashMap<String, Value>, String> {

@@ -22,6 +22,7 @@ mod dlq;
 mod health;
 mod publish;
 mod route;
+mod subscriptions;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 use tracing::Instrument;
@@ -170,6 +171,7 @@ pub fn routes(body_limit: u64) -> Routes {
     endpoints.extend(dlq::endpoints(body_limit));
     endpoints.extend(sagas::endpoints(body_limit));
     endpoints.extend(console::endpoints(body_limit));
+    endpoints.extend(subscriptions::endpoints());
     endpoints.extend(health::endpoints());
     Routes::new(endpoints)
 }

@@ -155,6 +155,13 @@ async fn each_route_needs_its_scope_and_a_wrong_scope_is_403_naming_it() {
         route(Method::GET, "/v1/sagas", Scope::Read, none, (200, None)),
         route(
             Method::GET,
+            "/v1/subscriptions",
+            Scope::Read,
+            none,
+            (200, None),
+        ),
+        route(
+            Method::GET,
             &format!("/v1/sagas/{unknown}"),
             Scope::Read,
             none,

@@ -568,6 +568,7 @@ async fn a_subscriptions_dead_letters_replayed_from_the_console_are_delivered_on
     let script = vec![answer(404), answer(404), answer(404), answer(204)];
     let (rx, addr) = Receiver::start(&[("fixed", script)]).await;
     let mut sub = subscription("fixed", addr, &["order.*"]);
+    sub.url = format!("http://{addr}/fixed?token=s3cret");
     sub.concurrency = 1;
     let app = start(vec![sub]).await;
     let mut want = BTreeSet::new();
@@ -577,6 +578,23 @@ async fn a_subscriptions_dead_letters_replayed_from_the_console_are_delivered_on
     rx.wait("fixed", 3, Duration::from_secs(20)).await;
     app.settled(&[("warren.sub.fixed", 0), ("warren.sub.fixed.dead", 3)])
         .await;
+    // What its owner sees first: where it delivers (no query: it may carry a token), what it
+    // takes, its queue, the parked count and the last parked failure.
+    let v = app.get_json("/v1/subscriptions").await;
+    let row = &v["subscriptions"][0];
+    assert_eq!(row["name"], "fixed");
+    assert_eq!(row["url"], format!("http://{addr}/fixed"));
+    assert!(!v.to_string().contains("s3cret"), "{v}");
+    assert_eq!(row["events"], json!(["order.*"]));
+    assert_eq!(row["queue"], "warren.sub.fixed");
+    assert_eq!(row["parked"], 3);
+    assert_eq!(row["last_parked"]["reason"], "invalid");
+    assert!(
+        row["last_parked"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("404")),
+        "{row}"
+    );
     // The console's operation: counted, confirmed, run under the queue's lock.
     let r = app
         .request(reqwest::Method::POST, "/v1/console/operations")
