@@ -164,8 +164,10 @@ pub fn decode(d: &Delivered<'_>, queue: &str, max_attempts: u32) -> Result<Job, 
         .as_ref()
         .and_then(|m| m.as_str().parse::<Uuid>().ok())
         .unwrap_or(event.event_id);
+    let (exchange, routing_key) = d.origin();
     Ok(Job {
-        routing_key: d.origin().1,
+        exchange,
+        routing_key,
         event,
         message_id,
         attempt,

@@ -63,6 +63,9 @@ pub struct Job {
     pub max_attempts: u32,
     /// The queue it was consumed from.
     pub queue: String,
+    /// The exchange it was first published to (`warren.events`, `warren.commands`; empty for
+    /// a message published straight to a queue).
+    pub exchange: String,
     /// The routing key it was first published with (the event or command name).
     pub routing_key: String,
     /// `correlation_id` (saga id or request id).

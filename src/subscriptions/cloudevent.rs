@@ -111,8 +111,8 @@ pub(crate) struct Attributes {
 }
 
 impl Binding {
-    /// The exchange a job came from, read from the subscription's patterns (a job does not
-    /// carry it): `warren.events` when an events pattern matches its routing key, else
+    /// The exchange a job came from when it does not say (published straight to the queue),
+    /// read from the subscription's patterns: `warren.events` when an events pattern matches its routing key, else
     /// `warren.commands` when a commands pattern does; else the side the subscription has.
     pub(crate) fn exchange_of(&self, routing_key: &str) -> &'static str {
         let matches = |ps: &[String]| ps.iter().any(|p| topic_matches(p, routing_key));
@@ -134,7 +134,14 @@ impl Binding {
         };
         Attributes {
             id: job.message_id.to_string(),
-            source: source(&self.vhost, self.exchange_of(&job.routing_key)),
+            source: source(
+                &self.vhost,
+                if job.exchange.is_empty() {
+                    self.exchange_of(&job.routing_key)
+                } else {
+                    &job.exchange
+                },
+            ),
             kind: name,
             time: job.event.occurred_on_rfc3339(),
             subject: job.event.aggregate_id.clone(),

@@ -81,6 +81,8 @@ pub(super) fn job(name: &str, aggregate: Option<&str>) -> Job {
     );
     Job {
         message_id: event.event_id,
+        // None given: ce-source's exchange comes from the subscription's patterns.
+        exchange: String::new(),
         routing_key: name.to_owned(),
         event,
         attempt: 2,

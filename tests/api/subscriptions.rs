@@ -201,6 +201,12 @@ async fn each_subscribed_event_is_delivered_once_as_a_cloudevent_and_only_those(
     for g in &got {
         assert_eq!(g.header("ce-specversion"), Some("1.0"));
         assert_eq!(g.header("ce-type"), Some("order.created"));
+        assert!(
+            g.header("ce-source")
+                .is_some_and(|s| s.starts_with("/warren/") && s.ends_with("/warren.events")),
+            "{:?}",
+            g.header("ce-source")
+        );
         assert_eq!(g.header("warren-subscription"), Some("orders"));
         assert_eq!(g.header("warren-attempt"), Some("1"));
         assert_eq!(g.header("content-type"), Some("application/json"));
@@ -386,7 +392,9 @@ async fn each_answer_goes_its_way_through_the_tiers_and_the_dead_letters() {
 #[tokio::test]
 async fn a_job_type_an_http_service_subscribes_to_is_accepted_and_delivered() {
     let (rx, addr) = Receiver::start(&[("invoices", vec![answer(200)])]).await;
-    let mut sub = subscription("invoices", addr, &[]);
+    // Its events pattern matches the job type too: ce-source must still name the exchange
+    // the job came from.
+    let mut sub = subscription("invoices", addr, &["invoice.*"]);
     sub.commands = vec!["invoice.render".to_owned()];
     let app = start(vec![sub]).await;
     let r = app
@@ -411,6 +419,8 @@ async fn a_job_type_an_http_service_subscribes_to_is_accepted_and_delivered() {
     let got = rx.wait("invoices", 1, Duration::from_secs(20)).await;
     assert_eq!(got[0].header("ce-id"), Some(job_id.as_str()));
     assert_eq!(got[0].header("ce-type"), Some("invoice.render"));
+    let source = got[0].header("ce-source").expect("ce-source");
+    assert!(source.ends_with("/warren.commands"), "{source}");
     app.settled(&[("warren.sub.invoices", 0)]).await;
     assert_eq!(rx.got("invoices").len(), 1);
     app.cleanup().await;
