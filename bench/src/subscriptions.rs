@@ -125,7 +125,10 @@ struct Tally {
 impl Tally {
     /// Starts a phase of `n` messages.
     fn reset(&self, n: u64) {
-        let mut p = self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut p = self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *p = Phase {
             seen: vec![0; usize::try_from(n).unwrap_or(0)],
             ..Phase::default()
@@ -137,7 +140,10 @@ impl Tally {
     fn record(&self, body: &[u8]) {
         let at = Instant::now();
         let arrived_us = now_us();
-        let mut p = self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut p = self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match stamp(body).and_then(|(i, sent)| Some((usize::try_from(i).ok()?, sent))) {
             Some((i, sent)) if i < p.seen.len() => {
                 p.seen[i] += 1;
@@ -155,10 +161,15 @@ impl Tally {
     /// The phase's figures: (rate first to last arrival, p50 ms, p99 ms, missing, duplicates,
     /// strays).
     fn summary(&self) -> Summary {
-        let mut p = self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut p = self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = p.seen.len();
         let rate = match (p.first, p.last) {
-            (Some(f), Some(l)) if n > 1 => (n - 1) as f64 / l.duration_since(f).as_secs_f64().max(1e-9),
+            (Some(f), Some(l)) if n > 1 => {
+                (n - 1) as f64 / l.duration_since(f).as_secs_f64().max(1e-9)
+            }
             _ => 0.0,
         };
         p.latencies_ms.sort_by(f64::total_cmp);
@@ -267,7 +278,11 @@ impl Drop for Receiver {
 /// Publishes one message: the event `bench.sub` whose data carries its number, the publish
 /// stamp and the padding.
 async fn publish_one(publisher: &Publisher, i: u64, pad: &str) -> Result<(), PublishError> {
-    let e = Event::new(EVENT, None, json!({"i": i, "sent_us": now_us(), "pad": pad}));
+    let e = Event::new(
+        EVENT,
+        None,
+        json!({"i": i, "sent_us": now_us(), "pad": pad}),
+    );
     let meta = Meta::for_event(&e);
     publisher
         .publish(EVENTS_EXCHANGE, EVENT, &e.to_json(), meta.properties())
@@ -303,9 +318,9 @@ async fn paced(publisher: &Publisher, n: u64, rate: u64, pad: &Arc<str>) -> anyh
     for i in 0..n {
         tick.tick().await;
         let (publisher, pad) = (publisher.clone(), pad.clone());
-        handles.push(tokio::spawn(
-            async move { publish_one(&publisher, i, &pad).await },
-        ));
+        handles.push(tokio::spawn(async move {
+            publish_one(&publisher, i, &pad).await
+        }));
     }
     for h in handles {
         h.await??;
@@ -316,7 +331,10 @@ async fn paced(publisher: &Publisher, n: u64, rate: u64, pad: &Arc<str>) -> anyh
 /// A relay under test: started, then stopped after its phases.
 enum Relay {
     Warren(warren::Running, CancellationToken),
-    Bare(tokio::task::JoinHandle<anyhow::Result<u64>>, CancellationToken),
+    Bare(
+        tokio::task::JoinHandle<anyhow::Result<u64>>,
+        CancellationToken,
+    ),
 }
 
 impl Relay {
@@ -590,33 +608,41 @@ async fn run(settings: Settings, opts: &SubscriptionsBench) -> anyhow::Result<()
     Ok(())
 }
 
-/// Prints a `BENCH` line per concurrency and a Markdown table.
-fn report(settings: &Settings, opts: &SubscriptionsBench, rows: &[(usize, (RelayFigures, RelayFigures))]) {
+/// Prints a Markdown table and a `BENCH` line per concurrency.
+fn report(
+    settings: &Settings,
+    opts: &SubscriptionsBench,
+    rows: &[(usize, (RelayFigures, RelayFigures))],
+) {
+    let ratio =
+        |w: &RelayFigures, b: &RelayFigures| w.throughput.rate / b.throughput.rate.max(1e-9);
     println!(
         "| concurrency | warren deliveries/s | bare relay deliveries/s | warren / bare | warren p50 | p99 | bare p50 | p99 |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (c, (w, b)) in rows {
-        let ratio = w.throughput.rate / b.throughput.rate.max(1e-9);
         println!(
-            "| {c} | {:.0} | {:.0} | {ratio:.2} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            "| {c} | {:.0} | {:.0} | {:.2} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
             w.throughput.rate,
             b.throughput.rate,
+            ratio(w, b),
             w.latency.p50_ms,
             w.latency.p99_ms,
             b.latency.p50_ms,
             b.latency.p99_ms
         );
-        let side = |f: &RelayFigures| {
-            json!({
-                "rate": f.throughput.rate,
-                "p50_ms": f.latency.p50_ms,
-                "p99_ms": f.latency.p99_ms,
-                "missing": f.throughput.missing + f.latency.missing,
-                "duplicates": f.throughput.duplicates + f.latency.duplicates,
-                "strays": f.throughput.strays + f.latency.strays,
-            })
-        };
+    }
+    let side = |f: &RelayFigures| {
+        json!({
+            "rate": f.throughput.rate,
+            "p50_ms": f.latency.p50_ms,
+            "p99_ms": f.latency.p99_ms,
+            "missing": f.throughput.missing + f.latency.missing,
+            "duplicates": f.throughput.duplicates + f.latency.duplicates,
+            "strays": f.throughput.strays + f.latency.strays,
+        })
+    };
+    for (c, (w, b)) in rows {
         emit(&json!({
             "bench": "subscriptions",
             "database": db_kind(settings),
@@ -627,7 +653,7 @@ fn report(settings: &Settings, opts: &SubscriptionsBench, rows: &[(usize, (Relay
             "latency_rate": opts.latency_rate,
             "warren": side(w),
             "bare": side(b),
-            "ratio": ratio,
+            "ratio": ratio(w, b),
         }));
     }
 }
@@ -638,7 +664,10 @@ mod tests {
 
     #[test]
     fn the_stamp_is_read_from_the_data_or_the_envelope() {
-        assert_eq!(stamp(br#"{"i": 3, "sent_us": 17, "pad": "x"}"#), Some((3, 17)));
+        assert_eq!(
+            stamp(br#"{"i": 3, "sent_us": 17, "pad": "x"}"#),
+            Some((3, 17))
+        );
         assert_eq!(
             stamp(br#"{"event_id": "e", "data": {"i": 4, "sent_us": 18}}"#),
             Some((4, 18))
