@@ -330,7 +330,7 @@ async fn paced(publisher: &Publisher, n: u64, rate: u64, pad: &Arc<str>) -> anyh
 
 /// A relay under test: started, then stopped after its phases.
 enum Relay {
-    Warren(warren::Running, CancellationToken),
+    Warren(Box<warren::Running>, CancellationToken),
     Bare(
         tokio::task::JoinHandle<anyhow::Result<u64>>,
         CancellationToken,
@@ -488,7 +488,7 @@ impl Bench<'_> {
                 .modules([format!("sub.{SUBSCRIPTION}")])
                 .start(&[Role::Worker], shutdown.clone())
                 .await?;
-            return Ok(Relay::Warren(running, shutdown));
+            return Ok(Relay::Warren(Box::new(running), shutdown));
         }
         let vhost = url::Url::parse(settings.amqp.url.expose())?
             .path()
