@@ -466,10 +466,16 @@ def fail_once(self, i, failed_at=None):
         else:
             n, lat_n, lat_rate = self.a.sub_messages, self.a.sub_latency_messages, self.a.sub_latency_rate
         db = self.fresh_db("warren_suite_subs")
-        self.results["subscriptions"] += self.run_bench(
+        load_start = os.getloadavg()[0]
+        rows = self.run_bench(
             ["subscriptions", "--messages", str(n), "--concurrency", "1,16,64",
              "--latency-messages", str(lat_n), "--latency-rate", str(lat_rate)],
             self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
+        # The 1-minute load average around the run: on 2 CPUs, anything else running (a
+        # compile) shows here and skews both relays.
+        for r in rows:
+            r["load_start"], r["load_end"] = round(load_start, 2), round(os.getloadavg()[0], 2)
+        self.results["subscriptions"] += rows
 
     def run(self):
         steps = [("http", self.http), ("raw_and_jobs", self.raw_and_jobs), ("retry", self.retry)]
@@ -725,12 +731,15 @@ def render_subscriptions(res, meta):
                  "second from the first arrival at the receiver to the last. Latency: "
                  f"{r0['latency_messages']:,} messages published at {r0['latency_rate']} msg/s while the relay "
                  "runs; publish (the stamp in the event's data) to the receiver reading it.")
+    if rows and "load_start" in rows[0]:
+        L.append(f"- Load average (1 min) at the step's start / end: {rows[0]['load_start']} / {rows[0]['load_end']} "
+                 "(2 CPUs: above ~2, something else was running and the figures are disturbed)")
     L.append("- Receiver: in the bench process, on a thread and single-threaded runtime of its own (warp), "
              "answers 204 at once; it counts every message by its sequence number (each must arrive once).")
     L.append("- warren: `App` with the worker role running only the subscription (binary CloudEvents, "
              "`concurrency` = C, prefetch 2C, the runner's inbox check and row in PostgreSQL, then the ack). "
              "Bare relay (the ceiling): lapin consumer, prefetch 2C, at most C POSTs in flight, one pooled "
-             "`reqwest` client, the message body as is (the envelope, ~330 bytes) with `content-type`, "
+             "`reqwest` client, the message body as is (the whole envelope, ~310 bytes; warren sends the event's data, ~160) with `content-type`, "
              "`ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-time`, `traceparent`, `warren-attempt`, "
              "`warren-subscription`; ack after the 204. No inbox, no parsing, no signature.")
     L.append("")
