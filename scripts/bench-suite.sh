@@ -14,14 +14,18 @@
 # starts and stops everything else itself: `warren serve`, the bare warp+lapin server and the
 # SMTP receiver (`warren-bench ...`), and Celery in a
 # virtualenv (target/bench-venv, `pip install celery`). What it measures and how:
-# BENCHMARKS.md and the docstring of scripts/bench_suite.py.
+# BENCHMARKS.md and the docstring of scripts/bench_suite.py. The last step, `subscriptions`
+# (`warren-bench subscriptions`: HTTP subscription deliveries against a bare lapin+reqwest
+# relay, issue 18), writes its own block of BENCHMARKS.md (the bench:subscriptions markers);
+# `--only subscriptions` runs it alone (about 3 minutes) and leaves the suite's block alone.
 #
 # Options: --smoke, --celery (with --smoke: run Celery too), --no-write, --only STEPS
-# (http,raw_and_jobs,retry,celery,sagas_and_scale), --no-build.
+# (http,raw_and_jobs,retry,celery,sagas_and_scale,subscriptions), --no-build.
 # Environment: CARGO_TARGET_DIR (default target), BENCH_SECONDS (15 s per wrk run),
 # BENCH_CONCURRENCY ("100 500 1000"),
 # BENCH_MESSAGES (100000), BENCH_CELERY_TASKS (20000), BENCH_RETRY_JOBS (2000),
-# BENCH_ORDERS (2000), BENCH_AMQP_URL, BENCH_MANAGEMENT_URL, BENCH_DATABASE_URL.
+# BENCH_ORDERS (2000), BENCH_SUB_MESSAGES (20000), BENCH_SUB_LATENCY_MESSAGES (5000),
+# BENCH_SUB_LATENCY_RATE (500), BENCH_AMQP_URL, BENCH_MANAGEMENT_URL, BENCH_DATABASE_URL.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -14,10 +14,18 @@ Measures, in one run on one machine:
      a no-op task, and the delay of tasks retried once with a 5 s countdown under load; the same
      for warren's broker-side retries (`warren-bench retry-delay`);
   4. sagas per second (`warren-bench sagas`), job throughput with 1 and 2 worker processes
-     (`warren-bench scale`), and the RSS of `warren serve` idle and under the largest load.
+     (`warren-bench scale`), and the RSS of `warren serve` idle and under the largest load;
+  5. HTTP subscriptions (`warren-bench subscriptions`, issue 18 point 9): deliveries per second
+     to a local receiver answering 204 at concurrency 1, 16 and 64, against a bare lapin
+     consumer POSTing with one pooled reqwest client (the ceiling, same run), and the delivery
+     latency p50/p99 (publish to receiver) at a steady rate.
 
 Writes the results between <!-- bench:suite:start --> and <!-- bench:suite:end --> in
-BENCHMARKS.md, the chart docs/bench/suite.svg and the raw figures docs/bench/suite.json.
+BENCHMARKS.md, the chart docs/bench/suite.svg and the raw figures docs/bench/suite.json; step 5
+writes its own block, between <!-- bench:subscriptions:start --> and
+<!-- bench:subscriptions:end -->, with its raw figures in a `bench:data subscriptions` comment.
+A block is rewritten only when its steps ran (`--only subscriptions` leaves the suite's block,
+suite.svg and suite.json alone).
 With --smoke everything is tiny (seconds), nothing in the repo is written, Celery is skipped
 unless --celery is given, and the run fails when a figure is not sane (zero throughput, an
 error answer, a message lost); absolute speeds are never asserted.
@@ -173,7 +181,7 @@ class Suite:
         self.work = tempfile.mkdtemp(prefix="warren-suite-")
         self.procs = []
         self.results = {"meta": {}, "http": [], "raw": [], "jobs": [], "retry": [], "celery": {},
-                        "sagas": [], "scale": [], "rss": {}, "problems": []}
+                        "sagas": [], "scale": [], "rss": {}, "subscriptions": [], "problems": []}
         if self.smoke:
             self.conc = [10, 50]
             self.seconds = 2
@@ -448,11 +456,33 @@ def fail_once(self, i, failed_at=None):
             ["scale", "--messages", str(n), "--processes", "1,2"],
             self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
 
+    # -- 5: HTTP subscriptions --------------------------------------------------------------
+    def subscriptions(self):
+        """warren's subscription deliveries against the bare lapin+reqwest relay, in one
+        `warren-bench subscriptions` run (its own scratch vhost, deleted after; the inbox in a
+        fresh PostgreSQL database). The smoke run: a few hundred messages per phase."""
+        if self.smoke:
+            n, lat_n, lat_rate = 200, 100, 500
+        else:
+            n, lat_n, lat_rate = self.a.sub_messages, self.a.sub_latency_messages, self.a.sub_latency_rate
+        db = self.fresh_db("warren_suite_subs")
+        load_start = os.getloadavg()[0]
+        rows = self.run_bench(
+            ["subscriptions", "--messages", str(n), "--concurrency", "1,16,64",
+             "--latency-messages", str(lat_n), "--latency-rate", str(lat_rate)],
+            self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
+        # The 1-minute load average around the run: on 2 CPUs, anything else running (a
+        # compile) shows here and skews both relays.
+        for r in rows:
+            r["load_start"], r["load_end"] = round(load_start, 2), round(os.getloadavg()[0], 2)
+        self.results["subscriptions"] += rows
+
     def run(self):
         steps = [("http", self.http), ("raw_and_jobs", self.raw_and_jobs), ("retry", self.retry)]
         if not self.smoke or self.a.celery:
             steps.append(("celery", self.celery))
         steps.append(("sagas_and_scale", self.sagas_and_scale))
+        steps.append(("subscriptions", self.subscriptions))
         try:
             for name, step in steps:
                 if self.a.only and name not in self.a.only.split(","):
@@ -505,6 +535,15 @@ def sanity(res):
     c = res.get("celery") or {}
     if c and c["retry"]["returned"] != c["retry"]["expected"]:
         bad.append("celery: retries lost")
+    for r in res.get("subscriptions", []):
+        for side in ("warren", "bare"):
+            f = r[side]
+            tag = f"subscriptions: {side} at concurrency {r['concurrency']}"
+            if not f.get("rate") or f["rate"] <= 0:
+                bad.append(f"{tag}: rate is {f.get('rate')}")
+            if f["missing"] or f["duplicates"] or f["strays"]:
+                bad.append(f"{tag}: {f['missing']} missing, {f['duplicates']} duplicates, "
+                           f"{f['strays']} strays (each message must arrive exactly once)")
     return bad
 
 
@@ -669,6 +708,63 @@ def render(res, meta):
     return "\n".join(L)
 
 
+SUBS_GOAL = 0.8  # issue 18 point 9: warren at least 0.8 of the bare relay
+
+
+def render_subscriptions(res, meta):
+    rows = sorted(res.get("subscriptions", []), key=lambda r: r["concurrency"])
+    L = []
+    L.append("## HTTP subscriptions against a bare relay (generated)")
+    L.append("")
+    L.append("_Written by `scripts/bench-suite.sh` (step `subscriptions`, `warren-bench subscriptions`): "
+             "everything between the `bench:subscriptions` markers is replaced when that step runs; notes "
+             "go outside them. Raw figures: the `bench:data subscriptions` comment below._")
+    L.append("")
+    L.append(f"- Date: {meta['date']}; git commit `{meta['commit']}`")
+    L.append(f"- Machine: {meta['machine']}; the receiver, both relays, RabbitMQ and PostgreSQL share these CPUs")
+    L.append(f"- Versions: {meta['versions']}")
+    L.append(f"- Command: `{meta['command']}`")
+    if rows:
+        r0 = rows[0]
+        L.append(f"- Throughput: {r0['messages']:,} messages pre-filled in `warren.sub.bench` (a quorum queue "
+                 "of a scratch vhost, fed through `warren.events`) before the relay starts; deliveries per "
+                 "second from the first arrival at the receiver to the last. Latency: "
+                 f"{r0['latency_messages']:,} messages published at {r0['latency_rate']} msg/s while the relay "
+                 "runs; publish (the stamp in the event's data) to the receiver reading it.")
+    if rows and "load_start" in rows[0]:
+        L.append(f"- Load average (1 min) at the step's start / end: {rows[0]['load_start']} / {rows[0]['load_end']} "
+                 "(2 CPUs: above ~2, something else was running and the figures are disturbed)")
+    L.append("- Receiver: in the bench process, on a thread and single-threaded runtime of its own (warp), "
+             "answers 204 at once; it counts every message by its sequence number (each must arrive once).")
+    L.append("- warren: `App` with the worker role running only the subscription (binary CloudEvents, "
+             "`concurrency` = C, prefetch 2C, the runner's inbox check and row in PostgreSQL, then the ack). "
+             "Bare relay (the ceiling): lapin consumer, prefetch 2C, at most C POSTs in flight, one pooled "
+             "`reqwest` client, the message body as is (the whole envelope, ~310 bytes; warren sends the event's data, ~160) with `content-type`, "
+             "`ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-time`, `traceparent`, `warren-attempt`, "
+             "`warren-subscription`; ack after the 204. No inbox, no parsing, no signature.")
+    L.append("")
+    L.append(f"| concurrency (prefetch) | warren deliveries/s | bare relay deliveries/s | warren / bare "
+             f"(goal {SUBS_GOAL}) | warren p50 / p99 | bare p50 / p99 | every message once |")
+    L.append("|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        w, b = r["warren"], r["bare"]
+        once = all(not (f["missing"] or f["duplicates"] or f["strays"]) for f in (w, b))
+        mark = "" if r["ratio"] >= SUBS_GOAL else " (below)"
+        def lat(f):
+            # Below the publish rate the latency phase measures a growing backlog, not latency.
+            return f"{ms(f['p50_ms'])} / {ms(f['p99_ms'])}" + (" (saturated)" if f["rate"] < r["latency_rate"] else "")
+        L.append(f"| {r['concurrency']} ({r['prefetch']}) | {fmt(w['rate'])} | {fmt(b['rate'])} | "
+                 f"{r['ratio']:.2f}{mark} | {lat(w)} | {lat(b)} | {'yes' if once else 'NO'} |")
+    L.append("")
+    if any(f["rate"] < r["latency_rate"] for r in rows for f in (r["warren"], r["bare"])):
+        L.append("_(saturated): that relay drains slower than the latency phase publishes, so its figures "
+                 "are the wait in a growing backlog, not delivery latency._")
+        L.append("")
+    data = json.dumps({"meta": meta, "records": rows}, separators=(",", ":")).replace("--", "-\\u002d")
+    L.append(f"<!-- bench:data subscriptions {data} -->")
+    return "\n".join(L)
+
+
 def svg(res):
     conc = sorted({r["concurrency"] for r in res["http"]})
     series = [("article sync", "#bbbbbb", lambda c: ARTICLE["sync"].get(c)),
@@ -741,15 +837,35 @@ def meta(a):
     }
 
 
+SUITE_KEYS = ("http", "raw", "jobs", "retry", "celery", "sagas", "scale")
+
+
+def suite_ran(res):
+    """Whether any step of the suite's own block ran (not only `subscriptions`)."""
+    return any(res.get(k) for k in SUITE_KEYS)
+
+
+def replace_block(text, name, body, after=None):
+    """Puts `body` between the `bench:{name}` markers of `text`; without them, after the
+    `after` block's end marker (or the title line)."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    block = start + "\n" + body + "\n" + end
+    pat = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if pat.search(text):
+        return pat.sub(lambda _: block, text)
+    anchor = f"<!-- bench:{after}:end -->" if after else None
+    if anchor and anchor in text:
+        return text.replace(anchor, anchor + "\n\n" + block, 1)
+    head, sep, rest = text.partition("\n")
+    return head + sep + "\n" + block + "\n\n" + rest
+
+
 def write_report(res, path):
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    block = "<!-- bench:suite:start -->\n" + render(res, res["meta"]) + "\n<!-- bench:suite:end -->"
-    pat = re.compile(r"<!-- bench:suite:start -->.*?<!-- bench:suite:end -->", re.S)
-    if pat.search(text):
-        text = pat.sub(lambda _: block, text)
-    else:
-        head, sep, rest = text.partition("\n")
-        text = head + sep + "\n" + block + "\n\n" + rest
+    if suite_ran(res):
+        text = replace_block(text, "suite", render(res, res["meta"]))
+    if res.get("subscriptions"):
+        text = replace_block(text, "subscriptions", render_subscriptions(res, res["meta"]), after="suite")
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 
@@ -760,12 +876,20 @@ def main():
     p.add_argument("--bench-bin", required=True, help="the warren-bench binary")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--celery", action="store_true", help="run Celery in the smoke run too")
-    p.add_argument("--only", help="comma-separated steps: http,raw_and_jobs,retry,celery,sagas_and_scale")
+    p.add_argument("--only", help="comma-separated steps: http,raw_and_jobs,retry,celery,sagas_and_scale,"
+                                   "subscriptions")
     p.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "15")))
     p.add_argument("--messages", type=int, default=int(os.environ.get("BENCH_MESSAGES", "100000")))
     p.add_argument("--celery-tasks", type=int, default=int(os.environ.get("BENCH_CELERY_TASKS", "20000")))
     p.add_argument("--retry-jobs", type=int, default=int(os.environ.get("BENCH_RETRY_JOBS", "2000")))
     p.add_argument("--orders", type=int, default=int(os.environ.get("BENCH_ORDERS", "2000")))
+    p.add_argument("--sub-messages", type=int, default=int(os.environ.get("BENCH_SUB_MESSAGES", "20000")),
+                   help="subscriptions: messages pre-filled per throughput phase")
+    p.add_argument("--sub-latency-messages", type=int,
+                   default=int(os.environ.get("BENCH_SUB_LATENCY_MESSAGES", "5000")),
+                   help="subscriptions: messages per latency phase")
+    p.add_argument("--sub-latency-rate", type=int, default=int(os.environ.get("BENCH_SUB_LATENCY_RATE", "500")),
+                   help="subscriptions: publish rate of the latency phases (msg/s)")
     p.add_argument("--venv", default=os.environ.get("BENCH_VENV", os.path.join(ROOT, "target", "bench-venv")))
     p.add_argument("--amqp-url", default=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))
     p.add_argument("--management-url", default=os.environ.get("BENCH_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"))
@@ -787,7 +911,10 @@ def main():
     res["meta"]["suite_seconds"] = round(time.time() - started)
     problems = sanity(res)
     res["problems"] = problems
-    print(render(res, res["meta"]))
+    if suite_ran(res):
+        print(render(res, res["meta"]))
+    if res.get("subscriptions"):
+        print(render_subscriptions(res, res["meta"]))
     if a.no_write and not a.smoke:
         json.dump(res, sys.stderr, indent=1)
         return
@@ -798,16 +925,19 @@ def main():
             sys.exit(1)
         log(f"smoke run sane ({res['meta']['suite_seconds']} s)")
         return
-    os.makedirs(os.path.join(ROOT, "docs", "bench"), exist_ok=True)
-    with open(os.path.join(ROOT, "docs", "bench", "suite.json"), "w", encoding="utf-8") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.join(ROOT, "docs", "bench", "suite.svg"), "w", encoding="utf-8") as f:
-        f.write(svg(res))
+    written = ["BENCHMARKS.md"]
+    if suite_ran(res):
+        os.makedirs(os.path.join(ROOT, "docs", "bench"), exist_ok=True)
+        with open(os.path.join(ROOT, "docs", "bench", "suite.json"), "w", encoding="utf-8") as f:
+            json.dump(res, f, indent=1)
+        with open(os.path.join(ROOT, "docs", "bench", "suite.svg"), "w", encoding="utf-8") as f:
+            f.write(svg(res))
+        written += ["docs/bench/suite.svg", "docs/bench/suite.json"]
     write_report(res, a.output)
     shutil.rmtree(suite.work, ignore_errors=True)
     if problems:
-        log("problems (recorded in docs/bench/suite.json):\n  " + "\n  ".join(problems))
-    log(f"suite done in {res['meta']['suite_seconds']} s; BENCHMARKS.md, docs/bench/suite.svg and suite.json written")
+        log("problems:\n  " + "\n  ".join(problems))
+    log(f"suite done in {res['meta']['suite_seconds']} s; {', '.join(written)} written")
 
 
 if __name__ == "__main__":

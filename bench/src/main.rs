@@ -8,6 +8,8 @@
 //! - [`baseline`]: the ceilings warren is measured against (a bare warp+lapin publish server,
 //!   a raw lapin publisher and consumer) and exact queue depths;
 //! - [`retry_delay`]: how close broker-side retries come back to the configured delay;
+//! - [`subscriptions`]: HTTP subscriptions' deliveries per second and latency to a local
+//!   receiver, against a bare lapin+reqwest relay (the ceiling);
 //! - [`smtp_sink`]: an SMTP receiver for the sync-mode benchmark and for `scripts/run-local.sh`
 //!   (it can write each mail as an `.eml` file and print a line per mail).
 //!
@@ -20,6 +22,7 @@ mod retry_delay;
 mod sagas;
 mod scale;
 mod smtp_sink;
+mod subscriptions;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -65,6 +68,10 @@ enum BenchCommand {
     BareServer(baseline::BareServer),
     /// Broker-side retry delay accuracy: N jobs failing once with a short delay.
     RetryDelay(retry_delay::RetryDelayBench),
+    /// HTTP subscriptions: deliveries per second to a local receiver answering 204, at each
+    /// concurrency, against a bare lapin consumer POSTing with reqwest (the ceiling), and the
+    /// delivery latency (publish to receiver) at a steady rate.
+    Subscriptions(subscriptions::SubscriptionsBench),
     /// An SMTP receiver that accepts and counts every mail (the sync-mode benchmark; the mail
     /// server of `scripts/run-local.sh`, with --maildir and --summary).
     SmtpSink(smtp_sink::SmtpSink),
@@ -85,6 +92,7 @@ async fn run(command: BenchCommand, settings: warren::Settings) -> anyhow::Resul
         BenchCommand::RetryDelay(opts) => retry_delay::retry_delay(settings, opts).await,
         BenchCommand::Depth(opts) => baseline::depth(settings.amqp.url.expose(), opts).await,
         BenchCommand::SmtpSink(opts) => smtp_sink::smtp_sink(opts).await,
+        BenchCommand::Subscriptions(opts) => subscriptions::subscriptions(settings, opts).await,
     }
 }
 
