@@ -98,6 +98,7 @@ async fn run(command: BenchCommand, settings: warren::Settings) -> anyhow::Resul
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    warren::tls::install_crypto_provider();
     let cli = Cli::parse();
     let settings = match warren::Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
