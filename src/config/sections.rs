@@ -619,6 +619,11 @@ pub struct SubscriptionSettings {
     /// is ever read.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Whether the runner's inbox skips a message already delivered (its ack was lost):
+    /// `true` (default) costs a database write per delivery; `false` leaves a rare repeat to
+    /// the receiver, which has `ce-id` / `webhook-id` to recognise it.
+    #[serde(default = "default_true")]
+    pub inbox: bool,
 }
 
 impl SubscriptionSettings {
@@ -640,6 +645,7 @@ impl SubscriptionSettings {
             breaker: BreakerSettings::default(),
             max_retry_after_secs: default_max_retry_after_secs(),
             max_response_bytes: default_max_response_bytes(),
+            inbox: true,
         }
     }
 
@@ -702,4 +708,8 @@ impl SubscriptionSettings {
             .map(|s| decode_whsec(s.expose()))
             .collect()
     }
+}
+
+fn default_true() -> bool {
+    true
 }

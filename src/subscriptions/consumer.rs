@@ -34,6 +34,7 @@ pub(crate) const HANDLER_MARGIN: Duration = Duration::from_secs(2);
 /// Delivers one subscription's messages over HTTP.
 pub(crate) struct SubscriptionConsumer {
     module: String,
+    inbox: bool,
     limits: ModuleSettings,
     /// Until when the receiver asked to be left alone (a 429 or 503 with `Retry-After`).
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
@@ -97,6 +98,7 @@ impl SubscriptionConsumer {
             .saturating_add(u64::try_from(HANDLER_MARGIN.as_millis()).unwrap_or(u64::MAX));
         Ok(Self {
             module: super::module_name(sub),
+            inbox: sub.inbox,
             limits: ModuleSettings {
                 timeout_ms: Some(handler_ms),
                 // Twice the deliveries in flight: the next ones are at hand when one ends.
@@ -211,6 +213,10 @@ impl Consumer for SubscriptionConsumer {
 
     fn timeout(&self) -> Duration {
         self.timeout + HANDLER_MARGIN
+    }
+
+    fn use_inbox(&self) -> bool {
+        self.inbox
     }
 
     fn limits(&self) -> ModuleSettings {

@@ -168,6 +168,17 @@ async fn start(subs: Vec<SubscriptionSettings>) -> TestApp {
     .await
 }
 
+/// The inbox rows of job module `module`.
+async fn inbox_rows(app: &TestApp, module: &str) -> usize {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    entities::processed_messages::Entity::find()
+        .filter(entities::processed_messages::Column::Consumer.eq(module))
+        .all(&app.db().await)
+        .await
+        .expect("query")
+        .len()
+}
+
 async fn publish(app: &TestApp, name: &str, data: serde_json::Value) -> String {
     let r = app.post_event(name, &data).await;
     assert_eq!(r.status(), 202, "{name} accepted");
@@ -214,6 +225,11 @@ async fn each_subscribed_event_is_delivered_once_as_a_cloudevent_and_only_those(
         let data: serde_json::Value = serde_json::from_slice(&g.body).expect("json body");
         assert!(data["n"].is_number(), "the event's data is the body");
     }
+    assert_eq!(
+        inbox_rows(&app, "sub.orders").await,
+        30,
+        "the inbox has each"
+    );
     app.cleanup().await;
 }
 
@@ -396,6 +412,8 @@ async fn a_job_type_an_http_service_subscribes_to_is_accepted_and_delivered() {
     // the job came from.
     let mut sub = subscription("invoices", addr, &["invoice.*"]);
     sub.commands = vec!["invoice.render".to_owned()];
+    // Without the inbox: no database write per delivery.
+    sub.inbox = false;
     let app = start(vec![sub]).await;
     let r = app
         .request(reqwest::Method::POST, "/v1/jobs/invoice.render")
@@ -423,6 +441,7 @@ async fn a_job_type_an_http_service_subscribes_to_is_accepted_and_delivered() {
     assert!(source.ends_with("/warren.commands"), "{source}");
     app.settled(&[("warren.sub.invoices", 0)]).await;
     assert_eq!(rx.got("invoices").len(), 1);
+    assert_eq!(inbox_rows(&app, "sub.invoices").await, 0, "inbox = false");
     app.cleanup().await;
 }
 
