@@ -270,7 +270,10 @@ EOF
     /etc/rabbitmq/enabled_plugins \
     /etc/rabbitmq/conf.d /etc/rabbitmq/conf.d/*.conf
   install -d -o rabbitmq -g rabbitmq -m 755 /var/lib/rabbitmq /var/log/rabbitmq
-  find /var/lib/rabbitmq /var/log/rabbitmq \! -user rabbitmq -exec chown rabbitmq:rabbitmq {} +
+  # A running node creates and removes files as it goes (mnesia's .DCL/.TMP): one that
+  # vanishes between the listing and the chown is no leftover, so neither may fail the script.
+  find /var/lib/rabbitmq /var/log/rabbitmq -ignore_readdir_race \! -user rabbitmq -print0 |
+    xargs -0 -r chown rabbitmq:rabbitmq 2>/dev/null || true
   if [ -f /var/lib/rabbitmq/.erlang.cookie ]; then chmod 400 /var/lib/rabbitmq/.erlang.cookie; fi
 }
 
