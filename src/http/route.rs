@@ -312,7 +312,8 @@ impl Endpoint {
 /// requests the filter rejects.
 pub struct Routes {
     filter: BoxedFilter<(Call,)>,
-    templates: Vec<(Method, &'static str, &'static str)>,
+    /// Method, template, its segments (split once, here), label.
+    templates: Vec<(Method, &'static str, Vec<&'static str>, &'static str)>,
 }
 
 impl Routes {
@@ -320,7 +321,7 @@ impl Routes {
     pub(super) fn new(endpoints: Vec<Endpoint>) -> Self {
         let templates = endpoints
             .iter()
-            .map(|e| (e.method.clone(), e.path, e.label))
+            .map(|e| (e.method.clone(), e.path, segments(e.path), e.label))
             .collect();
         let filters: Vec<BoxedFilter<(Call,)>> = endpoints.into_iter().map(|e| e.filter).collect();
         Routes {
@@ -340,8 +341,7 @@ impl Routes {
         let given: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         self.templates
             .iter()
-            .find(|(_, template, _)| {
-                let want = segments(template);
+            .find(|(_, _, want, _)| {
                 want.len() == given.len()
                     && want.iter().zip(&given).all(|(w, g)| {
                         if is_placeholder(w) {
@@ -351,14 +351,14 @@ impl Routes {
                         }
                     })
             })
-            .map_or("unmatched", |(_, _, label)| *label)
+            .map_or("unmatched", |(_, _, _, label)| *label)
     }
 
     /// Every route as `METHOD template`, in order.
     pub fn list(&self) -> Vec<String> {
         self.templates
             .iter()
-            .map(|(m, t, _)| format!("{m} {t}"))
+            .map(|(m, t, _, _)| format!("{m} {t}"))
             .collect()
     }
 }

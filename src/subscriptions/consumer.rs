@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::{Client, Url};
 
 use super::{
-    breaker::{Breaker, Report},
+    breaker::{Breaker, Pass, Report},
     cloudevent::{Binding, Request},
     outcome::{Outcome, Verdict},
 };
@@ -93,6 +93,8 @@ impl SubscriptionConsumer {
         let keys = sub
             .signing_keys()
             .map_err(|e| invalid(format!("secret {e}")))?;
+        // Closed from the start: the series exists before any state change.
+        metrics.subscription_breaker(&sub.name, 0);
         let handler_ms = sub
             .timeout_ms
             .saturating_add(u64::try_from(HANDLER_MARGIN.as_millis()).unwrap_or(u64::MAX));
@@ -244,9 +246,11 @@ impl Consumer for SubscriptionConsumer {
                 _ => break,
             }
         }
-        self.breaker.ready(job.message_id).await;
-        self.metrics
-            .subscription_breaker(self.subscription(), self.breaker.gauge());
+        // The gauge moves only when the state does, not on every delivery.
+        if self.breaker.ready(job.message_id).await == Pass::Trial {
+            self.metrics
+                .subscription_breaker(self.subscription(), self.breaker.gauge());
+        }
     }
 
     /// One delivery. A 429 or 503 with `Retry-After` pauses the subscription for that long
@@ -262,9 +266,9 @@ impl Consumer for SubscriptionConsumer {
         };
         if let Some(change) = self.breaker.report(job.message_id, report) {
             tracing::warn!(breaker = change, "Circuit breaker {change}.");
+            self.metrics
+                .subscription_breaker(self.subscription(), self.breaker.gauge());
         }
-        self.metrics
-            .subscription_breaker(self.subscription(), self.breaker.gauge());
         if outcome.verdict != Verdict::Delivered {
             let mut details = vec![(H_HTTP_OUTCOME.to_owned(), outcome.kind.to_owned())];
             if let Some(status) = outcome.status {
