@@ -579,9 +579,21 @@ pub struct SubscriptionSettings {
     /// Binding patterns on `warren.commands` (`invoice.render`): jobs an HTTP service does.
     #[serde(default)]
     pub commands: Vec<String>,
-    /// Where deliveries are POSTed: `http://` (`https://` is refused until warren's HTTP
-    /// client has TLS), no credentials in the URL (put them in `headers`).
+    /// Where deliveries are POSTed: `http://` or `https://` (the certificate checked against
+    /// the system's roots, plus `tls_ca_file`), no credentials in the URL (put them in
+    /// `headers`).
     pub url: String,
+    /// With an `https://` URL: a PEM file of CA certificates to trust for the receiver's
+    /// certificate, on top of the system's roots (an internal CA). Read at start.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With an `https://` URL: a PEM client certificate (chain) warren presents to a
+    /// receiver that asks for one (mutual TLS); needs `tls_client_key_file`. Read at start.
+    #[serde(default)]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// The PEM (PKCS#8, PKCS#1 or SEC1) private key of `tls_client_cert_file`.
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
     /// How long one delivery may take, connect to the last byte of the response (ms).
     #[serde(default = "default_sub_timeout_ms")]
     pub timeout_ms: u64,
@@ -634,6 +646,9 @@ impl SubscriptionSettings {
             events: Vec::new(),
             commands: Vec::new(),
             url: url.into(),
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
             timeout_ms: default_sub_timeout_ms(),
             concurrency: default_sub_concurrency(),
             max_attempts: None,

@@ -355,6 +355,19 @@ fn bad_subscriptions_are_refused_naming_the_subscription_and_field() {
             "fragment",
         ),
         (
+            "subscriptions.tls_ca_file",
+            &|s| s.tls_ca_file = Some("/ca.pem".into()),
+            "not https://",
+        ),
+        (
+            "subscriptions.tls_client_cert_file",
+            &|s| {
+                s.url = "https://h/x".into();
+                s.tls_client_cert_file = Some("/client.pem".into());
+            },
+            "set both",
+        ),
+        (
             "subscriptions.timeout_ms",
             &|s| s.timeout_ms = 0,
             "at least 1",

@@ -287,6 +287,7 @@ fn check_subscription(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
         }
     }
     check_url(sub)?;
+    check_sub_tls(sub)?;
     if sub.timeout_ms == 0 {
         return Err(sub_invalid(
             "subscriptions.timeout_ms",
@@ -311,6 +312,29 @@ fn check_subscription(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
     check_headers(sub)?;
     check_secrets(sub)?;
     check_delivery_rules(sub)
+}
+
+fn check_sub_tls(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
+    let files = [
+        &sub.tls_ca_file,
+        &sub.tls_client_cert_file,
+        &sub.tls_client_key_file,
+    ];
+    if files.iter().any(|f| f.is_some()) && !sub.url.starts_with("https://") {
+        return Err(sub_invalid(
+            "subscriptions.tls_ca_file",
+            sub,
+            "TLS files are set but the url is not https:// (they would be ignored)",
+        ));
+    }
+    if sub.tls_client_cert_file.is_some() != sub.tls_client_key_file.is_some() {
+        return Err(sub_invalid(
+            "subscriptions.tls_client_cert_file",
+            sub,
+            "set both tls_client_cert_file and tls_client_key_file, or neither",
+        ));
+    }
+    Ok(())
 }
 
 fn check_delivery_rules(sub: &SubscriptionSettings) -> Result<(), ConfigError> {

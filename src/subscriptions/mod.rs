@@ -55,20 +55,69 @@ pub(crate) fn module_name(sub: &SubscriptionSettings) -> String {
     format!("sub.{}", sub.name)
 }
 
-/// The HTTP client every subscription of a process shares: pooled keep-alive connections,
-/// redirects never followed (a 3xx is the subscriber's answer), no proxy from the
-/// environment (a subscription goes where its URL says), warren's user agent.
+/// The HTTP client subscriptions share: pooled keep-alive connections, redirects never
+/// followed (a 3xx is the subscriber's answer), no proxy from the environment (a subscription
+/// goes where its URL says), warren's user agent, the system's TLS roots. A subscription with
+/// TLS files of its own gets its own client ([`client_for`]).
 pub(crate) fn http_client() -> Result<reqwest::Client, SubscriptionError> {
+    Ok(client_builder().build()?)
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
     crate::tls::install_crypto_provider();
-    Ok(reqwest::Client::builder()
+    reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .user_agent(concat!("warren/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .build()?)
 }
 
-/// One [`SubscriptionConsumer`] per subscription in `settings`, sharing one HTTP client.
+/// The client `sub` sends with: `shared`, or, when it names TLS files (`tls_ca_file`,
+/// `tls_client_cert_file` + `tls_client_key_file`), one built for it with those files read now.
+fn client_for(
+    sub: &SubscriptionSettings,
+    shared: &reqwest::Client,
+) -> Result<reqwest::Client, SubscriptionError> {
+    if sub.tls_ca_file.is_none() && sub.tls_client_cert_file.is_none() {
+        return Ok(shared.clone());
+    }
+    let tls = |setting: &str, reason: String| SubscriptionError::Invalid {
+        subscription: sub.name.clone(),
+        reason: format!("{setting}: {reason}"),
+    };
+    let read = |setting: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| tls(setting, format!("cannot read {}: {e}", path.display())))
+    };
+    let mut builder = client_builder();
+    if let Some(path) = &sub.tls_ca_file {
+        let certs = reqwest::Certificate::from_pem_bundle(&read("tls_ca_file", path)?)
+            .map_err(|e| tls("tls_ca_file", format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(tls(
+                "tls_ca_file",
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    if let (Some(cert), Some(key)) = (&sub.tls_client_cert_file, &sub.tls_client_key_file) {
+        let mut pem = read("tls_client_cert_file", cert)?;
+        pem.push(b'\n');
+        pem.extend(read("tls_client_key_file", key)?);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            tls(
+                "tls_client_cert_file",
+                format!("{} with {}: {e}", cert.display(), key.display()),
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    Ok(builder.build()?)
+}
+
+/// One [`SubscriptionConsumer`] per subscription in `settings`, sharing one HTTP client but for
+/// those with TLS files of their own.
 pub(crate) fn consumers(
     settings: &Settings,
     metrics: &Metrics,
@@ -76,13 +125,14 @@ pub(crate) fn consumers(
     if settings.subscriptions.is_empty() {
         return Ok(Vec::new());
     }
-    let client = http_client()?;
+    let shared = http_client()?;
     let vhost = crate::broker::vhost_of(&settings.amqp_uri());
     settings
         .subscriptions
         .iter()
         .map(|sub| {
-            SubscriptionConsumer::new(sub, &vhost, client.clone(), metrics.clone())
+            let client = client_for(sub, &shared)?;
+            SubscriptionConsumer::new(sub, &vhost, client, metrics.clone())
                 .map(|c| Arc::new(c) as Arc<dyn Consumer>)
         })
         .collect()

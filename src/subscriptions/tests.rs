@@ -286,3 +286,40 @@ fn settings_for(name: &str) -> SubscriptionSettings {
     s.events = vec!["#".into()];
     s
 }
+
+#[test]
+fn a_subscription_without_tls_files_shares_the_client_and_a_bad_tls_file_fails_the_start() {
+    let shared = http_client().expect("client");
+    let plain = SubscriptionSettings::new("plain", "https://h/x");
+    assert!(client_for(&plain, &shared).is_ok());
+
+    let mut missing = SubscriptionSettings::new("billing", "https://h/x");
+    missing.tls_ca_file = Some("/nonexistent/ca.pem".into());
+    let err = client_for(&missing, &shared)
+        .expect_err("a missing CA file")
+        .to_string();
+    assert!(
+        err.contains("billing")
+            && err.contains("tls_ca_file")
+            && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("write");
+    let mut no_pem = SubscriptionSettings::new("billing", "https://h/x");
+    no_pem.tls_ca_file = Some(empty);
+    let err = client_for(&no_pem, &shared)
+        .expect_err("no certificate in the file")
+        .to_string();
+    assert!(err.contains("no PEM certificate"), "{err}");
+
+    let mut bad_key = SubscriptionSettings::new("billing", "https://h/x");
+    bad_key.tls_client_cert_file = Some(dir.path().join("empty.pem"));
+    bad_key.tls_client_key_file = Some(dir.path().join("empty.pem"));
+    let err = client_for(&bad_key, &shared)
+        .expect_err("no key")
+        .to_string();
+    assert!(err.contains("tls_client_cert_file"), "{err}");
+}
