@@ -80,6 +80,10 @@ pub(crate) struct SubscriptionsBench {
     /// Padding in each message's data (bytes), for a body of a realistic size.
     #[arg(long, default_value_t = 120)]
     pad: usize,
+    /// warren's subscription setting `inbox`: `true` (the default) writes an inbox row per
+    /// delivery; `false` leaves a repeat after a lost ack to the receiver.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    inbox: bool,
 }
 
 /// Microseconds since the Unix epoch, now (the publish stamp and the arrival).
@@ -475,6 +479,7 @@ impl Bench<'_> {
         sub.events = vec![EVENT.to_owned()];
         sub.concurrency = concurrency;
         sub.timeout_ms = 10_000;
+        sub.inbox = self.opts.inbox;
         settings.subscriptions = vec![sub];
         settings
     }
@@ -651,6 +656,7 @@ fn report(
             "messages": opts.messages,
             "latency_messages": opts.latency_messages,
             "latency_rate": opts.latency_rate,
+            "inbox": opts.inbox,
             "warren": side(w),
             "bare": side(b),
             "ratio": ratio(w, b),
