@@ -5,15 +5,19 @@
 //! job module per subscription ([`SubscriptionConsumer`]).
 //!
 //! What the app wires: [`consumers`] (one consumer per subscription, sharing one HTTP
-//! client), each run by the ordinary runner with its own limits ([`Consumer::limits`]); the
-//! queues and bindings are in the topology (`broker::subscriptions`). See
-//! `docs/subscriptions.md` for the wire format and what a receiver does.
+//! client), each run by the ordinary runner with its own limits ([`Consumer::limits`]), and
+//! the [`status::Board`] loop that reports their state (`subscription_status`) and applies
+//! the operators' pauses (`subscription_controls`, [`store`]); the queues and bindings are in
+//! the topology (`broker::subscriptions`). See `docs/subscriptions.md` for the wire format
+//! and what a receiver does.
 
 pub(crate) mod breaker;
 pub(crate) mod cloudevent;
 mod consumer;
 pub(crate) mod outcome;
 pub(crate) mod signature;
+pub(crate) mod status;
+pub(crate) mod store;
 
 #[cfg(test)]
 mod tests;
@@ -68,10 +72,12 @@ pub(crate) fn http_client() -> Result<reqwest::Client, SubscriptionError> {
         .build()?)
 }
 
-/// One [`SubscriptionConsumer`] per subscription in `settings`, sharing one HTTP client.
+/// One [`SubscriptionConsumer`] per subscription in `settings`, sharing one HTTP client,
+/// each reporting to `board` (the consumers the process does not run leave it when dropped).
 pub(crate) fn consumers(
     settings: &Settings,
     metrics: &Metrics,
+    board: &status::Board,
 ) -> Result<Vec<Arc<dyn Consumer>>, SubscriptionError> {
     if settings.subscriptions.is_empty() {
         return Ok(Vec::new());
@@ -83,7 +89,7 @@ pub(crate) fn consumers(
         .iter()
         .map(|sub| {
             SubscriptionConsumer::new(sub, &vhost, client.clone(), metrics.clone())
-                .map(|c| Arc::new(c) as Arc<dyn Consumer>)
+                .map(|c| Arc::new(c.reporting_to(board)) as Arc<dyn Consumer>)
         })
         .collect()
 }
