@@ -451,7 +451,7 @@ pages.subscriptions = {
       const err = s.last_error;
       return el('tr', { testid: 'subscription-row', 'data-subscription': s.name, 'data-state': s.state },
         el('th', { scope: 'row' }, el('strong', { text: s.name }), el('br'), el('small', { class: 'muted wrap', text: s.url })),
-        el('td', null, el('span', { testid: 'subscription-state' }, badge(s.state)),
+        el('td', { class: 'wrap' }, el('span', { testid: 'subscription-state' }, badge(s.state)),
           s.paused && c ? el('small', { class: 'muted', testid: 'subscription-paused-by' }, el('br'), `by ${c.by} `, time(c.at), c.reason ? ` · ${c.reason}` : '') : null),
         el('td', null, (s.workers || []).length ? el('ul', { class: 'plain' }, s.workers.map(workerItem)) : el('span', { class: 'muted', text: 'no worker reports' })),
         el('td', { class: 'wrap' }, err ? [el('span', { class: 'error-text', testid: 'subscription-last-error', text: err.error }), ' ', time(err.at)] : el('span', { class: 'muted', text: '–' })),

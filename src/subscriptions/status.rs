@@ -301,7 +301,7 @@ impl Board {
             }
             errors += 1;
             metrics.subscription_status_error();
-            if errors == 1 || errors % 60 == 0 {
+            if errors == 1 || errors.is_multiple_of(60) {
                 tracing::warn!(
                     failures_in_a_row = errors,
                     "Cannot read the subscriptions' pauses or write their state; deliveries go on."
