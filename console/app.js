@@ -453,12 +453,12 @@ pages.subscriptions = {
         el('th', { scope: 'row' }, el('strong', { text: s.name }), el('br'), el('small', { class: 'muted wrap', text: s.url })),
         el('td', { class: 'wrap' }, el('span', { testid: 'subscription-state' }, badge(s.state)),
           s.paused && c ? el('small', { class: 'muted', testid: 'subscription-paused-by' }, el('br'), `by ${c.by} `, time(c.at), c.reason ? ` · ${c.reason}` : '') : null),
+        el('td', null, el('div', { class: 'buttons tight' }, pause, resume)),
         el('td', null, (s.workers || []).length ? el('ul', { class: 'plain' }, s.workers.map(workerItem)) : el('span', { class: 'muted', text: 'no worker reports' })),
         el('td', { class: 'wrap' }, err ? [el('span', { class: 'error-text', testid: 'subscription-last-error', text: err.error }), ' ', time(err.at)] : el('span', { class: 'muted', text: '–' })),
         el('td', { class: 'num', text: num(s.ready) }), el('td', { class: 'num', text: num(s.unacked) }),
         el('td', { class: 'num' }, el('a', { href: `#/dead-letters?queue=${enc(s.queue)}`, testid: 'subscription-dead-letters', title: `Dead letters of ${s.queue}`, text: String(s.parked ?? '–') })),
-        el('td', { class: 'num', text: num(s.delivery_rate, 1) }), el('td', { class: 'num', text: num(s.rate_out, 1) }),
-        el('td', null, el('div', { class: 'buttons tight' }, pause, resume)));
+        el('td', { class: 'num', title: 'delivered (2xx) per second, from the workers; acked per second, from the broker', text: `${num(s.delivery_rate, 1)} (${num(s.rate_out, 1)})` }));
     };
     return async () => {
       const r = await api('/v1/subscriptions');
@@ -469,7 +469,7 @@ pages.subscriptions = {
       replace(list,
         r.management_error ? el('p', { class: 'warning', text: `Management API unreachable: ${r.management_error}` }) : null,
         r.status_error ? el('p', { class: 'warning', testid: 'status-error', text: `Workers' state unavailable: ${r.status_error}` }) : null,
-        table('Subscriptions', ['Subscription', 'State', 'Workers (breaker)', 'Last error', 'Ready', 'Unacked', 'Parked', 'Delivered /s', 'Acked /s', 'Actions'],
+        table('Subscriptions', ['Subscription', 'State', 'Actions', 'Workers (breaker)', 'Last error', 'Ready', 'Unacked', 'Parked', 'Delivered /s (acked)'],
           subs.map(row), 'subscriptions-table', 'No subscriptions in the settings.'));
     };
   },

@@ -992,6 +992,9 @@ async fn in_a_real_browser_a_subscription_is_paused_and_resumed_from_its_console
     )
     .await;
     crate::console::as_admin(&mut app);
+    // The management API's figures of the new vhost's queue come with its next statistics
+    // round; the page (and its screenshot) should show them.
+    listed_until(&app, "shown", "queue figures", |r| r["consumers"].is_u64()).await;
     crate::console::browser(
         "subscriptions",
         &app.base,
