@@ -840,7 +840,6 @@ async fn the_list_shows_a_workers_breaker_open_with_its_last_error_then_closed_a
         "the worker's last error, status and body: {error}"
     );
     assert_eq!(open["last_error"]["error"], error);
-    assert_eq!(rx.got("watched").len(), 3, "nothing delivered while open");
 
     // The trial succeeds: closed, and every message delivered.
     let closed = listed_until(&app, "watched", "the breaker closed", |r| {
@@ -852,7 +851,12 @@ async fn the_list_shows_a_workers_breaker_open_with_its_last_error_then_closed_a
         closed["workers"][0]["last_success_at"].is_string(),
         "{closed}"
     );
-    rx.wait("watched", 7, Duration::from_secs(30)).await;
+    let got = rx.wait("watched", 7, Duration::from_secs(30)).await;
+    let gap = got[3].at - got[2].at;
+    assert!(
+        gap >= Duration::from_millis(3_950),
+        "nothing delivered while it was open: {gap:?}"
+    );
     app.settled(&[("warren.sub.watched", 0), ("warren.sub.watched.dead", 0)])
         .await;
     let delivered: BTreeSet<String> = rx
@@ -938,8 +942,8 @@ async fn a_paused_subscription_takes_nothing_its_messages_wait_and_resume_delive
     let resumed = Instant::now();
     rx.wait("held", 10, Duration::from_secs(20)).await;
     assert!(
-        rx.got("held")[0].at - resumed < Duration::from_secs(3),
-        "resumed within a poll or two"
+        rx.got("held")[0].at - resumed < Duration::from_secs(4),
+        "resumed within a poll or two (one a second)"
     );
     app.settled(&[("warren.sub.held", 0), ("warren.sub.held.dead", 0)])
         .await;
