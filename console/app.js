@@ -1,7 +1,8 @@
 // warren operator console: all client logic (ES2020, no framework, no build step).
 // Owns: hash routing, API calls (401 -> sign-in page, JSON errors -> the alert region),
 // 2 s polling of the current page, and the pages Overview, Dead letters & failed jobs,
-// Sagas (list, search, detail with timeline), Interventions and Audit. Also fills the
+// Subscriptions (state per worker, pause, resume), Sagas (list, search, detail with
+// timeline), Interventions and Audit. Also fills the
 // ?error= message on login.html. Server strings are only ever put in the DOM as text
 // (textContent / attributes), never as HTML: message bodies come from foreign publishers.
 'use strict';
@@ -405,6 +406,72 @@ pages['dead-letters'] = {
         : el('p', { class: 'muted', testid: 'dlq-empty', text: 'No parked messages match.' }));
     }
     return refresh;
+  },
+};
+
+pages.subscriptions = {
+  nav: 'subscriptions',
+  mount(main) {
+    const result = el('p', { testid: 'subscription-result', 'aria-live': 'polite' });
+    const list = el('div');
+    append(main, el('h1', { text: 'Subscriptions' }),
+      el('p', { class: 'muted', text: 'HTTP subscriptions: how each stands in every worker, its queue, and pause or resume.' }),
+      result, list);
+    let last = '';
+    const act = async (s, pause, btn) => {
+      let body = {};
+      if (pause) {
+        const res = await confirmDialog({
+          title: 'Pause subscription',
+          text: [`Pause ${s.name}? Workers take no deliveries within about a second; its messages wait in ${s.queue}, keeping their attempts.`],
+          confirm: 'Pause', note: { label: 'Reason (optional, shown here and in the audit log)' },
+        });
+        if (!res) return;
+        body = { reason: res.note || null };
+      }
+      btn.disabled = true; clearAlert();
+      try {
+        const r = await api(`/v1/subscriptions/${enc(s.name)}/${pause ? 'pause' : 'resume'}`, { method: 'POST', body });
+        result.textContent = `${s.name} ${r.paused ? 'paused' : 'resumed'}${r.changed ? '' : ' (it was already)'}.`;
+      } catch (e) { showAlert(e.message); }
+      last = ''; kick();
+    };
+    const workerItem = (w) => el('li', { testid: 'subscription-worker', 'data-instance': w.instance, 'data-breaker': w.breaker },
+      el('span', { class: 'mono', text: w.instance }), ' ', badge(w.breaker),
+      w.paused ? [' ', badge('paused')] : null, w.stale ? [' ', badge('stale')] : null,
+      w.breaker === 'open' && w.breaker_until ? [' until ', time(w.breaker_until)] : null,
+      w.retry_after_until ? [' deferred until ', time(w.retry_after_until)] : null,
+      w.consecutive_failures ? ` · ${plural(w.consecutive_failures, 'failure')} in a row` : null);
+    const row = (s) => {
+      const pause = el('button', { type: 'button', class: 'small', testid: 'subscription-pause', 'data-key': `pause-${s.name}`, disabled: s.paused, text: 'Pause…' });
+      const resume = el('button', { type: 'button', class: 'small secondary', testid: 'subscription-resume', 'data-key': `resume-${s.name}`, disabled: !s.paused, text: 'Resume' });
+      pause.addEventListener('click', () => act(s, true, pause));
+      resume.addEventListener('click', () => act(s, false, resume));
+      const c = s.control;
+      const err = s.last_error;
+      return el('tr', { testid: 'subscription-row', 'data-subscription': s.name, 'data-state': s.state },
+        el('th', { scope: 'row' }, el('strong', { text: s.name }), el('br'), el('small', { class: 'muted wrap', text: s.url })),
+        el('td', { class: 'wrap' }, el('span', { testid: 'subscription-state' }, badge(s.state)),
+          s.paused && c ? el('small', { class: 'muted', testid: 'subscription-paused-by' }, el('br'), `by ${c.by} `, time(c.at), c.reason ? ` · ${c.reason}` : '') : null),
+        el('td', null, el('div', { class: 'buttons tight' }, pause, resume)),
+        el('td', null, (s.workers || []).length ? el('ul', { class: 'plain' }, s.workers.map(workerItem)) : el('span', { class: 'muted', text: 'no worker reports' })),
+        el('td', { class: 'wrap' }, err ? [el('span', { class: 'error-text', testid: 'subscription-last-error', text: err.error }), ' ', time(err.at)] : el('span', { class: 'muted', text: '–' })),
+        el('td', { class: 'num', text: num(s.ready) }), el('td', { class: 'num', text: num(s.unacked) }),
+        el('td', { class: 'num' }, el('a', { href: `#/dead-letters?queue=${enc(s.queue)}`, testid: 'subscription-dead-letters', title: `Dead letters of ${s.queue}`, text: String(s.parked ?? '–') })),
+        el('td', { class: 'num', title: 'delivered (2xx) per second, from the workers; acked per second, from the broker', text: `${num(s.delivery_rate, 1)} (${num(s.rate_out, 1)})` }));
+    };
+    return async () => {
+      const r = await api('/v1/subscriptions');
+      const key = JSON.stringify(r);
+      if (key === last) return;
+      last = key;
+      const subs = r.subscriptions || [];
+      replace(list,
+        r.management_error ? el('p', { class: 'warning', text: `Management API unreachable: ${r.management_error}` }) : null,
+        r.status_error ? el('p', { class: 'warning', testid: 'status-error', text: `Workers' state unavailable: ${r.status_error}` }) : null,
+        table('Subscriptions', ['Subscription', 'State', 'Actions', 'Workers (breaker)', 'Last error', 'Ready', 'Unacked', 'Parked', 'Delivered /s (acked)'],
+          subs.map(row), 'subscriptions-table', 'No subscriptions in the settings.'));
+    };
   },
 };
 

@@ -218,8 +218,9 @@ impl App {
             parts.start_scheduler()?;
         }
         if roles.contains(&Role::Worker) {
+            let board = crate::subscriptions::status::Board::new();
             let mut subscriptions =
-                crate::subscriptions::consumers(&parts.settings, &parts.metrics)
+                crate::subscriptions::consumers(&parts.settings, &parts.metrics, &board)
                     .map_err(|e| StartError::Subscriptions(e.to_string()))?;
             let mut consumers = Vec::new();
             for name in &self.modules {
@@ -235,6 +236,8 @@ impl App {
                 )?);
             }
             consumers.extend(self.consumers.iter().cloned());
+            drop(subscriptions);
+            parts.start_subscription_board(board);
             parts.start_runners(consumers);
             parts.warn_of_removed_subscriptions();
         }
@@ -468,6 +471,20 @@ impl Parts {
         .map_err(StartError::Scheduler)?;
         self.tasks.spawn(scheduler.run(self.shutdown.clone()));
         Ok(())
+    }
+
+    /// The loop that reports the subscriptions this worker runs and applies the operators'
+    /// pauses (none without subscriptions), on the relays' pool.
+    fn start_subscription_board(&self, board: Arc<crate::subscriptions::status::Board>) {
+        if board.is_empty() {
+            return;
+        }
+        self.tasks.spawn(board.run(
+            self.pools.get(Pool::Relay).clone(),
+            self.settings.identity.instance(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
     }
 
     /// A runner per consumer.

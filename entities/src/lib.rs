@@ -21,3 +21,5 @@ pub mod saga_outbox;
 pub mod saga_steps;
 pub mod sagas;
 pub mod schedule_ticks;
+pub mod subscription_controls;
+pub mod subscription_status;

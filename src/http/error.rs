@@ -76,6 +76,9 @@ pub enum ApiError {
     /// No queue takes this job name.
     #[error("no module takes job {0:?}")]
     UnknownJob(String),
+    /// The settings have no HTTP subscription of this name.
+    #[error("no subscription {0:?} in the settings")]
+    UnknownSubscription(String),
     /// A query parameter is wrong.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
@@ -135,7 +138,9 @@ impl ApiError {
     /// The status code.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotFound | ApiError::UnknownJob(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::UnknownJob(_) | ApiError::UnknownSubscription(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -186,6 +191,7 @@ impl ApiError {
         match self {
             ApiError::NotFound => "not_found",
             ApiError::UnknownJob(_) => "unknown_job",
+            ApiError::UnknownSubscription(_) => "unknown_subscription",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",

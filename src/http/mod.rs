@@ -171,7 +171,7 @@ pub fn routes(body_limit: u64) -> Routes {
     endpoints.extend(dlq::endpoints(body_limit));
     endpoints.extend(sagas::endpoints(body_limit));
     endpoints.extend(console::endpoints(body_limit));
-    endpoints.extend(subscriptions::endpoints());
+    endpoints.extend(subscriptions::endpoints(body_limit));
     endpoints.extend(health::endpoints());
     Routes::new(endpoints)
 }

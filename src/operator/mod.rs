@@ -5,7 +5,8 @@
 //!   [`Operator::run_now`] to the end, [`Operator::run_watched`] to the end with progress),
 //! - retry one failed job by its `failed_jobs` row ([`Operator::retry_failed_job`]),
 //! - retry or resolve a saga intervention ([`Operator::retry_intervention`],
-//!   [`Operator::resolve_intervention`]).
+//!   [`Operator::resolve_intervention`]),
+//! - pause or resume an HTTP subscription ([`Operator::pause_subscription`]).
 //!
 //! Every action is one row of `operator_actions` (the audit log): who, what, on what, when,
 //! how many messages it moved. The actions that move parked messages take the queue's lock
@@ -17,6 +18,7 @@
 
 pub mod dlq;
 pub(crate) mod operations;
+pub(crate) mod subscriptions;
 
 use std::{sync::Arc, time::Duration};
 

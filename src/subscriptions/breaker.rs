@@ -84,6 +84,19 @@ impl Breaker {
         }
     }
 
+    /// The state's name (`closed`, `half_open`, `open`) and, when open, how long its
+    /// cooldown has still to run (for the subscription's reported status).
+    pub(crate) fn view(&self) -> (&'static str, Option<Duration>) {
+        match *self.state() {
+            State::Closed { .. } => ("closed", None),
+            State::HalfOpen { .. } => ("half_open", None),
+            State::Open { until, .. } => (
+                "open",
+                Some(until.saturating_duration_since(Instant::now())),
+            ),
+        }
+    }
+
     /// Waits until a delivery may go: at once while closed; after the cooldown as the one
     /// trial when open; while a trial is out, until it reports.
     pub(crate) async fn ready(&self, message: Uuid) -> Pass {

@@ -12,6 +12,7 @@ use super::{
     breaker::{Breaker, Pass, Report},
     cloudevent::{Binding, Request},
     outcome::{Outcome, Verdict},
+    status::{Board, Status},
 };
 use crate::{
     config::{ModuleSettings, SubscriptionSettings},
@@ -40,6 +41,8 @@ pub(crate) struct SubscriptionConsumer {
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// The circuit breaker of this subscription in this process.
     breaker: Breaker,
+    /// What this process reports about the subscription, and an operator's pause.
+    status: std::sync::Arc<Status>,
     /// The response of each message whose delivery just failed, until the runner takes it
     /// for the message's headers ([`Consumer::failure_details`]).
     failures: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Vec<(String, String)>>>,
@@ -113,6 +116,7 @@ impl SubscriptionConsumer {
             paused_until: std::sync::Mutex::new(None),
             // A trial the runner cut off (its handler timeout) counts as failed after it.
             breaker: Breaker::new(sub.breaker.clone(), sub.timeout() + HANDLER_MARGIN * 2),
+            status: Status::standalone(&sub.name),
             failures: std::sync::Mutex::default(),
             queue: sub.queue(),
             url,
@@ -131,6 +135,13 @@ impl SubscriptionConsumer {
             client,
             metrics,
         })
+    }
+
+    /// Reports this subscription's state through `board` and obeys the operators' pauses it
+    /// reads (without a board, it reports nothing and is never paused).
+    pub(crate) fn reporting_to(mut self, board: &Board) -> Self {
+        self.status = board.status(self.subscription());
+        self
     }
 
     /// The subscription's name (settings), as metrics and `warren-subscription` say it.
@@ -233,16 +244,20 @@ impl Consumer for SubscriptionConsumer {
             .unwrap_or_default()
     }
 
-    /// Waits out a pause the receiver asked for, then for the breaker: at once while it is
-    /// closed; when open, until its cooldown ends and this delivery is the one trial.
+    /// Waits while an operator's pause holds the subscription, then out a pause the receiver
+    /// asked for, then for the breaker: at once while it is closed; when open, until its
+    /// cooldown ends and this delivery is the one trial.
     async fn ready(&self, job: &Job) {
         loop {
+            self.status.unpaused().await;
             let until = *self
                 .paused_until
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match until {
                 Some(t) if t > tokio::time::Instant::now() => tokio::time::sleep_until(t).await,
+                // Paused again while it waited out the receiver's pause: wait again.
+                _ if self.status.held() => {}
                 _ => break,
             }
         }
@@ -250,6 +265,7 @@ impl Consumer for SubscriptionConsumer {
         if self.breaker.ready(job.message_id).await == Pass::Trial {
             self.metrics
                 .subscription_breaker(self.subscription(), self.breaker.gauge());
+            self.status.breaker(self.breaker.view());
         }
     }
 
@@ -268,6 +284,13 @@ impl Consumer for SubscriptionConsumer {
             tracing::warn!(breaker = change, "Circuit breaker {change}.");
             self.metrics
                 .subscription_breaker(self.subscription(), self.breaker.gauge());
+            self.status.breaker(self.breaker.view());
+        }
+        match outcome.verdict {
+            Verdict::Delivered => self.status.delivered(),
+            _ => self
+                .status
+                .failed(outcome.clone().into_text(), report == Report::Down),
         }
         if outcome.verdict != Verdict::Delivered {
             let mut details = vec![(H_HTTP_OUTCOME.to_owned(), outcome.kind.to_owned())];
@@ -297,6 +320,7 @@ impl Consumer for SubscriptionConsumer {
                 *paused = Some(until);
             }
             drop(paused);
+            self.status.retry_after(after);
             tracing::info!(
                 pause_ms = after.as_millis(),
                 "The receiver asked for a pause."

@@ -5,15 +5,19 @@
 //! job module per subscription ([`SubscriptionConsumer`]).
 //!
 //! What the app wires: [`consumers`] (one consumer per subscription, sharing one HTTP
-//! client), each run by the ordinary runner with its own limits ([`Consumer::limits`]); the
-//! queues and bindings are in the topology (`broker::subscriptions`). See
-//! `docs/subscriptions.md` for the wire format and what a receiver does.
+//! client), each run by the ordinary runner with its own limits ([`Consumer::limits`]), and
+//! the [`status::Board`] loop that reports their state (`subscription_status`) and applies
+//! the operators' pauses (`subscription_controls`, [`store`]); the queues and bindings are in
+//! the topology (`broker::subscriptions`). See `docs/subscriptions.md` for the wire format
+//! and what a receiver does.
 
 pub(crate) mod breaker;
 pub(crate) mod cloudevent;
 mod consumer;
 pub(crate) mod outcome;
 pub(crate) mod signature;
+pub(crate) mod status;
+pub(crate) mod store;
 
 #[cfg(test)]
 mod tests;
@@ -117,10 +121,12 @@ fn client_for(
 }
 
 /// One [`SubscriptionConsumer`] per subscription in `settings`, sharing one HTTP client but for
-/// those with TLS files of their own.
+/// those with TLS files of their own, each reporting to `board` (the consumers the process
+/// does not run leave it when dropped).
 pub(crate) fn consumers(
     settings: &Settings,
     metrics: &Metrics,
+    board: &status::Board,
 ) -> Result<Vec<Arc<dyn Consumer>>, SubscriptionError> {
     if settings.subscriptions.is_empty() {
         return Ok(Vec::new());
@@ -133,7 +139,7 @@ pub(crate) fn consumers(
         .map(|sub| {
             let client = client_for(sub, &shared)?;
             SubscriptionConsumer::new(sub, &vhost, client, metrics.clone())
-                .map(|c| Arc::new(c) as Arc<dyn Consumer>)
+                .map(|c| Arc::new(c.reporting_to(board)) as Arc<dyn Consumer>)
         })
         .collect()
 }

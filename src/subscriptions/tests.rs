@@ -260,7 +260,9 @@ fn consumers_and_runner_limits_come_from_the_settings() {
             ..ModuleSettings::default()
         },
     );
-    let consumers = consumers(&settings, &Metrics::new()).expect("consumers");
+    let board = super::status::Board::new();
+    let consumers = consumers(&settings, &Metrics::new(), &board).expect("consumers");
+    assert!(!board.is_empty(), "each reports to the board");
     let names: Vec<(&str, &str)> = consumers.iter().map(|c| (c.name(), c.queue())).collect();
     assert_eq!(
         names,
@@ -279,6 +281,8 @@ fn consumers_and_runner_limits_come_from_the_settings() {
         (Some(16), Some(32), None),
         "attempts fall back to jobs.max_attempts"
     );
+    drop(consumers);
+    assert!(board.is_empty(), "a consumer dropped leaves the board");
 }
 
 fn settings_for(name: &str) -> SubscriptionSettings {

@@ -39,7 +39,7 @@ const ADMIN: &str = "console-admin-token-0123456789";
 const READER: &str = "console-reader-token-0123456789";
 
 /// An admin token named `ops` and a read-only token.
-fn with_tokens(mut s: Settings) -> Settings {
+pub(crate) fn with_tokens(mut s: Settings) -> Settings {
     s.http.tokens = vec![
         TokenSetting::Scoped {
             token: Secret::new(ADMIN),
@@ -56,7 +56,7 @@ fn with_tokens(mut s: Settings) -> Settings {
 }
 
 /// Gives the test's own requests the admin token.
-fn as_admin(app: &mut TestApp) {
+pub(crate) fn as_admin(app: &mut TestApp) {
     let mut headers = header::HeaderMap::new();
     headers.insert(
         header::AUTHORIZATION,
@@ -765,7 +765,7 @@ fn screenshot_dir(root: &std::path::Path) -> PathBuf {
 
 /// Runs one phase of `tests/console/run.mjs` in headless Chromium; panics with its output
 /// when it fails.
-async fn browser(phase: &str, base: &str, env: &[(&str, String)]) {
+pub(crate) async fn browser(phase: &str, base: &str, env: &[(&str, String)]) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("tests/console");
     assert!(

@@ -209,6 +209,21 @@ async fn each_route_needs_its_scope_and_a_wrong_scope_is_403_naming_it() {
             |_| Some(json!({"note": "fixed by hand"})),
             (404, Some("intervention_not_found")),
         ),
+        // No subscription in these settings: past the gate, 404 with the reason.
+        route(
+            Method::POST,
+            "/v1/subscriptions/nope/pause",
+            Scope::Admin,
+            |_| Some(json!({"reason": "deploy"})),
+            (404, Some("unknown_subscription")),
+        ),
+        route(
+            Method::POST,
+            "/v1/subscriptions/nope/resume",
+            Scope::Admin,
+            none,
+            (404, Some("unknown_subscription")),
+        ),
         route(
             Method::POST,
             "/v1/admin/seed",

@@ -1,6 +1,7 @@
 // Browser test of the warren operator console, driven by the Rust test suite.
 //   node run.mjs dlq    env: CONSOLE_BASE CONSOLE_TOKEN SCREENSHOT_DIR QUEUE EXPECT_PARKED
 //   node run.mjs saga   env: CONSOLE_BASE CONSOLE_TOKEN SCREENSHOT_DIR ORDER_NO
+//   node run.mjs subscriptions   env: CONSOLE_BASE CONSOLE_TOKEN SCREENSHOT_DIR SUBSCRIPTION
 // Plain Node + playwright-core with Debian's Chromium (/usr/bin/chromium, never a downloaded
 // browser, nothing fetched from the internet). Prints one line per step; exits 0 on success,
 // 1 with the failed expectation (plus a failure-<phase>.png screenshot) otherwise.
@@ -254,7 +255,59 @@ async function phaseSaga() {
   });
 }
 
-const phases = { dlq: phaseDlq, saga: phaseSaga };
+async function phaseSubscriptions() {
+  const name = env('SUBSCRIPTION');
+  const row = () => page.locator(`${tid('subscription-row')}[data-subscription="${name}"]`);
+  /** The subscription's row in GET /v1/subscriptions, fetched in the page (session cookie + console header). */
+  const listed = () => page.evaluate(async (n) => {
+    const r = await fetch('/v1/subscriptions', { credentials: 'same-origin', headers: { 'x-warren-console': '1' } });
+    return (await r.json()).subscriptions.find((s) => s.name === n);
+  }, name);
+  await login();
+
+  await step(`subscriptions: ${name} listed, running, its worker's breaker closed`, async () => {
+    await page.locator(tid('nav-subscriptions')).click();
+    await waitUntil(`${name} running`, (n) => document.querySelector(`[data-testid=subscription-row][data-subscription="${n}"]`)?.dataset.state === 'running', name);
+    await waitUntil('a worker with a closed breaker', (n) => !!document.querySelector(`[data-testid=subscription-row][data-subscription="${n}"] [data-testid=subscription-worker][data-breaker=closed]`), name);
+    const link = await row().locator(tid('subscription-dead-letters')).getAttribute('href');
+    check(link === `#/dead-letters?queue=${encodeURIComponent(`warren.sub.${name}`)}`, `the dead-letters link is ${link}`);
+    check(await page.locator(`${tid('subscriptions-table')} th[scope=col]`).count() >= 8, 'the table lacks column headers');
+    await noAlert();
+    await shot('subscriptions.png');
+  });
+
+  await step('pause with a reason: the API shows it paused', async () => {
+    await markWindow();
+    await row().locator(tid('subscription-pause')).click();
+    const dialog = page.locator(`dialog${tid('confirm-dialog')}`);
+    await dialog.waitFor({ state: 'visible', timeout: WAIT });
+    await dialog.locator(tid('confirm-note')).fill('paused from the console by playwright');
+    await dialog.locator(tid('confirm-ok')).click();
+    await dialog.waitFor({ state: 'detached', timeout: WAIT });
+    await waitUntil(`${name} paused`, (n) => document.querySelector(`[data-testid=subscription-row][data-subscription="${n}"]`)?.dataset.state === 'paused', name);
+    const s = await listed();
+    check(s && s.paused === true, `the API does not show it paused: ${JSON.stringify(s)}`);
+    check(s.control.reason === 'paused from the console by playwright', `reason ${JSON.stringify(s.control)}`);
+    check(s.control.by.startsWith(`${OPERATOR} (`), `paused by ${s.control.by}`);
+    check(await row().locator(tid('subscription-resume')).isEnabled(), 'Resume is not enabled');
+    check(await row().locator(tid('subscription-pause')).isDisabled(), 'Pause is still enabled');
+    await waitUntil('the worker holding it', (n) => !!document.querySelector(`[data-testid=subscription-row][data-subscription="${n}"] [data-testid=subscription-worker] .badge-paused`), name);
+    await assertNoReload();
+    await noAlert();
+    await shot('subscription-paused.png');
+  });
+
+  await step('resume: running again', async () => {
+    await row().locator(tid('subscription-resume')).click();
+    await waitUntil(`${name} running`, (n) => document.querySelector(`[data-testid=subscription-row][data-subscription="${n}"]`)?.dataset.state === 'running', name);
+    const s = await listed();
+    check(s && s.paused === false, `the API still shows it paused: ${JSON.stringify(s)}`);
+    log(`  ${await text(tid('subscription-result'))}`);
+    await noAlert();
+  });
+}
+
+const phases = { dlq: phaseDlq, saga: phaseSaga, subscriptions: phaseSubscriptions };
 if (!phases[phase]) {
   console.error(`usage: node run.mjs ${Object.keys(phases).join('|')}`);
   process.exit(2);

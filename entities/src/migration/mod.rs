@@ -8,6 +8,7 @@ mod m0003_saga;
 mod m0004_scheduler;
 mod m0005_event_outbox;
 mod m0006_operator_actions;
+mod m0007_subscription_status;
 
 /// Runs warren's migrations.
 #[derive(Debug)]
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_scheduler::Migration),
             Box::new(m0005_event_outbox::Migration),
             Box::new(m0006_operator_actions::Migration),
+            Box::new(m0007_subscription_status::Migration),
         ]
     }
 }

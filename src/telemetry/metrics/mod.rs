@@ -188,6 +188,7 @@ struct Inner {
     deliveries: Family<DeliveryLabels, Counter>,
     delivery_duration: Family<SubscriptionLabels, Histogram, fn() -> Histogram>,
     breaker_state: Family<SubscriptionLabels, Gauge>,
+    status_write_errors: Counter,
     interventions_open: Gauge,
     outbox_depth: Gauge,
     outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -387,6 +388,12 @@ impl Metrics {
             "A subscription's circuit breaker in this process: 0 closed, 1 half-open (one trial delivery), 2 open (taking no messages)",
             breaker_state.clone(),
         );
+        let status_write_errors = Counter::default();
+        registry.register(
+            "subscription_status_write_errors",
+            "Failed writes of this process's subscription state (subscription_status) or reads of the operators' pauses; deliveries go on",
+            status_write_errors.clone(),
+        );
         let amqp_channels = Gauge::default();
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -410,6 +417,7 @@ impl Metrics {
                 deliveries,
                 delivery_duration,
                 breaker_state,
+                status_write_errors,
                 interventions_open,
                 outbox_depth,
                 outbox_oldest,
@@ -503,6 +511,11 @@ impl Metrics {
                 subscription: subscription.to_owned(),
             })
             .set(state);
+    }
+
+    /// Counts a failed write of the subscriptions' state, or a failed read of their pauses.
+    pub fn subscription_status_error(&self) {
+        self.inner.status_write_errors.inc();
     }
 
     /// Records a handler's duration.
