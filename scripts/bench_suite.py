@@ -466,16 +466,21 @@ def fail_once(self, i, failed_at=None):
         else:
             n, lat_n, lat_rate = self.a.sub_messages, self.a.sub_latency_messages, self.a.sub_latency_rate
         db = self.fresh_db("warren_suite_subs")
-        load_start = os.getloadavg()[0]
-        rows = self.run_bench(
-            ["subscriptions", "--messages", str(n), "--concurrency", "1,16,64",
-             "--latency-messages", str(lat_n), "--latency-rate", str(lat_rate)],
-            self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
-        # The 1-minute load average around the run: on 2 CPUs, anything else running (a
-        # compile) shows here and skews both relays.
-        for r in rows:
-            r["load_start"], r["load_end"] = round(load_start, 2), round(os.getloadavg()[0], 2)
-        self.results["subscriptions"] += rows
+        # Twice: with the inbox (the default: a database read and write per delivery) and
+        # with `inbox = false`; the bare relay is measured again in each run.
+        for inbox in ("true", "false"):
+            load_start = os.getloadavg()[0]
+            rows = self.run_bench(
+                ["subscriptions", "--messages", str(n), "--concurrency", "1,16,64",
+                 "--latency-messages", str(lat_n), "--latency-rate", str(lat_rate),
+                 "--inbox", inbox],
+                self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
+            # The 1-minute load average around the run: on 2 CPUs, anything else running (a
+            # compile) shows here and skews both relays.
+            for r in rows:
+                r["load_start"], r["load_end"] = round(load_start, 2), round(os.getloadavg()[0], 2)
+                r.setdefault("inbox", inbox == "true")
+            self.results["subscriptions"] += rows
 
     def run(self):
         steps = [("http", self.http), ("raw_and_jobs", self.raw_and_jobs), ("retry", self.retry)]
@@ -538,7 +543,7 @@ def sanity(res):
     for r in res.get("subscriptions", []):
         for side in ("warren", "bare"):
             f = r[side]
-            tag = f"subscriptions: {side} at concurrency {r['concurrency']}"
+            tag = f"subscriptions (inbox {'on' if r.get('inbox', True) else 'off'}): {side} at concurrency {r['concurrency']}"
             if not f.get("rate") or f["rate"] <= 0:
                 bad.append(f"{tag}: rate is {f.get('rate')}")
             if f["missing"] or f["duplicates"] or f["strays"]:
@@ -712,7 +717,7 @@ SUBS_GOAL = 0.8  # issue 18 point 9: warren at least 0.8 of the bare relay
 
 
 def render_subscriptions(res, meta):
-    rows = sorted(res.get("subscriptions", []), key=lambda r: r["concurrency"])
+    rows = sorted(res.get("subscriptions", []), key=lambda r: (not r.get("inbox", True), r["concurrency"]))
     L = []
     L.append("## HTTP subscriptions against a bare relay (generated)")
     L.append("")
@@ -732,20 +737,23 @@ def render_subscriptions(res, meta):
                  f"{r0['latency_messages']:,} messages published at {r0['latency_rate']} msg/s while the relay "
                  "runs; publish (the stamp in the event's data) to the receiver reading it.")
     if rows and "load_start" in rows[0]:
-        L.append(f"- Load average (1 min) at the step's start / end: {rows[0]['load_start']} / {rows[0]['load_end']} "
+        loads = "; ".join(sorted({f"inbox {'on' if r.get('inbox', True) else 'off'}: {r['load_start']} / {r['load_end']}"
+                                  for r in rows}))
+        L.append(f"- Load average (1 min) at each run's start / end: {loads} "
                  "(2 CPUs: above ~2, something else was running and the figures are disturbed)")
     L.append("- Receiver: in the bench process, on a thread and single-threaded runtime of its own (warp), "
              "answers 204 at once; it counts every message by its sequence number (each must arrive once).")
     L.append("- warren: `App` with the worker role running only the subscription (binary CloudEvents, "
-             "`concurrency` = C, prefetch 2C, the runner's inbox check and row in PostgreSQL, then the ack). "
+             "`concurrency` = C, prefetch 2C; with the inbox (the default), the runner's inbox check and row "
+             "in PostgreSQL, batched; with `inbox = false`, none; then the ack). "
              "Bare relay (the ceiling): lapin consumer, prefetch 2C, at most C POSTs in flight, one pooled "
              "`reqwest` client, the message body as is (the whole envelope, ~310 bytes; warren sends the event's data, ~160) with `content-type`, "
              "`ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-time`, `traceparent`, `warren-attempt`, "
              "`warren-subscription`; ack after the 204. No inbox, no parsing, no signature.")
     L.append("")
-    L.append(f"| concurrency (prefetch) | warren deliveries/s | bare relay deliveries/s | warren / bare "
+    L.append(f"| inbox | concurrency (prefetch) | warren deliveries/s | bare relay deliveries/s | warren / bare "
              f"(goal {SUBS_GOAL}) | warren p50 / p99 | bare p50 / p99 | every message once |")
-    L.append("|---:|---:|---:|---:|---:|---:|---|")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         w, b = r["warren"], r["bare"]
         once = all(not (f["missing"] or f["duplicates"] or f["strays"]) for f in (w, b))
@@ -753,7 +761,7 @@ def render_subscriptions(res, meta):
         def lat(f):
             # Below the publish rate the latency phase measures a growing backlog, not latency.
             return f"{ms(f['p50_ms'])} / {ms(f['p99_ms'])}" + (" (saturated)" if f["rate"] < r["latency_rate"] else "")
-        L.append(f"| {r['concurrency']} ({r['prefetch']}) | {fmt(w['rate'])} | {fmt(b['rate'])} | "
+        L.append(f"| {'on' if r.get('inbox', True) else 'off'} | {r['concurrency']} ({r['prefetch']}) | {fmt(w['rate'])} | {fmt(b['rate'])} | "
                  f"{r['ratio']:.2f}{mark} | {lat(w)} | {lat(b)} | {'yes' if once else 'NO'} |")
     L.append("")
     if any(f["rate"] < r["latency_rate"] for r in rows for f in (r["warren"], r["bare"])):
