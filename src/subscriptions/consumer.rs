@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     config::{ModuleSettings, SubscriptionSettings},
-    jobs::{Consumer, Job, JobError},
+    jobs::{Consumer, Job, JobError, Ordering},
     telemetry::Metrics,
 };
 
@@ -36,6 +36,7 @@ pub(crate) struct SubscriptionConsumer {
     module: String,
     inbox: bool,
     limits: ModuleSettings,
+    ordering: Ordering,
     /// Until when the receiver asked to be left alone (a 429 or 503 with `Retry-After`).
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// The circuit breaker of this subscription in this process.
@@ -110,6 +111,7 @@ impl SubscriptionConsumer {
                 concurrency: Some(sub.concurrency),
                 max_attempts: sub.max_attempts,
             },
+            ordering: sub.ordering,
             paused_until: std::sync::Mutex::new(None),
             // A trial the runner cut off (its handler timeout) counts as failed after it.
             breaker: Breaker::new(sub.breaker.clone(), sub.timeout() + HANDLER_MARGIN * 2),
@@ -223,6 +225,10 @@ impl Consumer for SubscriptionConsumer {
 
     fn limits(&self) -> ModuleSettings {
         self.limits.clone()
+    }
+
+    fn ordering(&self) -> Ordering {
+        self.ordering
     }
 
     fn failure_details(&self, job: &Job) -> Vec<(String, String)> {
