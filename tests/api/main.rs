@@ -27,5 +27,6 @@ mod scale;
 mod scheduler;
 mod security;
 mod smtp;
+mod subscription_ordering;
 mod subscriptions;
 mod topology;
