@@ -241,6 +241,20 @@ impl Runner {
         tracing::info!("Consumer stopped.");
     }
 
+    /// An ordered consumer's own queue must be as declared (an HTTP subscription's with a
+    /// single active consumer), or several processes would deliver one aggregate at once:
+    /// declared alone, it fails when the queue exists with other arguments.
+    async fn check_own_queue(&self) -> Result<(), RunnerError> {
+        let Some(own) = own_queue(&self.ctx.topology, self.consumer.queue()) else {
+            return Ok(());
+        };
+        self.ctx
+            .broker
+            .declare(&own)
+            .await
+            .map_err(RunnerError::Ordered)
+    }
+
     /// One consuming session. Returns whether it got as far as consuming.
     // Long on purpose: one consuming session read top-down (channel, qos, consume, the
     // loop with its channel check and shutdown, the drain); split, its state would be passed around.
@@ -252,15 +266,9 @@ impl Runner {
         if let Err(e) = self.ctx.broker.declare(&self.ctx.topology).await {
             tracing::error!(error = %e, "Topology declaration failed; consuming anyway (run `warren topology verify`).");
         }
-        // An ordered consumer's own queue must be as declared (an HTTP subscription's with a
-        // single active consumer), or several processes would deliver one aggregate at once.
         let ordered = self.parts.ordered();
-        if ordered && let Some(own) = own_queue(&self.ctx.topology, self.consumer.queue()) {
-            self.ctx
-                .broker
-                .declare(&own)
-                .await
-                .map_err(RunnerError::Ordered)?;
+        if ordered {
+            self.check_own_queue().await?;
         }
         let channel = self.ctx.broker.channel().await?;
         self.ctx.metrics.channels(1);

@@ -99,14 +99,21 @@ impl SubscriptionConsumer {
         let handler_ms = sub
             .timeout_ms
             .saturating_add(u64::try_from(HANDLER_MARGIN.as_millis()).unwrap_or(u64::MAX));
+        // Twice the deliveries in flight: the next ones are at hand when one ends. Ordered,
+        // eight times: a held lane pins its aggregate's waiting messages in the window, and
+        // the other aggregates need room to flow around it (the queue's standbys take
+        // nothing, so a big window starves no one).
+        let window = match sub.ordering {
+            Ordering::Aggregate => 8,
+            Ordering::None => 2,
+        };
         Ok(Self {
             module: super::module_name(sub),
             inbox: sub.inbox,
             limits: ModuleSettings {
                 timeout_ms: Some(handler_ms),
-                // Twice the deliveries in flight: the next ones are at hand when one ends.
                 prefetch: Some(
-                    u16::try_from(sub.concurrency.saturating_mul(2)).unwrap_or(u16::MAX),
+                    u16::try_from(sub.concurrency.saturating_mul(window)).unwrap_or(u16::MAX),
                 ),
                 concurrency: Some(sub.concurrency),
                 max_attempts: sub.max_attempts,

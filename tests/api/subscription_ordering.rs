@@ -87,11 +87,14 @@ impl Got {
     }
 }
 
+/// The answers for each (aggregate, seq).
+type Scripts = HashMap<(String, u64), Vec<Answer>>;
+
 /// A receiver on 127.0.0.1: `POST /{path}` answers per (aggregate, seq) script, one answer
 /// per request of that message, the last for ever after; 204 at once for the rest.
 #[derive(Clone, Default)]
 struct Receiver {
-    scripts: Arc<Mutex<HashMap<(String, u64), Vec<Answer>>>>,
+    scripts: Arc<Mutex<Scripts>>,
     got: Arc<Mutex<Vec<Got>>>,
 }
 
@@ -519,6 +522,44 @@ async fn the_standby_worker_takes_over_when_the_active_one_is_killed_and_the_ord
     app.cleanup().await;
 }
 
+/// a2 and b1 parked the usual way: the dead-letter queue with the answer and the attempt,
+/// failed_jobs rows, job.failed alerts.
+async fn assert_parked_the_usual_way(app: &TestApp, rx: &Receiver) {
+    let dead = app.drain("warren.sub.parking.dead").await;
+    let mut reasons: Vec<(String, String, Option<i64>)> = dead
+        .iter()
+        .map(|m| {
+            let p = &m.delivery.properties;
+            (
+                header_str(p, names::H_REASON).unwrap_or_default(),
+                header_str(p, "x-warren-http-status").unwrap_or_default(),
+                header_int(p, names::H_ATTEMPT),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("exhausted".to_owned(), "503".to_owned(), Some(2)),
+            ("invalid".to_owned(), "404".to_owned(), Some(1))
+        ],
+        "a2 on its last attempt, b1 on its first"
+    );
+    let alerted = eventually(Duration::from_secs(20), "two job.failed", || async {
+        let a = rx.got("alerts");
+        (a.len() >= 2).then_some(a)
+    })
+    .await;
+    assert_eq!(alerted.len(), 2);
+    use sea_orm::EntityTrait;
+    let rows = entities::failed_jobs::Entity::find()
+        .all(&app.db().await)
+        .await
+        .expect("query");
+    assert_eq!(rows.len(), 2);
+}
+
 #[tokio::test]
 async fn a_parked_ordered_message_lets_its_aggregates_later_ones_through() {
     let pause = Answer {
@@ -581,40 +622,7 @@ async fn a_parked_ordered_message_lets_its_aggregates_later_ones_through() {
     assert_eq!(c2, ["1", "1"], "a pause spends no attempt");
     assert!(of("c", 2)[1].at - of("c", 2)[0].at >= Duration::from_millis(950));
 
-    // Parked the usual way: the dead-letter queue with the answer, failed_jobs, job.failed.
-    let dead = app.drain("warren.sub.parking.dead").await;
-    let mut reasons: Vec<(String, String, Option<i64>)> = dead
-        .iter()
-        .map(|m| {
-            let p = &m.delivery.properties;
-            (
-                header_str(p, names::H_REASON).unwrap_or_default(),
-                header_str(p, "x-warren-http-status").unwrap_or_default(),
-                header_int(p, names::H_ATTEMPT),
-            )
-        })
-        .collect();
-    reasons.sort();
-    assert_eq!(
-        reasons,
-        [
-            ("exhausted".to_owned(), "503".to_owned(), Some(2)),
-            ("invalid".to_owned(), "404".to_owned(), Some(1))
-        ],
-        "a2 on its last attempt, b1 on its first"
-    );
-    let alerted = eventually(Duration::from_secs(20), "two job.failed", || async {
-        let a = rx.got("alerts");
-        (a.len() >= 2).then_some(a)
-    })
-    .await;
-    assert_eq!(alerted.len(), 2);
-    use sea_orm::EntityTrait;
-    let rows = entities::failed_jobs::Entity::find()
-        .all(&app.db().await)
-        .await
-        .expect("query");
-    assert_eq!(rows.len(), 2);
+    assert_parked_the_usual_way(&app, &rx).await;
     app.settled(&[("warren.sub.parking", 0), ("warren.sub.parking.dead", 0)])
         .await;
     app.cleanup().await;
@@ -677,6 +685,55 @@ async fn ordered_lanes_run_aggregates_in_parallel_and_unordered_stays_parallel_w
     app.cleanup().await;
 }
 
+/// A `warren worker` running `sub`, and the first line of its JSON log with `needle` in it
+/// (within 20 s).
+async fn worker_saying(
+    app: &TestApp,
+    config: &tempfile::NamedTempFile,
+    sub: &str,
+    needle: &str,
+) -> (KillOnDrop, String) {
+    let mut worker = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["worker", "--modules", &format!("sub.{sub}")])
+            .env("WARREN_CONFIG", config.path())
+            .env("WARREN_AMQP__URL", app.vhost.amqp_url())
+            .env("WARREN_AMQP__MANAGEMENT_URL", management_url())
+            .env("WARREN_DATABASE__URL", &app.db.url)
+            .env("WARREN_LOG__FILTER", "warn")
+            .env("WARREN_LOG__FORMAT", "json")
+            .env("WARREN_METRICS__ADDR", "127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("worker starts"),
+    );
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    for out in [
+        Box::new(worker.0.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(worker.0.stderr.take().expect("stderr")),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let line = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.recv().await {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("the worker ended without saying {needle:?}")
+    })
+    .await
+    .expect("the worker said it within 20 s");
+    (worker, line)
+}
+
 #[tokio::test]
 async fn turning_ordering_on_for_an_existing_queue_is_drift_that_says_what_to_do() {
     let (_rx, addr) = Receiver::start(&[]).await;
@@ -715,44 +772,13 @@ async fn turning_ordering_on_for_an_existing_queue_is_drift_that_says_what_to_do
     // A worker started with ordering on says so and does not consume the queue as it is
     // (with another process there, both would deliver one aggregate at once).
     let config = worker_config(&settings.subscriptions[0]);
-    let mut worker = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["worker", "--modules", "sub.switched"])
-            .env("WARREN_CONFIG", config.path())
-            .env("WARREN_AMQP__URL", app.vhost.amqp_url())
-            .env("WARREN_AMQP__MANAGEMENT_URL", management_url())
-            .env("WARREN_DATABASE__URL", &app.db.url)
-            .env("WARREN_LOG__FILTER", "warn")
-            .env("WARREN_LOG__FORMAT", "json")
-            .env("WARREN_METRICS__ADDR", "127.0.0.1:0")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("worker starts"),
-    );
-    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    for out in [
-        Box::new(worker.0.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-        Box::new(worker.0.stderr.take().expect("stderr")),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let refused = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.recv().await {
-            if line.contains("An ordered consumer does not consume") {
-                return line;
-            }
-        }
-        panic!("the worker ended without saying it")
-    })
-    .await
-    .expect("the worker says why it does not consume within 20 s");
+    let (_worker, refused) = worker_saying(
+        &app,
+        &config,
+        "switched",
+        "An ordered consumer does not consume",
+    )
+    .await;
     assert!(refused.contains("new name"), "with what to do: {refused}");
     assert!(
         consumers(&app, "warren.sub.switched").await.is_empty(),
