@@ -398,12 +398,14 @@ async fn each_aggregate_keeps_its_order_through_failures_with_two_workers_and_th
     let sub = ordered("ordered", addr);
     let config = worker_config(&sub);
     let app = start(vec![sub], &[]).await;
+    // All in the queue first, so that how fast publishing goes does not decide whether a
+    // and d can finish while b waits.
+    let aggregates = ["a", "b", "c", "d"];
+    let want = publish_interleaved(&app, &aggregates, 1..=6).await;
     let _one = worker(&app, &config, "ordered");
     let _two = worker(&app, &config, "ordered");
     // Both consume; the broker delivers through one (the queue's single active consumer).
     one_active_of(&app, "warren.sub.ordered", 2).await;
-    let aggregates = ["a", "b", "c", "d"];
-    let want = publish_interleaved(&app, &aggregates, 1..=6).await;
     rx.delivered("ordered", &want, Duration::from_secs(30))
         .await;
     app.settled(&[("warren.sub.ordered", 0), ("warren.sub.ordered.dead", 0)])
