@@ -13,11 +13,22 @@ use crate::{
         names::{COMMANDS_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, REQUEUE_EXCHANGE},
         topology::{BindingDef, QueueDef, Topology},
     },
-    config::SubscriptionSettings,
+    config::{Ordering, SubscriptionSettings},
 };
 
 /// The prefix of every subscription's queue.
 pub(crate) const QUEUE_PREFIX: &str = "warren.sub.";
+
+/// The queue argument an ordered subscription's queue has.
+pub(crate) const SINGLE_ACTIVE_CONSUMER: &str = "x-single-active-consumer";
+
+/// What to do when a subscription's queue exists with other arguments than its settings ask
+/// for: a queue's arguments cannot change in place, and `ordering` is one of them.
+pub(crate) const ARGUMENTS_HINT: &str = "a subscription's queue keeps the arguments it was \
+declared with, and `ordering` is one of them (x-single-active-consumer): either give the \
+subscription a new name (a new queue; remove the old one once it has drained), or let the \
+queue drain and delete it (`rabbitmqctl delete_queue <queue> -p <vhost>`; events published \
+while it is gone do not reach it), then start warren again (docs/subscriptions.md, Ordering)";
 
 fn queue(name: String, arguments: Value) -> QueueDef {
     QueueDef {
@@ -47,20 +58,27 @@ fn binding(source: &str, destination: &str, routing_key: &str) -> BindingDef {
 /// queue's arguments are the built-in work queues' (`broker-topology.json`): quorum,
 /// at-least-once dead-lettering, `reject-publish` overflow, a delivery limit of 20 against
 /// poison messages that crash a worker before it settles.
+///
+/// An ordered subscription's queue (`ordering = "aggregate"`) also has
+/// `x-single-active-consumer: true`: of the worker processes consuming it, the broker
+/// delivers to one and keeps the others as standbys, so its per-aggregate order holds across
+/// processes, and when the active one dies its unacked messages go back to the queue, ahead of
+/// the rest, and on to the next consumer.
 pub(crate) fn entities(sub: &SubscriptionSettings) -> (Vec<QueueDef>, Vec<BindingDef>) {
     let q = sub.queue();
+    let mut work = json!({
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": 20,
+        "x-dead-letter-routing-key": q,
+    });
+    if sub.ordering == Ordering::Aggregate {
+        work[SINGLE_ACTIVE_CONSUMER] = json!(true);
+    }
     let queues = vec![
-        queue(
-            q.clone(),
-            json!({
-                "x-queue-type": "quorum",
-                "x-dead-letter-exchange": DEAD_EXCHANGE,
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
-                "x-delivery-limit": 20,
-                "x-dead-letter-routing-key": q,
-            }),
-        ),
+        queue(q.clone(), work),
         queue(sub.dead_queue(), json!({"x-queue-type": "quorum"})),
     ];
     let mut bindings: Vec<BindingDef> = sub
@@ -159,6 +177,24 @@ mod tests {
                     "warren.sub.billing"
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn an_ordered_subscriptions_queue_has_a_single_active_consumer() {
+        let mut ordered = sub();
+        ordered.ordering = Ordering::Aggregate;
+        let (queues, _) = entities(&ordered);
+        let (plain, _) = entities(&sub());
+        let mut want = plain[0].arguments.clone();
+        want.insert(SINGLE_ACTIVE_CONSUMER.into(), json!(true));
+        assert_eq!(
+            queues[0].arguments, want,
+            "the same queue, one argument more"
+        );
+        assert_eq!(
+            queues[1].arguments, plain[1].arguments,
+            "the parking queue unchanged"
         );
     }
 

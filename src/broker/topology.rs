@@ -17,7 +17,10 @@ use lapin::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::names::{ERROR_TIER, FAILURE_TIER};
+use super::{
+    names::{ERROR_TIER, FAILURE_TIER},
+    subscriptions,
+};
 
 /// The built-in topology, the repository's `broker-topology.json`.
 pub const BUILTIN: &str = include_str!("../../broker-topology.json");
@@ -47,6 +50,14 @@ pub enum TopologyError {
         /// The entity being declared.
         entity: String,
         /// The broker's answer.
+        source: lapin::Error,
+    },
+    /// A subscription's queue exists with other arguments than its settings ask for.
+    #[error("declaring {entity} failed: {source}; {hint}", hint = subscriptions::ARGUMENTS_HINT)]
+    SubscriptionQueue {
+        /// The queue.
+        entity: String,
+        /// The broker's answer (406 PRECONDITION_FAILED, inequivalent arg).
         source: lapin::Error,
     },
     /// The management API could not be queried.
@@ -276,7 +287,17 @@ impl Topology {
             channel
                 .queue_declare(q.name.as_str().into(), options, args)
                 .await
-                .map_err(|source| TopologyError::Declare { entity, source })?;
+                .map_err(|source| {
+                    // A subscription's queue declared with other arguments: its `ordering`
+                    // changed, and the error says what to do.
+                    if q.name.starts_with(subscriptions::QUEUE_PREFIX)
+                        && source.to_string().contains("inequivalent arg")
+                    {
+                        TopologyError::SubscriptionQueue { entity, source }
+                    } else {
+                        TopologyError::Declare { entity, source }
+                    }
+                })?;
         }
         for b in &self.bindings {
             let entity = format!(
@@ -363,7 +384,17 @@ impl Topology {
             for (field, want) in &fields {
                 compare(drift, &entity, field, want, live.get(*field));
             }
+            let from = drift.len();
             compare_args(drift, &entity, &q.arguments, live.get("arguments"));
+            if q.name.starts_with(subscriptions::QUEUE_PREFIX) {
+                for d in &mut drift[from..] {
+                    if let Drift::Different { detail, .. } = d
+                        && detail.contains(subscriptions::SINGLE_ACTIVE_CONSUMER)
+                    {
+                        detail.push_str(&format!(" ({})", subscriptions::ARGUMENTS_HINT));
+                    }
+                }
+            }
         }
         for name in live.keys() {
             if name.starts_with("warren.") && !self.queues.iter().any(|q| &q.name == name) {

@@ -490,8 +490,11 @@ pub enum Ordering {
     /// No order: up to `concurrency` deliveries at once.
     #[default]
     None,
-    /// One message at a time per aggregate id, in publish order (not built yet: refused by
-    /// validation until issue 18's ordering step lands).
+    /// One message at a time per aggregate id, in publish order: a failing message is
+    /// retried in place and holds back only its own aggregate's later messages; the
+    /// subscription's queue is declared with `x-single-active-consumer`, so one worker
+    /// process delivers it at a time and the others wait as standbys (docs/subscriptions.md,
+    /// "Ordering").
     Aggregate,
 }
 

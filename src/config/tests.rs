@@ -195,6 +195,7 @@ max_attempts = 9
 secret = "{SUB_SECRET}"
 secrets = ["{SUB_SECRET_2}"]
 content_mode = "structured"
+ordering = "aggregate"
 max_retry_after_secs = 30
 max_response_bytes = 100
 headers = {{ authorization = "Bearer billing-token-xyz", x-tenant = "acme" }}
@@ -219,6 +220,11 @@ url = "http://127.0.0.1:9000/"
         assert_eq!(billing.concurrency, 4);
         assert_eq!(billing.max_attempts, Some(9));
         assert_eq!(billing.content_mode, ContentMode::Structured);
+        assert_eq!(
+            billing.ordering,
+            Ordering::Aggregate,
+            "accepted since the ordering step"
+        );
         assert_eq!(billing.breaker.failures, 3);
         assert_eq!(billing.breaker.max_cooldown_ms, 8_000);
         assert_eq!(billing.headers["x-tenant"].expose(), "acme");
@@ -404,11 +410,6 @@ fn bad_subscriptions_are_refused_naming_the_subscription_and_field() {
                 s.secrets = vec![Secret::new(SUB_SECRET)];
             },
             "twice",
-        ),
-        (
-            "subscriptions.ordering",
-            &|s| s.ordering = Ordering::Aggregate,
-            "not built yet",
         ),
         (
             "subscriptions.breaker",

@@ -1,7 +1,7 @@
 //! Checks of values that parse but cannot work, one function per concern; the first
 //! problem found is the error.
 
-use super::{ConfigError, Ordering, Settings, SubscriptionSettings, TokenSetting, parse_cron};
+use super::{ConfigError, Settings, SubscriptionSettings, TokenSetting, parse_cron};
 
 fn invalid(field: &'static str, reason: &str) -> ConfigError {
     ConfigError::Invalid {
@@ -338,13 +338,6 @@ fn check_sub_tls(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
 }
 
 fn check_delivery_rules(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
-    if sub.ordering == Ordering::Aggregate {
-        return Err(sub_invalid(
-            "subscriptions.ordering",
-            sub,
-            "ordering = \"aggregate\" is not built yet; use \"none\"",
-        ));
-    }
     let b = &sub.breaker;
     if b.failures == 0 || b.cooldown_ms == 0 {
         return Err(sub_invalid(

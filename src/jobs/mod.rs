@@ -16,16 +16,23 @@
 //!
 //! Every transfer is publish-with-confirm first, then ack: a crash in between duplicates a
 //! message (the inbox absorbs it), never loses one.
+//!
+//! A consumer that asks for order ([`Consumer::ordering`]) gets its deliveries in
+//! per-aggregate lanes instead (`lanes`): one message per aggregate id at a time, in delivery
+//! order, a failure retried in place after the same delays instead of through the tiers.
 
 pub mod decode;
 mod failure;
 pub(crate) mod inbox;
+mod lanes;
 pub(crate) mod runner;
+mod settle;
 
 use std::time::Duration;
 
 use uuid::Uuid;
 
+pub use crate::config::Ordering;
 use crate::{broker::envelope::Event, config::ModuleSettings};
 
 /// What a handler reports when it did not succeed.
@@ -131,6 +138,18 @@ pub trait Consumer: Send + Sync + 'static {
     /// `jobs` defaults; settings under `jobs.modules.<name>` still win. None by default.
     fn limits(&self) -> ModuleSettings {
         ModuleSettings::default()
+    }
+
+    /// Whether messages with the same aggregate id are handled one at a time in delivery
+    /// order ([`Ordering::Aggregate`]): the runner puts them in per-aggregate lanes (up to
+    /// `concurrency` lanes at once; a message without an aggregate id has a lane of its own),
+    /// retries a failure in place after the tier's delay (`jobs.failure_delay_ms` or
+    /// `jobs.error_delay_ms`) instead of through the tier, keeping its lane's later messages
+    /// behind it, and parks it after `max_attempts` as usual. This orders the deliveries of
+    /// one process; across processes the queue needs a single active consumer (an HTTP
+    /// subscription's queue has one when ordered). [`Ordering::None`] by default.
+    fn ordering(&self) -> Ordering {
+        Ordering::None
     }
 
     /// Waits until the consumer takes `job`: at once by default. A consumer whose downstream

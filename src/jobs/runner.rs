@@ -10,7 +10,9 @@
 //! - `exclusive: false`: any number of worker processes share a queue.
 //! - a failed settle (the retry or dead-letter publish was not confirmed) nacks with
 //!   `requeue: true`: the message is redelivered, and the quorum queue's `x-delivery-limit`
-//!   parks it if that ever loops.
+//!   parks it if that ever loops (in a lane, see `lanes`, it is tried again in place).
+//!
+//! Settling (tiers, dead letters, acks) is in `settle`; per-aggregate lanes in `lanes`.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -20,15 +22,11 @@ use std::{
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
-    BasicProperties,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    },
-    types::{AMQPValue, FieldTable},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
 };
-use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{MutexGuard, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -36,23 +34,19 @@ use uuid::Uuid;
 use super::{
     Consumer, Job, JobError,
     decode::{Delivered, decode},
-    failure::{db_text, failure_headers, long, payload_text},
     inbox::Inbox,
+    lanes::{Lanes, own_queue},
+    settle::{Parking, pause},
 };
 use crate::{
     broker::{
         Broker, BrokerError,
-        envelope::Outgoing,
-        names::{
-            DEAD_EXCHANGE, ERROR_TIER, EVENTS_EXCHANGE, FAILURE_TIER, H_ATTEMPT, H_DEFERRALS,
-            H_QUEUE, H_REASON, H_TRACEPARENT, REQUEUE_EXCHANGE, header_int, header_str,
-        },
+        names::{ERROR_TIER, FAILURE_TIER, H_DEFERRALS, H_TRACEPARENT, header_int, header_str},
         publisher::Publisher,
         topology::Topology,
     },
     config::JobsSettings,
-    outbox::{EventOutbox, OutboxError},
-    store,
+    outbox::EventOutbox,
     telemetry::Metrics,
 };
 
@@ -62,6 +56,10 @@ pub(crate) enum RunnerError {
     /// No channel.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// An ordered consumer's queue cannot be declared as its settings ask (it exists with
+    /// other arguments, e.g. without its single active consumer).
+    #[error("its queue is not as an ordered consumer needs it: {0}")]
+    Ordered(BrokerError),
     /// A channel operation failed.
     #[error("{doing} failed: {source}")]
     Amqp {
@@ -91,12 +89,15 @@ pub(crate) struct RunnerContext {
 
 /// Effective limits for one module.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
+pub(super) struct Limits {
     prefetch: u16,
     concurrency: usize,
     timeout: Duration,
-    max_attempts: u32,
+    pub(super) max_attempts: u32,
     grace: Duration,
+    /// The waits of a retry in place (lanes): the failure and error tiers' delays.
+    pub(super) failure_delay: Duration,
+    pub(super) error_delay: Duration,
 }
 
 /// Runs one [`Consumer`] until shutdown, reconnecting with backoff when the broker goes away.
@@ -108,7 +109,7 @@ pub(crate) struct Runner {
 }
 
 /// How many times in a row the message was deferred (`x-warren-deferrals`).
-fn deferrals(delivery: &Delivery) -> u32 {
+pub(super) fn deferrals(delivery: &Delivery) -> u32 {
     header_int(&delivery.properties, H_DEFERRALS)
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0)
@@ -123,11 +124,14 @@ const MESSAGE_STRIPES: usize = 64;
 /// closed cleanly (connection.close on `rabbitmqctl stop_app`; lapin#409): an unbounded ack
 /// there held its message's stripe lock and handler permit for good, and the consumer stalled
 /// (found by the chaos suite). A bounded one fails, and the broker redelivers.
-const AMQP_OP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const AMQP_OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the consume loop checks that its channel and connection are still open: a
 /// cleanly closed channel may never end the consumer stream (the same lapin behaviour).
 const CHANNEL_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a lane waits before it asks an unreadable inbox again.
+const INBOX_RETRY: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,7 +143,8 @@ impl std::fmt::Debug for Runner {
     }
 }
 
-enum Settled {
+/// How a settle ended.
+pub(super) enum Settled {
     Acked,
     Requeued,
 }
@@ -173,6 +178,8 @@ impl Runner {
             timeout,
             max_attempts: m.max_attempts.unwrap_or(settings.max_attempts),
             grace: Duration::from_millis(settings.shutdown_grace_ms),
+            failure_delay: Duration::from_millis(settings.failure_delay_ms),
+            error_delay: Duration::from_millis(settings.error_delay_ms),
         };
         let inbox = consumer
             .use_inbox()
@@ -218,6 +225,8 @@ impl Runner {
             match self.consume(&shutdown).await {
                 Ok(true) => delays = crate::retry::reconnect(),
                 Ok(false) => {}
+                Err(e @ RunnerError::Ordered(_)) => tracing::error!(error = %e,
+                    "An ordered consumer does not consume from this queue as it is; trying again later."),
                 Err(e) => tracing::warn!(error = %e, "Consumer lost its channel; reconnecting."),
             }
             if shutdown.is_cancelled() {
@@ -232,6 +241,20 @@ impl Runner {
         tracing::info!("Consumer stopped.");
     }
 
+    /// An ordered consumer's own queue must be as declared (an HTTP subscription's with a
+    /// single active consumer), or several processes would deliver one aggregate at once:
+    /// declared alone, it fails when the queue exists with other arguments.
+    async fn check_own_queue(&self) -> Result<(), RunnerError> {
+        let Some(own) = own_queue(&self.ctx.topology, self.consumer.queue()) else {
+            return Ok(());
+        };
+        self.ctx
+            .broker
+            .declare(&own)
+            .await
+            .map_err(RunnerError::Ordered)
+    }
+
     /// One consuming session. Returns whether it got as far as consuming.
     // Long on purpose: one consuming session read top-down (channel, qos, consume, the
     // loop with its channel check and shutdown, the drain); split, its state would be passed around.
@@ -242,6 +265,10 @@ impl Runner {
         // missing queue then fails basic.consume and is retried.
         if let Err(e) = self.ctx.broker.declare(&self.ctx.topology).await {
             tracing::error!(error = %e, "Topology declaration failed; consuming anyway (run `warren topology verify`).");
+        }
+        let ordered = self.parts.ordered();
+        if ordered {
+            self.check_own_queue().await?;
         }
         let channel = self.ctx.broker.channel().await?;
         self.ctx.metrics.channels(1);
@@ -275,9 +302,12 @@ impl Runner {
                 doing: "basic.consume",
                 source,
             })?;
-        tracing::info!(consumer_tag = %tag, prefetch = self.limits.prefetch, concurrency = self.limits.concurrency, "Consuming.");
+        tracing::info!(consumer_tag = %tag, prefetch = self.limits.prefetch, concurrency = self.limits.concurrency, ordered, "Consuming.");
         let permits = Arc::new(Semaphore::new(self.limits.concurrency));
         let in_flight = TaskTracker::new();
+        // Lanes start no message and end their waits once the session ends.
+        let session = shutdown.child_token();
+        let lanes = ordered.then(|| Arc::new(Lanes::default()));
         let mut result = Ok(true);
         let mut check = tokio::time::interval(CHANNEL_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -307,6 +337,11 @@ impl Runner {
                     break;
                 }
                 Some(Ok(delivery)) => {
+                    if let Some(lanes) = &lanes {
+                        self.parts
+                            .dispatch(lanes, delivery, &permits, &in_flight, &session);
+                        continue;
+                    }
                     let permit = tokio::select! {
                         () = shutdown.cancelled() => break,
                         p = permits.clone().acquire_owned() => p,
@@ -323,6 +358,7 @@ impl Runner {
             }
         }
         // Stop taking new messages, let the in-flight ones finish (bounded), then close.
+        session.cancel();
         let _ = tokio::time::timeout(
             AMQP_OP_TIMEOUT,
             channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
@@ -344,13 +380,14 @@ impl Runner {
     }
 }
 
-struct Parts {
-    consumer: Arc<dyn Consumer>,
-    ctx: RunnerContext,
-    limits: Limits,
+/// What every handler task of a runner shares.
+pub(super) struct Parts {
+    pub(super) consumer: Arc<dyn Consumer>,
+    pub(super) ctx: RunnerContext,
+    pub(super) limits: Limits,
     same_message: Vec<tokio::sync::Mutex<()>>,
     /// The batched inbox, when the consumer uses one.
-    inbox: Option<Inbox>,
+    pub(super) inbox: Option<Inbox>,
 }
 
 /// Takes a consuming channel off the `amqp_channels` gauge when the session ends.
@@ -363,13 +400,13 @@ impl Drop for ChannelGauge {
 }
 
 impl Parts {
-    fn queue(&self) -> &str {
+    pub(super) fn queue(&self) -> &str {
         self.consumer.queue()
     }
 
-    /// Handles one delivery inside its own span (a child of the message's `traceparent` when
+    /// The span one delivery is handled in (a child of the message's `traceparent` when
     /// spans are exported).
-    async fn process(&self, delivery: Delivery) {
+    pub(super) fn span(&self, delivery: &Delivery) -> tracing::Span {
         let span = tracing::info_span!(
             "job",
             queue = self.consumer.queue(),
@@ -382,41 +419,55 @@ impl Parts {
             &span,
             header_str(&delivery.properties, H_TRACEPARENT).as_deref(),
         );
-        self.process_in_span(delivery).instrument(span).await;
+        span
     }
 
-    // Long on purpose: one match over every handler outcome, each arm a settle (ack, retry
-    // tier, park); reading them side by side is the point.
-    async fn process_in_span(&self, delivery: Delivery) {
-        let started = Instant::now();
+    /// Handles one delivery inside its own span: admitted, one attempt, settled.
+    async fn process(&self, delivery: Delivery) {
+        let span = self.span(&delivery);
+        async {
+            let started = Instant::now();
+            let _in_flight = self.ctx.metrics.in_flight(self.queue());
+            let Some((job, _same)) = self.admit(&delivery, None).await else {
+                return;
+            };
+            let (result, details) = self.attempt(&job, started).await;
+            self.settle(&delivery, &job, result, &details, None).await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Decodes the delivery and checks the inbox: the job to run (with the lock of its
+    /// message id while the inbox is on), or `None` when nothing more is to be done (parked
+    /// undecodable, a duplicate acked, or requeued because the inbox cannot be read). In a
+    /// lane (`hold`), an unreadable inbox is asked again until the session ends instead of
+    /// requeueing (a requeued message would come back behind its lane's later ones).
+    pub(super) async fn admit(
+        &self,
+        delivery: &Delivery,
+        hold: Option<&CancellationToken>,
+    ) -> Option<(Job, Option<MutexGuard<'_, ()>>)> {
         self.ctx.metrics.queue_message(self.queue(), "consumed");
-        let _in_flight = self.ctx.metrics.in_flight(self.queue());
-        let delivered = Delivered {
-            body: &delivery.data,
-            properties: &delivery.properties,
-            exchange: delivery.exchange.as_str(),
-            routing_key: delivery.routing_key.as_str(),
-        };
         let span = tracing::Span::current();
-        let job = match decode(&delivered, self.queue(), self.limits.max_attempts) {
+        let job = match decode(&delivered(delivery), self.queue(), self.limits.max_attempts) {
             Ok(job) => job,
             Err(e) => {
                 span.record("attempt", e.attempt);
                 self.ctx.metrics.job(self.queue(), "undecodable");
-                self.park(
-                    &delivery,
-                    None,
-                    e.attempt,
-                    "undecodable",
-                    &e.to_string(),
-                    &[],
-                )
-                .await;
-                return;
+                let parking = Parking {
+                    job: None,
+                    attempt: e.attempt,
+                    reason: "undecodable",
+                    error: &e.to_string(),
+                    details: &[],
+                };
+                self.park(delivery, parking, hold).await;
+                return None;
             }
         };
-        let (attempt, message_id) = (job.attempt, job.message_id);
-        span.record("attempt", attempt);
+        let message_id = job.message_id;
+        span.record("attempt", job.attempt);
         span.record("message_id", tracing::field::display(message_id));
         if let Some(tp) = &job.traceparent {
             span.record("trace_id", tp.get(3..35).unwrap_or(""));
@@ -424,40 +475,51 @@ impl Parts {
         if let Some(rid) = &job.request_id {
             span.record("request_id", rid.as_str());
         }
-
-        let inbox = self.inbox.as_ref();
+        let Some(inbox) = self.inbox.as_ref() else {
+            return Some((job, None));
+        };
         // Check, handle and mark one message id at a time (in this process); across
         // processes, a handler that must not repeat marks the inbox in its own transaction.
-        let _same = if inbox.is_some() {
-            let stripe =
-                usize::try_from(message_id.as_u128() % MESSAGE_STRIPES as u128).unwrap_or(0);
-            Some(self.same_message[stripe].lock().await)
-        } else {
-            None
-        };
-        if let Some(inbox) = inbox {
+        let stripe = usize::try_from(message_id.as_u128() % MESSAGE_STRIPES as u128).unwrap_or(0);
+        let same = self.same_message[stripe].lock().await;
+        loop {
             match inbox.seen(message_id).await {
                 Ok(true) => {
                     tracing::info!("Duplicate message skipped (already in the inbox).");
                     self.ctx.metrics.job(self.queue(), "duplicate");
-                    self.ack(&delivery).await;
-                    return;
+                    self.ack(delivery).await;
+                    return None;
                 }
-                Ok(false) => {}
+                Ok(false) => return Some((job, Some(same))),
                 Err(e) => {
-                    tracing::warn!(error = %e, "Inbox unavailable; requeueing.");
-                    self.requeue(&delivery).await;
-                    return;
+                    let Some(session) = hold else {
+                        tracing::warn!(error = %e, "Inbox unavailable; requeueing.");
+                        self.requeue(delivery).await;
+                        return None;
+                    };
+                    tracing::warn!(error = %e, "Inbox unavailable; the lane waits and asks again.");
+                    if !pause(session, INBOX_RETRY).await {
+                        return None;
+                    }
                 }
             }
         }
+    }
 
+    /// One attempt: waits until the consumer is ready (outside the timeout), runs the handler
+    /// under the timeout and the panic guard, counts it, and takes the consumer's failure
+    /// details when it failed.
+    pub(super) async fn attempt(
+        &self,
+        job: &Job,
+        started: Instant,
+    ) -> (Result<(), JobError>, Vec<(String, String)>) {
         // A consumer whose downstream is down holds the message here, unacked, with its
         // attempts kept.
-        self.consumer.ready(&job).await;
+        self.consumer.ready(job).await;
         let outcome = tokio::time::timeout(
             self.limits.timeout,
-            AssertUnwindSafe(self.consumer.handle(&job)).catch_unwind(),
+            AssertUnwindSafe(self.consumer.handle(job)).catch_unwind(),
         )
         .await;
         let (result, status) = match outcome {
@@ -494,46 +556,59 @@ impl Parts {
             .metrics
             .job_duration(self.queue(), started.elapsed().as_secs_f64());
         self.ctx.metrics.job(self.queue(), status);
-
         let details = if result.is_err() {
-            self.consumer.failure_details(&job)
+            self.consumer.failure_details(job)
         } else {
             Vec::new()
         };
+        (result, details)
+    }
+
+    /// Settles a message after its handler's last word: ack, back to its queue (deferred),
+    /// a delay tier, or parked. A lane (`hold`) hands over only a success, a refusal or a
+    /// last attempt (it retries in place), and parks without ever requeueing.
+    pub(super) async fn settle(
+        &self,
+        delivery: &Delivery,
+        job: &Job,
+        result: Result<(), JobError>,
+        details: &[(String, String)],
+        hold: Option<&CancellationToken>,
+    ) {
+        let attempt = job.attempt;
+        let parking = |reason, error| Parking {
+            job: Some(job),
+            attempt,
+            reason,
+            error,
+            details,
+        };
         match result {
             Ok(()) => {
-                if let Some(inbox) = inbox
-                    && let Err(e) = inbox.mark(message_id).await
+                if let Some(inbox) = self.inbox.as_ref()
+                    && let Err(e) = inbox.mark(job.message_id).await
                 {
                     // The effect happened; without the inbox row a redelivery could repeat it,
                     // so the ack still goes out (the message is done) and the gap is logged.
                     tracing::error!(error = %e, "Could not record the message in the inbox.");
                 }
-                self.ack(&delivery).await;
+                self.ack(delivery).await;
             }
-            Err(JobError::Deferred(reason)) if deferrals(&delivery) < self.limits.max_attempts => {
+            Err(JobError::Deferred(reason)) if deferrals(delivery) < self.limits.max_attempts => {
                 tracing::info!(error = %reason, "Job deferred; back to its queue, same attempt.");
-                self.defer(&delivery, attempt, &reason).await;
+                self.defer(delivery, attempt, &reason).await;
             }
             Err(JobError::Invalid(reason)) => {
                 tracing::warn!(error = %reason, "Invalid job input; parking without retry.");
-                self.consumer.on_failed(&job, &reason).await;
-                self.park(&delivery, Some(&job), attempt, "invalid", &reason, &details)
-                    .await;
+                self.consumer.on_failed(job, &reason).await;
+                self.park(delivery, parking("invalid", &reason), hold).await;
             }
             Err(e) if attempt >= self.limits.max_attempts => {
                 let error = e.to_string();
                 tracing::warn!(error = %error, "Job failed on its last attempt; parking.");
-                self.consumer.on_failed(&job, &error).await;
-                self.park(
-                    &delivery,
-                    Some(&job),
-                    attempt,
-                    "exhausted",
-                    &error,
-                    &details,
-                )
-                .await;
+                self.consumer.on_failed(job, &error).await;
+                self.park(delivery, parking("exhausted", &error), hold)
+                    .await;
             }
             Err(e) => {
                 let tier = match e {
@@ -541,210 +616,19 @@ impl Parts {
                     _ => ERROR_TIER,
                 };
                 tracing::info!(error = %e, tier, "Job will be retried.");
-                self.retry(&delivery, attempt, tier, &e.to_string(), &details)
+                self.retry(delivery, attempt, tier, &e.to_string(), details)
                     .await;
             }
         }
     }
+}
 
-    /// Puts the message back at the end of its queue (through `warren.requeue`, confirmed,
-    /// then acked) with the same attempt and one more deferral.
-    async fn defer(&self, delivery: &Delivery, attempt: u32, reason: &str) -> Settled {
-        let mut headers = failure_headers(delivery, reason);
-        headers.insert(
-            H_DEFERRALS.into(),
-            AMQPValue::LongLongInt(i64::from(deferrals(delivery)) + 1),
-        );
-        // decode() reads the attempt back from a delivery that came through warren.requeue.
-        headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
-        let props = delivery.properties.clone().with_headers(headers);
-        match self
-            .ctx
-            .publisher
-            .publish(REQUEUE_EXCHANGE, self.queue(), &delivery.data, props)
-            .await
-        {
-            Ok(()) => {
-                self.ctx.metrics.queue_message(self.queue(), "deferred");
-                self.ack(delivery).await
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "Could not put the deferred message back; requeueing.");
-                self.requeue(delivery).await
-            }
-        }
-    }
-
-    /// Moves the message to a delay tier with attempt+1, confirmed, then acks.
-    async fn retry(
-        &self,
-        delivery: &Delivery,
-        attempt: u32,
-        tier: &str,
-        error: &str,
-        details: &[(String, String)],
-    ) -> Settled {
-        let mut headers = failure_headers(delivery, error);
-        for (key, value) in details {
-            headers.insert(key.as_str().into(), long(value));
-        }
-        // Deferrals count in a row: an attempt spent starts them again.
-        if headers.inner().contains_key(H_DEFERRALS) {
-            let mut inner = headers.inner().clone();
-            inner.remove(H_DEFERRALS);
-            headers = FieldTable::from(inner);
-        }
-        headers.insert(
-            H_ATTEMPT.into(),
-            AMQPValue::LongLongInt(i64::from(attempt) + 1),
-        );
-        let props = delivery.properties.clone().with_headers(headers);
-        // Routing key = the queue: when the tier's TTL expires, warren.requeue routes it back
-        // to exactly this queue (not to every queue bound to the original key).
-        match self
-            .ctx
-            .publisher
-            .publish(tier, self.queue(), &delivery.data, props)
-            .await
-        {
-            Ok(()) => {
-                let action = if tier == FAILURE_TIER {
-                    "retried_60s"
-                } else {
-                    "retried_120s"
-                };
-                self.ctx.metrics.job(self.queue(), action);
-                self.ctx.metrics.queue_message(self.queue(), action);
-                self.ack(delivery).await
-            }
-            Err(e) => {
-                tracing::error!(error = %e, tier, "Could not move the message to its delay tier; requeueing.");
-                self.requeue(delivery).await
-            }
-        }
-    }
-
-    /// Parks the message in `Q.dead` (confirmed), records `failed_jobs`, publishes
-    /// `job.failed`, then acks.
-    async fn park(
-        &self,
-        delivery: &Delivery,
-        job: Option<&Job>,
-        attempt: u32,
-        reason: &str,
-        error: &str,
-        details: &[(String, String)],
-    ) -> Settled {
-        let mut headers = failure_headers(delivery, error);
-        for (key, value) in details {
-            headers.insert(key.as_str().into(), long(value));
-        }
-        headers.insert(H_REASON.into(), long(reason));
-        headers.insert(H_QUEUE.into(), long(self.queue()));
-        headers.insert(H_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
-        let props: BasicProperties = delivery.properties.clone().with_headers(headers);
-        if let Err(e) = self
-            .ctx
-            .publisher
-            .publish(DEAD_EXCHANGE, self.queue(), &delivery.data, props)
-            .await
-        {
-            tracing::error!(error = %e, "Could not park the message; requeueing.");
-            return self.requeue(delivery).await;
-        }
-        self.ctx.metrics.job(self.queue(), "dead_lettered");
-        self.ctx
-            .metrics
-            .queue_message(self.queue(), "dead_lettered");
-        let message_id = job.map(|j| j.message_id).or_else(|| {
-            delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .and_then(|m| m.as_str().parse().ok())
-        });
-        let job_name = job
-            .map(|j| j.event.event_name.as_str())
-            .or_else(|| delivery.properties.kind().as_ref().map(|k| k.as_str()))
-            .map(db_text);
-        let row = store::NewFailedJob {
-            queue: self.queue().to_owned(),
-            message_id,
-            job_name,
-            attempts: attempt,
-            error: db_text(error),
-            reason: reason.to_owned(),
-            payload: payload_text(&delivery.data),
-        };
-        if let Err(e) = store::insert_failed_job(&self.ctx.db, row).await {
-            tracing::error!(error = %e, "Parked the message but could not write its failed_jobs row.");
-        }
-        if let Err(e) = self.alert(job, message_id, attempt, reason, error).await {
-            tracing::error!(error = %e, "Parked the message but could not publish job.failed.");
-        }
-        self.ack(delivery).await
-    }
-
-    /// The article's `sendAlert`: a `job.failed` event on `warren.events`, through the events
-    /// service like any published event: confirmed, or stored in the events outbox for its
-    /// relay when the broker cannot take it.
-    async fn alert(
-        &self,
-        job: Option<&Job>,
-        message_id: Option<Uuid>,
-        attempts: u32,
-        reason: &str,
-        error: &str,
-    ) -> Result<(), OutboxError> {
-        let data = json!({
-            "type": format!("{}_failed", self.consumer.name()),
-            "queue": self.queue(),
-            "job_id": message_id,
-            "job_name": job.map(|j| j.event.event_name.clone()),
-            "attempts": attempts,
-            "reason": reason,
-            "error": error,
-            "data": job.map(|j| j.event.data.clone()),
-        });
-        let mut event = Outgoing::event("job.failed", message_id.map(|m| m.to_string()), data);
-        if let Some(j) = job {
-            event = event.caused_by(j);
-        }
-        self.ctx
-            .events
-            .send_outgoing(EVENTS_EXCHANGE, &event)
-            .await
-            .map(drop)
-    }
-
-    async fn ack(&self, delivery: &Delivery) -> Settled {
-        match tokio::time::timeout(AMQP_OP_TIMEOUT, delivery.ack(BasicAckOptions::default())).await
-        {
-            Ok(Ok(_)) => self.ctx.metrics.queue_message(self.queue(), "acked"),
-            // The channel is gone: the broker will redeliver; the inbox absorbs the repeat.
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Ack failed; the message will be redelivered.")
-            }
-            Err(_) => tracing::warn!(timeout = ?AMQP_OP_TIMEOUT,
-                "Ack got no answer; the message will be redelivered."),
-        }
-        Settled::Acked
-    }
-
-    async fn requeue(&self, delivery: &Delivery) -> Settled {
-        let nack = delivery.nack(BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        });
-        match tokio::time::timeout(AMQP_OP_TIMEOUT, nack).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Nack failed; the message will be redelivered.")
-            }
-            Err(_) => tracing::warn!(timeout = ?AMQP_OP_TIMEOUT,
-                "Nack got no answer; the message will be redelivered."),
-        }
-        self.ctx.metrics.queue_message(self.queue(), "requeued");
-        Settled::Requeued
+/// The parts of a delivery [`decode`] reads.
+fn delivered(delivery: &Delivery) -> Delivered<'_> {
+    Delivered {
+        body: &delivery.data,
+        properties: &delivery.properties,
+        exchange: delivery.exchange.as_str(),
+        routing_key: delivery.routing_key.as_str(),
     }
 }

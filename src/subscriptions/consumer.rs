@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     config::{ModuleSettings, SubscriptionSettings},
-    jobs::{Consumer, Job, JobError},
+    jobs::{Consumer, Job, JobError, Ordering},
     telemetry::Metrics,
 };
 
@@ -37,6 +37,7 @@ pub(crate) struct SubscriptionConsumer {
     module: String,
     inbox: bool,
     limits: ModuleSettings,
+    ordering: Ordering,
     /// Until when the receiver asked to be left alone (a 429 or 503 with `Retry-After`).
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// The circuit breaker of this subscription in this process.
@@ -101,18 +102,26 @@ impl SubscriptionConsumer {
         let handler_ms = sub
             .timeout_ms
             .saturating_add(u64::try_from(HANDLER_MARGIN.as_millis()).unwrap_or(u64::MAX));
+        // Twice the deliveries in flight: the next ones are at hand when one ends. Ordered,
+        // eight times: a held lane pins its aggregate's waiting messages in the window, and
+        // the other aggregates need room to flow around it (the queue's standbys take
+        // nothing, so a big window starves no one).
+        let window = match sub.ordering {
+            Ordering::Aggregate => 8,
+            Ordering::None => 2,
+        };
         Ok(Self {
             module: super::module_name(sub),
             inbox: sub.inbox,
             limits: ModuleSettings {
                 timeout_ms: Some(handler_ms),
-                // Twice the deliveries in flight: the next ones are at hand when one ends.
                 prefetch: Some(
-                    u16::try_from(sub.concurrency.saturating_mul(2)).unwrap_or(u16::MAX),
+                    u16::try_from(sub.concurrency.saturating_mul(window)).unwrap_or(u16::MAX),
                 ),
                 concurrency: Some(sub.concurrency),
                 max_attempts: sub.max_attempts,
             },
+            ordering: sub.ordering,
             paused_until: std::sync::Mutex::new(None),
             // A trial the runner cut off (its handler timeout) counts as failed after it.
             breaker: Breaker::new(sub.breaker.clone(), sub.timeout() + HANDLER_MARGIN * 2),
@@ -234,6 +243,10 @@ impl Consumer for SubscriptionConsumer {
 
     fn limits(&self) -> ModuleSettings {
         self.limits.clone()
+    }
+
+    fn ordering(&self) -> Ordering {
+        self.ordering
     }
 
     fn failure_details(&self, job: &Job) -> Vec<(String, String)> {

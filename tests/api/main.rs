@@ -27,6 +27,7 @@ mod scale;
 mod scheduler;
 mod security;
 mod smtp;
+mod subscription_ordering;
 mod subscription_removal;
 mod subscription_tls;
 mod subscriptions;
