@@ -29,6 +29,7 @@ mod security;
 mod smtp;
 mod subscription_ordering;
 mod subscription_removal;
+mod subscription_status;
 mod subscription_tls;
 mod subscriptions;
 mod topology;
