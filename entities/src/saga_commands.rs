@@ -22,6 +22,8 @@ pub struct Model {
     pub reason: Option<String>,
     /// When.
     pub applied_at: DateTimeUtc,
+    /// The result the participant answered with (replied again on a redelivery).
+    pub result: Option<Json>,
 }
 
 /// No relations.

@@ -27,6 +27,8 @@ pub struct Model {
     pub reason: Option<String>,
     /// When.
     pub at: DateTimeUtc,
+    /// What the participant returned with the reply (a success's JSON result), if anything.
+    pub result: Option<Json>,
 }
 
 /// No relations.

@@ -1,6 +1,7 @@
 //! The `payments` participant of the order saga: `balance.deduct` and `balance.refund` on the
 //! `accounts` table (queue `warren.payments`), a single conditional `UPDATE` each
-//! (`balance >= total`), so concurrent orders never overdraw an account.
+//! (`balance >= total`), so concurrent orders never overdraw an account. A deduction returns
+//! `{"user_id", "amount"}` as its step's result.
 
 use chrono::Utc;
 use entities::accounts;
@@ -63,7 +64,16 @@ impl Participant for Payments {
             .await
             .map_err(fault("cannot update the balance"))?;
         if res.rows_affected > 0 {
-            return Ok(Outcome::Applied);
+            // The charge's result reaches the refund (and any later step) as
+            // `results.deduct_balance`.
+            return Ok(if deduct {
+                Outcome::AppliedWith(serde_json::json!({
+                    "user_id": o.user_id,
+                    "amount": o.total_amount,
+                }))
+            } else {
+                Outcome::Applied
+            });
         }
         let known = accounts::Entity::find_by_id(o.user_id.clone())
             .one(txn)

@@ -69,6 +69,7 @@ impl Consumer for Orchestrator {
                     action: r.action,
                     ok: r.ok,
                     reason: r.reason,
+                    result: r.result,
                 };
                 self.sagas
                     .handle(r.saga_id, input, None)

@@ -97,6 +97,8 @@ pub struct SagaView {
     pub saga: sagas::Model,
     /// Per-step status, with names.
     pub steps: Vec<StepView>,
+    /// The steps' results, by step name (what later commands carry as `results`).
+    pub results: std::collections::BTreeMap<String, serde_json::Value>,
     /// The timeline, oldest first.
     pub timeline: Vec<saga_steps::Model>,
     /// Failed compensations, open or resolved.
@@ -116,6 +118,9 @@ pub struct StepView {
     pub compensation: Option<String>,
     /// Status.
     pub status: StepStatus,
+    /// What the participant returned with its success, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 const LOCK_STRIPES: usize = 256;
@@ -272,7 +277,14 @@ impl Sagas {
             updated_at: Set(now),
             finished_at: Set(next.is_finished().then_some(now)),
         };
-        let outbox = super::outbox::rows(def, id, &payload, traceparent.as_deref(), &cmds, now);
+        let outbox = super::outbox::rows(
+            def,
+            id,
+            (&payload, &next.results),
+            traceparent.as_deref(),
+            &cmds,
+            now,
+        );
         let mut timeline = vec![timeline_row(
             id,
             def,
@@ -392,7 +404,7 @@ impl Sagas {
             let outbox = super::outbox::rows(
                 def,
                 id,
-                &row.payload,
+                (&row.payload, &next.results),
                 row.traceparent.as_deref(),
                 &cmds,
                 now,

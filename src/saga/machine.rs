@@ -8,8 +8,12 @@
 //! a time; a success that arrives after its deadline is compensated too. A compensation that
 //! fails (after the participant's own retries) is recorded and the remaining compensations
 //! still run; the saga then ends in `needs_intervention` instead of `compensated`.
+//!
+//! A step's success may carry a result (the participant's JSON answer): the machine keeps it
+//! in [`SagaState::results`] under the step's name when it accepts the success, and every
+//! later command (the next steps, every compensation) carries all results kept so far.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -176,6 +180,10 @@ pub struct SagaState {
     pub steps: Vec<StepStatus>,
     /// Why the saga is rolling back, if it is.
     pub reason: Option<String>,
+    /// The results of the steps that succeeded with one, by step name (stored with the
+    /// state; absent in states stored before results existed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub results: BTreeMap<String, serde_json::Value>,
 }
 
 impl SagaState {
@@ -185,6 +193,7 @@ impl SagaState {
             status: Status::Pending,
             steps: vec![StepStatus::NotStarted; def.steps.len()],
             reason: None,
+            results: BTreeMap::new(),
         }
     }
 
@@ -212,6 +221,8 @@ pub enum Input {
         ok: bool,
         /// Why not, when it did not.
         reason: Option<String>,
+        /// What the participant returned with a success (kept for an execute only).
+        result: Option<serde_json::Value>,
     },
     /// A step's deadline passed (the adapter's timer).
     DeadlinePassed {
@@ -275,6 +286,7 @@ pub(crate) fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaSta
             action: Action::Execute,
             ok,
             reason,
+            result,
         } => {
             let Some(current) = s.steps.get(*step).copied() else {
                 return (s, out);
@@ -282,6 +294,7 @@ pub(crate) fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaSta
             match (s.status, current, ok) {
                 (Status::Running, StepStatus::Executing, true) => {
                     s.steps[*step] = StepStatus::Done;
+                    keep_result(def, &mut s, *step, result.as_ref());
                     execute_next(def, &mut s, step + 1, &mut out);
                 }
                 (Status::Running, StepStatus::Executing, false) => {
@@ -294,6 +307,7 @@ pub(crate) fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaSta
                 // rolled back later.
                 (Status::Running, StepStatus::TimedOut, true) => {
                     s.steps[*step] = StepStatus::Done;
+                    keep_result(def, &mut s, *step, result.as_ref());
                 }
                 // A success after the deadline: the effect happened, so it is undone too.
                 (
@@ -302,6 +316,7 @@ pub(crate) fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaSta
                     true,
                 ) => {
                     s.steps[*step] = StepStatus::Done;
+                    keep_result(def, &mut s, *step, result.as_ref());
                     if s.status != Status::Compensating {
                         s.status = Status::Compensating;
                     }
@@ -382,6 +397,13 @@ pub(crate) fn apply(def: &SagaDef, state: &SagaState, input: &Input) -> (SagaSta
         }
     }
     (s, out)
+}
+
+/// Keeps step `step`'s result (if it sent one) for the commands after it.
+fn keep_result(def: &SagaDef, s: &mut SagaState, step: usize, result: Option<&serde_json::Value>) {
+    if let (Some(r), Some(d)) = (result, def.steps.get(step)) {
+        s.results.insert(d.name.clone(), r.clone());
+    }
 }
 
 fn execute_next(def: &SagaDef, s: &mut SagaState, from: usize, out: &mut Vec<Command>) {
@@ -478,6 +500,17 @@ mod tests {
             action: Action::Execute,
             ok: true,
             reason: None,
+            result: None,
+        }
+    }
+
+    fn ok_with(step: usize, result: serde_json::Value) -> Input {
+        Input::Reply {
+            step,
+            action: Action::Execute,
+            ok: true,
+            reason: None,
+            result: Some(result),
         }
     }
 
@@ -487,6 +520,7 @@ mod tests {
             action: Action::Execute,
             ok: false,
             reason: Some("insufficient stock".into()),
+            result: None,
         }
     }
 
@@ -496,6 +530,7 @@ mod tests {
             action: Action::Compensate,
             ok,
             reason: None,
+            result: None,
         }
     }
 
@@ -748,6 +783,86 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<SagaDef>(&json).expect("and parse"),
             def
+        );
+    }
+
+    #[test]
+    fn given_steps_that_return_results_then_the_saga_keeps_each_under_its_step_name() {
+        use serde_json::json;
+        let def = SagaDef::order();
+        let (s, _) = run(
+            &def,
+            &[
+                Input::Start,
+                ok_with(0, json!({"order_id": 7})),
+                ok(1),
+                ok_with(2, json!({"charge_id": "ch_1"})),
+                fail(3),
+            ],
+        );
+        assert_eq!(
+            s.results,
+            BTreeMap::from([
+                ("create_order".to_owned(), json!({"order_id": 7})),
+                ("deduct_balance".to_owned(), json!({"charge_id": "ch_1"})),
+            ])
+        );
+        // Stored and read back with the state; a state stored without results still reads.
+        let json = serde_json::to_value(&s).expect("serializes");
+        assert_eq!(
+            serde_json::from_value::<SagaState>(json).expect("parses"),
+            s
+        );
+        let old = json!({"status": "running", "steps": ["executing", "not_started",
+            "not_started", "not_started"], "reason": null});
+        assert!(
+            serde_json::from_value::<SagaState>(old)
+                .expect("parses")
+                .results
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn given_a_stale_or_failed_reply_with_a_result_then_the_result_is_not_kept() {
+        use serde_json::json;
+        let def = SagaDef::order();
+        let (s, _) = run(&def, &[Input::Start, ok(0)]);
+        // A duplicate success of a step already done, with another result: nothing changes.
+        let (next, cmds) = apply(&def, &s, &ok_with(0, json!({"other": true})));
+        assert_eq!((next, cmds.len()), (s.clone(), 0));
+        // A refusal carrying a body is not a result.
+        let refused = Input::Reply {
+            step: 1,
+            action: Action::Execute,
+            ok: false,
+            reason: Some("no".into()),
+            result: Some(json!({"x": 1})),
+        };
+        let (next, _) = apply(&def, &s, &refused);
+        assert!(next.results.is_empty());
+    }
+
+    #[test]
+    fn given_a_late_success_with_a_result_then_its_compensation_gets_the_result() {
+        use serde_json::json;
+        let def = SagaDef::order();
+        let late = Input::DeadlinePassed {
+            step: 1,
+            action: Action::Execute,
+        };
+        let (s, _) = run(
+            &def,
+            &[
+                Input::Start,
+                ok(0),
+                late,
+                ok_with(1, json!({"hold": "h-1"})),
+            ],
+        );
+        assert_eq!(
+            s.results.get("deduct_inventory"),
+            Some(&json!({"hold": "h-1"}))
         );
     }
 }

@@ -8,7 +8,7 @@
 //! A command may therefore be published twice (a crash between confirm and delete), never
 //! lost; participants apply each idempotency key at most once.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use entities::saga_outbox;
@@ -35,11 +35,12 @@ use crate::{
 /// Most commands one relay pass publishes.
 const RELAY_BATCH: u64 = 200;
 
-/// The outbox rows of the commands a transition sends.
+/// The outbox rows of the commands a transition sends: each carries the saga's input and
+/// the results kept so far (the new state's).
 pub(super) fn rows(
     def: &SagaDef,
     saga_id: Uuid,
-    payload: &serde_json::Value,
+    (payload, results): (&serde_json::Value, &BTreeMap<String, serde_json::Value>),
     traceparent: Option<&str>,
     cmds: &[Command],
     now: DateTime<Utc>,
@@ -54,6 +55,7 @@ pub(super) fn rows(
                 action: c.action,
                 idempotency_key: c.idempotency_key(&saga_id.to_string()),
                 payload: payload.clone(),
+                results: results.clone(),
             };
             let event = Outgoing::event(
                 c.routing_key.clone(),

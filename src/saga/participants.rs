@@ -35,6 +35,8 @@ use crate::{
 pub enum Outcome {
     /// Applied.
     Applied,
+    /// Applied, with a result the saga keeps for its later commands (`results`).
+    AppliedWith(serde_json::Value),
     /// Refused for a business reason (short stock, short balance): the saga rolls back.
     Refused(String),
 }
@@ -84,28 +86,10 @@ impl<P: Participant> ParticipantConsumer<P> {
     /// Applies one command (at most once per idempotency key) and replies.
     pub async fn handle_command(&self, job: &Job) -> Result<(), JobError> {
         let cmd: CommandData = job.data()?;
-        let expected = format!(
-            "{}:{}:{}",
-            cmd.saga_id,
-            cmd.step,
-            match cmd.action {
-                Action::Execute => "execute",
-                Action::Compensate => "compensate",
-            }
-        );
-        if cmd.idempotency_key != expected {
-            return Err(JobError::Invalid(format!(
-                "idempotency key {:?} does not match the command (expected {expected:?})",
-                cmd.idempotency_key
-            )));
-        }
-        if let Some(done) = saga_commands::Entity::find_by_id(cmd.idempotency_key.clone())
-            .one(&self.db)
-            .await
-            .map_err(fault("cannot read saga_commands"))?
-        {
+        check_key(&cmd)?;
+        if let Some(done) = recorded(&self.db, &cmd).await? {
             tracing::info!(key = %cmd.idempotency_key, "Command already applied: replying again.");
-            return self.reply(job, &cmd, done.ok, done.reason).await;
+            return self.reply(job, &cmd, done).await;
         }
         let txn = self
             .db
@@ -114,29 +98,28 @@ impl<P: Participant> ParticipantConsumer<P> {
             .map_err(fault("cannot begin a transaction"))?;
         let outcome = self.participant.apply(&txn, &job.routing_key, &cmd).await?;
         match outcome {
-            Outcome::Applied => {
-                record(&txn, self.participant.name(), &cmd, true, None).await?;
+            Outcome::Applied | Outcome::AppliedWith(_) => {
+                let result = match outcome {
+                    Outcome::AppliedWith(r) => Some(r),
+                    _ => None,
+                };
+                let done = Answer::done(result);
+                record(&txn, self.participant.name(), &cmd, &done).await?;
                 txn.commit()
                     .await
                     .map_err(fault("cannot commit the command"))?;
-                self.reply(job, &cmd, true, None).await
+                self.reply(job, &cmd, done).await
             }
             Outcome::Refused(reason) => {
                 txn.rollback()
                     .await
                     .map_err(fault("cannot roll the command back"))?;
                 tracing::info!(key = %cmd.idempotency_key, %reason, "Command refused.");
+                let refused = Answer::refused(reason);
                 if cmd.action == Action::Execute {
-                    record(
-                        &self.db,
-                        self.participant.name(),
-                        &cmd,
-                        false,
-                        Some(reason.clone()),
-                    )
-                    .await?;
+                    record(&self.db, self.participant.name(), &cmd, &refused).await?;
                 }
-                self.reply(job, &cmd, false, Some(reason)).await
+                self.reply(job, &cmd, refused).await
             }
         }
     }
@@ -152,87 +135,171 @@ impl<P: Participant> ParticipantConsumer<P> {
             job.routing_key,
             job.attempt
         );
-        // An execute that was applied after all (only its reply failed) says so; one that was
-        // not is recorded as refused, so a replay from the dead-letter queue cannot apply it
-        // after the saga rolled back.
-        if cmd.action == Action::Execute {
-            match saga_commands::Entity::find_by_id(cmd.idempotency_key.clone())
-                .one(&self.db)
-                .await
-            {
-                Ok(Some(done)) => {
-                    let _ = self.reply(job, &cmd, done.ok, done.reason).await;
-                    return;
-                }
-                Ok(None) => {
-                    if let Err(e) = record(
-                        &self.db,
-                        self.participant.name(),
-                        &cmd,
-                        false,
-                        Some(reason.clone()),
-                    )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "Cannot record the refusal of a command given up on.");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "Cannot read saga_commands."),
-            }
-        }
-        if let Err(e) = self.reply(job, &cmd, false, Some(reason)).await {
-            tracing::error!(error = %e, saga_id = %cmd.saga_id,
-                "Cannot reply a failure to the orchestrator; the step's deadline will end it.");
-        }
+        give_up(
+            &self.db,
+            &self.publisher,
+            self.participant.name(),
+            job,
+            &cmd,
+            reason,
+        )
+        .await;
     }
 
-    async fn reply(
-        &self,
-        job: &Job,
-        cmd: &CommandData,
-        ok: bool,
-        reason: Option<String>,
-    ) -> Result<(), JobError> {
-        let reply = Reply {
-            saga_id: cmd.saga_id,
-            step: cmd.step,
-            action: cmd.action,
-            ok,
-            reason,
-        };
-        let message = Outgoing::event(
-            REPLY_EVENT,
-            Some(cmd.saga_id.to_string()),
-            serde_json::to_value(&reply).unwrap_or_default(),
-        )
-        .caused_by(job)
-        .correlated(cmd.saga_id.to_string());
-        self.publisher
-            .send(REPLIES_EXCHANGE, Some(REPLY_KEY), &message)
-            .await
-            .map_err(|e| JobError::Error(format!("cannot reply to the orchestrator: {e}")))
+    async fn reply(&self, job: &Job, cmd: &CommandData, answer: Answer) -> Result<(), JobError> {
+        send_reply(&self.publisher, job, cmd, answer).await
     }
 }
 
-async fn record<C: sea_orm::ConnectionTrait>(
+/// A participant's answer to one command, as recorded and replied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// Applied (true) or refused.
+    pub ok: bool,
+    /// Why not.
+    pub reason: Option<String>,
+    /// What a success returned.
+    pub result: Option<serde_json::Value>,
+}
+
+impl Answer {
+    /// Applied, with `result`.
+    pub(crate) fn done(result: Option<serde_json::Value>) -> Self {
+        Self {
+            ok: true,
+            reason: None,
+            result,
+        }
+    }
+
+    /// Refused for `reason`.
+    pub(crate) fn refused(reason: String) -> Self {
+        Self {
+            ok: false,
+            reason: Some(reason),
+            result: None,
+        }
+    }
+}
+
+/// `Invalid` unless the command's idempotency key is `saga_id:step:action`.
+pub(crate) fn check_key(cmd: &CommandData) -> Result<(), JobError> {
+    let expected = format!(
+        "{}:{}:{}",
+        cmd.saga_id,
+        cmd.step,
+        match cmd.action {
+            Action::Execute => "execute",
+            Action::Compensate => "compensate",
+        }
+    );
+    if cmd.idempotency_key == expected {
+        Ok(())
+    } else {
+        Err(JobError::Invalid(format!(
+            "idempotency key {:?} does not match the command (expected {expected:?})",
+            cmd.idempotency_key
+        )))
+    }
+}
+
+/// The answer recorded for `cmd`'s idempotency key, if a participant recorded one.
+pub(crate) async fn recorded(
+    db: &DatabaseConnection,
+    cmd: &CommandData,
+) -> Result<Option<Answer>, JobError> {
+    Ok(
+        saga_commands::Entity::find_by_id(cmd.idempotency_key.clone())
+            .one(db)
+            .await
+            .map_err(fault("cannot read saga_commands"))?
+            .map(|done| Answer {
+                ok: done.ok,
+                reason: done.reason,
+                result: done.result,
+            }),
+    )
+}
+
+/// Sends `answer` to `cmd` to the orchestrator (`warren.replies`, key `saga`, correlated by
+/// the saga id), confirmed.
+pub(crate) async fn send_reply(
+    publisher: &Publisher,
+    job: &Job,
+    cmd: &CommandData,
+    answer: Answer,
+) -> Result<(), JobError> {
+    let reply = Reply {
+        saga_id: cmd.saga_id,
+        step: cmd.step,
+        action: cmd.action,
+        ok: answer.ok,
+        reason: answer.reason,
+        result: answer.result,
+    };
+    let message = Outgoing::event(
+        REPLY_EVENT,
+        Some(cmd.saga_id.to_string()),
+        serde_json::to_value(&reply).unwrap_or_default(),
+    )
+    .caused_by(job)
+    .correlated(cmd.saga_id.to_string());
+    publisher
+        .send(REPLIES_EXCHANGE, Some(REPLY_KEY), &message)
+        .await
+        .map_err(|e| JobError::Error(format!("cannot reply to the orchestrator: {e}")))
+}
+
+/// The give-up reply: the runner parked `cmd` after its retries (`reason` says why). An
+/// execute that was applied after all (only its reply failed) replies what was recorded; one
+/// that was not is recorded as refused, so a replay from the dead-letter queue cannot apply
+/// it after the saga rolled back. A compensation is never recorded refused: an operator's
+/// retry sends it again.
+pub(crate) async fn give_up(
+    db: &DatabaseConnection,
+    publisher: &Publisher,
+    participant: &str,
+    job: &Job,
+    cmd: &CommandData,
+    reason: String,
+) {
+    let mut answer = Answer::refused(reason);
+    match recorded(db, cmd).await {
+        Ok(Some(done)) => answer = done,
+        Ok(None) if cmd.action == Action::Execute => {
+            if let Err(e) = record(db, participant, cmd, &answer).await {
+                tracing::warn!(error = %e, "Cannot record the refusal of a command given up on.");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "Cannot read saga_commands."),
+    }
+    if let Err(e) = send_reply(publisher, job, cmd, answer).await {
+        tracing::error!(error = %e, saga_id = %cmd.saga_id,
+            "Cannot reply a failure to the orchestrator; the step's deadline will end it.");
+    }
+}
+
+/// Records `answer` under `cmd`'s idempotency key. A concurrent duplicate that got there
+/// first makes this fail: the retry finds its record and replies it.
+pub(crate) async fn record<C: sea_orm::ConnectionTrait>(
     db: &C,
     participant: &str,
     cmd: &CommandData,
-    ok: bool,
-    reason: Option<String>,
+    answer: &Answer,
 ) -> Result<(), JobError> {
     saga_commands::Entity::insert(saga_commands::ActiveModel {
         idempotency_key: Set(cmd.idempotency_key.clone()),
         participant: Set(participant.to_owned()),
         saga_id: Set(cmd.saga_id),
-        ok: Set(ok),
-        reason: Set(reason),
+        ok: Set(answer.ok),
+        reason: Set(answer.reason.clone()),
         applied_at: Set(Utc::now()),
+        result: Set(answer.result.clone()),
     })
     .exec_without_returning(db)
     .await
     .map(drop)
-    // A concurrent duplicate got there first: the retry will find its record and reply.
     .map_err(fault("cannot record the idempotency key"))
 }
 

@@ -4,6 +4,8 @@
 //! Every message is a warren envelope ([`crate::broker::envelope::Event`]) whose `data` is one
 //! of these structs, with `correlation_id` = the saga id.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -34,9 +36,15 @@ pub struct CommandData {
     pub idempotency_key: String,
     /// The saga's input.
     pub payload: serde_json::Value,
+    /// The results of the steps that succeeded with one before this command was sent, by
+    /// step name (`{"charge": {"charge_id": "ch_1"}}`); a compensation sees its own step's
+    /// result here too. Absent when there is none, so participants written before results
+    /// existed read the same command as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub results: BTreeMap<String, serde_json::Value>,
 }
 
-/// A participant's answer: `{saga_id, step, action, ok, reason}`.
+/// A participant's answer: `{saga_id, step, action, ok, reason, result}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Reply {
     /// The saga.
@@ -50,6 +58,10 @@ pub(crate) struct Reply {
     /// Why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the participant returned with a success (an execute's result is kept with the
+    /// saga and handed to every later command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 /// `saga.start`: starts a saga of `kind` with `payload`. The message's event id becomes the

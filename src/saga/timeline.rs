@@ -1,5 +1,6 @@
 //! A saga's timeline (`saga_steps`): one row per input (started, succeeded, failed,
-//! deadline passed, retried, resolved) and per command sent.
+//! deadline passed, retried, resolved) and per command sent. A reply's row carries the result
+//! the participant returned with it (`result`), for a compensation too.
 
 use chrono::{DateTime, Utc};
 use entities::saga_steps;
@@ -36,6 +37,7 @@ pub(super) fn timeline_row(
         command: Set(command),
         reason: Set(reason),
         at: Set(at),
+        result: Set(None),
     }
 }
 
@@ -75,16 +77,21 @@ pub(super) fn input_row(
             action,
             ok,
             reason,
-        } => timeline_row(
-            saga_id,
-            def,
-            *step,
-            *action,
-            if *ok { "succeeded" } else { "failed" },
-            None,
-            reason.clone(),
-            at,
-        ),
+            result,
+        } => {
+            let mut row = timeline_row(
+                saga_id,
+                def,
+                *step,
+                *action,
+                if *ok { "succeeded" } else { "failed" },
+                None,
+                reason.clone(),
+                at,
+            );
+            row.result = Set(result.clone());
+            row
+        }
         Input::DeadlinePassed { step, action } => timeline_row(
             saga_id,
             def,

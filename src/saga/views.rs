@@ -1,4 +1,5 @@
-//! The saga engine's reads: one saga with its steps, timeline and interventions; lists,
+//! The saga engine's reads: one saga with its steps (and their results), timeline and
+//! interventions; lists,
 //! counts and the gauges (sagas per state, open interventions, the outbox).
 
 use entities::{saga_interventions, saga_steps, sagas};
@@ -69,6 +70,10 @@ impl Sagas {
             .map_err(err("reading a saga"))?
             .ok_or(SagaError::NotFound(id))?;
         let state: Option<SagaState> = serde_json::from_value(saga.state.clone()).ok();
+        let results = state
+            .as_ref()
+            .map(|s| s.results.clone())
+            .unwrap_or_default();
         let steps = match (self.inner.defs.get(&saga.kind), state) {
             (Some(def), Some(state)) => def
                 .steps
@@ -81,6 +86,7 @@ impl Sagas {
                     command: d.command.clone(),
                     compensation: d.compensation.clone(),
                     status,
+                    result: results.get(&d.name).cloned(),
                 })
                 .collect(),
             _ => Vec::new(),
@@ -100,6 +106,7 @@ impl Sagas {
         Ok(SagaView {
             saga,
             steps,
+            results,
             timeline,
             interventions,
         })

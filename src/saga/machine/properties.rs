@@ -65,6 +65,7 @@ fn forged_input() -> impl Strategy<Value = Input> {
             action,
             ok,
             reason: (!ok).then(|| "forged".to_owned()),
+            result: ok.then(|| serde_json::json!({"forged": step})),
         }),
         (0usize..7, action).prop_map(|(step, action)| Input::DeadlinePassed { step, action }),
         (0usize..7).prop_map(|step| Input::Retry { step }),
@@ -134,6 +135,8 @@ impl World {
             action: c.action,
             ok,
             reason: (!ok).then(|| "participant said no".to_owned()),
+            result: (ok && c.action == Action::Execute)
+                .then(|| serde_json::json!({"step": c.step})),
         }
     }
 
