@@ -219,9 +219,13 @@ impl App {
         }
         if roles.contains(&Role::Worker) {
             let board = crate::subscriptions::status::Board::new();
-            let mut subscriptions =
-                crate::subscriptions::consumers(&parts.settings, &parts.metrics, &board)
-                    .map_err(|e| StartError::Subscriptions(e.to_string()))?;
+            let mut subscriptions = crate::subscriptions::consumers(
+                &parts.settings,
+                &parts.metrics,
+                &board,
+                Some((parts.pools.get(Pool::Consumers), &parts.publisher)),
+            )
+            .map_err(|e| StartError::Subscriptions(e.to_string()))?;
             let mut consumers = Vec::new();
             for name in &self.modules {
                 if let Some(at) = subscriptions.iter().position(|c| c.name() == name) {

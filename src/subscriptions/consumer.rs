@@ -2,7 +2,9 @@
 //! POST per attempt with the process's shared, pooled HTTP client: no redirects followed, the
 //! subscription's timeout over the whole exchange (connect to the last byte read), at most
 //! `max_response_bytes` of a response read (the rest is dropped with the connection). The
-//! runner does the rest (ack, tiers, dead letters, `failed_jobs`, the inbox).
+//! runner does the rest (ack, tiers, dead letters, `failed_jobs`, the inbox). A saga command
+//! is answered for its saga too ([`super::saga_reply`]), when the consumer has the saga's
+//! reply path ([`SubscriptionConsumer::replying_to_sagas`]).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,6 +14,7 @@ use super::{
     breaker::{Breaker, Pass, Report},
     cloudevent::{Binding, Request},
     outcome::{Outcome, Verdict},
+    saga_reply::SagaReplies,
     status::{Board, Status},
 };
 use crate::{
@@ -55,6 +58,8 @@ pub(crate) struct SubscriptionConsumer {
     binding: Binding,
     client: Client,
     metrics: Metrics,
+    /// The saga reply path, when this consumer answers saga commands for their sagas.
+    saga: Option<SagaReplies>,
 }
 
 impl std::fmt::Debug for SubscriptionConsumer {
@@ -143,7 +148,19 @@ impl SubscriptionConsumer {
             },
             client,
             metrics,
+            saga: None,
         })
+    }
+
+    /// Answers the saga commands this subscription receives for their sagas: recorded in
+    /// `db` (`saga_commands`), replied through `publisher` ([`super::saga_reply`]).
+    pub(crate) fn replying_to_sagas(
+        mut self,
+        db: sea_orm::DatabaseConnection,
+        publisher: crate::broker::publisher::Publisher,
+    ) -> Self {
+        self.saga = Some(SagaReplies::new(db, publisher, self.module.clone()));
+        self
     }
 
     /// Reports this subscription's state through `board` and obeys the operators' pauses it
@@ -168,8 +185,19 @@ impl SubscriptionConsumer {
     /// POSTs `job` once and classifies the answer; counts it in
     /// `subscription_deliveries_total` and the duration histogram. The outcome carries the
     /// response's status, its first bytes and a bounded `Retry-After`.
+    #[cfg(test)]
     pub(crate) async fn deliver(&self, job: &Job) -> Outcome {
-        let Request { headers, body } = self.request(job);
+        self.exchange(job, Vec::new()).await.0
+    }
+
+    /// [`Self::deliver`] with `extra` headers; also returns the body's first bytes as read.
+    async fn exchange(&self, job: &Job, extra: Vec<(&'static str, String)>) -> (Outcome, Vec<u8>) {
+        let Request { mut headers, body } = self.request(job);
+        for (name, value) in extra {
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+                headers.insert(reqwest::header::HeaderName::from_static(name), v);
+            }
+        }
         let started = Instant::now();
         let sent = self
             .client
@@ -179,11 +207,11 @@ impl SubscriptionConsumer {
             .timeout(self.timeout)
             .send()
             .await;
+        let mut kept = Vec::new();
         let outcome = match sent {
             Ok(mut response) => {
                 let status = response.status();
                 let head = response.headers().clone();
-                let mut kept = Vec::new();
                 // Read up to the bound, never more: a huge or endless body costs nothing
                 // beyond it. A body that breaks off after the status does not change what
                 // the status said.
@@ -219,7 +247,47 @@ impl SubscriptionConsumer {
                 "Delivery did not succeed."
             ),
         }
-        outcome
+        (outcome, kept)
+    }
+
+    /// Reports a delivery's outcome to the breaker and the status board, and keeps a failed
+    /// one's response for the message's headers. `answered`: a saga step's refusal (409 or
+    /// 422), which is the participant's answer, not a failure.
+    fn observe(&self, job: &Job, outcome: &Outcome, answered: bool) {
+        // A refusal, or a pause asked for, is an answer: the subscriber is up.
+        let report = match (outcome.verdict, outcome.retry_after) {
+            _ if answered => Report::Up,
+            (Verdict::Delivered | Verdict::Invalid, _) | (_, Some(_)) => Report::Up,
+            (Verdict::Failed | Verdict::Error, None) => Report::Down,
+        };
+        if let Some(change) = self.breaker.report(job.message_id, report) {
+            tracing::warn!(breaker = change, "Circuit breaker {change}.");
+            self.metrics
+                .subscription_breaker(self.subscription(), self.breaker.gauge());
+            self.status.breaker(self.breaker.view());
+        }
+        if answered || outcome.verdict == Verdict::Delivered {
+            self.status.delivered();
+            return;
+        }
+        self.status
+            .failed(outcome.clone().into_text(), report == Report::Down);
+        let mut details = vec![(H_HTTP_OUTCOME.to_owned(), outcome.kind.to_owned())];
+        if let Some(status) = outcome.status {
+            details.push((H_HTTP_STATUS.to_owned(), status.to_string()));
+        }
+        if !outcome.body.is_empty() {
+            details.push((H_HTTP_BODY.to_owned(), outcome.body.clone()));
+        }
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: an entry the runner never took (its handler cut off) goes with the rest.
+        if failures.len() >= 10_000 {
+            failures.clear();
+        }
+        failures.insert(job.message_id, details);
     }
 }
 
@@ -247,6 +315,15 @@ impl Consumer for SubscriptionConsumer {
 
     fn ordering(&self) -> Ordering {
         self.ordering
+    }
+
+    /// A saga command parked for good: its saga gets the give-up reply (the step fails).
+    async fn on_failed(&self, job: &Job, error: &str) {
+        if let Some(replies) = &self.saga
+            && let Some(cmd) = replies.command(job)
+        {
+            replies.give_up(job, &cmd, error).await;
+        }
     }
 
     fn failure_details(&self, job: &Job) -> Vec<(String, String)> {
@@ -284,44 +361,31 @@ impl Consumer for SubscriptionConsumer {
 
     /// One delivery. A 429 or 503 with `Retry-After` pauses the subscription for that long
     /// (bounded by `max_retry_after_secs`) and defers the message: it waits in the queue
-    /// without spending an attempt.
+    /// without spending an attempt. A saga command's final answer (2xx, 409, 422) is recorded
+    /// and replied to its saga first; one already recorded is replied without a delivery.
     #[tracing::instrument(skip_all, fields(subscription = %self.binding.subscription, job_id = %job.message_id, attempt = job.attempt))]
     async fn handle(&self, job: &Job) -> Result<(), JobError> {
-        let outcome = self.deliver(job).await;
-        // A refusal, or a pause asked for, is an answer: the subscriber is up.
-        let report = match (outcome.verdict, outcome.retry_after) {
-            (Verdict::Delivered | Verdict::Invalid, _) | (_, Some(_)) => Report::Up,
-            (Verdict::Failed | Verdict::Error, None) => Report::Down,
-        };
-        if let Some(change) = self.breaker.report(job.message_id, report) {
-            tracing::warn!(breaker = change, "Circuit breaker {change}.");
-            self.metrics
-                .subscription_breaker(self.subscription(), self.breaker.gauge());
-            self.status.breaker(self.breaker.view());
+        let saga = self
+            .saga
+            .as_ref()
+            .and_then(|r| r.command(job).map(|c| (r, c)));
+        if let Some((replies, cmd)) = &saga
+            && let Some(done) = replies.recorded(cmd).await?
+        {
+            tracing::info!(key = %cmd.idempotency_key, "Saga step already answered: replying again.");
+            return replies.reply(job, cmd, done).await;
         }
-        match outcome.verdict {
-            Verdict::Delivered => self.status.delivered(),
-            _ => self
-                .status
-                .failed(outcome.clone().into_text(), report == Report::Down),
-        }
-        if outcome.verdict != Verdict::Delivered {
-            let mut details = vec![(H_HTTP_OUTCOME.to_owned(), outcome.kind.to_owned())];
-            if let Some(status) = outcome.status {
-                details.push((H_HTTP_STATUS.to_owned(), status.to_string()));
-            }
-            if !outcome.body.is_empty() {
-                details.push((H_HTTP_BODY.to_owned(), outcome.body.clone()));
-            }
-            let mut failures = self
-                .failures
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Bounded: an entry the runner never took (its handler cut off) goes with the rest.
-            if failures.len() >= 10_000 {
-                failures.clear();
-            }
-            failures.insert(job.message_id, details);
+        let extra = saga
+            .as_ref()
+            .map(|(_, c)| super::saga_reply::headers(c))
+            .unwrap_or_default();
+        let (outcome, body) = self.exchange(job, extra).await;
+        let answer = saga.as_ref().and_then(|_| {
+            super::saga_reply::answer(outcome.status, &body, &outcome.clone().into_text())
+        });
+        self.observe(job, &outcome, answer.as_ref().is_some_and(|a| !a.ok));
+        if let (Some((replies, cmd)), Some(answer)) = (&saga, answer) {
+            return replies.settle(job, cmd, answer).await;
         }
         if let Some(after) = outcome.retry_after {
             let until = tokio::time::Instant::now() + after;

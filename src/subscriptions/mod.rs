@@ -2,7 +2,8 @@
 //! (`[[subscriptions]]`), delivered from the subscription's own queue `warren.sub.<name>` as
 //! CloudEvents over HTTP ([`cloudevent`]), signed per Standard Webhooks ([`signature`]), with
 //! the answer classified into the runner's retry tiers and dead letters ([`outcome`]), by one
-//! job module per subscription ([`SubscriptionConsumer`]).
+//! job module per subscription ([`SubscriptionConsumer`]); a saga command is answered for its
+//! saga ([`saga_reply`]: HTTP saga participants, `docs/participants.md`).
 //!
 //! What the app wires: [`consumers`] (one consumer per subscription, sharing one HTTP
 //! client), each run by the ordinary runner with its own limits ([`Consumer::limits`]), and
@@ -15,6 +16,7 @@ pub(crate) mod breaker;
 pub(crate) mod cloudevent;
 mod consumer;
 pub(crate) mod outcome;
+pub(crate) mod saga_reply;
 pub(crate) mod signature;
 pub(crate) mod status;
 pub(crate) mod store;
@@ -122,11 +124,16 @@ fn client_for(
 
 /// One [`SubscriptionConsumer`] per subscription in `settings`, sharing one HTTP client but for
 /// those with TLS files of their own, each reporting to `board` (the consumers the process
-/// does not run leave it when dropped).
+/// does not run leave it when dropped) and answering saga commands for their sagas through
+/// `saga` when given (the database and the publisher: [`saga_reply`]).
 pub(crate) fn consumers(
     settings: &Settings,
     metrics: &Metrics,
     board: &status::Board,
+    saga: Option<(
+        &sea_orm::DatabaseConnection,
+        &crate::broker::publisher::Publisher,
+    )>,
 ) -> Result<Vec<Arc<dyn Consumer>>, SubscriptionError> {
     if settings.subscriptions.is_empty() {
         return Ok(Vec::new());
@@ -138,8 +145,13 @@ pub(crate) fn consumers(
         .iter()
         .map(|sub| {
             let client = client_for(sub, &shared)?;
-            SubscriptionConsumer::new(sub, &vhost, client, metrics.clone())
-                .map(|c| Arc::new(c.reporting_to(board)) as Arc<dyn Consumer>)
+            SubscriptionConsumer::new(sub, &vhost, client, metrics.clone()).map(|c| {
+                let c = c.reporting_to(board);
+                Arc::new(match saga {
+                    Some((db, publisher)) => c.replying_to_sagas(db.clone(), publisher.clone()),
+                    None => c,
+                }) as Arc<dyn Consumer>
+            })
         })
         .collect()
 }

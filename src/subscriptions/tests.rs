@@ -261,7 +261,7 @@ fn consumers_and_runner_limits_come_from_the_settings() {
         },
     );
     let board = super::status::Board::new();
-    let consumers = consumers(&settings, &Metrics::new(), &board).expect("consumers");
+    let consumers = consumers(&settings, &Metrics::new(), &board, None).expect("consumers");
     assert!(!board.is_empty(), "each reports to the board");
     let names: Vec<(&str, &str)> = consumers.iter().map(|c| (c.name(), c.queue())).collect();
     assert_eq!(
