@@ -588,8 +588,10 @@ pages.saga = {
             el('summary', { 'data-key': 'saga-data', text: 'Payload and state' }),
             el('pre', { class: 'body', text: JSON.stringify({ payload: s.payload, state: s.state }, null, 2) }))
           : null);
-      replace(steps, table('Steps', ['#', 'Name', 'Command', 'Compensation', 'Status'], (s.steps || []).map((st) =>
-        [String(st.step), st.name, el('code', { text: st.command || '' }), el('code', { text: st.compensation || '' }), badge(st.status)]), 'steps-table', 'No steps.'));
+      // A step's result (what its participant returned; later commands carry it as `results`).
+      const resultOf = (r, testid) => (r === undefined || r === null ? '' : el('code', { class: 'wrap', testid, text: JSON.stringify(r) }));
+      replace(steps, table('Steps', ['#', 'Name', 'Command', 'Compensation', 'Status', 'Result'], (s.steps || []).map((st) =>
+        [String(st.step), st.name, el('code', { text: st.command || '' }), el('code', { text: st.compensation || '' }), badge(st.status), resultOf(st.result, 'step-result')]), 'steps-table', 'No steps.'));
       // Timeline: oldest first, with the time since the previous entry and, for a reply
       // (ok/failed), the time since its command was sent for the same step and action.
       let prev = null;
@@ -606,9 +608,10 @@ pages.saga = {
           el('td', null, time(t.at)), el('td', { text: `${t.step ?? ''} ${t.step_name || ''}`.trim() }), el('td', { text: t.action || '' }),
           el('td', null, el('span', { class: `event event-${String(t.event).replace(/[^a-z_]/gi, '')}`, text: t.event })),
           el('td', null, el('code', { text: t.command || '' })), el('td', { class: 'wrap', text: t.reason || '' }),
+          el('td', null, resultOf(t.result, 'timeline-result')),
           el('td', { class: 'num', text: since }), el('td', { class: 'num', text: rtt }));
       });
-      replace(timeline, table('Timeline', ['Time', 'Step', 'Action', 'Event', 'Command', 'Reason', 'Since previous', 'Command → reply'], rows, 'timeline', 'No entries.'));
+      replace(timeline, table('Timeline', ['Time', 'Step', 'Action', 'Event', 'Command', 'Reason', 'Result', 'Since previous', 'Command → reply'], rows, 'timeline', 'No entries.'));
       replace(ivs, interventionTable(s.interventions || [], (msg) => { if (msg) replace(result, msg); last = ''; kick(); }, 'Interventions of this saga', false));
     }
     return refresh;
