@@ -91,12 +91,12 @@ impl SagaReplies {
         answer: Answer,
     ) -> Result<(), JobError> {
         let mut answer = answer;
-        if answer.ok || cmd.action == Action::Execute {
-            if let Err(e) = participants::record(&self.db, &self.participant, cmd, &answer).await {
-                match self.recorded(cmd).await? {
-                    Some(first) => answer = first,
-                    None => return Err(e),
-                }
+        if (answer.ok || cmd.action == Action::Execute)
+            && let Err(e) = participants::record(&self.db, &self.participant, cmd, &answer).await
+        {
+            match self.recorded(cmd).await? {
+                Some(first) => answer = first,
+                None => return Err(e),
             }
         }
         tracing::info!(key = %cmd.idempotency_key, ok = answer.ok, reason = ?answer.reason,

@@ -8,8 +8,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use entities::saga_commands;
+use lapin::BasicProperties;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
+use warren::broker::envelope::Event;
 
 use crate::{
     helpers::{TestApp, eventually},
@@ -227,6 +229,25 @@ async fn each_steps_result_reaches_the_next_steps_and_shows_with_the_saga() {
     assert_eq!(charged.participant, "sub.charge");
     assert_eq!(charged.result, Some(json!({"charge_id": "ch_1"})));
     app.settled(&queues()).await;
+
+    // The charge sent again under a new message id (the inbox does not know it): its
+    // answer is recorded, so it is replied again without asking the participant, and the
+    // orchestrator drops the repeated reply.
+    let again = Event::new("card.charge", Some(id.clone()), body(&charge[0]));
+    app.publish_raw(
+        "warren.commands",
+        "card.charge",
+        &again.to_json(),
+        BasicProperties::default().with_correlation_id(id.clone().into()),
+    )
+    .await;
+    app.settled(&queues()).await;
+    assert_eq!(rx.got("charge").len(), 1, "answered from the record");
+    let after = until_status(&app, &id, "completed", LONG).await;
+    assert_eq!(
+        after["version"], view["version"],
+        "the repeated reply changed nothing"
+    );
     app.cleanup().await;
 }
 
