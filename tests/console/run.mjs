@@ -211,6 +211,8 @@ async function phaseSaga() {
     const trace = (await text(tid('trace-id'))).trim();
     check(/^[0-9a-f]{32}$/.test(trace), `trace id "${trace}" is not 32 hex digits`);
     check(await page.locator(`${tid('timeline')} th[scope=col]`).count() >= 6, 'the timeline table lacks column headers');
+    check(await page.locator(`${tid('steps-table')} th[scope=col]`, { hasText: 'Result' }).count() === 1, 'the steps table has no Result column');
+    check(await page.locator(`${tid('timeline')} th[scope=col]`, { hasText: 'Result' }).count() === 1, 'the timeline has no Result column');
     await noAlert();
     await shot('saga.png');
   });
