@@ -388,6 +388,63 @@ async fn a_participant_that_never_succeeds_is_parked_and_its_saga_fails_the_step
     app.cleanup().await;
 }
 
+#[tokio::test]
+async fn a_refused_compensation_needs_intervention_and_an_operator_retry_asks_the_participant_again()
+ {
+    let (app, rx, _dir) = spawn_trip(&[
+        ("reserve", vec![json_answer(200, r#"{"seat": "9B"}"#)]),
+        ("charge", vec![json_answer(200, r#"{"charge_id": "ch_9"}"#)]),
+        ("issue", vec![answer(422)]),
+        (
+            "refund",
+            vec![
+                json_answer(409, r#"{"reason": "the refund desk is closed"}"#),
+                json_answer(200, r#"{"refund_id": "re_9"}"#),
+            ],
+        ),
+        ("release", vec![answer(204)]),
+    ])
+    .await;
+    let id = start_trip(&app, "T-desk").await;
+    let view = until_status(&app, &id, "needs_intervention", LONG).await;
+    assert_eq!(
+        rx.got("release").len(),
+        1,
+        "the other compensation still ran"
+    );
+    let iv = view["interventions"][0].clone();
+    assert_eq!(iv["reason"], "the refund desk is closed");
+    let r = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/interventions/{}/retry", iv["id"].as_str().expect("id")),
+        )
+        .json(&json!({"note": "desk open again"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let view = until_status(&app, &id, "compensated", LONG).await;
+    let refund = rx.got("refund");
+    assert_eq!(refund.len(), 2, "a refused compensation is asked again");
+    assert!(
+        refund
+            .iter()
+            .all(|g| saga_headers(g) == header_of(&id, 1, "charge", "compensate")),
+        "the same Idempotency-Key on the operator's retry"
+    );
+    assert_eq!(
+        body(&refund[1])["results"]["charge"],
+        json!({"charge_id": "ch_9"})
+    );
+    assert!(
+        succeeded(&view).contains(&(1, "compensate".into(), json!({"refund_id": "re_9"}))),
+        "{view}"
+    );
+    app.settled(&queues()).await;
+    app.cleanup().await;
+}
+
 /// Every subscription's queue, empty.
 fn queues() -> Vec<(&'static str, u64)> {
     vec![
