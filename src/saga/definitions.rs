@@ -210,6 +210,13 @@ fn step_problems(step: &StepDef, topology: &Topology) -> Vec<String> {
     if step.deadline.is_zero() {
         out.push("its deadline is 0: give it at least 1 ms".to_owned());
     }
+    for key in std::iter::once(&step.command).chain(&step.compensation) {
+        if key.starts_with("saga.") {
+            out.push(format!(
+                "{key:?}: commands under `saga.` are the orchestrator's own (saga.start)"
+            ));
+        }
+    }
     let handled = |key: &str| topology.routes(COMMANDS_EXCHANGE, key);
     if !handled(&step.command) {
         out.push(format!(
@@ -320,6 +327,13 @@ mod tests {
         crate::broker::subscriptions::add_to(&mut t, &[sub]);
         let file = json!([{"kind": "trip", "steps": [step("seat", "seat.reserve")]}]);
         assert!(check(&file.to_string(), &t, &[]).is_ok());
+    }
+
+    #[test]
+    fn a_command_of_the_orchestrator_is_refused() {
+        let p = problems(&json!([{"kind": "trip", "steps": [step("go", "saga.start")]}]));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("the orchestrator's own"), "{p:?}");
     }
 
     #[test]

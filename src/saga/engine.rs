@@ -473,7 +473,7 @@ impl Sagas {
             {
                 deadline_at = row.deadline_at;
             }
-            let outbox = super::outbox::rows(
+            let mut outbox = super::outbox::rows(
                 def,
                 id,
                 &row.payload,
@@ -481,6 +481,10 @@ impl Sagas {
                 &cmds,
                 now,
             );
+            // Ended (again, after an operator's retry): `saga.<status>` on `warren.events`.
+            if next.is_finished() && next.status != state.status {
+                outbox.push(super::outbox::finished_event(&row, &next, now));
+            }
             let mut timeline = vec![input_row(def, id, &input, note.clone(), now)];
             timeline.extend(sent_rows(def, id, &cmds, now));
             let finished = next.is_finished() && !state.is_finished();

@@ -55,6 +55,40 @@ async fn start(app: &TestApp, kind: &str, key: Option<&str>, body: &Value) -> re
     r.send().await.expect("sent")
 }
 
+/// A queue bound to `warren.events` for `saga.*`: the sagas' end events.
+async fn tap_saga_events(app: &TestApp) {
+    let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
+        .await
+        .expect("amqp connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        "test.saga-events".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .expect("tap queue");
+    ch.queue_bind(
+        "test.saga-events".into(),
+        "warren.events".into(),
+        "saga.*".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .expect("bind tap");
+    let _ = conn.close(200, "".into()).await;
+}
+
+/// The end events received so far: (type, data).
+async fn saga_events(app: &TestApp, seen: &mut Vec<(String, Value)>) {
+    for m in app.drain("test.saga-events").await {
+        let kind = m.properties.kind().as_ref().map(ToString::to_string);
+        let body: Value = serde_json::from_slice(&m.data).expect("json body");
+        seen.push((kind.unwrap_or_default(), body["data"].clone()));
+    }
+}
+
 async fn sagas_of(app: &TestApp, kind: &str) -> u64 {
     sagas::Entity::find()
         .filter(sagas::Column::Kind.eq(kind))
@@ -69,7 +103,13 @@ async fn saga_started_over_http_runs_to_completed_and_its_link_follows_it() {
     let path = dir.path().join("sagas.json");
     write(&path, &reserve("reserve", 10_000));
     let app = spawn_with_file(&["inventory", "payments"], &path).await;
-    seed(&app, json!({"SKU-H": 5}), json!({"u-h": 1_000})).await;
+    tap_saga_events(&app).await;
+    seed(
+        &app,
+        json!({"SKU-H": 5}),
+        json!({"u-h": 1_000, "u-poor": 1}),
+    )
+    .await;
     let r = start(
         &app,
         "reserve",
@@ -92,6 +132,32 @@ async fn saga_started_over_http_runs_to_completed_and_its_link_follows_it() {
     assert_eq!(done["definition_hash"].as_str().map(str::len), Some(64));
     assert_eq!(stock(&app, "SKU-H").await, 3);
     assert_eq!(balance(&app, "u-h").await, 400);
+    // Short of balance: compensated. Each end is an event on warren.events.
+    let r = start(
+        &app,
+        "reserve",
+        None,
+        &json!({"business_key": "H-3", "payload": order("H-3", "u-poor", "SKU-H", 1, 300)}),
+    )
+    .await;
+    let poor: Value = r.json().await.expect("json");
+    let poor = poor["saga_id"].as_str().expect("saga_id").to_owned();
+    until_status(&app, &poor, "compensated", Duration::from_secs(30)).await;
+    let got = tokio::sync::Mutex::new(Vec::new());
+    let seen = crate::helpers::eventually(Duration::from_secs(15), "both end events", || async {
+        let mut got = got.lock().await;
+        saga_events(&app, &mut got).await;
+        (got.len() >= 2).then(|| got.clone())
+    })
+    .await;
+    let by = |name: &str| seen.iter().find(|(k, _)| k == name).map(|(_, d)| d.clone());
+    let completed = by("saga.completed").expect("saga.completed");
+    assert_eq!(completed["saga_id"], id);
+    assert_eq!(completed["business_key"], "H-1");
+    assert_eq!(completed["links"]["self"], location.as_str());
+    let compensated = by("saga.compensated").expect("saga.compensated");
+    assert_eq!(compensated["saga_id"], poor.as_str());
+    assert!(compensated["reason"].is_string(), "{compensated}");
     // The order saga starts the same way.
     let r = start(
         &app,
