@@ -311,6 +311,8 @@ impl Sagas {
             .map_err(db("looking up an idempotency key"))
     }
 
+    // Long on purpose: one transaction's steps in order (rows, insert, the duplicate and
+    // repeat checks, timeline, outbox, commit, flush).
     #[tracing::instrument(skip(self, start), fields(saga_id))]
     async fn start_with(
         &self,

@@ -2,7 +2,14 @@
 //! checked before they run (at start and by `warren saga check`), and a saga that keeps the
 //! definition it started with across a changed file and a restart.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use entities::sagas;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
@@ -12,7 +19,7 @@ use warren::{App, Role};
 
 use crate::{
     helpers::{TestApp, TestDb, TestVhost, spawn_roles_in, test_settings},
-    saga::{ALL, balance, order, seed, spawn_saga, stock, until_status},
+    saga::{ALL, balance, order, seed, spawn_saga, start_faulty_inventory, stock, until_status},
 };
 
 /// A "reserve" saga: stock, then balance, each undone on a rollback.
@@ -80,13 +87,23 @@ async fn tap_saga_events(app: &TestApp) {
     let _ = conn.close(200, "".into()).await;
 }
 
-/// The end events received so far: (type, data).
-async fn saga_events(app: &TestApp, seen: &mut Vec<(String, Value)>) {
-    for m in app.drain("test.saga-events").await {
-        let kind = m.properties.kind().as_ref().map(ToString::to_string);
-        let body: Value = serde_json::from_slice(&m.data).expect("json body");
-        seen.push((kind.unwrap_or_default(), body["data"].clone()));
-    }
+/// Waits for `n` end events in the tap; returns them (type, data) in arrival order.
+async fn saga_events(app: &TestApp, n: usize) -> Vec<(String, Value)> {
+    let got = tokio::sync::Mutex::new(Vec::new());
+    crate::helpers::eventually(
+        Duration::from_secs(15),
+        &format!("{n} end events"),
+        || async {
+            let mut got = got.lock().await;
+            for m in app.drain("test.saga-events").await {
+                let kind = m.properties.kind().as_ref().map(ToString::to_string);
+                let body: Value = serde_json::from_slice(&m.data).expect("json body");
+                got.push((kind.unwrap_or_default(), body["data"].clone()));
+            }
+            (got.len() >= n).then(|| got.clone())
+        },
+    )
+    .await
 }
 
 async fn sagas_of(app: &TestApp, kind: &str) -> u64 {
@@ -143,13 +160,7 @@ async fn saga_started_over_http_runs_to_completed_and_its_link_follows_it() {
     let poor: Value = r.json().await.expect("json");
     let poor = poor["saga_id"].as_str().expect("saga_id").to_owned();
     until_status(&app, &poor, "compensated", Duration::from_secs(30)).await;
-    let got = tokio::sync::Mutex::new(Vec::new());
-    let seen = crate::helpers::eventually(Duration::from_secs(15), "both end events", || async {
-        let mut got = got.lock().await;
-        saga_events(&app, &mut got).await;
-        (got.len() >= 2).then(|| got.clone())
-    })
-    .await;
+    let seen = saga_events(&app, 2).await;
     let by = |name: &str| seen.iter().find(|(k, _)| k == name).map(|(_, d)| d.clone());
     let completed = by("saga.completed").expect("saga.completed");
     assert_eq!(completed["saga_id"], id);
@@ -278,6 +289,47 @@ async fn saga_start_of_an_unknown_kind_is_404_and_a_bad_body_is_refused_with_the
     app.cleanup().await;
 }
 
+#[tokio::test]
+async fn saga_needing_intervention_is_an_event_and_the_retry_that_finishes_it_another() {
+    let app = spawn_saga(&["orders", "payments", "notifications"], |s| s, |a| a).await;
+    tap_saga_events(&app).await;
+    let failing = Arc::new(AtomicBool::new(true));
+    let stop = CancellationToken::new();
+    let inventory = start_faulty_inventory(&app, failing.clone(), stop.clone()).await;
+    seed(&app, json!({"SKU-1": 10}), json!({"u-1": 50})).await;
+    let body = json!({"business_key": "N-1", "payload": order("N-1", "u-1", "SKU-1", 4, 100)});
+    let r = start(&app, "order", Some("n-1"), &body).await;
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.expect("json");
+    let id = v["saga_id"].as_str().expect("id").to_owned();
+    let view = until_status(&app, &id, "needs_intervention", Duration::from_secs(40)).await;
+    let seen = saga_events(&app, 1).await;
+    assert_eq!(seen[0].0, "saga.needs_intervention");
+    assert_eq!(seen[0].1["saga_id"], id.as_str());
+    assert_eq!(seen[0].1["kind"], "order");
+
+    failing.store(false, Ordering::SeqCst);
+    let iv = view["interventions"][0]["id"]
+        .as_str()
+        .expect("intervention");
+    let r = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/interventions/{iv}/retry"),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    until_status(&app, &id, "compensated", Duration::from_secs(30)).await;
+    let seen = saga_events(&app, 1).await;
+    assert_eq!(seen[0].0, "saga.compensated");
+    assert_eq!(seen[0].1["saga_id"], id.as_str());
+    stop.cancel();
+    inventory.wait().await;
+    app.cleanup().await;
+}
+
 fn cli_check(file: &Path) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["saga", "check"])
@@ -312,11 +364,13 @@ async fn saga_definitions_with_problems_are_refused_at_start_and_by_saga_check()
     let (vhost, db) = (TestVhost::new().await, TestDb::new().await);
     let mut settings = test_settings(&vhost, &db.url);
     settings.saga.definitions_file = Some(bad.clone());
-    let refused = App::new(settings)
+    let refused = match App::new(settings)
         .start(&[Role::Saga], CancellationToken::new())
         .await
-        .err()
-        .expect("the start is refused");
+    {
+        Ok(_) => panic!("a start with a bad definitions file is refused"),
+        Err(e) => e,
+    };
     let message = refused.to_string();
     assert!(
         message.contains(r#"saga "trip", step "charge""#),
