@@ -175,6 +175,11 @@ async fn start_saga(
     let data = super::parse_data(body.content_type.as_deref(), &body.bytes)?;
     let start: StartBody =
         serde_json::from_value(data).map_err(|e| ApiError::InvalidSagaStart(e.to_string()))?;
+    let start = if kind == "order" {
+        order_start(start)?
+    } else {
+        start
+    };
     check_key("business_key", start.business_key.as_deref())?;
     check_key("Idempotency-Key", key.as_deref())?;
     let trace = crate::telemetry::outgoing(body.traceparent.as_deref());
@@ -227,6 +232,25 @@ async fn start_saga(
         "false"
     };
     Ok(warp::reply::with_header(reply, "idempotent-replayed", replayed).into_response())
+}
+
+/// The order saga started this way meets `POST /v1/orders`' rules: the payload is a valid
+/// order, and the business key is its order number (given, or taken from the payload), so
+/// `GET /v1/orders/{order_no}` finds it.
+fn order_start(start: StartBody) -> Result<StartBody, ApiError> {
+    let order: OrderRequest = serde_json::from_value(start.payload.clone())
+        .map_err(|e| ApiError::InvalidOrder(format!("payload: {e}")))?;
+    order.validate().map_err(ApiError::InvalidOrder)?;
+    match start.business_key {
+        Some(k) if k != order.order_no => Err(ApiError::InvalidOrder(format!(
+            "the business key of an order saga is its order number: {k:?} is not {:?}",
+            order.order_no
+        ))),
+        _ => Ok(StartBody {
+            business_key: Some(order.order_no),
+            payload: start.payload,
+        }),
+    }
 }
 
 /// A key (business key, `Idempotency-Key`) is 1 to 255 characters when given.

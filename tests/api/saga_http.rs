@@ -275,6 +275,22 @@ async fn saga_start_of_an_unknown_kind_is_404_and_a_bad_body_is_refused_with_the
 
     let r = start(&app, "order", None, &json!({"business_key": ""})).await;
     assert_eq!(r.status(), 422);
+    // The order saga keeps `POST /v1/orders`' rules: a valid order, keyed by its number.
+    let mut bad = order("B-1", "u-1", "SKU-1", 1, 100);
+    bad["total_amount"] = json!(7);
+    let r = start(&app, "order", None, &json!({"payload": bad})).await;
+    assert_eq!(r.status(), 422);
+    let e: Value = r.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "invalid_order", "{e}");
+    let good = order("B-2", "u-1", "SKU-1", 1, 100);
+    let r = start(
+        &app,
+        "order",
+        None,
+        &json!({"business_key": "X", "payload": good}),
+    )
+    .await;
+    assert_eq!(r.status(), 422, "the key must be the order number");
     let r = start(&app, "order", None, &json!([1])).await;
     assert_eq!(r.status(), 422, "not an object");
     let r = app
