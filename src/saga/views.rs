@@ -69,7 +69,8 @@ impl Sagas {
             .map_err(err("reading a saga"))?
             .ok_or(SagaError::NotFound(id))?;
         let state: Option<SagaState> = serde_json::from_value(saga.state.clone()).ok();
-        let steps = match (self.inner.defs.get(&saga.kind), state) {
+        let def = self.definition_of(&saga).ok();
+        let steps = match (def, state) {
             (Some(def), Some(state)) => def
                 .steps
                 .iter()

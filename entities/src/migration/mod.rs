@@ -9,6 +9,7 @@ mod m0004_scheduler;
 mod m0005_event_outbox;
 mod m0006_operator_actions;
 mod m0007_subscription_status;
+mod m0008_saga_definitions;
 
 /// Runs warren's migrations.
 #[derive(Debug)]
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_event_outbox::Migration),
             Box::new(m0006_operator_actions::Migration),
             Box::new(m0007_subscription_status::Migration),
+            Box::new(m0008_saga_definitions::Migration),
         ]
     }
 }
