@@ -13,6 +13,7 @@ use crate::{
     store,
 };
 
+mod check;
 mod operator;
 use operator::{dlq, saga};
 
@@ -168,6 +169,13 @@ pub enum SagaAction {
     /// Run the orchestrator: consume participants' replies and `saga.start` commands from
     /// `warren.saga`, apply step deadlines, and relay commands left in the outbox.
     Run,
+    /// Check a saga definitions file as a start would (unknown fields, duplicate step names,
+    /// commands no module or subscription of these settings handles, zero deadlines): print
+    /// each problem and exit 1, or a short summary and exit 0. Connects to nothing.
+    Check {
+        /// The definitions file (JSON), the form `saga.definitions_file` names.
+        file: PathBuf,
+    },
     /// List sagas, newest first.
     List {
         /// Only sagas in this state: running, compensating, completed, compensated,
@@ -259,6 +267,9 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Saga {
             action: SagaAction::Run,
         } => serve(vec![Role::Saga], Vec::new(), settings).await,
+        Command::Saga {
+            action: SagaAction::Check { file },
+        } => check::saga_check(&file, &settings),
         Command::Saga { action } => saga(action, &settings, &settings.identity.cli_actor()).await,
         Command::Serve => serve(vec![Role::Http], Vec::new(), settings).await,
         Command::Worker { modules } => serve(vec![Role::Worker], modules, settings).await,

@@ -42,6 +42,14 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// When it reached a terminal state.
     pub finished_at: Option<DateTimeUtc>,
+    /// A copy of the definition it started with (it keeps running it when the definitions
+    /// file changes); none for sagas stored before warren kept it (they run the loaded one).
+    #[serde(skip_serializing)]
+    pub definition: Option<Json>,
+    /// The SHA-256 of that definition (hex): its version.
+    pub definition_hash: Option<String>,
+    /// The `Idempotency-Key` of the `POST /v1/sagas/{kind}` that started it (unique per kind).
+    pub idempotency_key: Option<String>,
 }
 
 /// No relations declared (queries join by `saga_id`).

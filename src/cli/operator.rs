@@ -78,8 +78,8 @@ pub(super) async fn saga(
 async fn saga_action(parts: &Parts, actor: &str, action: SagaAction) -> anyhow::Result<i32> {
     let sagas = &parts.sagas;
     match action {
-        SagaAction::Run => {
-            eprintln!("warren: `saga run` runs as a role");
+        SagaAction::Run | SagaAction::Check { .. } => {
+            eprintln!("warren: `saga run` and `saga check` do not act as an operator");
             return Ok(2);
         }
         SagaAction::List {

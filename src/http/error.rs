@@ -112,6 +112,19 @@ pub enum ApiError {
     /// A saga operation failed.
     #[error(transparent)]
     Saga(#[from] SagaError),
+    /// The body of `POST /v1/sagas/{kind}` breaks a rule.
+    #[error("invalid saga start: {0}")]
+    InvalidSagaStart(String),
+    /// An `Idempotency-Key` already started a saga with another body.
+    #[error(
+        "Idempotency-Key {key:?} already started saga {saga_id} with another body; use a new key for a new saga"
+    )]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+        /// The saga it started.
+        saga_id: uuid::Uuid,
+    },
     /// No order with this number.
     #[error("no order {0:?}")]
     OrderNotFound(String),
@@ -167,7 +180,9 @@ impl ApiError {
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::ConfirmationRequired { .. } => StatusCode::BAD_REQUEST,
-            ApiError::InvalidOrder(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidOrder(_)
+            | ApiError::InvalidSagaStart(_)
+            | ApiError::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::OrderNotFound(_)
             | ApiError::Saga(
                 SagaError::NotFound(_)
@@ -225,6 +240,8 @@ impl ApiError {
             },
             ApiError::ConfirmationRequired { .. } => "confirmation_required",
             ApiError::InvalidOrder(_) => "invalid_order",
+            ApiError::InvalidSagaStart(_) => "invalid_saga_start",
+            ApiError::IdempotencyKeyReused { .. } => "idempotency_key_reused",
             ApiError::OrderNotFound(_) => "order_not_found",
             ApiError::Saga(SagaError::NotFound(_)) => "saga_not_found",
             ApiError::Saga(SagaError::InterventionNotFound(_)) => "intervention_not_found",
@@ -246,7 +263,8 @@ impl ApiError {
             "request_id": request_id,
         });
         match self {
-            ApiError::Saga(SagaError::Duplicate { saga_id, .. }) => {
+            ApiError::Saga(SagaError::Duplicate { saga_id, .. })
+            | ApiError::IdempotencyKeyReused { saga_id, .. } => {
                 body["saga_id"] = json!(saga_id);
             }
             ApiError::Forbidden(scope) => body["error"]["required_scope"] = json!(scope.as_str()),

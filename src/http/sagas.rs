@@ -1,4 +1,5 @@
-//! The saga routes: `POST /v1/orders` starts the order saga, `GET /v1/orders/{order_no}`,
+//! The saga routes: `POST /v1/orders` starts the order saga, `POST /v1/sagas/{kind}` any
+//! defined saga (with `Idempotency-Key`), `GET /v1/orders/{order_no}`,
 //! `GET /v1/sagas`, `GET /v1/sagas/{id}`, the interventions (`GET /v1/interventions`,
 //! `POST /v1/interventions/{id}/retry|resolve`) and `POST /v1/admin/seed`.
 
@@ -15,10 +16,26 @@ use super::{
 use crate::{
     config::Scope,
     saga::{
+        Start, Started,
         engine::STATUSES,
         order::{OrderRequest, Seed},
     },
 };
+
+/// Longest `Idempotency-Key` and business key accepted.
+const MAX_KEY_LEN: usize = 255;
+
+/// Body of `POST /v1/sagas/{kind}`: what `saga.start` takes besides the kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    /// Unique per kind (an order number), optional.
+    #[serde(default)]
+    business_key: Option<String>,
+    /// The saga's input, handed to every command.
+    #[serde(default)]
+    payload: serde_json::Value,
+}
 
 /// Default and largest `?limit=` of the saga lists.
 pub(crate) const SAGA_LIST_LIMIT: (u64, u64) = (50, 500);
@@ -61,6 +78,13 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
         Endpoint::post("/v1/orders", Access::Publish)
             .input(super::json_body(body_limit))
             .to(create_order),
+        Endpoint::post("/v1/sagas/{kind}", Access::Publish)
+            .input(
+                super::json_body(body_limit)
+                    .and(warp::header::optional::<String>("idempotency-key"))
+                    .map(|body, key| (body, key)),
+            )
+            .to(start_saga),
         Endpoint::get("/v1/orders/{order_no}", read).to(get_order),
         Endpoint::get("/v1/sagas", read)
             .input(warp::query::<SagaListQuery>())
@@ -133,6 +157,110 @@ async fn create_order(req: Request, (): (), body: JsonBody) -> Reply {
         StatusCode::ACCEPTED,
     )
     .into_response())
+}
+
+/// `POST /v1/sagas/{kind}`: starts a saga of `kind` (202, `Location` the saga). With an
+/// `Idempotency-Key` that already started one: 200 and the same saga when the body is the
+/// same (`Idempotent-Replayed: true`), 422 when it is not; nothing is started either way.
+#[tracing::instrument(skip_all, fields(request_id = %req.ctx.request_id, kind = %kind, saga_id, trace_id))]
+async fn start_saga(
+    req: Request,
+    (kind,): (String,),
+    (body, key): (JsonBody, Option<String>),
+) -> Reply {
+    let sagas = &req.state.sagas;
+    if sagas.definition(&kind).is_none() {
+        return Err(crate::saga::SagaError::UnknownKind(kind).into());
+    }
+    let data = super::parse_data(body.content_type.as_deref(), &body.bytes)?;
+    let start: StartBody =
+        serde_json::from_value(data).map_err(|e| ApiError::InvalidSagaStart(e.to_string()))?;
+    let start = if kind == "order" {
+        order_start(start)?
+    } else {
+        start
+    };
+    check_key("business_key", start.business_key.as_deref())?;
+    check_key("Idempotency-Key", key.as_deref())?;
+    let trace = crate::telemetry::outgoing(body.traceparent.as_deref());
+    tracing::Span::current().record("trace_id", trace.trace_id.as_str());
+    let start = Start {
+        business_key: start.business_key,
+        payload: start.payload,
+        traceparent: Some(trace.header()),
+        idempotency_key: key.clone(),
+    };
+    let (id, status, code) = match key {
+        None => {
+            let (bk, payload) = (start.business_key.clone(), start.payload.clone());
+            let id = sagas
+                .start(&kind, bk, payload, start.traceparent, None)
+                .await?;
+            (id, "running".to_owned(), StatusCode::ACCEPTED)
+        }
+        Some(key) => match sagas.start_idempotent(&kind, start.clone()).await? {
+            Started::New(id) => (id, "running".to_owned(), StatusCode::ACCEPTED),
+            Started::Existing(row)
+                if row.business_key == start.business_key && row.payload == start.payload =>
+            {
+                (row.id, row.status, StatusCode::OK)
+            }
+            Started::Existing(row) => {
+                return Err(ApiError::IdempotencyKeyReused {
+                    key,
+                    saga_id: row.id,
+                });
+            }
+        },
+    };
+    tracing::Span::current().record("saga_id", tracing::field::display(id));
+    let link = format!("/v1/sagas/{id}");
+    let reply = warp::reply::with_status(
+        warp::reply::json(&json!({
+            "saga_id": id,
+            "kind": kind,
+            "business_key": start.business_key,
+            "status": status,
+            "links": {"self": link},
+        })),
+        code,
+    );
+    let reply = warp::reply::with_header(reply, "location", link);
+    let replayed = if code == StatusCode::OK {
+        "true"
+    } else {
+        "false"
+    };
+    Ok(warp::reply::with_header(reply, "idempotent-replayed", replayed).into_response())
+}
+
+/// The order saga started this way meets `POST /v1/orders`' rules: the payload is a valid
+/// order, and the business key is its order number (given, or taken from the payload), so
+/// `GET /v1/orders/{order_no}` finds it.
+fn order_start(start: StartBody) -> Result<StartBody, ApiError> {
+    let order: OrderRequest = serde_json::from_value(start.payload.clone())
+        .map_err(|e| ApiError::InvalidOrder(format!("payload: {e}")))?;
+    order.validate().map_err(ApiError::InvalidOrder)?;
+    match start.business_key {
+        Some(k) if k != order.order_no => Err(ApiError::InvalidOrder(format!(
+            "the business key of an order saga is its order number: {k:?} is not {:?}",
+            order.order_no
+        ))),
+        _ => Ok(StartBody {
+            business_key: Some(order.order_no),
+            payload: start.payload,
+        }),
+    }
+}
+
+/// A key (business key, `Idempotency-Key`) is 1 to 255 characters when given.
+fn check_key(what: &str, key: Option<&str>) -> Result<(), ApiError> {
+    match key {
+        Some(k) if k.trim().is_empty() || k.len() > MAX_KEY_LEN => Err(ApiError::InvalidSagaStart(
+            format!("{what} must be 1 to {MAX_KEY_LEN} characters"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `GET /v1/orders/{order_no}`: the order and its saga.

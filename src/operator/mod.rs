@@ -6,7 +6,7 @@
 //! - retry one failed job by its `failed_jobs` row ([`Operator::retry_failed_job`]),
 //! - retry or resolve a saga intervention ([`Operator::retry_intervention`],
 //!   [`Operator::resolve_intervention`]),
-//! - pause or resume an HTTP subscription ([`Operator::pause_subscription`]).
+//! - pause or resume an HTTP subscription (`Operator::pause_subscription`).
 //!
 //! Every action is one row of `operator_actions` (the audit log): who, what, on what, when,
 //! how many messages it moved. The actions that move parked messages take the queue's lock

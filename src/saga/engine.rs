@@ -10,6 +10,7 @@
 //! winner's state).
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     hash::{Hash, Hasher},
     sync::Arc,
@@ -137,6 +138,8 @@ pub(super) struct Inner {
     pub(super) publisher: Publisher,
     pub(super) metrics: Metrics,
     pub(super) defs: HashMap<String, SagaDef>,
+    /// Per kind: the loaded definition as stored with each saga it starts, and its hash.
+    versions: HashMap<String, (serde_json::Value, String)>,
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Ids of confirmed commands, deleted from the outbox in batches by a background task.
     pub(super) confirmed: tokio::sync::mpsc::UnboundedSender<Uuid>,
@@ -200,12 +203,19 @@ impl Sagas {
     ) -> Self {
         let (confirmed, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(super::outbox::delete_confirmed(db.clone(), rx));
+        let defs: HashMap<String, SagaDef> =
+            defs.into_iter().map(|d| (d.kind.clone(), d)).collect();
+        let versions = defs
+            .iter()
+            .map(|(kind, d)| (kind.clone(), definition_version(d)))
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 db,
                 publisher,
                 metrics,
-                defs: defs.into_iter().map(|d| (d.kind.clone(), d)).collect(),
+                defs,
+                versions,
                 locks: (0..LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -217,6 +227,30 @@ impl Sagas {
     /// The definition of `kind`.
     pub fn definition(&self, kind: &str) -> Option<&SagaDef> {
         self.inner.defs.get(kind)
+    }
+
+    /// The definition saga `row` runs: the copy stored when it started (the loaded one when
+    /// it is the same version, without parsing the copy), or, for a saga stored before
+    /// definitions were kept with it, the loaded definition of its kind.
+    pub(super) fn definition_of<'a>(
+        &'a self,
+        row: &sagas::Model,
+    ) -> Result<Cow<'a, SagaDef>, SagaError> {
+        let loaded = self.inner.defs.get(&row.kind);
+        let same = |hash: &String| {
+            self.inner
+                .versions
+                .get(&row.kind)
+                .is_some_and(|(_, h)| h == hash)
+        };
+        match (&row.definition, &row.definition_hash, loaded) {
+            (Some(_), Some(hash), Some(def)) if same(hash) => Ok(Cow::Borrowed(def)),
+            (Some(copy), _, _) => serde_json::from_value(copy.clone())
+                .map(Cow::Owned)
+                .map_err(|e| SagaError::Corrupt(row.id, format!("stored definition: {e}"))),
+            (None, _, Some(def)) => Ok(Cow::Borrowed(def)),
+            (None, _, None) => Err(SagaError::UnknownKind(row.kind.clone())),
+        }
     }
 
     /// The database.
@@ -233,10 +267,8 @@ impl Sagas {
 
     /// Starts a saga of `kind`: stores it, with its first command in the outbox, in one
     /// transaction, then publishes the command. `saga_id` makes a repeated start (a
-    /// redelivered `saga.start`) a no-op; `business_key` is unique per kind.
-    // Long on purpose: one transaction's steps in order (rows, insert, the duplicate and
-    // repeat checks, timeline, outbox, commit, flush).
-    #[tracing::instrument(skip(self, payload, traceparent), fields(saga_id))]
+    /// redelivered `saga.start`) a no-op; `business_key` is unique per kind. The saga keeps
+    /// a copy of its definition.
     pub async fn start(
         &self,
         kind: &str,
@@ -245,6 +277,60 @@ impl Sagas {
         traceparent: Option<String>,
         saga_id: Option<Uuid>,
     ) -> Result<Uuid, SagaError> {
+        let start = Start {
+            business_key,
+            payload,
+            traceparent,
+            idempotency_key: None,
+        };
+        self.start_with(kind, start, saga_id).await
+    }
+
+    /// Starts a saga of `kind` for an `Idempotency-Key`: the saga that key already started
+    /// (whatever its body: the caller compares) or a new one storing the key. Two starts racing
+    /// with one key start one saga (the key is unique per kind).
+    pub async fn start_idempotent(&self, kind: &str, start: Start) -> Result<Started, SagaError> {
+        let key = start.idempotency_key.clone().unwrap_or_default();
+        if let Some(row) = self.find_by_idempotency_key(kind, &key).await? {
+            return Ok(Started::Existing(Box::new(row)));
+        }
+        match self.start_with(kind, start, None).await {
+            Ok(id) => Ok(Started::New(id)),
+            Err(e) => match self.find_by_idempotency_key(kind, &key).await? {
+                Some(row) => Ok(Started::Existing(Box::new(row))),
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<sagas::Model>, SagaError> {
+        sagas::Entity::find()
+            .filter(sagas::Column::Kind.eq(kind))
+            .filter(sagas::Column::IdempotencyKey.eq(key))
+            .one(&self.inner.db)
+            .await
+            .map_err(db("looking up an idempotency key"))
+    }
+
+    // Long on purpose: one transaction's steps in order (rows, insert, the duplicate and
+    // repeat checks, timeline, outbox, commit, flush).
+    #[tracing::instrument(skip(self, start), fields(saga_id))]
+    async fn start_with(
+        &self,
+        kind: &str,
+        start: Start,
+        saga_id: Option<Uuid>,
+    ) -> Result<Uuid, SagaError> {
+        let Start {
+            business_key,
+            payload,
+            traceparent,
+            idempotency_key,
+        } = start;
         let def = self
             .inner
             .defs
@@ -276,6 +362,9 @@ impl Sagas {
             created_at: Set(now),
             updated_at: Set(now),
             finished_at: Set(next.is_finished().then_some(now)),
+            definition: Set(self.inner.versions.get(kind).map(|v| v.0.clone())),
+            definition_hash: Set(self.inner.versions.get(kind).map(|v| v.1.clone())),
+            idempotency_key: Set(idempotency_key),
         };
         let outbox = super::outbox::rows(
             def,
@@ -369,11 +458,8 @@ impl Sagas {
                 .await
                 .map_err(self::db("reading a saga"))?
                 .ok_or(SagaError::NotFound(id))?;
-            let def = self
-                .inner
-                .defs
-                .get(&row.kind)
-                .ok_or_else(|| SagaError::UnknownKind(row.kind.clone()))?;
+            let def = self.definition_of(&row)?;
+            let def = def.as_ref();
             let state: SagaState = serde_json::from_value(row.state.clone())
                 .map_err(|e| SagaError::Corrupt(id, e.to_string()))?;
             if state.steps.len() != def.steps.len() {
@@ -401,7 +487,7 @@ impl Sagas {
             {
                 deadline_at = row.deadline_at;
             }
-            let outbox = super::outbox::rows(
+            let mut outbox = super::outbox::rows(
                 def,
                 id,
                 (&row.payload, &next.results),
@@ -409,6 +495,10 @@ impl Sagas {
                 &cmds,
                 now,
             );
+            // Ended (again, after an operator's retry): `saga.<status>` on `warren.events`.
+            if next.is_finished() && next.status != state.status {
+                outbox.push(super::outbox::finished_event(&row, &next, now));
+            }
             let mut timeline = vec![input_row(def, id, &input, note.clone(), now)];
             timeline.extend(sent_rows(def, id, &cmds, now));
             let finished = next.is_finished() && !state.is_finished();
@@ -505,6 +595,37 @@ impl Sagas {
         }
         Ok(changed)
     }
+}
+
+/// What starts a saga besides its kind.
+#[derive(Debug, Clone, Default)]
+pub struct Start {
+    /// A business key unique per kind (an order number).
+    pub business_key: Option<String>,
+    /// The saga's input, handed to every command.
+    pub payload: serde_json::Value,
+    /// The W3C `traceparent` of the request that starts it.
+    pub traceparent: Option<String>,
+    /// The `Idempotency-Key` it is started with (unique per kind).
+    pub idempotency_key: Option<String>,
+}
+
+/// What [`Sagas::start_idempotent`] did.
+#[derive(Debug, Clone)]
+pub enum Started {
+    /// Started a new saga.
+    New(Uuid),
+    /// The key had already started this saga; nothing was started.
+    Existing(Box<sagas::Model>),
+}
+
+/// A definition as stored with each saga it starts (JSON), and its version: the SHA-256 of
+/// that JSON, hex.
+fn definition_version(def: &SagaDef) -> (serde_json::Value, String) {
+    use sha2::{Digest, Sha256};
+    let value = serde_json::to_value(def).unwrap_or(serde_json::Value::Null);
+    let hash = hex::encode(Sha256::digest(value.to_string().as_bytes()));
+    (value, hash)
 }
 
 pub(super) fn step_i32(step: usize) -> i32 {

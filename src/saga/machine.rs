@@ -29,6 +29,7 @@ pub enum Action {
 
 /// One step of a saga definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StepDef {
     /// Step name (`create_order`).
     pub name: String,
@@ -58,6 +59,7 @@ mod millis {
 
 /// A saga definition: its kind and ordered steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SagaDef {
     /// Saga kind (`order`).
     pub kind: String,

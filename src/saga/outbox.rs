@@ -5,13 +5,17 @@
 //! process that stored it. Relays in several processes share the rows (`FOR UPDATE SKIP
 //! LOCKED`); one saga's commands leave in order.
 //!
+//! When a saga ends (`completed`, `compensated`, `needs_intervention`), the same outbox
+//! carries the event `saga.<status>` for `warren.events` ([`finished_event`]), stored in the
+//! transaction that ends it: ordinary events any subscription or module can take.
+//!
 //! A command may therefore be published twice (a crash between confirm and delete), never
 //! lost; participants apply each idempotency key at most once.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use entities::saga_outbox;
+use entities::{saga_outbox, sagas};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DatabaseExecutor, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -20,14 +24,14 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    engine::{SagaError, Sagas, millis},
-    machine::{Command, SagaDef},
+    engine::{SagaError, Sagas, millis, status_str},
+    machine::{Command, SagaDef, SagaState},
     protocol::CommandData,
 };
 use crate::{
     broker::{
         envelope::{Event, Outgoing},
-        names::COMMANDS_EXCHANGE,
+        names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
     },
     outbox::relay::{OutboxTable, PassLock, Relay, RelayError, RowId, StoredMessage},
 };
@@ -76,6 +80,50 @@ pub(super) fn rows(
         .collect()
 }
 
+/// The events a saga publishes when it ends, on `warren.events`.
+pub(crate) const FINISHED_EVENTS: [&str; 3] = [
+    "saga.completed",
+    "saga.compensated",
+    "saga.needs_intervention",
+];
+
+fn is_finished_event(routing_key: &str) -> bool {
+    FINISHED_EVENTS.contains(&routing_key)
+}
+
+/// The outbox row of `saga.<status>`, for a transition of saga `row` that ended it in
+/// `next`: `{saga_id, kind, business_key, status, reason, definition_hash, links}`, with the
+/// saga id as aggregate and `correlation_id`.
+pub(super) fn finished_event(
+    row: &sagas::Model,
+    next: &SagaState,
+    now: DateTime<Utc>,
+) -> saga_outbox::Model {
+    let status = status_str(next.status);
+    let name = format!("saga.{status}");
+    let data = serde_json::json!({
+        "saga_id": row.id,
+        "kind": row.kind,
+        "business_key": row.business_key,
+        "status": status,
+        "reason": next.reason,
+        "definition_hash": row.definition_hash,
+        "started_at": row.created_at,
+        "links": {"self": format!("/v1/sagas/{}", row.id)},
+    });
+    let event = Outgoing::event(name.clone(), Some(row.id.to_string()), data)
+        .occurred_on(now)
+        .event;
+    saga_outbox::Model {
+        id: event.event_id,
+        saga_id: row.id,
+        routing_key: name,
+        body: serde_json::to_value(&event).unwrap_or_default(),
+        traceparent: row.traceparent.clone(),
+        created_at: now,
+    }
+}
+
 /// Stores `rows` in the saga's transaction.
 pub(super) async fn insert(
     txn: &sea_orm::DatabaseTransaction,
@@ -96,18 +144,25 @@ pub(super) async fn insert(
 }
 
 /// A stored command as the relay publishes it: on `warren.commands`, `correlation_id` = the
-/// saga, the saga's `traceparent`, grouped by saga.
+/// saga, the saga's `traceparent`, grouped by saga. A saga's end event goes to
+/// `warren.events` in a group of its own (one that no binding routes holds back no command).
 fn stored(row: &saga_outbox::Model) -> Result<StoredMessage, SagaError> {
     let event: Event = serde_json::from_value(row.body.clone())
         .map_err(|e| SagaError::Corrupt(row.saga_id, format!("outbox body: {e}")))?;
     let message = Outgoing::from_event(event)
         .correlated(row.saga_id.to_string())
         .traceparent(row.traceparent.clone());
+    let event = is_finished_event(&row.routing_key);
     Ok(StoredMessage {
         id: RowId::Id(row.id),
-        exchange: COMMANDS_EXCHANGE.to_owned(),
+        exchange: if event {
+            EVENTS_EXCHANGE
+        } else {
+            COMMANDS_EXCHANGE
+        }
+        .to_owned(),
         routing_key: row.routing_key.clone(),
-        group: Some(row.saga_id.to_string()),
+        group: (!event).then(|| row.saga_id.to_string()),
         body: message.body(),
         meta: message.meta,
     })

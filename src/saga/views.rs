@@ -74,7 +74,8 @@ impl Sagas {
             .as_ref()
             .map(|s| s.results.clone())
             .unwrap_or_default();
-        let steps = match (self.inner.defs.get(&saga.kind), state) {
+        let def = self.definition_of(&saga).ok();
+        let steps = match (def, state) {
             (Some(def), Some(state)) => def
                 .steps
                 .iter()

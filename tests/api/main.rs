@@ -22,6 +22,7 @@ mod pools;
 mod publish;
 mod reliability;
 mod saga;
+mod saga_http;
 mod saga_http_participants;
 mod saga_load;
 mod scale;

@@ -123,6 +123,16 @@ async fn each_route_needs_its_scope_and_a_wrong_scope_is_403_naming_it() {
             (202, None),
         ),
         route(
+            Method::POST,
+            "/v1/sagas/order",
+            Scope::Publish,
+            |n| {
+                let key = format!("SG-{n}");
+                Some(json!({"business_key": key, "payload": order(&key, "u-1", "SKU-1", 1, 100)}))
+            },
+            (202, None),
+        ),
+        route(
             Method::GET,
             "/v1/orders/A-1",
             Scope::Read,
@@ -587,6 +597,7 @@ async fn a_full_in_flight_bound_answers_503_at_once_and_frees_up_after() {
         "/v1/events/order.created",
         "/v1/jobs/email.send",
         "/v1/orders",
+        "/v1/sagas/order",
     ] {
         let started = Instant::now();
         let r = client
@@ -618,6 +629,7 @@ async fn a_full_in_flight_bound_answers_503_at_once_and_frees_up_after() {
         ("/v1/events/{name}", 2.0),
         ("/v1/jobs/{name}", 1.0),
         ("/v1/orders", 1.0),
+        ("/v1/sagas/{kind}", 1.0),
     ] {
         assert_eq!(
             metric(

@@ -9,6 +9,7 @@ mod m0004_scheduler;
 mod m0005_event_outbox;
 mod m0006_operator_actions;
 mod m0007_subscription_status;
+mod m0008_saga_definitions;
 mod m0009_saga_results;
 
 /// Runs warren's migrations.
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_event_outbox::Migration),
             Box::new(m0006_operator_actions::Migration),
             Box::new(m0007_subscription_status::Migration),
+            Box::new(m0008_saga_definitions::Migration),
             Box::new(m0009_saga_results::Migration),
         ]
     }
