@@ -169,15 +169,19 @@ async fn an_email_without_address_or_subject_is_parked_at_once_and_unknown_jobs_
             .expect("sent");
         assert_eq!(r.status(), 202);
     }
-    eventually(Duration::from_secs(10), "both parked", || async {
-        (app.depth("warren.email.dead").await == 2).then_some(())
-    })
+    // A message is parked (confirmed) before its failed_jobs row is written: wait for both.
+    let rows = eventually(
+        Duration::from_secs(10),
+        "both parked and recorded",
+        || async {
+            let rows = entities::failed_jobs::Entity::find()
+                .all(&app.db().await)
+                .await
+                .expect("query");
+            (app.depth("warren.email.dead").await == 2 && rows.len() == 2).then_some(rows)
+        },
+    )
     .await;
-    let rows = entities::failed_jobs::Entity::find()
-        .all(&app.db().await)
-        .await
-        .expect("query");
-    assert_eq!(rows.len(), 2);
     assert!(
         rows.iter()
             .all(|r| r.reason == "invalid" && r.attempts == 1)
