@@ -577,6 +577,10 @@ pages.saga = {
           el('dt', { text: 'Saga id' }), el('dd', null, el('code', { testid: 'saga-id', text: s.id })),
           el('dt', { text: 'Business key' }), el('dd', { testid: 'saga-business-key', text: s.business_key || '–' }),
           el('dt', { text: 'Current step' }), el('dd', { text: String(s.step ?? '–') }),
+          el('dt', { text: 'Definition' }), el('dd', { testid: 'saga-definition',
+            title: s.definition_hash || '',
+            text: (s.definition_hash ? s.definition_hash.slice(0, 12) + '… ' : 'built in ')
+              + (s.definition_current === false ? '(an older version, kept with the saga)' : '(current)') }),
           el('dt', { text: 'Trace id' }), el('dd', null, tid ? [el('code', { testid: 'trace-id', text: tid }), ' ', copy] : '–'),
           s.reason ? [el('dt', { text: 'Reason' }), el('dd', { class: 'wrap', text: s.reason })] : null,
           el('dt', { text: 'Created' }), el('dd', null, time(s.created_at)),

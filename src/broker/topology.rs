@@ -227,18 +227,29 @@ impl Topology {
 
     /// Whether a message with `routing_key` published to `exchange` reaches a queue.
     pub fn routes(&self, exchange: &str, routing_key: &str) -> bool {
+        !self.destinations(exchange, routing_key).is_empty()
+    }
+
+    /// The queues a message published to `exchange` with `routing_key` reaches, each once,
+    /// in binding order.
+    pub fn destinations(&self, exchange: &str, routing_key: &str) -> Vec<&str> {
         let topic = self
             .exchanges
             .iter()
             .any(|e| e.name == exchange && e.kind == "topic");
-        self.bindings.iter().any(|b| {
-            b.source == exchange
+        let mut out: Vec<&str> = Vec::new();
+        for b in &self.bindings {
+            let matches = b.source == exchange
                 && if topic {
                     topic_matches(&b.routing_key, routing_key)
                 } else {
                     b.routing_key == routing_key
-                }
-        })
+                };
+            if matches && !out.contains(&b.destination.as_str()) {
+                out.push(&b.destination);
+            }
+        }
+        out
     }
 
     /// Names of the work queues (those that have a parking queue `Q.dead`).

@@ -609,7 +609,8 @@ pub struct SubscriptionSettings {
     pub max_attempts: Option<u32>,
     /// Static headers sent with every delivery (`authorization = "Bearer ..."`). Values are
     /// shown as `[redacted]` by `warren config`: they often are credentials. Hop-by-hop
-    /// headers and the ones warren sets (`ce-*`, `webhook-*`, `content-type`, ...) are refused.
+    /// headers and the ones warren sets (`ce-*`, `webhook-*`, `warren-*`, `idempotency-key`,
+    /// `content-type`, ...) are refused.
     #[serde(default, serialize_with = "redact_header_values")]
     pub headers: std::collections::BTreeMap<String, Secret>,
     /// Signing secret in the Standard Webhooks form `whsec_<base64>` (24 to 64 bytes).

@@ -437,6 +437,8 @@ fn bad_subscriptions_are_refused_naming_the_subscription_and_field() {
         "webhook-signature",
         "traceparent",
         "warren-attempt",
+        "Idempotency-Key",
+        "warren-saga-step",
     ] {
         let e = with(&|s| {
             s.headers.insert(header.into(), Secret::new("x"));

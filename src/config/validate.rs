@@ -210,13 +210,9 @@ const FORBIDDEN_HEADERS: [&str; 12] = [
 ];
 
 /// Headers warren sets on every delivery (see `docs/subscriptions.md`), and their prefixes.
-const WARREN_HEADERS: [&str; 4] = [
-    "traceparent",
-    "x-request-id",
-    "warren-attempt",
-    "warren-subscription",
-];
-const WARREN_PREFIXES: [&str; 2] = ["ce-", "webhook-"];
+const WARREN_HEADERS: [&str; 3] = ["traceparent", "x-request-id", "idempotency-key"];
+/// `warren-` covers the attempt, the subscription and the saga headers (`warren-saga-*`).
+const WARREN_PREFIXES: [&str; 3] = ["ce-", "webhook-", "warren-"];
 
 /// A binding pattern: dot-separated words, each `*`, `#` or `[a-z0-9_]+`.
 fn valid_pattern(p: &str) -> bool {
@@ -433,7 +429,9 @@ fn check_headers(sub: &SubscriptionSettings) -> Result<(), ConfigError> {
             return Err(sub_invalid(
                 "subscriptions.headers",
                 sub,
-                &format!("{name:?} is set by warren on every delivery"),
+                &format!(
+                    "{name:?} is set by warren on deliveries (saga commands carry idempotency-key and warren-saga-*)"
+                ),
             ));
         }
         if reqwest::header::HeaderValue::from_str(value.expose()).is_err() {

@@ -217,19 +217,28 @@ fn step_problems(step: &StepDef, topology: &Topology) -> Vec<String> {
             ));
         }
     }
-    let handled = |key: &str| topology.routes(COMMANDS_EXCHANGE, key);
-    if !handled(&step.command) {
-        out.push(format!(
-            "command {:?} is handled by no module or subscription (no binding on {COMMANDS_EXCHANGE} matches it)",
-            step.command
-        ));
-    }
-    if let Some(c) = &step.compensation
-        && !handled(c)
-    {
-        out.push(format!(
-            "compensation {c:?} is handled by no module or subscription (no binding on {COMMANDS_EXCHANGE} matches it)"
-        ));
+    let what = |key: &str| {
+        if *key == step.command {
+            "command"
+        } else {
+            "compensation"
+        }
+    };
+    for key in std::iter::once(&step.command).chain(&step.compensation) {
+        let queues = topology.destinations(COMMANDS_EXCHANGE, key);
+        match queues.as_slice() {
+            [] => out.push(format!(
+                "{} {key:?} is handled by no module or subscription (no binding on {COMMANDS_EXCHANGE} matches it)",
+                what(key)
+            )),
+            [_] => {}
+            many => out.push(format!(
+                "{} {key:?} is handled by {} queues ({}): each would answer for the saga; keep one participant and subscribe observers to the saga's events",
+                what(key),
+                many.len(),
+                many.join(", ")
+            )),
+        }
     }
     out
 }
@@ -327,6 +336,25 @@ mod tests {
         crate::broker::subscriptions::add_to(&mut t, &[sub]);
         let file = json!([{"kind": "trip", "steps": [step("seat", "seat.reserve")]}]);
         assert!(check(&file.to_string(), &t, &[]).is_ok());
+    }
+
+    #[test]
+    fn a_command_two_queues_take_is_refused_naming_both() {
+        let mut t = topology();
+        let sub = |name: &str, pattern: &str| {
+            let mut s = crate::config::SubscriptionSettings::new(name, "http://127.0.0.1:9/");
+            s.commands = vec![pattern.to_owned()];
+            s
+        };
+        crate::broker::subscriptions::add_to(&mut t, &[sub("seats", "seat.*"), sub("audit", "#")]);
+        let file = json!([{"kind": "trip", "steps": [step("seat", "seat.reserve")]}]);
+        let p = check(&file.to_string(), &t, &[]).expect_err("two participants");
+        let p: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains(r#"command "seat.reserve" is handled by 2 queues (warren.sub.seats, warren.sub.audit)"#),
+            "{p:?}"
+        );
     }
 
     #[test]

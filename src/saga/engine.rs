@@ -100,6 +100,9 @@ pub struct SagaView {
     pub steps: Vec<StepView>,
     /// The steps' results, by step name (what later commands carry as `results`).
     pub results: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Whether the saga runs the definition loaded now (false: it keeps the older one it
+    /// started with, `definition` in the row).
+    pub definition_current: bool,
     /// The timeline, oldest first.
     pub timeline: Vec<saga_steps::Model>,
     /// Failed compensations, open or resolved.

@@ -75,6 +75,7 @@ impl Sagas {
             .map(|s| s.results.clone())
             .unwrap_or_default();
         let def = self.definition_of(&saga).ok();
+        let definition_current = matches!(def, Some(std::borrow::Cow::Borrowed(_)));
         let steps = match (def, state) {
             (Some(def), Some(state)) => def
                 .steps
@@ -108,6 +109,7 @@ impl Sagas {
             saga,
             steps,
             results,
+            definition_current,
             timeline,
             interventions,
         })

@@ -448,6 +448,10 @@ async fn saga_started_on_definition_v1_keeps_running_v1_after_the_file_changes_a
         .collect();
     assert_eq!(names, ["hold_stock", "charge"], "the saga ran v1");
     assert_eq!(done["definition_hash"], before["definition_hash"]);
+    assert_eq!(
+        done["definition_current"], false,
+        "it kept the older definition"
+    );
     assert_eq!(stock(&app, "SKU-V").await, 4, "v1's first step ran");
     assert_eq!(balance(&app, "u-v").await, 900, "v1's second step ran");
     // A saga started now runs v2.
@@ -468,6 +472,7 @@ async fn saga_started_on_definition_v1_keeps_running_v1_after_the_file_changes_a
     .await;
     assert_eq!(v2["steps"].as_array().map(Vec::len), Some(1));
     assert_ne!(v2["definition_hash"], before["definition_hash"]);
+    assert_eq!(v2["definition_current"], true);
     assert_eq!(stock(&app, "SKU-V").await, 4, "v2 holds no stock");
     app.cleanup().await;
 }

@@ -202,6 +202,8 @@ async function phaseSaga() {
     await waitUntil('the saga detail page', () => /^#\/sagas\/[0-9a-f-]{36}$/i.test(location.hash) && !!document.querySelector('[data-testid=saga-status]'));
     sagaId = (await page.evaluate(() => location.hash)).split('/')[2];
     log(`  saga ${sagaId}`);
+    const def = (await text(tid('saga-definition'))).trim();
+    check(/^([0-9a-f]{12}… |built in )\(current\)$/.test(def), `saga definition "${def}" is not a current version`);
   });
 
   await step('saga: needs_intervention, failed compensation in the timeline, trace id shown', async () => {
