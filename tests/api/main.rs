@@ -23,6 +23,7 @@ mod publish;
 mod reliability;
 mod saga;
 mod saga_http;
+mod saga_http_load;
 mod saga_http_participants;
 mod saga_load;
 mod scale;

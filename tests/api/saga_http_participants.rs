@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Every subscription of the trip saga: (name = receiver path, the command it takes).
-const SUBS: [(&str, &str); 5] = [
+pub(crate) const SUBS: [(&str, &str); 5] = [
     ("reserve", "seat.reserve"),
     ("release", "seat.release"),
     ("charge", "card.charge"),
@@ -38,9 +38,14 @@ fn json_answer(status: u16, body: &'static str) -> Answer {
 
 /// The trip saga's definitions file, in `dir`.
 fn definitions(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    trip_definitions(dir, 20_000)
+}
+
+/// The trip saga's definitions file, in `dir`, each step with `deadline_ms`.
+pub(crate) fn trip_definitions(dir: &tempfile::TempDir, deadline_ms: u64) -> std::path::PathBuf {
     let step = |name: &str, command: &str, compensation: Option<&str>| {
         json!({"name": name, "command": command, "compensation": compensation,
-               "deadline": 20000, "rolls_back": true})
+               "deadline": deadline_ms, "rolls_back": true})
     };
     let path = dir.path().join("sagas.json");
     let defs = json!([{
@@ -75,7 +80,12 @@ async fn spawn_trip(scripts: &[(&str, Vec<Answer>)]) -> (TestApp, Receiver, temp
     (app, rx, dir)
 }
 
-fn sub(name: &str, command: &str, addr: SocketAddr) -> warren::config::SubscriptionSettings {
+/// The subscription `name` taking `command`, posting to `http://{addr}/{name}`.
+pub(crate) fn sub(
+    name: &str,
+    command: &str,
+    addr: SocketAddr,
+) -> warren::config::SubscriptionSettings {
     let mut s = warren::config::SubscriptionSettings::new(name, format!("http://{addr}/{name}"));
     s.commands = vec![command.to_owned()];
     s.timeout_ms = 5_000;
@@ -446,7 +456,7 @@ async fn a_refused_compensation_needs_intervention_and_an_operator_retry_asks_th
 }
 
 /// Every subscription's queue, empty.
-fn queues() -> Vec<(&'static str, u64)> {
+pub(crate) fn queues() -> Vec<(&'static str, u64)> {
     vec![
         ("warren.sub.reserve", 0),
         ("warren.sub.release", 0),
