@@ -944,7 +944,7 @@ def carry_over(res, ran, previous):
     """With `--only`, the suite's block would lose the figures of the steps that did not
     run: take those from `previous` (the last docs/bench/suite.json) and record, per step,
     which run its figures come from (`meta.steps`: date, commit, command)."""
-    own = {k: res["meta"][k] for k in ("date", "commit", "command")}
+    own = {k: res["meta"].get(k, "?") for k in ("date", "commit", "command", "machine")}
     before = (previous or {}).get("meta", {})
     steps = {}
     for step, keys in STEP_KEYS.items():
@@ -961,16 +961,18 @@ def carry_over(res, ran, previous):
 def provenance(meta):
     """The line naming where each step's figures come from, when not all from this run."""
     steps = meta.get("steps") or {}
-    own = (meta["date"], meta["commit"], meta["command"])
+    fields = ("date", "commit", "command", "machine")
+    own = tuple(meta.get(k, "?") for k in fields)
     others = {}
     for step, m in steps.items():
-        key = (m.get("date"), m.get("commit"), m.get("command"))
+        key = tuple(m.get(k, "?") for k in fields)
         if key != own:
             others.setdefault(key, []).append(step)
     if not others:
         return None
-    ran = [s for s, m in steps.items() if (m.get("date"), m.get("commit"), m.get("command")) == own]
-    parts = [f"{', '.join(f'`{s}`' for s in v)} from {d} (commit `{c}`, `{cmd}`)" for (d, c, cmd), v in others.items()]
+    ran = [s for s in steps if s not in {x for v in others.values() for x in v}]
+    parts = [f"{', '.join(f'`{s}`' for s in v)} from {d} (commit `{c}`, `{cmd}`, on {mach})"
+             for (d, c, cmd, mach), v in others.items()]
     return (f"- Steps: {', '.join(f'`{s}`' for s in ran)} from this run; " + "; ".join(parts) +
             " (carried over from docs/bench/suite.json: `--only` ran the others alone)")
 
