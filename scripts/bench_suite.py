@@ -780,18 +780,21 @@ def render_sagas(rows):
          "binary CloudEvents, keep-alive) to an in-process hyper participant that does its effect once per "
          "`Idempotency-Key` in memory and answers 200 with a small JSON result. Saga duration is the wait in "
          "the backlog under saturation, not latency. warren CPU: the bench process's CPU from the first POST "
-         "to the last saga's end, less the HTTP clients' and participants' threads (`/proc`).", ""]
+         "to the last saga's end, less the HTTP clients' and participants' threads (`/proc`); machine busy: "
+         "every CPU's busy time over the same span (`/proc/stat`), whoever used it (RabbitMQ, PostgreSQL, "
+         "anything else running).", ""]
     L.append("| participants | round | sagas/s | saga p50 | p99 | warren CPU per saga | HTTP requests per saga | "
-             "load (1 min) start / end |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---|")
+             "machine busy (cores) | load (1 min) start / end |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in sorted(rows, key=lambda r: (saga_mode(r) != "rust", r.get("round", 1))):
         h = r.get("http") or {}
         cpu = r.get("warren_cpu_ms_per_saga")
         cpu = f"{cpu:.1f} ms" if cpu is not None else "-"
         reqs = f"{h['requests_per_saga']:.2f}" if h else "-"
         load = f"{r['load_start']} / {r['load_end']}" if "load_start" in r else "-"
+        busy = fmt(r.get("machine_busy_cores"), 2)
         L.append(f"| {saga_mode(r)} | {r.get('round', 1)} | **{fmt(r['rate'])}** | {ms(r['p50_ms'])} | "
-                 f"{ms(r['p99_ms'])} | {cpu} | {reqs} | {load} |")
+                 f"{ms(r['p99_ms'])} | {cpu} | {reqs} | {busy} | {load} |")
     L.append("")
     q = saga_ratio(rows)
     if q:

@@ -1,7 +1,9 @@
 //! CPU time from `/proc`: the whole bench process's (`/proc/self/stat`, threads that ended
 //! included) and one thread's own (`/proc/thread-self/stat`), so the time of the bench's
 //! helper threads (the HTTP clients, the HTTP participants) can be taken out of the
-//! process's and what is left is warren's. Linux only; elsewhere every reading is 0.
+//! process's and what is left is warren's; and the whole machine's busy time
+//! (`/proc/stat`), to tell a saturated machine (and one that others load) from an idle one.
+//! Linux only; elsewhere every reading is 0.
 
 /// Clock ticks per second of `/proc`'s times (`getconf CLK_TCK`; 100 when unknown, the
 /// value on every common Linux).
@@ -46,6 +48,29 @@ pub(crate) fn this_thread_s() -> f64 {
     read("/proc/thread-self/stat")
 }
 
+/// CPU seconds the whole machine has been busy (every CPU, everything but idle and I/O
+/// wait) since boot.
+pub(crate) fn machine_busy_s() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| busy_seconds(&s))
+        .unwrap_or(0.0)
+}
+
+/// The busy seconds of `/proc/stat`'s first line (`cpu user nice system idle iowait irq
+/// softirq steal ...`).
+fn busy_seconds(stat: &str) -> Option<f64> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((ticks.iter().sum::<f64>() - idle) / ticks_per_second())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +82,16 @@ mod tests {
         let s = stat_seconds(line).expect("parsed");
         assert!((s - 300.0 / ticks).abs() < 1e-9, "{s}");
         assert_eq!(stat_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn the_machine_busy_time_leaves_out_idle_and_io_wait() {
+        let ticks = ticks_per_second();
+        let stat = "cpu  10 1 5 1000 50 2 3 4 0 0\ncpu0 5 0 2 500 25 1 1 2 0 0\n";
+        let s = busy_seconds(stat).expect("parsed");
+        assert!((s - 25.0 / ticks).abs() < 1e-9, "{s}");
+        assert_eq!(busy_seconds("intr 1 2 3"), None);
+        assert!(machine_busy_s() > 0.0);
     }
 
     #[test]

@@ -205,6 +205,8 @@ struct SagaRun {
     process_cpu_s: f64,
     /// CPU seconds of the clients' thread.
     clients_cpu_s: f64,
+    /// Busy cores of the whole machine over the same time (on average).
+    machine_busy_cores: f64,
 }
 
 async fn run_sagas(settings: Settings, opts: &SagasBench) -> anyhow::Result<SagaRun> {
@@ -225,7 +227,7 @@ async fn run_sagas(settings: Settings, opts: &SagasBench) -> anyhow::Result<Saga
         orders.seed(opts.orders).apply(&running.db).await?;
     }
 
-    let cpu_before = cpu::process_s();
+    let (cpu_before, busy_before) = (cpu::process_s(), cpu::machine_busy_s());
     let started = Instant::now();
     let (mut accept, clients_cpu_s) = place_orders(base, orders.clone(), opts).await?;
     let placed = started.elapsed();
@@ -233,6 +235,7 @@ async fn run_sagas(settings: Settings, opts: &SagasBench) -> anyhow::Result<Saga
     let (kind, prefix) = (opts.participants.kind(), orders.key_prefix());
     let finished = wait_for_sagas(&db, kind, &prefix, opts.orders, started).await?;
     let process_cpu_s = cpu::process_s() - cpu_before;
+    let machine_busy_cores = (cpu::machine_busy_s() - busy_before) / finished.as_secs_f64();
     let rows = entities::sagas::Entity::find()
         .filter(entities::sagas::Column::Kind.eq(kind))
         .filter(entities::sagas::Column::BusinessKey.starts_with(&prefix))
@@ -258,6 +261,7 @@ async fn run_sagas(settings: Settings, opts: &SagasBench) -> anyhow::Result<Saga
         durations,
         process_cpu_s,
         clients_cpu_s,
+        machine_busy_cores,
     })
 }
 
@@ -380,7 +384,7 @@ fn report(settings: &Settings, opts: &SagasBench, m: &SagaRun, http: Option<&Cou
     );
     println!("saga duration: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max_ms:.0} ms");
     println!(
-        "cost per saga: warren {:.1} ms CPU (process {:.1}, clients {:.1}, participants {:.1}){}",
+        "cost per saga: warren {:.1} ms CPU (process {:.1}, clients {:.1}, participants {:.1}){}; machine busy {:.2} cores of {}",
         per_saga_ms(warren_cpu_s),
         per_saga_ms(m.process_cpu_s),
         per_saga_ms(m.clients_cpu_s),
@@ -393,6 +397,8 @@ fn report(settings: &Settings, opts: &SagasBench, m: &SagaRun, http: Option<&Cou
             c.repeats,
             c.bad
         )),
+        m.machine_busy_cores,
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
     );
     println!(
         "| {db_kind} | {orders} | {clients} | {} | {rate:.0} | {p50:.0} ms | {p99:.0} ms | {max_ms:.0} ms |",
@@ -428,6 +434,7 @@ fn report(settings: &Settings, opts: &SagasBench, m: &SagaRun, http: Option<&Cou
             "warren": warren_cpu_s,
         },
         "warren_cpu_ms_per_saga": per_saga_ms(warren_cpu_s),
+        "machine_busy_cores": m.machine_busy_cores,
         "http": http,
     }));
 }
