@@ -13,7 +13,11 @@ Measures, in one run on one machine:
   3. the peer: Celery 5 (pip, in a virtualenv) on the same broker: publish rate, drain rate of
      a no-op task, and the delay of tasks retried once with a 5 s countdown under load; the same
      for warren's broker-side retries (`warren-bench retry-delay`);
-  4. sagas per second (`warren-bench sagas`), job throughput with 1 and 2 worker processes
+  4. sagas per second end to end (`warren-bench sagas`) with the built-in Rust participants
+     (the order saga) and with HTTP participants (`--participants http`: a file-defined saga of
+     the same shape whose commands go to HTTP subscriptions answered by in-process hyper
+     participants, issue 19 point 7), alternating in the same database, and the ratio HTTP /
+     Rust (the Rust participants are the ceiling); job throughput with 1 and 2 worker processes
      (`warren-bench scale`), and the RSS of `warren serve` idle and under the largest load;
   5. HTTP subscriptions (`warren-bench subscriptions`, issue 18 point 9): deliveries per second
      to a local receiver answering 204 at concurrency 1, 16 and 64, against a bare lapin
@@ -25,7 +29,9 @@ BENCHMARKS.md, the chart docs/bench/suite.svg and the raw figures docs/bench/sui
 writes its own block, between <!-- bench:subscriptions:start --> and
 <!-- bench:subscriptions:end -->, with its raw figures in a `bench:data subscriptions` comment.
 A block is rewritten only when its steps ran (`--only subscriptions` leaves the suite's block,
-suite.svg and suite.json alone).
+suite.svg and suite.json alone). When `--only` runs some of the suite's own steps
+(`--only sagas_and_scale`), the figures of the others are carried over from the last
+docs/bench/suite.json, and the block names which run each step's figures come from.
 With --smoke everything is tiny (seconds), nothing in the repo is written, Celery is skipped
 unless --celery is given, and the run fails when a figure is not sane (zero throughput, an
 error answer, a message lost); absolute speeds are never asserted.
@@ -445,11 +451,25 @@ def fail_once(self, i, failed_at=None):
 
     # -- 4: sagas and scale ------------------------------------------------------------------
     def sagas_and_scale(self):
+        """Sagas per second with the built-in Rust participants (order sagas) and with HTTP
+        participants (`--participants http`: the `shop` saga of the same shape, each command an
+        HTTP subscription to an in-process participant), alternating, in the same database;
+        `--saga-rounds` pairs (the smoke run: one pair of 50 sagas)."""
         orders = 50 if self.smoke else self.a.orders
+        rounds = 1 if self.smoke else self.a.saga_rounds
         db = self.fresh_db("warren_suite_sagas")
-        self.results["sagas"] += self.run_bench(
-            ["sagas", "--orders", str(orders), "--clients", "20" if self.smoke else "100"],
-            self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
+        for rnd in range(1, rounds + 1):
+            for mode in ("rust", "http"):
+                load_start = os.getloadavg()[0]
+                rows = self.run_bench(
+                    ["sagas", "--orders", str(orders), "--clients", "20" if self.smoke else "100",
+                     "--participants", mode],
+                    self.env(WARREN_AMQP__URL=self.amqp, WARREN_DATABASE__URL=db))
+                for r in rows:
+                    r.setdefault("participants", mode)
+                    r.update({"round": rnd, "load_start": round(load_start, 2),
+                              "load_end": round(os.getloadavg()[0], 2)})
+                self.results["sagas"] += rows
         n = 1000 if self.smoke else self.a.messages // 5
         db = self.fresh_db("warren_suite_scale")
         self.results["scale"] += self.run_bench(
@@ -532,6 +552,24 @@ def sanity(res):
             for f in fields:
                 if not r.get(f) or r[f] <= 0:
                     bad.append(f"{key}: {f} is {r.get(f)}")
+    for r in res["sagas"]:
+        tag = f"sagas ({r.get('participants', 'rust')} participants, round {r.get('round', 1)})"
+        if r.get("completed") != r.get("orders"):
+            bad.append(f"{tag}: {r.get('completed')} of {r.get('orders')} sagas completed")
+        h = r.get("http")
+        if r.get("participants") == "http" and not h:
+            bad.append(f"{tag}: no counts from the HTTP participants")
+        elif h:
+            # Each command's effect once (per Idempotency-Key), none refused; a repeat is
+            # allowed (a retry), a missing or extra effect is not.
+            if h["effects"] != h["expected_effects"]:
+                bad.append(f"{tag}: {h['effects']} effects at the participants, {h['expected_effects']} expected")
+            if h["refused"]:
+                bad.append(f"{tag}: {h['refused']} requests broke the participant contract (400)")
+            if h["requests"] < h["effects"]:
+                bad.append(f"{tag}: {h['requests']} requests for {h['effects']} effects")
+        if "warren_cpu_ms_per_saga" in r and not r["warren_cpu_ms_per_saga"] > 0:
+            bad.append(f"{tag}: warren's CPU per saga is {r['warren_cpu_ms_per_saga']}")
     for r in res["retry"]:
         if r["returned"] != r["jobs"]:
             bad.append(f"retry-delay: {r['returned']} of {r['jobs']} came back")
@@ -584,6 +622,8 @@ def render(res, meta):
     L.append(f"- Machine: {meta['machine']}; wrk, warren, RabbitMQ, PostgreSQL and Celery share these CPUs")
     L.append(f"- Versions: {meta['versions']}")
     L.append(f"- Command: `{meta['command']}`")
+    if provenance(meta):
+        L.append(provenance(meta))
     L.append(f"- HTTP runs: `wrk -t2 -cN -d{meta['seconds']}s --latency --timeout 10s` with a ~200-byte JSON "
              "`user.registered` body (a new user id and e-mail address per request), one run per cell, in rounds "
              "(event-driven, bare loop, sync at 100, then at 500, ...), queues purged before each run. "
@@ -696,10 +736,7 @@ def render(res, meta):
     L.append("")
     L.append("### 4. Sagas, scale-out, memory")
     L.append("")
-    for r in res["sagas"]:
-        L.append(f"- Order sagas ({r['database']}, {fmt(r['orders'])} orders, {r['clients']} HTTP clients): "
-                 f"**{fmt(r['rate'])} sagas/s** completed end to end; saga duration p50 {ms(r['p50_ms'])}, "
-                 f"p99 {ms(r['p99_ms'])} (backlog under saturation, not latency).")
+    L += render_sagas(res["sagas"])
     if res["scale"]:
         base = res["scale"][0]["drain_rate"]
         L.append("- Job throughput by worker processes (`warren worker --modules notifications`, PostgreSQL): " +
@@ -711,6 +748,61 @@ def render(res, meta):
                  f"{fmt(rss.get('serve_load_mb'), 1)} MiB at most under {rss.get('serve_load_conns')} connections.")
     L.append("")
     return "\n".join(L)
+
+
+def saga_mode(r):
+    return r.get("participants", "rust")
+
+
+def saga_ratio(rows):
+    """HTTP participants' sagas/s over the Rust participants' (medians of the rounds), and
+    the same for warren's CPU per saga; None when a mode is missing."""
+    by = {m: [r for r in rows if saga_mode(r) == m] for m in ("rust", "http")}
+    if not by["rust"] or not by["http"]:
+        return None
+    rate = {m: statistics.median(r["rate"] for r in v) for m, v in by.items()}
+    cpu = {m: statistics.median(r.get("warren_cpu_ms_per_saga") or 0 for r in v) for m, v in by.items()}
+    return {"rate": rate, "ratio": rate["http"] / rate["rust"] if rate["rust"] else 0,
+            "cpu": cpu, "cpu_ratio": cpu["http"] / cpu["rust"] if cpu["rust"] else None}
+
+
+def render_sagas(rows):
+    """Section 4's saga lines: a row per run (mode and round), then the HTTP / Rust ratio."""
+    if not rows:
+        return []
+    r0 = rows[0]
+    L = [f"- Sagas end to end (`warren-bench sagas`, {r0['database']}, {fmt(r0['orders'])} sagas per run, "
+         f"{r0['clients']} HTTP clients, {r0.get('concurrency', 32)} handlers per module or subscription; "
+         "every role in one process). **Rust**: the order saga (`POST /v1/orders`; 4 steps done by the "
+         "built-in `orders`, `inventory`, `payments`, `notifications` modules). **HTTP**: the `shop` saga "
+         "from a definitions file, the same shape (4 steps, 3 compensations; `POST /v1/sagas/shop` with the "
+         "same order as payload), each command an HTTP subscription (production defaults: inbox on, "
+         "binary CloudEvents, keep-alive) to an in-process hyper participant that does its effect once per "
+         "`Idempotency-Key` in memory and answers 200 with a small JSON result. Saga duration is the wait in "
+         "the backlog under saturation, not latency. warren CPU: the bench process's CPU from the first POST "
+         "to the last saga's end, less the HTTP clients' and participants' threads (`/proc`); machine busy: "
+         "every CPU's busy time over the same span (`/proc/stat`), whoever used it (RabbitMQ, PostgreSQL, "
+         "anything else running).", ""]
+    L.append("| participants | round | sagas/s | saga p50 | p99 | warren CPU per saga | HTTP requests per saga | "
+             "machine busy (cores) | load (1 min) start / end |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in sorted(rows, key=lambda r: (saga_mode(r) != "rust", r.get("round", 1))):
+        h = r.get("http") or {}
+        cpu = r.get("warren_cpu_ms_per_saga")
+        cpu = f"{cpu:.1f} ms" if cpu is not None else "-"
+        reqs = f"{h['requests_per_saga']:.2f}" if h else "-"
+        load = f"{r['load_start']} / {r['load_end']}" if "load_start" in r else "-"
+        busy = fmt(r.get("machine_busy_cores"), 2)
+        L.append(f"| {saga_mode(r)} | {r.get('round', 1)} | **{fmt(r['rate'])}** | {ms(r['p50_ms'])} | "
+                 f"{ms(r['p99_ms'])} | {cpu} | {reqs} | {busy} | {load} |")
+    L.append("")
+    q = saga_ratio(rows)
+    if q:
+        cpu = f"; warren's CPU per saga {q['cpu_ratio']:.2f}x the Rust participants'" if q["cpu_ratio"] else ""
+        L.append(f"- **HTTP / Rust participants: {q['ratio']:.2f}** of the sagas per second "
+                 f"({fmt(q['rate']['http'])} against {fmt(q['rate']['rust'])}, medians of the rounds; the Rust "
+                 f"participants in the same run are the ceiling){cpu}.")
+    return L
 
 
 SUBS_GOAL = 0.8  # issue 18 point 9: warren at least 0.8 of the bare relay
@@ -846,6 +938,46 @@ def meta(a):
 
 
 SUITE_KEYS = ("http", "raw", "jobs", "retry", "celery", "sagas", "scale")
+# The results each step of the suite's block writes.
+STEP_KEYS = {"http": ("http", "rss", "sync_mails"), "raw_and_jobs": ("raw", "jobs"), "retry": ("retry",),
+             "celery": ("celery",), "sagas_and_scale": ("sagas", "scale")}
+
+
+def carry_over(res, ran, previous):
+    """With `--only`, the suite's block would lose the figures of the steps that did not
+    run: take those from `previous` (the last docs/bench/suite.json) and record, per step,
+    which run its figures come from (`meta.steps`: date, commit, command)."""
+    own = {k: res["meta"].get(k, "?") for k in ("date", "commit", "command", "machine")}
+    before = (previous or {}).get("meta", {})
+    steps = {}
+    for step, keys in STEP_KEYS.items():
+        if step in ran:
+            steps[step] = own
+        elif previous and any(previous.get(k) for k in keys):
+            for k in keys:
+                if k in previous:
+                    res[k] = previous[k]
+            steps[step] = before.get("steps", {}).get(step) or {k: before.get(k, "?") for k in own}
+    res["meta"]["steps"] = steps
+
+
+def provenance(meta):
+    """The line naming where each step's figures come from, when not all from this run."""
+    steps = meta.get("steps") or {}
+    fields = ("date", "commit", "command", "machine")
+    own = tuple(meta.get(k, "?") for k in fields)
+    others = {}
+    for step, m in steps.items():
+        key = tuple(m.get(k, "?") for k in fields)
+        if key != own:
+            others.setdefault(key, []).append(step)
+    if not others:
+        return None
+    ran = [s for s in steps if s not in {x for v in others.values() for x in v}]
+    parts = [f"{', '.join(f'`{s}`' for s in v)} from {d} (commit `{c}`, `{cmd}`, on {mach})"
+             for (d, c, cmd, mach), v in others.items()]
+    return (f"- Steps: {', '.join(f'`{s}`' for s in ran)} from this run; " + "; ".join(parts) +
+            " (carried over from docs/bench/suite.json: `--only` ran the others alone)")
 
 
 def suite_ran(res):
@@ -891,6 +1023,8 @@ def main():
     p.add_argument("--celery-tasks", type=int, default=int(os.environ.get("BENCH_CELERY_TASKS", "20000")))
     p.add_argument("--retry-jobs", type=int, default=int(os.environ.get("BENCH_RETRY_JOBS", "2000")))
     p.add_argument("--orders", type=int, default=int(os.environ.get("BENCH_ORDERS", "2000")))
+    p.add_argument("--saga-rounds", type=int, default=int(os.environ.get("BENCH_SAGA_ROUNDS", "2")),
+                   help="sagas: pairs of runs (Rust participants, then HTTP ones), alternating")
     p.add_argument("--sub-messages", type=int, default=int(os.environ.get("BENCH_SUB_MESSAGES", "20000")),
                    help="subscriptions: messages pre-filled per throughput phase")
     p.add_argument("--sub-latency-messages", type=int,
@@ -919,6 +1053,14 @@ def main():
     res["meta"]["suite_seconds"] = round(time.time() - started)
     problems = sanity(res)
     res["problems"] = problems
+    if a.only and not a.smoke and suite_ran(res):
+        previous = None
+        try:
+            with open(os.path.join(ROOT, "docs", "bench", "suite.json"), encoding="utf-8") as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            log("no docs/bench/suite.json to carry the other steps' figures from")
+        carry_over(res, a.only.split(","), previous)
     if suite_ran(res):
         print(render(res, res["meta"]))
     if res.get("subscriptions"):

@@ -4,7 +4,8 @@
 //! topology, the publisher, the store, `App` and its roles, the `Consumer` trait), so the
 //! production library carries no benchmark code. The subcommands:
 //!
-//! - [`jobs`], [`sagas`], [`scale`]: warren's throughput, each in a scratch vhost;
+//! - [`jobs`], [`sagas`], [`scale`]: warren's throughput, each in a scratch vhost; `sagas`
+//!   with the Rust participants or with HTTP ones ([`http_participants`]);
 //! - [`baseline`]: the ceilings warren is measured against (a bare warp+lapin publish server,
 //!   a raw lapin publisher and consumer) and exact queue depths;
 //! - [`retry_delay`]: how close broker-side retries come back to the configured delay;
@@ -13,10 +14,13 @@
 //! - [`smtp_sink`]: an SMTP receiver for the sync-mode benchmark and for `scripts/run-local.sh`
 //!   (it can write each mail as an `.eml` file and print a line per mail).
 //!
-//! `scripts/bench-suite.sh` runs them all; [`common`] holds what they share.
+//! `scripts/bench-suite.sh` runs them all; [`common`] holds what they share, [`cpu`] reads
+//! CPU times from `/proc`.
 
 mod baseline;
 mod common;
+mod cpu;
+mod http_participants;
 mod jobs;
 mod retry_delay;
 mod sagas;
@@ -54,8 +58,10 @@ enum BenchCommand {
     /// Job throughput: publish, drain, and publish -> consume -> handle -> ack at once, with
     /// the inbox and one database write per job.
     Jobs(jobs::JobsBench),
-    /// Order sagas end to end: orders placed over HTTP, every role in process, until each
-    /// saga completed; sagas per second and saga duration percentiles.
+    /// Sagas end to end: started over HTTP, every role in process, until each saga
+    /// completed; sagas per second, saga duration percentiles and warren's CPU per saga. With
+    /// the built-in Rust participants (order sagas) or, `--participants http`, with HTTP
+    /// subscriptions to in-process HTTP participants (a file-defined saga of the same shape).
     Sagas(sagas::SagasBench),
     /// Scale-out: N messages parked in `warren.notifications`, then drained by 1, then by 2
     /// `warren worker` processes (children of this one); messages per second for each.
