@@ -6,8 +6,10 @@ saga commands warren delivers (docs/participants.md), does each effect once per
 secret, and has two endpoints for people and tests:
 
   GET  /ledger   every answer stored (by key), every request received, and the service's rows
-  POST /faults   injected faults: {"fail": 503, "times": 2}, {"hang_ms": 3000, "times": 1},
-                 {"compensation_fails": true}; {} clears them; GET /faults shows them
+  POST /faults   injected faults: {"fail": 503, "times": 2} (add "after_effect": true to
+                 do the effect and then fail, as if the answer were lost),
+                 {"hang_ms": 3000, "times": 1}, {"compensation_fails": true};
+                 {} clears them; GET /faults shows them
 
 A service module defines SCHEMA (its tables), TABLE (the one /ledger shows), execute(db, cmd)
 and compensate(db, cmd), which return the step's result or raise Refused; then calls main().
@@ -109,7 +111,7 @@ class Faults:
         self.set({})
 
     def set(self, spec):
-        allowed = {"fail", "times", "hang_ms", "compensation_fails"}
+        allowed = {"fail", "times", "hang_ms", "after_effect", "compensation_fails"}
         unknown = set(spec) - allowed
         if unknown:
             raise ValueError(f"unknown fault field(s) {sorted(unknown)}; known: {sorted(allowed)}")
@@ -118,7 +120,8 @@ class Faults:
             self.left = spec.get("times")  # None: until cleared
 
     def take(self):
-        """The faults for this request: (fail status or None, hang ms, compensation fails)."""
+        """The faults for this request: (fail status or None, whether it fails after the
+        effect, hang ms, compensation fails)."""
         with self.lock:
             s = self.spec
             hit = (s.get("fail") or s.get("hang_ms")) and (self.left is None or self.left > 0)
@@ -126,7 +129,7 @@ class Faults:
                 self.left -= 1
             fail = s.get("fail") if hit else None
             hang = s.get("hang_ms", 0) if hit else 0
-            return fail, hang, bool(s.get("compensation_fails"))
+            return fail, bool(s.get("after_effect")), hang, bool(s.get("compensation_fails"))
 
     def show(self):
         with self.lock:
@@ -189,15 +192,18 @@ def handler(name, service, ledger, faults, secret):
             self.reply(status, answer)
 
         def saga_command(self, key, action, cmd):
-            fail, hang_ms, compensation_fails = faults.take()
+            fail, after_effect, hang_ms, compensation_fails = faults.take()
             if hang_ms:
                 time.sleep(hang_ms / 1000)
-            if fail:
+            if fail and not after_effect:
                 return fail, {"reason": f"injected fault: {fail}"}
             if action == "compensate" and compensation_fails:
                 return 409, {"reason": f"{name} cannot undo it now (injected fault)"}
             do = service.execute if action == "execute" else service.compensate
-            return ledger.answer(key, cmd, action, lambda db: do(db, cmd))
+            answer = ledger.answer(key, cmd, action, lambda db: do(db, cmd))
+            if fail:  # the effect is done (or was already), but the answer is "lost"
+                return fail, {"reason": f"injected fault after the effect: {fail}"}
+            return answer
 
     return Handler
 

@@ -353,7 +353,13 @@ async fn example_trip_on_a_cancelled_flight_refunds_the_charge_it_made_and_relea
 #[tokio::test]
 async fn example_trip_with_payments_answering_503_twice_charges_once_on_the_third_request() {
     let t = spawn_example(None).await;
-    t.faults("payments", json!({"fail": 503, "times": 2})).await;
+    // The first request charges the card and then answers 503 (as if the answer were lost),
+    // so the retries meet a charge already made under their key.
+    t.faults(
+        "payments",
+        json!({"fail": 503, "times": 2, "after_effect": true}),
+    )
+    .await;
     let id = t.start("TRIP-flaky", trip("WR 19")).await;
     let view = t.until(&id, "completed", |_| true).await;
     t.app.settled(&QUEUES).await;
