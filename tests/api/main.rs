@@ -8,6 +8,7 @@ mod console;
 mod dashboards;
 mod deployment;
 mod dlq;
+mod example_trip;
 mod fuzz_corpus;
 mod gate;
 mod helpers;
