@@ -32,8 +32,54 @@ pub struct Event {
     /// Body format version, `1.0`.
     #[serde(default = "default_version")]
     pub version: String,
-    /// The event's payload.
+    /// The event's payload. When [`CloudEventAttributes::datacontenttype`] names a media type
+    /// that is not JSON, this is a JSON string holding the payload: its text, or its bytes in
+    /// standard base64 when [`CloudEventAttributes::data_base64`] is set.
     pub data: serde_json::Value,
+    /// The CloudEvents attributes of an event that came from outside warren as a CloudEvent
+    /// (`POST /v1/events` in a CloudEvents content mode, or a foreign message in the RabbitMQ
+    /// binding), kept so that they travel on; absent for warren's own events, whose
+    /// CloudEvents `id` is `event_id` and whose `source` is warren's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudevent: Option<CloudEventAttributes>,
+}
+
+/// A foreign CloudEvent's own attributes (CloudEvents 1.0), beside the ones warren's envelope
+/// already holds (`type` = `event_name`, `time` = `occurred_on`, `subject` = `aggregate_id`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CloudEventAttributes {
+    /// The sender's `id` (with `source`, the event's identity; `event_id` is derived from both).
+    pub id: String,
+    /// The sender's `source` (a URI-reference).
+    pub source: String,
+    /// `datacontenttype`, when the sender gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    /// `dataschema`, when the sender gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
+    /// `data` holds base64 of bytes that are not UTF-8 text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_base64: bool,
+    /// Extension attributes by name (lower-case `a-z0-9`), their values as the sender gave
+    /// them (string, integer or boolean).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extensions: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// The namespace of [`cloudevent_event_id`]'s UUID v5 ids.
+const CLOUDEVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_43e2_9b0d_4f7e_8c55_2d3e_7f90_a1b4);
+
+/// warren's `event_id` (and AMQP `message_id`) for a CloudEvent that came from outside with
+/// `source` and `id`: a UUID v5 of both, so the same CloudEvent sent twice, over HTTP or over
+/// AMQP, is the same message everywhere downstream and every inbox drops the repeat.
+pub fn cloudevent_event_id(source: &str, id: &str) -> Uuid {
+    let mut name = Vec::with_capacity(source.len() + id.len() + 1);
+    name.extend_from_slice(source.as_bytes());
+    // A byte no URI-reference holds, so ("a/b", "c") and ("a", "/bc") stay apart.
+    name.push(0);
+    name.extend_from_slice(id.as_bytes());
+    Uuid::new_v5(&CLOUDEVENT_ID_NAMESPACE, &name)
 }
 
 fn default_version() -> String {
@@ -54,6 +100,7 @@ impl Event {
             occurred_on: Utc::now(),
             version: EVENT_VERSION.to_owned(),
             data,
+            cloudevent: None,
         }
     }
 
@@ -257,6 +304,19 @@ mod tests {
         let back: Event = serde_json::from_slice(&bytes).expect("parses");
         assert_eq!(back, e);
         assert_eq!(e.event_id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn a_cloudevent_has_one_event_id_for_its_source_and_id() {
+        let a = cloudevent_event_id("/shop", "o-1");
+        assert_eq!(a, cloudevent_event_id("/shop", "o-1"));
+        assert_eq!(a.get_version_num(), 5);
+        assert_ne!(a, cloudevent_event_id("/shop", "o-2"));
+        assert_ne!(a, cloudevent_event_id("/shop2", "o-1"));
+        assert_ne!(
+            cloudevent_event_id("a/b", "c"),
+            cloudevent_event_id("a", "/bc")
+        );
     }
 
     #[test]
