@@ -545,6 +545,10 @@ impl Parts {
             settings: settings.clone(),
             events: self.events.clone(),
             reads: reads.clone(),
+            idempotency: crate::idempotency::Idempotency::new(
+                db.clone(),
+                std::time::Duration::from_secs(settings.http.idempotency_retention_secs),
+            ),
             health,
             dispatcher: Arc::new(dispatcher),
             metrics: self.metrics.clone(),
@@ -605,6 +609,7 @@ pub fn builtin_module(
         "maintenance" => Ok(Arc::new(crate::modules::maintenance::Maintenance::new(
             db.clone(),
             publisher.clone(),
+            std::time::Duration::from_secs(settings.http.idempotency_retention_secs),
         ))),
         "orders" => Ok(Arc::new(ParticipantConsumer::new(
             Orders,

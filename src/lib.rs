@@ -47,6 +47,7 @@ pub mod config;
 pub(crate) mod console;
 pub mod dispatch;
 pub(crate) mod health;
+pub(crate) mod idempotency;
 pub mod http;
 pub mod jobs;
 pub mod modules;

@@ -20,6 +20,10 @@ pub struct Model {
     pub data: Json,
     /// When warren recorded it.
     pub recorded_at: DateTimeUtc,
+    /// The CloudEvents attributes of an event that came from outside as a CloudEvent (its own
+    /// `id`, `source`, `datacontenttype`, `dataschema`, extensions); absent for warren's own.
+    #[sea_orm(nullable)]
+    pub cloudevent: Option<Json>,
 }
 
 /// No relations.

@@ -9,6 +9,7 @@ pub mod email_log;
 pub mod event_log;
 pub mod event_outbox;
 pub mod failed_jobs;
+pub mod idempotency_keys;
 pub mod inventory;
 pub mod migration;
 pub mod notifications;

@@ -34,6 +34,10 @@ pub struct HttpSettings {
     pub slow_request_ms: u64,
     /// Most `system.slow_request` events published per second (the counter counts all).
     pub slow_request_events_per_sec: u32,
+    /// How long (seconds) the answer under an `Idempotency-Key`, or to a CloudEvent (its
+    /// `source` + `id`), is remembered: a repeat within it is answered the same and has no
+    /// second effect. The `maintenance.cleanup` job deletes older answers.
+    pub idempotency_retention_secs: u64,
 }
 
 impl Default for HttpSettings {
@@ -48,6 +52,7 @@ impl Default for HttpSettings {
             retry_after_secs: 5,
             slow_request_ms: 1_000,
             slow_request_events_per_sec: 10,
+            idempotency_retention_secs: 24 * 60 * 60,
         }
     }
 }

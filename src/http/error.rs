@@ -115,16 +115,35 @@ pub enum ApiError {
     /// The body of `POST /v1/sagas/{kind}` breaks a rule.
     #[error("invalid saga start: {0}")]
     InvalidSagaStart(String),
-    /// An `Idempotency-Key` already started a saga with another body.
+    /// An `Idempotency-Key` was first used with another request (another body) on this route.
     #[error(
-        "Idempotency-Key {key:?} already started saga {saga_id} with another body; use a new key for a new saga"
+        "Idempotency-Key {key:?} was first used with another request (its {id_name} is {id}); use a new key for a new request"
     )]
     IdempotencyKeyReused {
         /// The key.
         key: String,
-        /// The saga it started.
-        saga_id: uuid::Uuid,
+        /// What the first request's answer names (`saga_id`, `event_id`, `job_id`).
+        id_name: &'static str,
+        /// The id the first request's answer gave.
+        id: uuid::Uuid,
     },
+    /// A CloudEvent (`POST /v1/events`) breaks the CloudEvents 1.0 rules or warren's name rule
+    /// for its `type`; the attribute is named.
+    #[error("invalid CloudEvent: {attribute}: {reason}")]
+    InvalidCloudEvent {
+        /// The attribute at fault (`id`, `source`, `specversion`, `type`, an extension, `data`).
+        attribute: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `POST /v1/events` with a body in none of the CloudEvents content modes.
+    #[error(
+        "not a CloudEvent: {0}; send content-type application/cloudevents+json (structured), application/cloudevents-batch+json (batched), or ce-specversion and the other ce-* headers (binary)"
+    )]
+    NotACloudEvent(String),
+    /// A CloudEvents batch that is not a JSON array of 1 to the bound of events.
+    #[error("invalid CloudEvents batch: {0}")]
+    InvalidBatch(String),
     /// No order with this number.
     #[error("no order {0:?}")]
     OrderNotFound(String),
@@ -165,7 +184,10 @@ impl ApiError {
             ApiError::InvalidJson(_)
             | ApiError::InvalidHeader(_)
             | ApiError::InvalidQuery(_)
-            | ApiError::InvalidEventName { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidEventName { .. }
+            | ApiError::InvalidCloudEvent { .. }
+            | ApiError::InvalidBatch(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotACloudEvent(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAnObject(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Broker(_) | ApiError::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -242,6 +264,9 @@ impl ApiError {
             ApiError::InvalidOrder(_) => "invalid_order",
             ApiError::InvalidSagaStart(_) => "invalid_saga_start",
             ApiError::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            ApiError::InvalidCloudEvent { .. } => "invalid_cloudevent",
+            ApiError::NotACloudEvent(_) => "not_a_cloudevent",
+            ApiError::InvalidBatch(_) => "invalid_cloudevent_batch",
             ApiError::OrderNotFound(_) => "order_not_found",
             ApiError::Saga(SagaError::NotFound(_)) => "saga_not_found",
             ApiError::Saga(SagaError::InterventionNotFound(_)) => "intervention_not_found",
@@ -263,9 +288,12 @@ impl ApiError {
             "request_id": request_id,
         });
         match self {
-            ApiError::Saga(SagaError::Duplicate { saga_id, .. })
-            | ApiError::IdempotencyKeyReused { saga_id, .. } => {
+            ApiError::Saga(SagaError::Duplicate { saga_id, .. }) => {
                 body["saga_id"] = json!(saga_id);
+            }
+            ApiError::IdempotencyKeyReused { id_name, id, .. } => body[*id_name] = json!(id),
+            ApiError::InvalidCloudEvent { attribute, .. } => {
+                body["error"]["attribute"] = json!(attribute);
             }
             ApiError::Forbidden(scope) => body["error"]["required_scope"] = json!(scope.as_str()),
             ApiError::ConfirmationRequired { matched, .. } => body["matched"] = json!(matched),

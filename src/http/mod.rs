@@ -18,8 +18,10 @@ mod error;
 pub(crate) mod limits;
 pub(crate) mod sagas;
 
+mod cloudevents;
 mod dlq;
 mod health;
+mod idempotent;
 mod publish;
 mod route;
 mod subscriptions;
@@ -45,6 +47,7 @@ use crate::{
     telemetry::Metrics,
 };
 pub use error::ApiError;
+pub use cloudevents::{MAX_BATCH, validate_event_type};
 pub use publish::{MAX_EVENT_NAME, parse_data, validate_event_name};
 pub use route::{Call, Routes};
 
@@ -63,6 +66,8 @@ pub(crate) struct HttpState {
     pub events: crate::outbox::EventOutbox,
     /// The read service (audit log, notifications, failed jobs, orders, known jobs).
     pub reads: crate::reads::Reads,
+    /// The answers remembered under `Idempotency-Key`s and CloudEvent identities.
+    pub idempotency: crate::idempotency::Idempotency,
     /// The health checks behind `/readyz`.
     pub health: crate::health::Health,
     /// In-process listeners for `?mode=sync`.
@@ -168,6 +173,7 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
 /// compiler's recursion limit in release builds, and the boxing costs one indirect call.
 pub fn routes(body_limit: u64) -> Routes {
     let mut endpoints = publish::endpoints(body_limit);
+    endpoints.extend(cloudevents::endpoints(body_limit));
     endpoints.extend(dlq::endpoints(body_limit));
     endpoints.extend(sagas::endpoints(body_limit));
     endpoints.extend(console::endpoints(body_limit));

@@ -1,14 +1,16 @@
 //! The publish routes: `POST /v1/events/{name}` (publish, or run the in-process listeners
 //! with `?mode=sync`) and `POST /v1/jobs/{name}`, both through the events service (a confirm,
-//! or the events outbox), and the lists `GET /v1/events` (the audit log) and
-//! `GET /v1/notifications`.
+//! or the events outbox) and both taking an `Idempotency-Key` (see `idempotent`), and the lists
+//! `GET /v1/events` (the audit log) and `GET /v1/notifications`. CloudEvents come in on
+//! `POST /v1/events` (`cloudevents`).
 
 use serde::Deserialize;
 use serde_json::json;
-use warp::{Filter, http::StatusCode, reply::Reply as _};
+use warp::{Filter, http::StatusCode};
 
 use super::{
-    ApiError, JsonBody, Response, json_body,
+    ApiError, JsonBody, json_body,
+    idempotent::{self, Keyed, Outcome},
     route::{Access, Endpoint, Reply, Request, json},
 };
 use crate::{
@@ -39,11 +41,16 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
             .input(
                 warp::query::<EventQuery>()
                     .and(json_body(body_limit))
-                    .map(|query, body| (query, body)),
+                    .and(idempotency_key())
+                    .map(|query, body, key| (query, body, key)),
             )
             .to(publish_event),
         Endpoint::post("/v1/jobs/{name}", Access::Publish)
-            .input(json_body(body_limit))
+            .input(
+                json_body(body_limit)
+                    .and(idempotency_key())
+                    .map(|body, key| (body, key)),
+            )
             .to(enqueue_job),
         Endpoint::get("/v1/events", read)
             .input(warp::query::<ListQuery>())
@@ -58,6 +65,12 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
                 json(&json!({"notifications": rows}))
             }),
     ]
+}
+
+/// The `Idempotency-Key` header, when sent.
+pub(super) fn idempotency_key()
+-> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("idempotency-key")
 }
 
 /// Checks the event naming rule: two or more lowercase segments separated by dots, each
@@ -105,7 +118,7 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 async fn publish_event(
     req: Request,
     (name,): (String,),
-    (query, body): (EventQuery, JsonBody),
+    (query, body, key): (EventQuery, JsonBody, Option<String>),
 ) -> Reply {
     validate_event_name(&name)?;
     let sync = match query.mode.as_deref() {
@@ -125,41 +138,56 @@ async fn publish_event(
             "aggregate_id must be 1 to 255 bytes".into(),
         ));
     }
-    let event = Event::new(name, query.aggregate_id, data);
-    tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
-
-    if sync {
-        let results = req.state.dispatcher.dispatch_sync(&event).await;
-        return Ok(warp::reply::json(&json!({
-            "event_id": event.event_id,
-            "event_name": event.event_name,
-            "mode": "sync",
-            "results": results,
-        }))
-        .into_response());
+    let mode = if sync { "sync" } else { "async" };
+    let aggregate = query.aggregate_id.as_deref().unwrap_or("");
+    let keyed = Keyed::header(
+        &req,
+        "/v1/events/{name}",
+        key,
+        &[
+            name.as_bytes(),
+            mode.as_bytes(),
+            aggregate.as_bytes(),
+            &body.bytes,
+        ],
+    )?;
+    let mut event = Event::new(name, query.aggregate_id, data);
+    if let Some(k) = &keyed {
+        event.event_id = k.id;
     }
-
-    let event_id = event.event_id;
-    let stored =
-        publish_for_request(&req, EVENTS_EXCHANGE, event, body.traceparent.as_deref()).await?;
-    Ok(accepted(("event_id", event_id), "accepted", stored))
+    tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
+    let outcome = idempotent::once(&req.state, keyed.as_ref(), "event_id", || async {
+        if sync {
+            let results = req.state.dispatcher.dispatch_sync(&event).await;
+            return Ok(Outcome::fresh(
+                StatusCode::OK,
+                json!({
+                    "event_id": event.event_id,
+                    "event_name": event.event_name,
+                    "mode": "sync",
+                    "results": results,
+                }),
+            ));
+        }
+        let event_id = event.event_id;
+        let stored =
+            publish_for_request(&req, EVENTS_EXCHANGE, event, body.traceparent.as_deref()).await?;
+        Ok(accepted(("event_id", event_id), "accepted", stored))
+    })
+    .await?;
+    Ok(outcome.into_response(keyed.is_some()))
 }
 
 /// The 202 of a published message: its id, what happened, and where it is stored.
-fn accepted(
-    (id_key, id): (&str, uuid::Uuid),
-    status: &str,
-    stored: crate::outbox::Stored,
-) -> Response {
-    warp::reply::with_status(
-        warp::reply::json(&json!({
+fn accepted((id_key, id): (&str, uuid::Uuid), status: &str, stored: crate::outbox::Stored) -> Outcome {
+    Outcome::fresh(
+        StatusCode::ACCEPTED,
+        json!({
             (id_key): id,
             "status": status,
             "stored": stored.as_str(),
-        })),
-        StatusCode::ACCEPTED,
+        }),
     )
-    .into_response()
 }
 
 /// Publishes `message` (routing key = its name) with the request's id as correlation id and
@@ -204,16 +232,29 @@ pub fn parse_data(content_type: Option<&str>, body: &[u8]) -> Result<serde_json:
 }
 
 #[tracing::instrument(skip_all, fields(job_name = %name, request_id = %req.ctx.request_id, job_id, trace_id))]
-async fn enqueue_job(req: Request, (name,): (String,), body: JsonBody) -> Reply {
+async fn enqueue_job(
+    req: Request,
+    (name,): (String,),
+    (body, key): (JsonBody, Option<String>),
+) -> Reply {
     validate_event_name(&name)?;
     if !req.state.reads.takes_job(&name) {
         return Err(ApiError::UnknownJob(name));
     }
     let data = parse_data(body.content_type.as_deref(), &body.bytes)?;
-    let job = Event::new(name, None, data);
+    let keyed = Keyed::header(&req, "/v1/jobs/{name}", key, &[name.as_bytes(), &body.bytes])?;
+    let mut job = Event::new(name, None, data);
+    if let Some(k) = &keyed {
+        job.event_id = k.id;
+    }
     tracing::Span::current().record("job_id", tracing::field::display(job.event_id));
-    let job_id = job.event_id;
-    let stored =
-        publish_for_request(&req, COMMANDS_EXCHANGE, job, body.traceparent.as_deref()).await?;
-    Ok(accepted(("job_id", job_id), "queued", stored))
+    let outcome = idempotent::once(&req.state, keyed.as_ref(), "job_id", || async {
+        let job_id = job.event_id;
+        let stored =
+            publish_for_request(&req, COMMANDS_EXCHANGE, job, body.traceparent.as_deref())
+                .await?;
+        Ok(accepted(("job_id", job_id), "queued", stored))
+    })
+    .await?;
+    Ok(outcome.into_response(keyed.is_some()))
 }

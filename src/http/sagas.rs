@@ -10,7 +10,9 @@ use uuid::Uuid;
 use warp::{Filter, http::StatusCode, reply::Reply as _};
 
 use super::{
-    ApiError, JsonBody, optional_body,
+    ApiError, JsonBody,
+    idempotent::{self, Keyed, Outcome},
+    optional_body,
     route::{Access, Endpoint, Reply, Request, json},
 };
 use crate::{
@@ -76,7 +78,11 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
     let (read, admin) = (Access::Scoped(Scope::Read), Access::Scoped(Scope::Admin));
     vec![
         Endpoint::post("/v1/orders", Access::Publish)
-            .input(super::json_body(body_limit))
+            .input(
+                super::json_body(body_limit)
+                    .and(super::publish::idempotency_key())
+                    .map(|body, key| (body, key)),
+            )
             .to(create_order),
         Endpoint::post("/v1/sagas/{kind}", Access::Publish)
             .input(
@@ -128,7 +134,17 @@ fn limit(requested: Option<u64>) -> Result<u64, ApiError> {
 
 /// `POST /v1/orders`: validates and starts the order saga.
 #[tracing::instrument(skip_all, fields(request_id = %req.ctx.request_id, order_no, saga_id, trace_id))]
-async fn create_order(req: Request, (): (), body: JsonBody) -> Reply {
+async fn create_order(req: Request, (): (), (body, key): (JsonBody, Option<String>)) -> Reply {
+    let keyed = Keyed::header(&req, "/v1/orders", key, &[&body.bytes])?;
+    let outcome = idempotent::once(&req.state, keyed.as_ref(), "saga_id", || {
+        start_order(&req, body)
+    })
+    .await?;
+    Ok(outcome.into_response(keyed.is_some()))
+}
+
+/// Validates and starts the order saga of `POST /v1/orders`.
+async fn start_order(req: &Request, body: JsonBody) -> Result<Outcome, ApiError> {
     let order: OrderRequest = json_body(body.content_type.as_deref(), &body.bytes)?;
     order.validate().map_err(ApiError::InvalidOrder)?;
     tracing::Span::current().record("order_no", order.order_no.as_str());
@@ -147,16 +163,15 @@ async fn create_order(req: Request, (): (), body: JsonBody) -> Reply {
         )
         .await?;
     tracing::Span::current().record("saga_id", tracing::field::display(id));
-    Ok(warp::reply::with_status(
-        warp::reply::json(&json!({
+    Ok(Outcome::fresh(
+        StatusCode::ACCEPTED,
+        json!({
             "saga_id": id,
             "order_no": order.order_no,
             "status": "running",
             "links": {"saga": format!("/v1/sagas/{id}")},
-        })),
-        StatusCode::ACCEPTED,
-    )
-    .into_response())
+        }),
+    ))
 }
 
 /// `POST /v1/sagas/{kind}`: starts a saga of `kind` (202, `Location` the saga). With an
@@ -180,8 +195,8 @@ async fn start_saga(
     } else {
         start
     };
-    check_key("business_key", start.business_key.as_deref())?;
-    check_key("Idempotency-Key", key.as_deref())?;
+    check_key("business_key", start.business_key.as_deref()).map_err(ApiError::InvalidSagaStart)?;
+    check_key("Idempotency-Key", key.as_deref()).map_err(ApiError::InvalidSagaStart)?;
     let trace = crate::telemetry::outgoing(body.traceparent.as_deref());
     tracing::Span::current().record("trace_id", trace.trace_id.as_str());
     let start = Start {
@@ -208,7 +223,8 @@ async fn start_saga(
             Started::Existing(row) => {
                 return Err(ApiError::IdempotencyKeyReused {
                     key,
-                    saga_id: row.id,
+                    id_name: "saga_id",
+                    id: row.id,
                 });
             }
         },
@@ -254,11 +270,11 @@ fn order_start(start: StartBody) -> Result<StartBody, ApiError> {
 }
 
 /// A key (business key, `Idempotency-Key`) is 1 to 255 characters when given.
-fn check_key(what: &str, key: Option<&str>) -> Result<(), ApiError> {
+pub(super) fn check_key(what: &str, key: Option<&str>) -> Result<(), String> {
     match key {
-        Some(k) if k.trim().is_empty() || k.len() > MAX_KEY_LEN => Err(ApiError::InvalidSagaStart(
-            format!("{what} must be 1 to {MAX_KEY_LEN} characters"),
-        )),
+        Some(k) if k.trim().is_empty() || k.len() > MAX_KEY_LEN => {
+            Err(format!("{what} must be 1 to {MAX_KEY_LEN} characters"))
+        }
         _ => Ok(()),
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! - `maintenance.cleanup` `{older_than_days}` (default 30): deletes inbox rows
 //!   (`processed_messages`), audit rows (`event_log`) and fired scheduler ticks older than
-//!   that. Idempotent by itself: running it twice deletes nothing more.
+//!   that, and the remembered idempotent answers (`idempotency_keys`) older than their
+//!   retention window (`http.idempotency_retention_secs`). Idempotent by itself: running it
+//!   twice deletes nothing more.
 //! - `maintenance.report`: counts the last 24 hours (events recorded, jobs parked, sagas
 //!   finished by outcome) and open work (sagas needing intervention, parked jobs), and
 //!   publishes them as a `report.daily` event (recorded by the audit module).
@@ -24,6 +26,7 @@ use crate::{
 pub(crate) struct Maintenance {
     db: DatabaseConnection,
     publisher: Publisher,
+    idempotency_retention: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,9 +45,18 @@ fn fault(doing: &str) -> impl FnOnce(sea_orm::DbErr) -> JobError + '_ {
 }
 
 impl Maintenance {
-    /// The module over `db`, publishing reports through `publisher`.
-    pub(crate) fn new(db: DatabaseConnection, publisher: Publisher) -> Self {
-        Self { db, publisher }
+    /// The module over `db`, publishing reports through `publisher`; the cleanup deletes
+    /// idempotent answers older than `idempotency_retention`.
+    pub(crate) fn new(
+        db: DatabaseConnection,
+        publisher: Publisher,
+        idempotency_retention: std::time::Duration,
+    ) -> Self {
+        Self {
+            db,
+            publisher,
+            idempotency_retention,
+        }
     }
 
     async fn cleanup(&self, job: &Job) -> Result<(), JobError> {
@@ -74,11 +86,15 @@ impl Maintenance {
             .await
             .map_err(fault("cannot clean schedule_ticks"))?
             .rows_affected;
+        let idempotency = crate::idempotency::purge(&self.db, self.idempotency_retention)
+            .await
+            .map_err(|e| JobError::Error(e.to_string()))?;
         tracing::info!(
             older_than_days = c.older_than_days,
             inbox,
             events,
             ticks,
+            idempotency,
             "Cleanup done."
         );
         Ok(())

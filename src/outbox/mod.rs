@@ -296,8 +296,11 @@ impl EventOutbox {
             last_error: Set(None),
             ..Default::default()
         };
+        // A message id already waiting is the same message (a derived id: an idempotent retry,
+        // a CloudEvent sent again): keep the one row.
         event_outbox::Entity::insert(row)
-            .exec(&self.inner.db)
+            .on_conflict_do_nothing_on([event_outbox::Column::Id])
+            .exec_without_returning(&self.inner.db)
             .await?;
         if let Some(a) = &event.aggregate_id {
             let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());

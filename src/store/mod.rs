@@ -215,6 +215,10 @@ pub async fn record_event(db: &DatabaseConnection, event: &Event) -> Result<(), 
         occurred_on: Set(event.occurred_on),
         data: Set(event.data.clone()),
         recorded_at: Set(Utc::now()),
+        cloudevent: Set(event
+            .cloudevent
+            .as_ref()
+            .and_then(|c| serde_json::to_value(c).ok())),
     };
     event_log::Entity::insert(row)
         .on_conflict_do_nothing_on([event_log::Column::EventId])

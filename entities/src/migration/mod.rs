@@ -11,6 +11,7 @@ mod m0006_operator_actions;
 mod m0007_subscription_status;
 mod m0008_saga_definitions;
 mod m0009_saga_results;
+mod m0010_idempotency;
 
 /// Runs warren's migrations.
 #[derive(Debug)]
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_subscription_status::Migration),
             Box::new(m0008_saga_definitions::Migration),
             Box::new(m0009_saga_results::Migration),
+            Box::new(m0010_idempotency::Migration),
         ]
     }
 }
