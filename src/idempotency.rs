@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use entities::idempotency_keys;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -138,7 +136,8 @@ impl Idempotency {
 
 /// Deletes the answers older than `retention` (the `maintenance.cleanup` job); returns how many.
 pub(crate) async fn purge(db: &DatabaseConnection, retention: Duration) -> Result<u64, StoreError> {
-    let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let cutoff =
+        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     idempotency_keys::Entity::delete_many()
         .filter(idempotency_keys::Column::CreatedAt.lt(cutoff))
         .exec(db)

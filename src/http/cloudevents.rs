@@ -35,8 +35,8 @@ use super::{
     route::{Access, Endpoint, Reply, Request},
 };
 use crate::broker::{envelope::Outgoing, names::EVENTS_EXCHANGE};
-pub use parse::{MAX_BATCH, validate_event_type};
 use parse::{Incoming, Mode};
+pub use parse::{MAX_BATCH, validate_event_type};
 
 /// The CloudEvents route.
 pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {

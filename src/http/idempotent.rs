@@ -152,7 +152,9 @@ where
     match store.find(&keyed.scope, &keyed.key).await {
         Ok(Some(first)) => return keyed.replay(first, id_name),
         Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "Cannot look up the idempotency key; running the request."),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot look up the idempotency key; running the request.")
+        }
     }
     let outcome = match act().await {
         Ok(o) => o,

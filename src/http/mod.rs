@@ -46,8 +46,8 @@ use crate::{
     operator::Operator,
     telemetry::Metrics,
 };
-pub use error::ApiError;
 pub use cloudevents::{MAX_BATCH, validate_event_type};
+pub use error::ApiError;
 pub use publish::{MAX_EVENT_NAME, parse_data, validate_event_name};
 pub use route::{Call, Routes};
 

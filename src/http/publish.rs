@@ -9,8 +9,9 @@ use serde_json::json;
 use warp::{Filter, http::StatusCode};
 
 use super::{
-    ApiError, JsonBody, json_body,
+    ApiError, JsonBody,
     idempotent::{self, Keyed, Outcome},
+    json_body,
     route::{Access, Endpoint, Reply, Request, json},
 };
 use crate::{
@@ -179,7 +180,11 @@ async fn publish_event(
 }
 
 /// The 202 of a published message: its id, what happened, and where it is stored.
-fn accepted((id_key, id): (&str, uuid::Uuid), status: &str, stored: crate::outbox::Stored) -> Outcome {
+fn accepted(
+    (id_key, id): (&str, uuid::Uuid),
+    status: &str,
+    stored: crate::outbox::Stored,
+) -> Outcome {
     Outcome::fresh(
         StatusCode::ACCEPTED,
         json!({
@@ -242,7 +247,12 @@ async fn enqueue_job(
         return Err(ApiError::UnknownJob(name));
     }
     let data = parse_data(body.content_type.as_deref(), &body.bytes)?;
-    let keyed = Keyed::header(&req, "/v1/jobs/{name}", key, &[name.as_bytes(), &body.bytes])?;
+    let keyed = Keyed::header(
+        &req,
+        "/v1/jobs/{name}",
+        key,
+        &[name.as_bytes(), &body.bytes],
+    )?;
     let mut job = Event::new(name, None, data);
     if let Some(k) = &keyed {
         job.event_id = k.id;
@@ -251,8 +261,7 @@ async fn enqueue_job(
     let outcome = idempotent::once(&req.state, keyed.as_ref(), "job_id", || async {
         let job_id = job.event_id;
         let stored =
-            publish_for_request(&req, COMMANDS_EXCHANGE, job, body.traceparent.as_deref())
-                .await?;
+            publish_for_request(&req, COMMANDS_EXCHANGE, job, body.traceparent.as_deref()).await?;
         Ok(accepted(("job_id", job_id), "queued", stored))
     })
     .await?;

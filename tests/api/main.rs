@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod chaos;
+mod cloudevents_ingress;
 mod console;
 mod dashboards;
 mod deployment;
@@ -13,6 +14,7 @@ mod fuzz_corpus;
 mod gate;
 mod helpers;
 mod http_front;
+mod idempotency;
 mod jobs;
 mod modules;
 mod observability;

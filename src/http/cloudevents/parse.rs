@@ -159,12 +159,14 @@ fn data_from_bytes(content_type: Option<&str>, bytes: &[u8]) -> Result<(Value, b
         return Ok((Value::Null, false));
     }
     if is_json(content_type) {
-        return serde_json::from_slice(bytes).map(|v| (v, false)).map_err(|e| {
-            invalid(
-                "data",
-                format!("not valid JSON, as its content type says: {e}"),
-            )
-        });
+        return serde_json::from_slice(bytes)
+            .map(|v| (v, false))
+            .map_err(|e| {
+                invalid(
+                    "data",
+                    format!("not valid JSON, as its content type says: {e}"),
+                )
+            });
     }
     Ok(match std::str::from_utf8(bytes) {
         Ok(text) => (Value::String(text.to_owned()), false),
@@ -287,7 +289,10 @@ pub(in crate::http) fn event(value: Value) -> Result<Incoming, ApiError> {
     };
     let (data, is_base64) = match (data, data_base64) {
         (Some(_), Some(_)) => {
-            return Err(invalid("data_base64", "data and data_base64 exclude each other"));
+            return Err(invalid(
+                "data_base64",
+                "data and data_base64 exclude each other",
+            ));
         }
         (Some(d), None) => (d, false),
         (None, Some(Value::String(b64))) => {
@@ -373,7 +378,6 @@ pub(in crate::http) fn binary(headers: &HeaderMap, body: &[u8]) -> Result<Incomi
     }
     Raw { get }.finish(data, is_base64)
 }
-
 
 #[cfg(test)]
 mod tests {
