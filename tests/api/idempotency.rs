@@ -275,3 +275,91 @@ async fn keys_are_per_caller_and_expire_after_the_retention_window() {
     .await;
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn with_the_broker_away_a_keyed_event_waits_in_the_outbox_once_and_its_answer_stands() {
+    let gate = crate::gate::BrokerGate::to_test_broker().await;
+    let port = gate.port;
+    let app = crate::helpers::spawn_roles(
+        &[warren::Role::Http],
+        move |mut s| {
+            let mut url = url::Url::parse(s.amqp.url.expose()).expect("url");
+            url.set_port(Some(port)).expect("port");
+            s.amqp.url = Secret::new(url.to_string());
+            s.amqp.connect_timeout_ms = 500;
+            s.amqp.publish_timeout_ms = 1_000;
+            s.outbox.relay_ms = 200;
+            // Only the messages this test posts: no system.slow_request events.
+            s.http.slow_request_ms = 60_000;
+            s
+        },
+        |a| a,
+    )
+    .await;
+    gate.close();
+    crate::outbox::until_broker_refused(&app).await;
+    let path = "/v1/events/order.updated";
+    let body = json!({"n": 1});
+    let (status, first, _) = post(&app, path, "away-1", None, &body).await;
+    assert_eq!(
+        (status, first["stored"].as_str()),
+        (202, Some("outbox")),
+        "{first}"
+    );
+    let (_, again, replayed) = post(&app, path, "away-1", None, &body).await;
+    assert_eq!(
+        (again.clone(), replayed.as_deref()),
+        (first.clone(), Some("true"))
+    );
+    let ce =
+        json!({"specversion": "1.0", "id": "away-2", "source": "/shop", "type": "order.updated"})
+            .to_string();
+    let send_ce = || {
+        app.request(reqwest::Method::POST, "/v1/events")
+            .header("content-type", "application/cloudevents+json")
+            .body(ce.clone())
+            .send()
+    };
+    let c1: Value = send_ce().await.expect("sent").json().await.expect("json");
+    assert_eq!(c1["stored"], "outbox", "{c1}");
+    let c2 = send_ce().await.expect("sent");
+    assert_eq!(c2.headers()["idempotent-replayed"], "true");
+    assert_eq!(c2.json::<Value>().await.expect("json"), c1);
+    let db = app.db().await;
+    let rows = entities::event_outbox::Entity::find()
+        .count(&db)
+        .await
+        .expect("count");
+    assert_eq!(rows, 2, "one outbox row per event");
+
+    gate.open();
+    eventually(Duration::from_secs(20), "the outbox empties", || async {
+        let n = entities::event_outbox::Entity::find()
+            .count(&db)
+            .await
+            .ok()?;
+        (n == 0).then_some(())
+    })
+    .await;
+    app.settled(&[("warren.audit", 2)]).await;
+    let mut ids: Vec<String> = app
+        .drain("warren.audit")
+        .await
+        .iter()
+        .map(|m| crate::helpers::message_id(&m.properties))
+        .collect();
+    ids.sort();
+    let mut want = vec![
+        first["event_id"].as_str().expect("id").to_owned(),
+        c1["event_id"].as_str().expect("id").to_owned(),
+    ];
+    want.sort();
+    assert_eq!(
+        ids, want,
+        "each published once, with the id the answer named"
+    );
+    // The record stands once the broker is back: the repeat is still answered, not republished.
+    let (_, later, replayed) = post(&app, path, "away-1", None, &body).await;
+    assert_eq!((later, replayed.as_deref()), (first, Some("true")));
+    app.cleanup().await;
+}
