@@ -29,12 +29,13 @@ use warp::{
     http::{HeaderMap, StatusCode},
 };
 
+use super::publish::publish_for_request;
 use super::{
     ApiError,
     idempotent::{self, Keyed, Outcome},
     route::{Access, Endpoint, Reply, Request},
 };
-use crate::broker::{envelope::Outgoing, names::EVENTS_EXCHANGE};
+use crate::broker::names::EVENTS_EXCHANGE;
 use parse::{Incoming, Mode};
 pub use parse::{MAX_BATCH, validate_event_type};
 
@@ -86,16 +87,7 @@ async fn publish_once(
         let (id, source) = (event.attrs.id.clone(), event.attrs.source.clone());
         let message = event.into_event(keyed.id);
         let event_id = message.event_id;
-        let ctx = &req.ctx;
-        let trace = crate::telemetry::outgoing(traceparent);
-        let outgoing = Outgoing::from_event(message)
-            .for_request(Some(ctx.request_id.clone()), Some(trace.header()))
-            .correlated(ctx.request_id.clone());
-        let stored = req
-            .state
-            .events
-            .send_outgoing(EVENTS_EXCHANGE, &outgoing)
-            .await?;
+        let stored = publish_for_request(req, EVENTS_EXCHANGE, message, traceparent).await?;
         Ok(Outcome::fresh(
             StatusCode::ACCEPTED,
             json!({

@@ -198,7 +198,7 @@ fn accepted(
 /// Publishes `message` (routing key = its name) with the request's id as correlation id and
 /// `x-request-id`, and a child of the caller's trace (or a new trace), and waits for the
 /// confirm; when the broker cannot confirm, stores it in the events outbox.
-async fn publish_for_request(
+pub(super) async fn publish_for_request(
     req: &Request,
     exchange: &'static str,
     message: Event,

@@ -16,6 +16,14 @@ use crate::helpers::{TestApp, eventually, spawn_app_with, spawn_worker_with};
 /// An answer: status, body, `Idempotent-Replayed`.
 type Answer = (u16, Value, Option<String>);
 
+/// The answer's `Idempotent-Replayed` header.
+fn replayed(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get("idempotent-replayed")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// Sends the request `build` makes until it is answered: the first try is cut off by the
 /// client after `cut` when given (the publisher's own timeout), later tries wait for the answer.
 async fn until_answered(
@@ -29,11 +37,7 @@ async fn until_answered(
         }
         let Ok(r) = req.send().await else { continue };
         let status = r.status().as_u16();
-        let replayed = r
-            .headers()
-            .get("idempotent-replayed")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let replayed = replayed(&r);
         let Ok(body) = r.json().await else { continue };
         return (status, body, replayed);
     }
@@ -155,11 +159,7 @@ async fn post(app: &TestApp, path: &str, key: &str, token: Option<&str>, body: &
     }
     let r = req.send().await.expect("sent");
     let status = r.status().as_u16();
-    let replayed = r
-        .headers()
-        .get("idempotent-replayed")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let replayed = replayed(&r);
     (status, r.json().await.expect("json"), replayed)
 }
 
