@@ -20,6 +20,7 @@ pub(crate) mod sagas;
 
 mod dlq;
 mod health;
+pub(crate) mod openapi;
 mod publish;
 mod route;
 mod subscriptions;

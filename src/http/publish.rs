@@ -9,6 +9,7 @@ use warp::{Filter, http::StatusCode, reply::Reply as _};
 
 use super::{
     ApiError, JsonBody, Response, json_body,
+    openapi::{Doc, Schema, shape},
     route::{Access, Endpoint, Reply, Request, json},
 };
 use crate::{
@@ -23,19 +24,73 @@ use crate::{
 /// Longest accepted event name.
 pub const MAX_EVENT_NAME: usize = 128;
 /// Query of `POST /v1/events/{name}`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 pub(super) struct EventQuery {
     /// `async` (default: publish and answer 202) or `sync` (run in-process listeners).
+    #[param(value_type = Option<EventMode>)]
     pub mode: Option<String>,
     /// The entity the event is about.
     pub aggregate_id: Option<String>,
 }
 
+/// The values of `?mode=` (documentation only: the handler names a wrong one).
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum EventMode {
+    /// Publish and answer 202.
+    Async,
+    /// Run the in-process listeners and answer their results.
+    Sync,
+}
+
+/// The 202 of a published event (`event_id`) or job (`job_id`).
+fn accepted_shape(id: &str, status: &str) -> Schema {
+    shape::object(vec![
+        (id, shape::uuid()),
+        ("status", shape::one_of(&[status])),
+        ("stored", shape::one_of(&["broker", "outbox"])),
+    ])
+}
+
 /// The publish routes.
 pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
     let read = Access::Scoped(Scope::Read);
+    let list = |id, summary, field| {
+        Doc::new(id, summary)
+            .query::<ListQuery>()
+            .answer(200, "The rows, newest first.", shape::rows(field))
+            .unavailable()
+    };
     vec![
         Endpoint::post("/v1/events/{name}", Access::Publish)
+            .doc(
+                Doc::new("publish_event", "Publish an event")
+                    .describe(
+                        "The body is the event's data (a JSON object). The name is two or \
+                         more lowercase segments joined by dots (`order.created`).",
+                    )
+                    .query::<EventQuery>()
+                    .json_body_schema(shape::any_object())
+                    .answer(
+                        202,
+                        "Published (confirmed by the broker, or kept in the outbox).",
+                        accepted_shape("event_id", "accepted"),
+                    )
+                    .answer(
+                        200,
+                        "`?mode=sync`: the in-process listeners' results.",
+                        shape::object(vec![
+                            ("event_id", shape::uuid()),
+                            ("event_name", shape::string()),
+                            ("mode", shape::one_of(&["sync"])),
+                            ("results", shape::array(shape::any())),
+                        ]),
+                    )
+                    .error(400, &["invalid_event_name"])
+                    .error(503, &["not_stored"])
+                    .unavailable(),
+            )
             .input(
                 warp::query::<EventQuery>()
                     .and(json_body(body_limit))
@@ -43,15 +98,26 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
             )
             .to(publish_event),
         Endpoint::post("/v1/jobs/{name}", Access::Publish)
+            .doc(
+                Doc::new("enqueue_job", "Queue a job for the module that takes it")
+                    .json_body_schema(shape::any_object())
+                    .answer(202, "Queued.", accepted_shape("job_id", "queued"))
+                    .error(400, &["invalid_event_name"])
+                    .error(404, &["unknown_job"])
+                    .error(503, &["not_stored"])
+                    .unavailable(),
+            )
             .input(json_body(body_limit))
             .to(enqueue_job),
         Endpoint::get("/v1/events", read)
+            .doc(list("list_events", "The audit log of events", "events"))
             .input(warp::query::<ListQuery>())
             .to(|req: Request, (), query: ListQuery| async move {
                 let rows = req.state.reads.events(&query).await?;
                 json(&json!({"events": rows}))
             }),
         Endpoint::get("/v1/notifications", read)
+            .doc(list("list_notifications", "Notifications", "notifications"))
             .input(warp::query::<ListQuery>())
             .to(|req: Request, (), query: ListQuery| async move {
                 let rows = req.state.reads.notifications(&query).await?;
