@@ -238,6 +238,7 @@ pub(super) fn check_reason(reason: Option<String>) -> Result<Option<String>, Api
 
 async fn failed_jobs(req: Request, (): (), query: FailedJobsQuery) -> Reply {
     let limit = list_limit(query.limit, FAILED_JOBS_LIMIT)?;
+    super::no_nul("queue", query.queue.as_deref())?;
     if let Some(s) = query.status.as_deref()
         && ![
             store::FAILED_PARKED,

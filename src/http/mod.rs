@@ -378,6 +378,17 @@ fn error_response(state: &HttpState, ctx: &Ctx, e: ApiError) -> Response {
     resp
 }
 
+/// A text filter that goes to the database: a NUL character (which PostgreSQL text cannot
+/// hold) is 400 `invalid_query` naming the parameter, not a database error.
+pub(super) fn no_nul(name: &str, value: Option<&str>) -> Result<(), ApiError> {
+    if value.is_some_and(|v| v.contains('\0')) {
+        return Err(ApiError::InvalidQuery(format!(
+            "{name} must not contain a NUL character"
+        )));
+    }
+    Ok(())
+}
+
 /// A list's `?limit=`: `default` when absent, else 1 to `max` (400 otherwise).
 pub(super) fn list_limit(
     requested: Option<u64>,

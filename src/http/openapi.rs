@@ -124,6 +124,12 @@ impl Doc {
         Ref::from_schema_name(T::name()).into()
     }
 
+    /// Adds `T`'s schema to the components (a type a parameter refers to).
+    pub(super) fn uses<T: ToSchema>(mut self) -> Self {
+        self.collect::<T>();
+        self
+    }
+
     /// A required JSON body of type `T`, read as the publish routes read theirs: at most the
     /// body limit (413), with a length (411), JSON (415 for another content type, 400 when it
     /// does not parse), an object (422).
@@ -326,7 +332,7 @@ pub(super) mod shape {
 }
 
 /// The operation of one route: its doc and what its declaration adds.
-fn operation(spec: &Spec, doc: &Doc) -> utoipa::openapi::path::Operation {
+fn operation(spec: &Spec, doc: &Doc, all: &[Spec]) -> utoipa::openapi::path::Operation {
     let mut errors = doc.errors.clone();
     let mut add = |status: u16, codes: &[&'static str]| {
         let known = errors.entry(status).or_default();
@@ -337,6 +343,14 @@ fn operation(spec: &Spec, doc: &Doc) -> utoipa::openapi::path::Operation {
         }
     };
     add(431, &["headers_too_large"]);
+    if all
+        .iter()
+        .any(|o| o.method != spec.method && overlaps(o.path, spec.path))
+    {
+        // A path this template takes that another method's route takes too (a segment that
+        // is not this placeholder's type): that route's path, the wrong method.
+        add(405, &["method_not_allowed"]);
+    }
     if spec.guarded {
         add(404, &["not_found"]);
     }
@@ -465,6 +479,15 @@ fn operation(spec: &Spec, doc: &Doc) -> utoipa::openapi::path::Operation {
     .build()
 }
 
+/// Whether one request path can fit both templates.
+fn overlaps(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.split('/').collect(), b.split('/').collect());
+    a.len() == b.len()
+        && a.iter()
+            .zip(&b)
+            .all(|(x, y)| x == y || x.starts_with('{') || y.starts_with('{'))
+}
+
 fn header(description: &str) -> utoipa::openapi::Header {
     HeaderBuilder::new()
         .schema(shape::string())
@@ -498,8 +521,11 @@ fn http_method(m: &Method) -> HttpMethod {
 pub(super) fn document(routes: &Routes) -> (utoipa::openapi::OpenApi, Vec<String>) {
     let mut paths = PathsBuilder::new();
     let mut missing = Vec::new();
+    let mut errors = Vec::new();
+    <super::error::ErrorBody as ToSchema>::schemas(&mut errors);
     let mut components = ComponentsBuilder::new()
         .schema_from::<super::error::ErrorBody>()
+        .schemas_from_iter(errors)
         .security_scheme(
             BEARER,
             SecurityScheme::Http(
@@ -523,7 +549,7 @@ pub(super) fn document(routes: &Routes) -> (utoipa::openapi::OpenApi, Vec<String
                 for (name, schema) in &doc.schemas {
                     components = components.schema(name.clone(), schema.clone());
                 }
-                operation(spec, doc)
+                operation(spec, doc, routes.specs())
             }
             None => {
                 missing.push(format!("{} {}", spec.method, spec.path));

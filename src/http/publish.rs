@@ -71,6 +71,7 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
                          more lowercase segments joined by dots (`order.created`).",
                     )
                     .query::<EventQuery>()
+                    .uses::<EventMode>()
                     .json_body_schema(shape::any_object())
                     .answer(
                         202,
@@ -113,6 +114,7 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
             .doc(list("list_events", "The audit log of events", "events"))
             .input(warp::query::<ListQuery>())
             .to(|req: Request, (), query: ListQuery| async move {
+                check_list(&query)?;
                 let rows = req.state.reads.events(&query).await?;
                 json(&json!({"events": rows}))
             }),
@@ -120,10 +122,24 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
             .doc(list("list_notifications", "Notifications", "notifications"))
             .input(warp::query::<ListQuery>())
             .to(|req: Request, (), query: ListQuery| async move {
+                check_list(&query)?;
                 let rows = req.state.reads.notifications(&query).await?;
                 json(&json!({"notifications": rows}))
             }),
     ]
+}
+
+/// The list filters go to the database as text, which cannot hold a NUL character.
+fn check_list(query: &ListQuery) -> Result<(), ApiError> {
+    let fields = [
+        ("aggregate_id", &query.aggregate_id),
+        ("name", &query.name),
+        ("user_id", &query.user_id),
+    ];
+    for (name, value) in fields {
+        super::no_nul(name, value.as_deref())?;
+    }
+    Ok(())
 }
 
 /// Checks the event naming rule: two or more lowercase segments separated by dots, each

@@ -415,6 +415,7 @@ async fn get_order(req: Request, (order_no,): (String,), (): ()) -> Reply {
 
 /// `GET /v1/sagas`.
 async fn list_sagas(req: Request, (): (), query: SagaListQuery) -> Reply {
+    super::no_nul("kind", query.kind.as_deref())?;
     if let Some(s) = query.state.as_deref()
         && !STATUSES.contains(&s)
     {

@@ -16,6 +16,7 @@ mod http_front;
 mod jobs;
 mod modules;
 mod observability;
+mod openapi;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod outbox;
