@@ -27,6 +27,12 @@ if ! target/pyenv/bin/python -c 'import cloudevents.core.bindings.http, standard
   target/pyenv/bin/pip install --quiet --disable-pip-version-check \
     'cloudevents==2.2.0' 'standardwebhooks==1.1.0'
 fi
+# The OpenAPI check (tests/api/openapi.rs): schemathesis from PyPI, pinned, in its own venv
+# (target/schemathesis, reused when it already has that version).
+if ! target/schemathesis/bin/schemathesis --version 2>/dev/null | grep -q ' 4\.32\.5$'; then
+  python3 -m venv target/schemathesis
+  target/schemathesis/bin/pip install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
+fi
 
 # Where the tests find the servers (an already-set value wins). Tests create their own vhosts
 # and databases, hence no vhost or database name here.
@@ -44,6 +50,8 @@ export WARREN_TEST_CHAOS_PROMETHEUS_URL="${WARREN_TEST_CHAOS_PROMETHEUS_URL:-htt
 export WARREN_TEST_CHAOS_DATABASE_URL="${WARREN_TEST_CHAOS_DATABASE_URL:-postgres://warren:warren@127.0.0.1:5433}"
 # The Python that runs the subscriptions' wire check (the venv above).
 export WARREN_TEST_PYTHON="${WARREN_TEST_PYTHON:-$PWD/target/pyenv/bin/python}"
+# The schemathesis that checks the OpenAPI document (the venv above).
+export WARREN_TEST_SCHEMATHESIS="${WARREN_TEST_SCHEMATHESIS:-$PWD/target/schemathesis/bin/schemathesis}"
 
 # The whole suite, then the tests of the optional `otlp` feature (a second build of the test
 # binary with the feature on). Both run; the exit status is non-zero if either failed.

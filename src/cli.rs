@@ -93,6 +93,9 @@ pub enum Command {
     },
     /// Print the effective settings, secrets redacted, as JSON.
     Config,
+    /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves and
+    /// `docs/openapi.json` holds).
+    Openapi,
 }
 
 /// `warren dlq ...`
@@ -291,6 +294,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Topology { action } => topology(action, &settings).await,
+        Command::Openapi => {
+            print!("{}", crate::http::openapi::json());
+            Ok(0)
+        }
     }
 }
 

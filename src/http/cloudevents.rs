@@ -33,6 +33,7 @@ use super::publish::publish_for_request;
 use super::{
     ApiError,
     idempotent::{self, Keyed, Outcome},
+    openapi::{Doc, Schema, shape},
     route::{Access, Endpoint, Reply, Request},
 };
 use crate::broker::names::EVENTS_EXCHANGE;
@@ -43,6 +44,7 @@ pub use parse::{MAX_BATCH, validate_event_type};
 pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
     vec![
         Endpoint::post("/v1/events", Access::Publish)
+            .doc(doc())
             .input(
                 warp::header::headers_cloned()
                     .and(warp::body::content_length_limit(body_limit))
@@ -51,6 +53,102 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
             )
             .to(receive),
     ]
+}
+
+/// The route's OpenAPI operation: one body per content mode.
+fn doc() -> Doc {
+    let header = |name, what| (name, what);
+    let mut doc = Doc::new(
+        "publish_cloudevents",
+        "Publish CloudEvents (structured, batched or binary mode)",
+    )
+    .describe(
+        "The CloudEvents HTTP binding 1.0.2. Structured: `application/cloudevents+json`, one \
+         event. Batched: `application/cloudevents-batch+json`, 1 to 100 events, each accepted \
+         or refused on its own (202 when all were accepted, 207 otherwise). Binary: the \
+         attributes in percent-encoded `ce-*` headers and the body is the data, in the media \
+         type `Content-Type` names. `source` + `id` is the event's identity: sending it again \
+         answers the first answer (`Idempotent-Replayed: true`) and publishes nothing.",
+    )
+    .bodies(vec![
+        ("application/cloudevents+json", cloudevent_schema()),
+        (
+            "application/cloudevents-batch+json",
+            shape::array(cloudevent_schema()),
+        ),
+        ("application/octet-stream", binary_schema()),
+    ]);
+    for (name, what) in [
+        header("ce-specversion", "Binary mode: `1.0`."),
+        header("ce-id", "Binary mode: the event's id."),
+        header("ce-source", "Binary mode: the event's source (a URI-reference)."),
+        header("ce-type", "Binary mode: the event's type (dot-separated words)."),
+        header("ce-time", "Binary mode: when it happened (RFC 3339)."),
+        header("ce-subject", "Binary mode: the entity it is about."),
+    ] {
+        doc = doc.header(name, what);
+    }
+    doc.answer(
+        202,
+        "Accepted: one event (`event_id`, `id`, `source`, `status`, `stored`), or a batch whose \
+         events were all accepted (`accepted`, `refused`, `results`).",
+        shape::any_object(),
+    )
+    .answer_header(
+        202,
+        "Idempotent-Replayed",
+        "`true` when the same CloudEvent was accepted before and this is its first answer.",
+    )
+    .answer(
+        207,
+        "A batch in which one or more events were refused or could not be stored; `results` \
+         says which, in order.",
+        shape::object(vec![
+            ("accepted", shape::integer()),
+            ("refused", shape::integer()),
+            ("results", shape::array(shape::any_object())),
+        ]),
+    )
+    .error(
+        400,
+        &["invalid_cloudevent", "invalid_cloudevent_batch", "invalid_json"],
+    )
+    .error(415, &["not_a_cloudevent"])
+    .error(503, &["not_stored"])
+    .unavailable()
+}
+
+/// A CloudEvent in the JSON event format (required attributes, the optional ones warren
+/// reads; extensions are further members).
+fn cloudevent_schema() -> Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("specversion", shape::one_of(&["1.0"]))
+        .required("specversion")
+        .property("id", text().min_length(Some(1)))
+        .required("id")
+        .property("source", text().min_length(Some(1)))
+        .required("source")
+        .property("type", text().min_length(Some(1)))
+        .required("type")
+        .property("time", text().format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime))))
+        .property("subject", text())
+        .property("datacontenttype", text())
+        .property("dataschema", text())
+        .property("data", shape::any())
+        .property("data_base64", text())
+        .into()
+}
+
+/// The binary mode's body: the data, in any media type.
+fn binary_schema() -> Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(utoipa::openapi::SchemaFormat::Custom("binary".to_owned())))
+        .into()
 }
 
 #[tracing::instrument(skip_all, fields(request_id = %req.ctx.request_id, mode, events))]

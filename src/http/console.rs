@@ -19,7 +19,9 @@ use warp::{
 };
 
 use super::{
-    ApiError, HttpState, auth, optional_body,
+    ApiError, HttpState, auth,
+    openapi::{Doc, shape},
+    optional_body,
     route::{self, Access, Endpoint, Reply, Request},
 };
 use crate::{
@@ -67,7 +69,7 @@ impl Page {
 }
 
 /// Query of `GET /v1/console/audit`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditQuery {
     /// How many (default 100, at most 1000), newest first.
@@ -75,10 +77,11 @@ pub(crate) struct AuditQuery {
 }
 
 /// Body of `POST /v1/console/operations`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OperationBody {
     /// `replay` or `purge`.
+    #[schema(value_type = OperationAction)]
     action: String,
     /// The work queue (or its parking queue).
     queue: String,
@@ -96,10 +99,47 @@ struct OperationBody {
     confirm: bool,
 }
 
+/// The values of an operation's `action` (documentation only: the handler names a wrong one).
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum OperationAction {
+    /// Replay to the work queue.
+    Replay,
+    /// Drop.
+    Purge,
+}
+
+/// The sign-in form of `POST /console/login`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct SignInForm {
+    /// A token with the `admin` scope.
+    token: String,
+    /// The operator's name for the audit log (the token's name when empty).
+    operator: Option<String>,
+}
+
+/// The doc of a console page.
+fn page_doc(id: &'static str, summary: &'static str, p: Page) -> Doc {
+    let media = p.content_type().split(';').next().unwrap_or_default();
+    let doc = Doc::new(id, summary)
+        .describe(
+            "Needs a signed-in session (the `warren_console` cookie) when tokens are \
+             configured, except the sign-in page and the style sheet.",
+        )
+        .content(200, "The page.", media, shape::string());
+    match p {
+        Page::Index | Page::Login => doc.see_other("To the sign-in page, or to the console."),
+        Page::Script => doc.error(401, &["unauthorized"]),
+        Page::Style => doc,
+    }
+}
+
 /// The console's routes (all of them 404 when the console is off).
 pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
     let (read, admin) = (Access::Scoped(Scope::Read), Access::Scoped(Scope::Admin));
-    let page = |path, label, p: Page| {
+    let page = |path, label, p: Page, doc: Doc| {
         // The cookie filter cannot fail; the route's inputs are of the kind that can.
         let cookie = warp::cookie::optional::<String>(auth::SESSION_COOKIE)
             .and_then(|c| async move { Ok::<_, warp::Rejection>(c) });
@@ -107,17 +147,57 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
             .input(cookie)
             .label(label)
             .guard(enabled)
+            .doc(doc)
             .to(move |req: Request, (), cookie: Option<String>| async move {
                 serve_page(&req, p, cookie)
             })
     };
     vec![
-        page("/console", "/console", Page::Index),
-        page("/console/index.html", "/console", Page::Index),
-        page("/console/app.js", "/console/{asset}", Page::Script),
-        page("/console/style.css", "/console/{asset}", Page::Style),
-        page("/console/login", "/console/login", Page::Login),
+        page(
+            "/console",
+            "/console",
+            Page::Index,
+            page_doc("console", "The operator console", Page::Index),
+        ),
+        page(
+            "/console/index.html",
+            "/console",
+            Page::Index,
+            page_doc("console_index", "The operator console", Page::Index),
+        ),
+        page(
+            "/console/app.js",
+            "/console/{asset}",
+            Page::Script,
+            page_doc("console_script", "The console's script", Page::Script),
+        ),
+        page(
+            "/console/style.css",
+            "/console/{asset}",
+            Page::Style,
+            page_doc("console_style", "The console's style sheet", Page::Style),
+        ),
+        page(
+            "/console/login",
+            "/console/login",
+            Page::Login,
+            page_doc(
+                "console_login_page",
+                "The console's sign-in page",
+                Page::Login,
+            ),
+        ),
         Endpoint::post("/console/login", Access::Public)
+            .doc(
+                Doc::new("console_sign_in", "Sign in to the console")
+                    .describe(
+                        "A session cookie for a token with `admin`, and back to the console; a \
+                         refusal goes back to the sign-in page with the reason.",
+                    )
+                    .form_body::<SignInForm>()
+                    .see_other("To the console (signed in) or the sign-in page (refused).")
+                    .answer_header(303, "Set-Cookie", "The session cookie, when signed in."),
+            )
             .input(
                 warp::header::optional::<String>("x-forwarded-proto")
                     .and(warp::body::content_length_limit(body_limit))
@@ -127,9 +207,21 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
             .guard(enabled)
             .to(sign_in),
         Endpoint::post("/console/logout", Access::Public)
+            .doc(
+                Doc::new("console_sign_out", "Sign out of the console")
+                    .see_other("To the sign-in page, the session cookie cleared.")
+                    .answer_header(303, "Set-Cookie", "The cleared session cookie."),
+            )
             .guard(enabled)
             .to(|_: Request, (), ()| async move { Ok(sign_out()) }),
         Endpoint::get("/v1/console/overview", read)
+            .doc(
+                Doc::new("console_overview", "The console's overview").answer(
+                    200,
+                    "Queues, dead letters, sagas, subscriptions and who is signed in.",
+                    shape::any_object(),
+                ),
+            )
             .guard(enabled)
             .to(|req: Request, (), ()| async move {
                 let mut body = req.state.console.overview().await;
@@ -137,17 +229,53 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
                 route::json(&body)
             }),
         Endpoint::post("/v1/console/operations", admin)
+            .doc(
+                Doc::new(
+                    "console_start_operation",
+                    "Start a replay or purge with progress",
+                )
+                .describe(
+                    "Counts the selection; with `confirm: true` starts the operation and \
+                         answers 202 with it, else 400 `confirmation_required` with the count \
+                         in `matched`.",
+                )
+                .required_body::<OperationBody>()
+                .answer(
+                    202,
+                    "Started.",
+                    shape::object(vec![("operation", shape::any_object())]),
+                )
+                .error(400, &["confirmation_required", "invalid_query"])
+                .error(404, &["unknown_queue"])
+                .error(409, &["operation_running"])
+                .unavailable(),
+            )
             .input(optional_body(body_limit))
             .guard(enabled)
             .to(|req: Request, (), body: Bytes| async move {
                 start_operation(&req.state, &req.actor(), &body).await
             }),
         Endpoint::get("/v1/console/operations/{id}", read)
+            .doc(
+                Doc::new("console_get_operation", "An operation and its progress")
+                    .answer(200, "The operation.", shape::any_object())
+                    .error(404, &["operation_not_found"])
+                    .unavailable(),
+            )
             .guard(enabled)
             .to(|req: Request, (id,): (Uuid,), ()| async move {
                 route::json(&req.state.operator.get(id).await?)
             }),
         Endpoint::get("/v1/console/audit", read)
+            .doc(
+                Doc::new(
+                    "console_audit",
+                    "The audit log of operator actions, newest first",
+                )
+                .query::<AuditQuery>()
+                .answer(200, "The actions.", shape::rows("actions"))
+                .unavailable(),
+            )
             .input(warp::query::<AuditQuery>())
             .guard(enabled)
             .to(|req: Request, (), query: AuditQuery| async move {

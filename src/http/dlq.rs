@@ -9,7 +9,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    ApiError, list_limit, optional_body,
+    ApiError, list_limit,
+    openapi::{Doc, shape},
+    optional_body,
     route::{Access, Endpoint, Reply, Request, json},
 };
 use crate::{
@@ -24,7 +26,7 @@ pub(super) const DLQ_SHOW_LIMIT: (usize, usize) = (20, 200);
 pub(super) const FAILED_JOBS_LIMIT: (u64, u64) = (50, 500);
 
 /// Query of `GET /v1/dlq/{queue}`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DlqShowQuery {
     /// How many messages to show (default 20, at most 200).
@@ -40,7 +42,7 @@ pub(super) struct DlqShowQuery {
 /// Optional JSON body of `POST /v1/dlq/{queue}/replay` and `.../purge`; no body (or `{}`)
 /// selects every parked message. Unknown fields are refused, so a misspelt filter cannot
 /// widen a purge to everything.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DlqActionBody {
     /// Only the message with this id.
@@ -54,7 +56,7 @@ pub(super) struct DlqActionBody {
 }
 
 /// Query of `GET /v1/failed-jobs`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FailedJobsQuery {
     /// Only rows of this work queue.
@@ -68,15 +70,55 @@ pub(super) struct FailedJobsQuery {
 /// The dead-letter routes.
 pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
     let (read, admin) = (Access::Scoped(Scope::Read), Access::Scoped(Scope::Admin));
+    let action = |id, summary, done| {
+        Doc::new(id, summary)
+            .describe(
+                "Runs to its end under the queue's lock and is recorded in the audit log. No \
+                 body (or `{}`) selects every parked message.",
+            )
+            .optional_body::<DlqActionBody>()
+            .answer(
+                200,
+                "Done: how many messages moved.",
+                shape::object(vec![
+                    ("queue", shape::string()),
+                    (done, shape::integer()),
+                    ("action_id", shape::uuid()),
+                ]),
+            )
+            .error(400, &["invalid_query"])
+            .error(404, &["unknown_queue"])
+            .error(409, &["operation_running"])
+            .error(503, &["dlq_interrupted"])
+            .unavailable()
+    };
     vec![
-        Endpoint::get("/v1/dlq", read).to(|req: Request, (), ()| async move {
-            let queues = req.state.operator.dlq().list().await?;
-            json(&json!({ "queues": queues }))
-        }),
+        Endpoint::get("/v1/dlq", read)
+            .doc(
+                Doc::new("list_dlq", "Every dead-letter queue with its count")
+                    .answer(200, "The queues.", shape::rows("queues"))
+                    .unavailable(),
+            )
+            .to(|req: Request, (), ()| async move {
+                let queues = req.state.operator.dlq().list().await?;
+                json(&json!({ "queues": queues }))
+            }),
         Endpoint::get("/v1/dlq/{queue}", read)
+            .doc(
+                Doc::new("show_dlq", "A peek at a queue's parked messages")
+                    .query::<DlqShowQuery>()
+                    .answer(200, "The messages, filtered.", shape::any_object())
+                    .error(404, &["unknown_queue"])
+                    .unavailable(),
+            )
             .input(warp::query::<DlqShowQuery>())
             .to(show),
         Endpoint::post("/v1/dlq/{queue}/replay", admin)
+            .doc(action(
+                "replay_dlq",
+                "Replay parked messages to their queue",
+                "replayed",
+            ))
             .input(optional_body(body_limit))
             .to(
                 |req: Request, (queue,): (String,), body: Bytes| async move {
@@ -84,6 +126,7 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
                 },
             ),
         Endpoint::post("/v1/dlq/{queue}/purge", admin)
+            .doc(action("purge_dlq", "Drop parked messages", "purged"))
             .input(optional_body(body_limit))
             .to(
                 |req: Request, (queue,): (String,), body: Bytes| async move {
@@ -91,18 +134,31 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
                 },
             ),
         Endpoint::get("/v1/failed-jobs", read)
+            .doc(
+                Doc::new("list_failed_jobs", "Failed jobs, newest first")
+                    .query::<FailedJobsQuery>()
+                    .answer(200, "The rows.", shape::rows("failed_jobs"))
+                    .unavailable(),
+            )
             .input(warp::query::<FailedJobsQuery>())
             .to(failed_jobs),
-        Endpoint::post("/v1/failed-jobs/{id}/retry", admin).to(
-            |req: Request, (id,): (Uuid,), ()| async move {
+        Endpoint::post("/v1/failed-jobs/{id}/retry", admin)
+            .doc(
+                Doc::new("retry_failed_job", "Replay one failed job's parked message")
+                    .answer(200, "Replayed.", shape::any_object())
+                    .error(404, &["failed_job_not_found", "unknown_queue"])
+                    .error(409, &["not_parked", "operation_running"])
+                    .error(503, &["dlq_interrupted"])
+                    .unavailable(),
+            )
+            .to(|req: Request, (id,): (Uuid,), ()| async move {
                 let retried = req
                     .state
                     .operator
                     .retry_failed_job(&req.actor(), id)
                     .await?;
                 json(&retried)
-            },
-        ),
+            }),
     ]
 }
 
@@ -182,6 +238,7 @@ pub(super) fn check_reason(reason: Option<String>) -> Result<Option<String>, Api
 
 async fn failed_jobs(req: Request, (): (), query: FailedJobsQuery) -> Reply {
     let limit = list_limit(query.limit, FAILED_JOBS_LIMIT)?;
+    super::no_nul("queue", query.queue.as_deref())?;
     if let Some(s) = query.status.as_deref()
         && ![
             store::FAILED_PARKED,

@@ -14,6 +14,45 @@ use crate::{
     store::StoreError,
 };
 
+/// The body of every error answer (`ApiError::body`), and its schema in the OpenAPI document.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorBody {
+    /// What went wrong.
+    error: ErrorDetail,
+    /// The request's id (`X-Request-ID`).
+    request_id: String,
+    /// The saga an order number or `Idempotency-Key` already started (`order_exists`,
+    /// `idempotency_key_reused` on the saga routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saga_id: Option<uuid::Uuid>,
+    /// The event an `Idempotency-Key` already published (`idempotency_key_reused` on
+    /// `POST /v1/events/{name}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<uuid::Uuid>,
+    /// The job an `Idempotency-Key` already enqueued (`idempotency_key_reused` on
+    /// `POST /v1/jobs/{name}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_id: Option<uuid::Uuid>,
+    /// How many parked messages a console operation would move (`confirmation_required`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    matched: Option<u32>,
+}
+
+/// The `error` of an [`ErrorBody`].
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorDetail {
+    /// A stable machine-readable code (`invalid_json`, `forbidden`, ...).
+    code: String,
+    /// What is wrong, for people.
+    message: String,
+    /// The scope the route needs (`forbidden`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    required_scope: Option<String>,
+    /// The CloudEvents attribute at fault (`invalid_cloudevent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attribute: Option<String>,
+}
+
 /// A request whose headers together exceed the limit (the limit in bytes).
 #[derive(Debug)]
 pub(super) struct HeadersTooLarge(pub usize);
@@ -59,6 +98,9 @@ pub enum ApiError {
     /// The body is not JSON.
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
+    /// A form body (`application/x-www-form-urlencoded`) does not parse.
+    #[error("request body is not a valid form: {0}")]
+    InvalidForm(String),
     /// Content-Type is set and is not JSON.
     #[error("content type must be application/json")]
     UnsupportedMediaType,
@@ -182,6 +224,7 @@ impl ApiError {
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::InvalidJson(_)
+            | ApiError::InvalidForm(_)
             | ApiError::InvalidHeader(_)
             | ApiError::InvalidQuery(_)
             | ApiError::InvalidEventName { .. }
@@ -239,6 +282,7 @@ impl ApiError {
             ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::InvalidHeader(_) => "invalid_header",
             ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidForm(_) => "invalid_form",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::NotAnObject(_) => "data_not_an_object",
             ApiError::InvalidEventName { .. } => "invalid_event_name",
@@ -281,25 +325,38 @@ impl ApiError {
         }
     }
 
-    /// The JSON body.
+    /// The JSON body (an [`ErrorBody`]).
     pub fn body(&self, request_id: &str) -> serde_json::Value {
-        let mut body = json!({
-            "error": {"code": self.code(), "message": self.to_string()},
-            "request_id": request_id,
-        });
+        let mut body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                required_scope: None,
+                attribute: None,
+            },
+            request_id: request_id.to_owned(),
+            saga_id: None,
+            event_id: None,
+            job_id: None,
+            matched: None,
+        };
         match self {
-            ApiError::Saga(SagaError::Duplicate { saga_id, .. }) => {
-                body["saga_id"] = json!(saga_id);
-            }
-            ApiError::IdempotencyKeyReused { id_name, id, .. } => body[*id_name] = json!(id),
+            ApiError::Saga(SagaError::Duplicate { saga_id, .. }) => body.saga_id = Some(*saga_id),
+            ApiError::IdempotencyKeyReused { id_name, id, .. } => match *id_name {
+                "event_id" => body.event_id = Some(*id),
+                "job_id" => body.job_id = Some(*id),
+                _ => body.saga_id = Some(*id),
+            },
             ApiError::InvalidCloudEvent { attribute, .. } => {
-                body["error"]["attribute"] = json!(attribute);
+                body.error.attribute = Some(attribute.to_string());
             }
-            ApiError::Forbidden(scope) => body["error"]["required_scope"] = json!(scope.as_str()),
-            ApiError::ConfirmationRequired { matched, .. } => body["matched"] = json!(matched),
+            ApiError::Forbidden(scope) => {
+                body.error.required_scope = Some(scope.as_str().to_owned());
+            }
+            ApiError::ConfirmationRequired { matched, .. } => body.matched = Some(*matched),
             _ => {}
         }
-        body
+        serde_json::to_value(&body).unwrap_or_else(|_| json!({"request_id": request_id}))
     }
 
     /// Seconds for `Retry-After` that the error itself knows (a rate limit's wait).
@@ -326,6 +383,8 @@ impl ApiError {
             ApiError::LengthRequired
         } else if rejection.find::<UnsupportedMediaType>().is_some() {
             ApiError::UnsupportedMediaType
+        } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+            ApiError::InvalidForm(e.to_string())
         } else if let Some(e) = rejection.find::<InvalidQuery>() {
             ApiError::InvalidQuery(e.to_string())
         } else if let Some(e) = rejection.find::<InvalidHeader>() {

@@ -22,6 +22,7 @@ mod cloudevents;
 mod dlq;
 mod health;
 mod idempotent;
+pub(crate) mod openapi;
 mod publish;
 mod route;
 mod subscriptions;
@@ -381,6 +382,17 @@ fn error_response(state: &HttpState, ctx: &Ctx, e: ApiError) -> Response {
             .insert("www-authenticate", HeaderValue::from_static("Bearer"));
     }
     resp
+}
+
+/// A text filter that goes to the database: a NUL character (which PostgreSQL text cannot
+/// hold) is 400 `invalid_query` naming the parameter, not a database error.
+pub(super) fn no_nul(name: &str, value: Option<&str>) -> Result<(), ApiError> {
+    if value.is_some_and(|v| v.contains('\0')) {
+        return Err(ApiError::InvalidQuery(format!(
+            "{name} must not contain a NUL character"
+        )));
+    }
+    Ok(())
 }
 
 /// A list's `?limit=`: `default` when absent, else 1 to `max` (400 otherwise).

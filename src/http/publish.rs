@@ -12,6 +12,7 @@ use super::{
     ApiError, JsonBody,
     idempotent::{self, Keyed, Outcome},
     json_body,
+    openapi::{Doc, Schema, shape},
     route::{Access, Endpoint, Reply, Request, json},
 };
 use crate::{
@@ -26,19 +27,74 @@ use crate::{
 /// Longest accepted event name.
 pub const MAX_EVENT_NAME: usize = 128;
 /// Query of `POST /v1/events/{name}`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 pub(super) struct EventQuery {
     /// `async` (default: publish and answer 202) or `sync` (run in-process listeners).
+    #[param(value_type = Option<EventMode>)]
     pub mode: Option<String>,
     /// The entity the event is about.
     pub aggregate_id: Option<String>,
 }
 
+/// The values of `?mode=` (documentation only: the handler names a wrong one).
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum EventMode {
+    /// Publish and answer 202.
+    Async,
+    /// Run the in-process listeners and answer their results.
+    Sync,
+}
+
+/// The 202 of a published event (`event_id`) or job (`job_id`).
+fn accepted_shape(id: &str, status: &str) -> Schema {
+    shape::object(vec![
+        (id, shape::uuid()),
+        ("status", shape::one_of(&[status])),
+        ("stored", shape::one_of(&["broker", "outbox"])),
+    ])
+}
+
 /// The publish routes.
 pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
     let read = Access::Scoped(Scope::Read);
+    let list = |id, summary, field| {
+        Doc::new(id, summary)
+            .query::<ListQuery>()
+            .answer(200, "The rows, newest first.", shape::rows(field))
+            .unavailable()
+    };
     vec![
         Endpoint::post("/v1/events/{name}", Access::Publish)
+            .doc(idempotent_doc(
+                Doc::new("publish_event", "Publish an event")
+                    .describe(
+                        "The body is the event's data (a JSON object). The name is two or \
+                         more lowercase segments joined by dots (`order.created`).",
+                    )
+                    .query::<EventQuery>()
+                    .uses::<EventMode>()
+                    .json_body_schema(shape::any_object())
+                    .answer(
+                        202,
+                        "Published (confirmed by the broker, or kept in the outbox).",
+                        accepted_shape("event_id", "accepted"),
+                    )
+                    .answer(
+                        200,
+                        "`?mode=sync`: the in-process listeners' results.",
+                        shape::object(vec![
+                            ("event_id", shape::uuid()),
+                            ("event_name", shape::string()),
+                            ("mode", shape::one_of(&["sync"])),
+                            ("results", shape::array(shape::any())),
+                        ]),
+                    )
+                    .error(400, &["invalid_event_name"])
+                    .error(503, &["not_stored"])
+                    .unavailable(),
+            ))
             .input(
                 warp::query::<EventQuery>()
                     .and(json_body(body_limit))
@@ -47,6 +103,15 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
             )
             .to(publish_event),
         Endpoint::post("/v1/jobs/{name}", Access::Publish)
+            .doc(idempotent_doc(
+                Doc::new("enqueue_job", "Queue a job for the module that takes it")
+                    .json_body_schema(shape::any_object())
+                    .answer(202, "Queued.", accepted_shape("job_id", "queued"))
+                    .error(400, &["invalid_event_name"])
+                    .error(404, &["unknown_job"])
+                    .error(503, &["not_stored"])
+                    .unavailable(),
+            ))
             .input(
                 json_body(body_limit)
                     .and(idempotency_key())
@@ -54,14 +119,18 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
             )
             .to(enqueue_job),
         Endpoint::get("/v1/events", read)
+            .doc(list("list_events", "The audit log of events", "events"))
             .input(warp::query::<ListQuery>())
             .to(|req: Request, (), query: ListQuery| async move {
+                check_list(&query)?;
                 let rows = req.state.reads.events(&query).await?;
                 json(&json!({"events": rows}))
             }),
         Endpoint::get("/v1/notifications", read)
+            .doc(list("list_notifications", "Notifications", "notifications"))
             .input(warp::query::<ListQuery>())
             .to(|req: Request, (), query: ListQuery| async move {
+                check_list(&query)?;
                 let rows = req.state.reads.notifications(&query).await?;
                 json(&json!({"notifications": rows}))
             }),
@@ -72,6 +141,35 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
 pub(super) fn idempotency_key()
 -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
     warp::header::optional::<String>("idempotency-key")
+}
+
+/// `doc` of a route that honours `Idempotency-Key` (declare its answers first).
+pub(super) fn idempotent_doc(doc: Doc) -> Doc {
+    doc.header(
+        "Idempotency-Key",
+        "1 to 255 characters. The same key with the same body within the retention window \
+         (`http.idempotency_retention_secs`, 24 h by default) answers the first answer again \
+         and has one effect; with another body it is refused (422).",
+    )
+    .answer_header(
+        202,
+        "Idempotent-Replayed",
+        "`true` when this is the first answer to the same key, given again.",
+    )
+    .error(422, &["idempotency_key_reused"])
+}
+
+/// The list filters go to the database as text, which cannot hold a NUL character.
+fn check_list(query: &ListQuery) -> Result<(), ApiError> {
+    let fields = [
+        ("aggregate_id", &query.aggregate_id),
+        ("name", &query.name),
+        ("user_id", &query.user_id),
+    ];
+    for (name, value) in fields {
+        super::no_nul(name, value.as_deref())?;
+    }
+    Ok(())
 }
 
 /// Checks the event naming rule: two or more lowercase segments separated by dots, each

@@ -16,7 +16,7 @@ use warp::{
     reply::{Reply as _, Response},
 };
 
-use super::{ApiError, Ctx, HttpState, auth};
+use super::{ApiError, Ctx, HttpState, auth, openapi::Doc};
 use crate::config::Scope;
 
 /// What a handler answers.
@@ -134,6 +134,12 @@ fn admit_publish(
 pub(super) trait PathParams: Sized + Send + 'static {
     /// The filter matching `template` exactly, extracting its values as one.
     fn filter(template: &'static str) -> BoxedFilter<(Self,)>;
+
+    /// The schema of the template's placeholder, if it has one (the OpenAPI document's path
+    /// parameter).
+    fn schema() -> Option<super::openapi::Schema> {
+        None
+    }
 }
 
 /// The template's segments (`/v1/dlq/{queue}` gives `v1`, `dlq`, `{queue}`).
@@ -163,7 +169,11 @@ impl PathParams for () {
     }
 }
 
-impl<T: FromStr + Send + 'static> PathParams for (T,) {
+impl<T: FromStr + super::openapi::ParamSchema + Send + 'static> PathParams for (T,) {
+    fn schema() -> Option<super::openapi::Schema> {
+        Some(T::param_schema())
+    }
+
     fn filter(template: &'static str) -> BoxedFilter<((T,),)> {
         let segs = segments(template);
         let at = segs.iter().position(|s| is_placeholder(s));
@@ -190,6 +200,7 @@ pub(super) struct Declare<I> {
     label: &'static str,
     access: Access,
     guard: Option<Guard>,
+    doc: Option<Doc>,
     input: BoxedFilter<(I,)>,
 }
 
@@ -207,6 +218,7 @@ impl Declare<()> {
             label: self.label,
             access: self.access,
             guard: self.guard,
+            doc: self.doc,
             input: input.boxed(),
         }
     }
@@ -225,6 +237,13 @@ impl<I: Send + 'static> Declare<I> {
         self
     }
 
+    /// The route's operation in the OpenAPI document (see [`super::openapi`]); a route
+    /// without one fails the document's unit test.
+    pub(super) fn doc(mut self, doc: Doc) -> Self {
+        self.doc = Some(doc);
+        self
+    }
+
     /// The handler: `handler(request, path values, input)`.
     pub(super) fn to<P, H, Fut>(self, handler: H) -> Endpoint
     where
@@ -238,6 +257,7 @@ impl<I: Send + 'static> Declare<I> {
             label,
             access,
             guard,
+            doc,
             input,
         } = self;
         let credentials = match access {
@@ -260,12 +280,16 @@ impl<I: Send + 'static> Declare<I> {
                 }
             })
             .boxed();
-        Endpoint {
+        let spec = Spec {
             method,
             path,
             label,
-            filter,
-        }
+            access,
+            guarded: guard.is_some(),
+            path_schema: P::schema(),
+            doc,
+        };
+        Endpoint { spec, filter }
     }
 }
 
@@ -277,11 +301,28 @@ fn method_filter(method: &Method) -> BoxedFilter<()> {
     }
 }
 
+/// What the route table knows of a route besides its filter: what the OpenAPI document and
+/// the rejection templates are made of.
+pub(super) struct Spec {
+    /// `GET` or `POST`.
+    pub(super) method: Method,
+    /// The path template.
+    pub(super) path: &'static str,
+    /// The metric label.
+    pub(super) label: &'static str,
+    /// Who may call it.
+    pub(super) access: Access,
+    /// Whether a guard can refuse it (404 while its part of the API is off).
+    pub(super) guarded: bool,
+    /// The schema of the path's placeholder.
+    pub(super) path_schema: Option<super::openapi::Schema>,
+    /// Its operation doc.
+    pub(super) doc: Option<Doc>,
+}
+
 /// One route of the API.
 pub(super) struct Endpoint {
-    method: Method,
-    path: &'static str,
-    label: &'static str,
+    spec: Spec,
     filter: BoxedFilter<(Call,)>,
 }
 
@@ -303,6 +344,7 @@ impl Endpoint {
             label: path,
             access,
             guard: None,
+            doc: None,
             input: warp::any().map(|| ()).boxed(),
         }
     }
@@ -314,6 +356,8 @@ pub struct Routes {
     filter: BoxedFilter<(Call,)>,
     /// Method, template, its segments (split once, here), label.
     templates: Vec<(Method, &'static str, Vec<&'static str>, &'static str)>,
+    /// Every route's declaration, in order.
+    specs: Vec<Spec>,
 }
 
 impl Routes {
@@ -321,12 +365,17 @@ impl Routes {
     pub(super) fn new(endpoints: Vec<Endpoint>) -> Self {
         let templates = endpoints
             .iter()
-            .map(|e| (e.method.clone(), e.path, segments(e.path), e.label))
+            .map(|e| {
+                let s = &e.spec;
+                (s.method.clone(), s.path, segments(s.path), s.label)
+            })
             .collect();
-        let filters: Vec<BoxedFilter<(Call,)>> = endpoints.into_iter().map(|e| e.filter).collect();
+        let (specs, filters): (Vec<Spec>, Vec<BoxedFilter<(Call,)>>) =
+            endpoints.into_iter().map(|e| (e.spec, e.filter)).unzip();
         Routes {
             filter: balanced(filters),
             templates,
+            specs,
         }
     }
 
@@ -352,6 +401,11 @@ impl Routes {
                     })
             })
             .map_or("unmatched", |(_, _, _, label)| *label)
+    }
+
+    /// Every route's declaration, in order (what the OpenAPI document is made of).
+    pub(super) fn specs(&self) -> &[Spec] {
+        &self.specs
     }
 
     /// Every route as `METHOD template`, in order.

@@ -12,6 +12,7 @@ use warp::{Filter, http::StatusCode, reply::Reply as _};
 use super::{
     ApiError, JsonBody,
     idempotent::{self, Keyed, Outcome},
+    openapi::{Doc, shape},
     optional_body,
     route::{Access, Endpoint, Reply, Request, json},
 };
@@ -28,7 +29,7 @@ use crate::{
 const MAX_KEY_LEN: usize = 255;
 
 /// Body of `POST /v1/sagas/{kind}`: what `saga.start` takes besides the kind.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
     /// Unique per kind (an order number), optional.
@@ -36,6 +37,7 @@ struct StartBody {
     business_key: Option<String>,
     /// The saga's input, handed to every command.
     #[serde(default)]
+    #[schema(value_type = Object)]
     payload: serde_json::Value,
 }
 
@@ -43,7 +45,7 @@ struct StartBody {
 pub(crate) const SAGA_LIST_LIMIT: (u64, u64) = (50, 500);
 
 /// Query of `GET /v1/sagas`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SagaListQuery {
     /// Only sagas in this state (`running`, `compensating`, `completed`, `compensated`,
@@ -56,7 +58,7 @@ pub(crate) struct SagaListQuery {
 }
 
 /// Query of `GET /v1/interventions`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct InterventionsQuery {
     /// Also resolved ones.
@@ -67,17 +69,55 @@ pub(crate) struct InterventionsQuery {
 }
 
 /// Body of the intervention actions.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NoteBody {
+    /// What was done (required to resolve).
     note: Option<String>,
 }
 
 /// The saga routes.
 pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
     let (read, admin) = (Access::Scoped(Scope::Read), Access::Scoped(Scope::Admin));
+    let saga_errors = |doc: Doc| {
+        doc.error(404, &["saga_not_found"])
+            .error(409, &["saga_conflict"])
+            .error(500, &["saga_corrupt"])
+            .error(503, &["saga_contended"])
+            .unavailable()
+    };
+    let intervention = |id, summary, done| {
+        saga_errors(
+            Doc::new(id, summary)
+                .optional_body::<NoteBody>()
+                .answer(
+                    200,
+                    "Done; the saga as it stands now.",
+                    shape::object(vec![(done, shape::uuid()), ("saga", shape::any_object())]),
+                )
+                .error(404, &["intervention_not_found"])
+                .error(409, &["operation_running"]),
+        )
+    };
     vec![
         Endpoint::post("/v1/orders", Access::Publish)
+            .doc(super::publish::idempotent_doc(
+                Doc::new("create_order", "Start the order saga")
+                    .json_body::<OrderRequest>()
+                    .answer(
+                        202,
+                        "Started.",
+                        shape::object(vec![
+                            ("saga_id", shape::uuid()),
+                            ("order_no", shape::string()),
+                            ("status", shape::one_of(&["running"])),
+                            ("links", shape::object(vec![("saga", shape::string())])),
+                        ]),
+                    )
+                    .error(409, &["order_exists"])
+                    .error(422, &["invalid_order"])
+                    .unavailable(),
+            ))
             .input(
                 super::json_body(body_limit)
                     .and(super::publish::idempotency_key())
@@ -85,20 +125,74 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
             )
             .to(create_order),
         Endpoint::post("/v1/sagas/{kind}", Access::Publish)
+            .doc(saga_errors(
+                Doc::new("start_saga", "Start a saga of a defined kind")
+                    .describe(
+                        "With an `Idempotency-Key` that already started a saga: 200 and that \
+                         saga when the body is the same (`Idempotent-Replayed: true`), 422 \
+                         `idempotency_key_reused` when it is not.",
+                    )
+                    .header("Idempotency-Key", "1 to 255 characters; one saga per key.")
+                    .json_body::<StartBody>()
+                    .answer(202, "Started.", started())
+                    .answer(200, "Started before under this Idempotency-Key.", started())
+                    .answer_header(202, "Location", "The saga.")
+                    .answer_header(200, "Location", "The saga.")
+                    .answer_header(200, "Idempotent-Replayed", "`true`.")
+                    .answer_header(202, "Idempotent-Replayed", "`false`.")
+                    .error(404, &["unknown_saga_kind"])
+                    .error(409, &["order_exists"])
+                    .error(
+                        422,
+                        &["invalid_saga_start", "invalid_order", "idempotency_key_reused"],
+                    ),
+            ))
             .input(
                 super::json_body(body_limit)
                     .and(warp::header::optional::<String>("idempotency-key"))
                     .map(|body, key| (body, key)),
             )
             .to(start_saga),
-        Endpoint::get("/v1/orders/{order_no}", read).to(get_order),
+        Endpoint::get("/v1/orders/{order_no}", read)
+            .doc(saga_errors(
+                Doc::new("get_order", "An order and its saga")
+                    .answer(
+                        200,
+                        "The order (null until the orders participant stored it) and its saga.",
+                        shape::object(vec![
+                            ("order", shape::nullable_object()),
+                            ("saga", shape::any_object()),
+                        ]),
+                    )
+                    .error(404, &["order_not_found"])
+                    .error(500, &["internal"]),
+            ))
+            .to(get_order),
         Endpoint::get("/v1/sagas", read)
+            .doc(
+                Doc::new("list_sagas", "Sagas, newest first")
+                    .query::<SagaListQuery>()
+                    .answer(200, "The sagas.", shape::rows("sagas"))
+                    .unavailable(),
+            )
             .input(warp::query::<SagaListQuery>())
             .to(list_sagas),
-        Endpoint::get("/v1/sagas/{id}", read).to(|req: Request, (id,): (Uuid,), ()| async move {
+        Endpoint::get("/v1/sagas/{id}", read)
+            .doc(saga_errors(Doc::new("get_saga", "A saga with its steps and timeline").answer(
+                200,
+                "The saga.",
+                shape::any_object(),
+            )))
+            .to(|req: Request, (id,): (Uuid,), ()| async move {
             json(&req.state.sagas.get(id).await?)
         }),
         Endpoint::get("/v1/interventions", read)
+            .doc(
+                Doc::new("list_interventions", "Sagas waiting for an operator")
+                    .query::<InterventionsQuery>()
+                    .answer(200, "The interventions.", shape::rows("interventions"))
+                    .unavailable(),
+            )
             .input(warp::query::<InterventionsQuery>())
             .to(|req: Request, (), query: InterventionsQuery| async move {
                 let rows = req
@@ -109,12 +203,40 @@ pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
                 json(&json!({ "interventions": rows }))
             }),
         Endpoint::post("/v1/interventions/{id}/retry", admin)
+            .doc(intervention(
+                "retry_intervention",
+                "Retry a failed compensation",
+                "retried",
+            ))
             .input(optional_body(body_limit))
             .to(retry_intervention),
         Endpoint::post("/v1/interventions/{id}/resolve", admin)
+            .doc(
+                intervention(
+                    "resolve_intervention",
+                    "Close an intervention done by hand (a note is required)",
+                    "resolved",
+                )
+                .error(422, &["invalid_order"]),
+            )
             .input(optional_body(body_limit))
             .to(resolve_intervention),
         Endpoint::post("/v1/admin/seed", admin)
+            .doc(
+                Doc::new("seed", "Set stock per SKU and balances per user")
+                    .required_body::<Seed>()
+                    .answer(
+                        200,
+                        "How many rows were set.",
+                        shape::object(vec![
+                            ("inventory", shape::integer()),
+                            ("accounts", shape::integer()),
+                        ]),
+                    )
+                    .error(411, &["length_required"])
+                    .error(422, &["invalid_order", "data_not_an_object"])
+                    .error(500, &["internal"]),
+            )
             .input(warp::body::content_length_limit(body_limit).and(warp::body::bytes()))
             .to(seed),
     ]
@@ -130,6 +252,17 @@ fn json_body<T: serde::de::DeserializeOwned>(
 
 fn limit(requested: Option<u64>) -> Result<u64, ApiError> {
     super::list_limit(requested, SAGA_LIST_LIMIT)
+}
+
+/// The answer of a started saga.
+fn started() -> super::openapi::Schema {
+    shape::object(vec![
+        ("saga_id", shape::uuid()),
+        ("kind", shape::string()),
+        ("business_key", shape::nullable_string()),
+        ("status", shape::string()),
+        ("links", shape::object(vec![("self", shape::string())])),
+    ])
 }
 
 /// `POST /v1/orders`: validates and starts the order saga.
@@ -297,6 +430,7 @@ async fn get_order(req: Request, (order_no,): (String,), (): ()) -> Reply {
 
 /// `GET /v1/sagas`.
 async fn list_sagas(req: Request, (): (), query: SagaListQuery) -> Reply {
+    super::no_nul("kind", query.kind.as_deref())?;
     if let Some(s) = query.state.as_deref()
         && !STATUSES.contains(&s)
     {

@@ -19,7 +19,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ApiError, optional_body,
+    ApiError,
+    openapi::{Doc, shape},
+    optional_body,
     route::{Access, Endpoint, Reply, Request, json},
 };
 use crate::{
@@ -32,7 +34,7 @@ const MAX_REASON_CHARS: usize = 1_000;
 
 /// Optional JSON body of `POST /v1/subscriptions/{name}/pause` (and `resume`, which keeps no
 /// reason).
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PauseBody {
     /// Why it is paused (shown in the list and the console, kept in the audit log).
@@ -43,14 +45,61 @@ struct PauseBody {
 /// The subscription routes.
 pub(super) fn endpoints(body_limit: u64) -> Vec<Endpoint> {
     let admin = Access::Scoped(Scope::Admin);
+    let control = |id, summary| {
+        Doc::new(id, summary)
+            .describe("Idempotent; stored and audited by the operator service.")
+            .optional_body::<PauseBody>()
+            .answer(
+                200,
+                "The subscription's control as it stands now.",
+                shape::object(vec![
+                    ("subscription", shape::string()),
+                    ("paused", shape::boolean()),
+                    ("changed", shape::boolean()),
+                    ("by", shape::nullable_string()),
+                    ("at", shape::nullable_string()),
+                    ("reason", shape::nullable_string()),
+                    ("action_id", shape::any()),
+                ]),
+            )
+            .error(400, &["invalid_query"])
+            .error(404, &["unknown_subscription"])
+            .unavailable()
+    };
     vec![
-        Endpoint::get("/v1/subscriptions", Access::Scoped(Scope::Read)).to(list),
+        Endpoint::get("/v1/subscriptions", Access::Scoped(Scope::Read))
+            .doc(
+                Doc::new(
+                    "list_subscriptions",
+                    "Each HTTP subscription and how it stands",
+                )
+                .answer(
+                    200,
+                    "The subscriptions, with what failed to be read.",
+                    shape::object(vec![
+                        ("subscriptions", shape::array(shape::any_object())),
+                        ("management_error", shape::nullable_string()),
+                        ("dlq_error", shape::nullable_string()),
+                        ("status_error", shape::nullable_string()),
+                    ]),
+                )
+                .unavailable(),
+            )
+            .to(list),
         Endpoint::post("/v1/subscriptions/{name}/pause", admin)
+            .doc(control(
+                "pause_subscription",
+                "Pause a subscription's deliveries",
+            ))
             .input(optional_body(body_limit))
             .to(|req: Request, (name,): (String,), body: Bytes| async move {
                 pause(&req, &name, true, &body).await
             }),
         Endpoint::post("/v1/subscriptions/{name}/resume", admin)
+            .doc(control(
+                "resume_subscription",
+                "Resume a subscription's deliveries",
+            ))
             .input(optional_body(body_limit))
             .to(|req: Request, (name,): (String,), body: Bytes| async move {
                 pause(&req, &name, false, &body).await

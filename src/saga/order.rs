@@ -53,7 +53,7 @@ pub const MAX_ITEMS: usize = 100;
 pub const MAX_ID_LEN: usize = 64;
 
 /// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Item {
     /// The SKU.
@@ -65,18 +65,27 @@ pub struct Item {
 }
 
 /// An order: the order saga's payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
     /// The order number, unique.
     pub order_no: String,
     /// The buyer (a string, or a number taken as its decimal string).
     #[serde(deserialize_with = "string_or_number")]
+    #[schema(schema_with = string_or_integer)]
     pub user_id: String,
     /// The lines.
     pub items: Vec<Item>,
     /// The total in minor units.
     pub total_amount: i64,
+}
+
+/// The schema of a field [`string_or_number`] reads.
+fn string_or_integer() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Integer]))
+        .into()
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -138,7 +147,7 @@ impl OrderRequest {
 }
 
 /// Stock per SKU and balance per user to set (`POST /v1/admin/seed`, `warren seed`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Seed {
     /// SKU -> units in stock.

@@ -318,7 +318,7 @@ pub async fn insert_failed_job(
 }
 
 /// Query of the list endpoints.
-#[derive(Debug, serde::Deserialize, Default)]
+#[derive(Debug, serde::Deserialize, Default, utoipa::IntoParams)]
 pub struct ListQuery {
     /// `GET /v1/events`: only events about this entity.
     pub aggregate_id: Option<String>,

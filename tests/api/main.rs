@@ -18,6 +18,7 @@ mod idempotency;
 mod jobs;
 mod modules;
 mod observability;
+mod openapi;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod outbox;
