@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod chaos;
+mod cloudevents_wire;
 mod console;
 mod dashboards;
 mod deployment;
