@@ -19,13 +19,15 @@ command -v npm >/dev/null 2>&1 || scripts/services.sh install nodejs npm
   npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
 # The subscriptions' wire check (tests/wire/check_delivery.py, run by src/subscriptions/wire.rs):
 # the CloudEvents SDK and the Standard Webhooks reference library from PyPI, pinned, in a venv
-# of their own (target/pyenv, reused when it already has both).
+# of their own (target/pyenv, reused when it already has all three); and pika, the AMQP client
+# the CloudEvents wire test (tests/api/cloudevents_wire.rs, tests/wire/amqp_cloudevent.py)
+# reads and publishes the SDK's RabbitMQ binding with.
 command -v python3 >/dev/null 2>&1 || scripts/services.sh install python3
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || scripts/services.sh install python3-venv
-if ! target/pyenv/bin/python -c 'import cloudevents.core.bindings.http, standardwebhooks' >/dev/null 2>&1; then
+if ! target/pyenv/bin/python -c 'import cloudevents.core.bindings.http, cloudevents.core.bindings.rabbitmq, standardwebhooks, pika' >/dev/null 2>&1; then
   python3 -m venv target/pyenv
   target/pyenv/bin/pip install --quiet --disable-pip-version-check \
-    'cloudevents==2.2.0' 'standardwebhooks==1.1.0'
+    'cloudevents==2.2.0' 'standardwebhooks==1.1.0' 'pika==1.3.2'
 fi
 # The OpenAPI check (tests/api/openapi.rs): schemathesis from PyPI, pinned, in its own venv
 # (target/schemathesis, reused when it already has that version).

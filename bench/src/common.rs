@@ -123,7 +123,12 @@ pub(crate) async fn publish_all(
                 );
                 let meta = Meta::for_event(&e);
                 publisher
-                    .publish(exchange, name, &e.to_json(), meta.properties())
+                    .publish(
+                        exchange,
+                        name,
+                        &e.to_json(),
+                        publisher.properties(exchange, &e, &meta),
+                    )
                     .await?;
             }
             Ok::<(), PublishError>(())

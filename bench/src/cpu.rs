@@ -43,6 +43,11 @@ pub(crate) fn process_s() -> f64 {
     read("/proc/self/stat")
 }
 
+/// CPU seconds of process `pid` so far (another process: the broker).
+pub(crate) fn pid_s(pid: u32) -> f64 {
+    read(&format!("/proc/{pid}/stat"))
+}
+
 /// CPU seconds of the calling thread so far.
 pub(crate) fn this_thread_s() -> f64 {
     read("/proc/thread-self/stat")

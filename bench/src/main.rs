@@ -8,6 +8,7 @@
 //!   with the Rust participants or with HTTP ones ([`http_participants`]);
 //! - [`baseline`]: the ceilings warren is measured against (a bare warp+lapin publish server,
 //!   a raw lapin publisher and consumer) and exact queue depths;
+//! - [`header_cost`]: what warren's envelope and its CloudEvents headers cost the broker;
 //! - [`retry_delay`]: how close broker-side retries come back to the configured delay;
 //! - [`subscriptions`]: HTTP subscriptions' deliveries per second and latency to a local
 //!   receiver, against a bare lapin+reqwest relay (the ceiling);
@@ -20,6 +21,7 @@
 mod baseline;
 mod common;
 mod cpu;
+mod header_cost;
 mod http_participants;
 mod jobs;
 mod retry_delay;
@@ -83,6 +85,9 @@ enum BenchCommand {
     SmtpSink(smtp_sink::SmtpSink),
     /// Exact message counts of queues (passive declare), one `name count` line each.
     Depth(baseline::Depth),
+    /// What warren's message format costs RabbitMQ per message (its own CPU time): the data
+    /// alone, warren's envelope, and the envelope with the CloudEvents `ce-*` headers.
+    HeaderCost(header_cost::HeaderCost),
 }
 
 /// Runs one benchmark with loaded settings.
@@ -97,6 +102,7 @@ async fn run(command: BenchCommand, settings: warren::Settings) -> anyhow::Resul
         }
         BenchCommand::RetryDelay(opts) => retry_delay::retry_delay(settings, opts).await,
         BenchCommand::Depth(opts) => baseline::depth(settings.amqp.url.expose(), opts).await,
+        BenchCommand::HeaderCost(opts) => header_cost::header_cost(settings, opts).await,
         BenchCommand::SmtpSink(opts) => smtp_sink::smtp_sink(opts).await,
         BenchCommand::Subscriptions(opts) => subscriptions::subscriptions(settings, opts).await,
     }

@@ -11,6 +11,7 @@
 //! The pool's manager is warren's own ([`AmqpManager`], the same checks as deadpool-lapin's)
 //! because deadpool-lapin cannot pass a TLS configuration to lapin.
 
+pub mod cloudevent;
 pub mod envelope;
 pub mod names;
 pub mod publisher;
@@ -150,6 +151,7 @@ impl managed::Manager for AmqpManager {
 pub struct Broker {
     pool: Pool<AmqpManager>,
     connect_timeout: Duration,
+    vhost: String,
 }
 
 impl std::fmt::Debug for Broker {
@@ -181,7 +183,13 @@ impl Broker {
         Ok(Self {
             pool,
             connect_timeout: settings.amqp.connect_timeout(),
+            vhost: vhost_of(settings.amqp.url.expose()),
         })
+    }
+
+    /// The vhost it connects to (the `source` of warren's CloudEvents names it).
+    pub fn vhost(&self) -> &str {
+        &self.vhost
     }
 
     /// Opens a new channel on a pooled connection.

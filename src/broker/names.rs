@@ -69,6 +69,25 @@ pub const H_REPLAYED_AT: &str = "x-warren-replayed-at";
 /// Header quorum queues add on redelivery; not carried over into a replayed message.
 pub const H_DELIVERY_COUNT: &str = "x-delivery-count";
 
+// CloudEvents headers (the RabbitMQ protocol binding's binary mode; `broker::cloudevent`).
+
+/// Prefix of every CloudEvents attribute header, extensions included.
+pub const CE_PREFIX: &str = "ce-";
+/// Header: CloudEvents `specversion` (`1.0`).
+pub const H_CE_SPECVERSION: &str = "ce-specversion";
+/// Header: CloudEvents `id`.
+pub const H_CE_ID: &str = "ce-id";
+/// Header: CloudEvents `source`.
+pub const H_CE_SOURCE: &str = "ce-source";
+/// Header: CloudEvents `type`.
+pub const H_CE_TYPE: &str = "ce-type";
+/// Header: CloudEvents `time` (RFC 3339).
+pub const H_CE_TIME: &str = "ce-time";
+/// Header: CloudEvents `subject`.
+pub const H_CE_SUBJECT: &str = "ce-subject";
+/// Header: CloudEvents `dataschema`.
+pub const H_CE_DATASCHEMA: &str = "ce-dataschema";
+
 /// Reads a string header from AMQP properties.
 pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
     let headers = props.headers().as_ref()?;

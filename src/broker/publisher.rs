@@ -24,7 +24,10 @@ use lapin::{
 };
 use tokio::sync::Mutex;
 
-use super::{Broker, BrokerError};
+use super::{
+    Broker, BrokerError, cloudevent,
+    envelope::{Event, Meta},
+};
 use crate::telemetry::Metrics;
 
 /// Why a message was not safely accepted by the broker.
@@ -108,6 +111,8 @@ struct Inner {
     next: AtomicUsize,
     timeout: Duration,
     metrics: Metrics,
+    /// Whether messages carry the `ce-*` headers (always, but for the benchmark's switch).
+    cloudevents: bool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -122,20 +127,26 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// A publisher with `channels` confirm channels, opened lazily.
     pub fn new(broker: Broker, channels: usize, timeout: Duration, metrics: Metrics) -> Self {
-        let slots = (0..channels.max(1))
+        let inner = Inner {
+            broker,
+            slots: Vec::new(),
+            next: AtomicUsize::new(0),
+            timeout,
+            metrics,
+            cloudevents: true,
+        };
+        Self::with_slots(inner, channels)
+    }
+
+    fn with_slots(mut inner: Inner, channels: usize) -> Self {
+        inner.slots = (0..channels.max(1))
             .map(|_| Slot {
                 current: std::sync::Mutex::new(None),
                 opening: Mutex::new(()),
             })
             .collect();
         Self {
-            inner: Arc::new(Inner {
-                broker,
-                slots,
-                next: AtomicUsize::new(0),
-                timeout,
-                metrics,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -206,8 +217,49 @@ impl Publisher {
         message: &super::envelope::Outgoing,
     ) -> Result<(), PublishError> {
         let key = routing_key.unwrap_or(message.routing_key());
-        self.publish(exchange, key, &message.body(), message.meta.properties())
-            .await
+        let props = self.properties(exchange, &message.event, &message.meta);
+        self.publish(exchange, key, &message.body(), props).await
+    }
+
+    /// The AMQP properties of `event` published on `exchange`: the envelope's ([`Meta`]) and
+    /// its CloudEvents `ce-*` headers ([`cloudevent`]), whose `source` names this
+    /// publisher's vhost and `exchange`.
+    pub fn properties(&self, exchange: &str, event: &Event, meta: &Meta) -> BasicProperties {
+        let props = meta.properties();
+        if !self.inner.cloudevents {
+            return props;
+        }
+        let attrs = cloudevent::Attributes::of(
+            event,
+            || event.event_id.to_string(),
+            || cloudevent::source(self.inner.broker.vhost(), exchange),
+        );
+        cloudevent::with_headers(props, &attrs)
+    }
+
+    /// The properties of a stored body (an outbox row) published on `exchange`: those of
+    /// [`properties`](Self::properties) when the body is warren's envelope, else `meta`'s
+    /// alone.
+    pub fn stored_properties(&self, exchange: &str, body: &[u8], meta: &Meta) -> BasicProperties {
+        match serde_json::from_slice::<Event>(body) {
+            Ok(event) => self.properties(exchange, &event, meta),
+            Err(_) => meta.properties(),
+        }
+    }
+
+    /// Leaves the `ce-*` headers off every message (the benchmark's switch, to measure what
+    /// they cost the broker; not a setting: warren's messages always carry them).
+    #[doc(hidden)]
+    pub fn without_cloudevents(self) -> Self {
+        let inner = Inner {
+            broker: self.inner.broker.clone(),
+            slots: Vec::new(),
+            next: AtomicUsize::new(0),
+            timeout: self.inner.timeout,
+            metrics: self.inner.metrics.clone(),
+            cloudevents: false,
+        };
+        Self::with_slots(inner, self.inner.slots.len())
     }
 
     async fn publish_inner(

@@ -36,6 +36,7 @@ use uuid::Uuid;
 use super::Job;
 use crate::{
     broker::{
+        cloudevent::{self, ForeignError},
         envelope::Event,
         names::{
             H_ATTEMPT, H_ORIGINAL_EXCHANGE, H_ORIGINAL_ROUTING_KEY, H_REQUEST_ID, H_TRACEPARENT,
@@ -61,15 +62,26 @@ pub struct Delivered<'a> {
     pub routing_key: &'a str,
 }
 
-/// A body that is not a warren message.
+/// A delivery that is not a warren message.
 #[derive(Debug, thiserror::Error)]
-#[error("undecodable message body: {source}")]
+#[error("{source}")]
 pub struct DecodeError {
     /// The attempt the delivery counts as (recorded when it is parked).
     pub attempt: u32,
-    /// Why the body did not parse as an event.
+    /// Why it did not decode.
     #[source]
-    pub source: serde_json::Error,
+    pub source: Undecodable,
+}
+
+/// Why a delivery did not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum Undecodable {
+    /// A message without `ce-specversion` whose body is not warren's envelope.
+    #[error("undecodable message body: {0}")]
+    Body(#[source] serde_json::Error),
+    /// A foreign CloudEvent (RabbitMQ binding, binary mode) that breaks the binding's rules.
+    #[error("undecodable CloudEvent: {0}")]
+    CloudEvent(#[source] ForeignError),
 }
 
 impl Delivered<'_> {
@@ -156,14 +168,33 @@ pub fn x_death_is_well_formed(value: &AMQPValue) -> bool {
 /// Decodes a delivery consumed from `queue` into the [`Job`] a handler sees.
 pub fn decode(d: &Delivered<'_>, queue: &str, max_attempts: u32) -> Result<Job, DecodeError> {
     let attempt = d.attempt(max_attempts);
-    let event: Event =
-        serde_json::from_slice(d.body).map_err(|source| DecodeError { attempt, source })?;
-    let message_id = d
-        .properties
-        .message_id()
-        .as_ref()
-        .and_then(|m| m.as_str().parse::<Uuid>().ok())
-        .unwrap_or(event.event_id);
+    let own = serde_json::from_slice::<Event>(d.body);
+    let (event, message_id) = match own {
+        // A message in the CloudEvents binding whose body is not warren's envelope for its
+        // ce-id: a foreign CloudEvent, whose body is its data. Its id is derived from its
+        // source and id, whatever message_id it came with, so a repeat is the same message.
+        Ok(ref e)
+            if cloudevent::is_cloudevent(d.properties) && !cloudevent::is_own(e, d.properties) =>
+        {
+            foreign(d, attempt)?
+        }
+        Err(_) if cloudevent::is_cloudevent(d.properties) => foreign(d, attempt)?,
+        Ok(event) => {
+            let message_id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .and_then(|m| m.as_str().parse::<Uuid>().ok())
+                .unwrap_or(event.event_id);
+            (event, message_id)
+        }
+        Err(e) => {
+            return Err(DecodeError {
+                attempt,
+                source: Undecodable::Body(e),
+            });
+        }
+    };
     let (exchange, routing_key) = d.origin();
     Ok(Job {
         exchange,
@@ -181,6 +212,19 @@ pub fn decode(d: &Delivered<'_>, queue: &str, max_attempts: u32) -> Result<Job, 
         traceparent: d.traceparent(),
         request_id: d.request_id(),
     })
+}
+
+/// The event and message id of a foreign CloudEvent message.
+fn foreign(d: &Delivered<'_>, attempt: u32) -> Result<(Event, Uuid), DecodeError> {
+    let event =
+        cloudevent::foreign_event(d.properties, d.body, chrono::Utc::now()).map_err(|e| {
+            DecodeError {
+                attempt,
+                source: Undecodable::CloudEvent(e),
+            }
+        })?;
+    let id = event.event_id;
+    Ok((event, id))
 }
 
 #[cfg(test)]
@@ -338,6 +382,89 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(decode(&delivered(deep.as_bytes(), &p, "warren.events"), "q", 3).is_err());
+    }
+
+    fn ce(headers: &[(&str, &str)], content_type: Option<&str>) -> BasicProperties {
+        let pairs: Vec<(&str, AMQPValue)> = headers
+            .iter()
+            .map(|(k, v)| (*k, AMQPValue::LongString((*v).into())))
+            .collect();
+        let p = with_headers(&pairs);
+        match content_type {
+            Some(ct) => p.with_content_type(ct.into()),
+            None => p,
+        }
+    }
+
+    const FOREIGN: [(&str, &str); 5] = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "o-1"),
+        ("ce-source", "/shop"),
+        ("ce-type", "com.example.order.created"),
+        ("ce-tenant", "acme"),
+    ];
+
+    #[test]
+    fn warrens_own_cloudevent_decodes_as_its_envelope() {
+        let event = Event::new("order.created", Some("o-1".into()), json!({"n": 1}));
+        let meta = Meta::for_event(&event);
+        let attrs = cloudevent::Attributes::of(
+            &event,
+            || event.event_id.to_string(),
+            || cloudevent::source("/", "warren.events"),
+        );
+        let props = cloudevent::with_headers(meta.properties(), &attrs);
+        let body = event.to_json();
+        let job = decode(&delivered(&body, &props, "warren.events"), "q", 3).expect("decodes");
+        assert_eq!(
+            job.event, event,
+            "the envelope, not a CloudEvent whose data it is"
+        );
+        assert_eq!(job.message_id, event.event_id);
+    }
+
+    #[test]
+    fn a_foreign_json_cloudevent_decodes_with_its_derived_id_whatever_its_message_id() {
+        let props = ce(&FOREIGN, Some("application/json"))
+            .with_message_id(Uuid::now_v7().to_string().as_str().into());
+        // A body that even parses as an envelope, but for another id, is the event's data.
+        let envelope = Event::new("x.y", None, json!({})).to_json();
+        for body in [&br#"{"n": 1}"#[..], &envelope] {
+            let job = decode(&delivered(body, &props, "warren.events"), "q", 3).expect("decodes");
+            let id = crate::broker::envelope::cloudevent_event_id("/shop", "o-1");
+            assert_eq!((job.event.event_id, job.message_id), (id, id));
+            assert_eq!(job.event.event_name, "com.example.order.created");
+            assert_eq!(
+                job.event.data,
+                serde_json::from_slice::<serde_json::Value>(body).expect("json")
+            );
+            let attrs = job.event.cloudevent.expect("kept");
+            assert_eq!(attrs.extensions.get("tenant"), Some(&json!("acme")));
+        }
+    }
+
+    #[test]
+    fn foreign_text_and_bytes_decode_as_a_string_and_as_base64() {
+        let props = ce(&FOREIGN, Some("text/plain; charset=utf-8"));
+        let job = decode(&delivered(b"hello", &props, "warren.events"), "q", 3).expect("text");
+        assert_eq!(job.event.data, json!("hello"));
+        let props = ce(&FOREIGN, Some("application/octet-stream"));
+        let job =
+            decode(&delivered(&[0x89, 0x50], &props, "warren.events"), "q", 3).expect("bytes");
+        assert_eq!(job.event.data, json!("iVA="));
+        assert!(job.event.cloudevent.expect("kept").data_base64);
+    }
+
+    #[test]
+    fn a_foreign_cloudevent_without_ce_id_is_undecodable_with_the_reason() {
+        let props = ce(&FOREIGN[..1], None);
+        let e = decode(&delivered(b"{}", &props, "warren.events"), "q", 3).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "undecodable CloudEvent: required attribute ce-id is missing or empty"
+        );
+        assert_eq!(e.attempt, 1);
+        // Not a loop: the runner parks an undecodable message (runner.rs `admit`).
     }
 
     #[test]

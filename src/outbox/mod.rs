@@ -243,7 +243,12 @@ impl EventOutbox {
         let publish = match self
             .inner
             .publisher
-            .publish(exchange, &event.event_name, &body, meta.properties())
+            .publish(
+                exchange,
+                &event.event_name,
+                &body,
+                self.inner.publisher.properties(exchange, event, meta),
+            )
             .await
         {
             Ok(()) => return Ok(Stored::Broker),

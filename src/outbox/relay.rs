@@ -79,7 +79,7 @@ impl StoredMessage {
                 &self.exchange,
                 &self.routing_key,
                 &self.body,
-                self.meta.properties(),
+                publisher.stored_properties(&self.exchange, &self.body, &self.meta),
             )
             .await
     }

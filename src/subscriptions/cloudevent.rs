@@ -4,7 +4,10 @@
 //! repeats), `source` = `/warren/<vhost>/<exchange>` (the vhost percent-encoded as one path
 //! segment, so the default vhost `/` is `%2F`: `/warren/%2F/warren.events`), `type` = the
 //! event or command name, `time` = when it happened (RFC 3339, UTC), `subject` = the
-//! aggregate id when there is one, `datacontenttype` = `application/json`.
+//! aggregate id when there is one, `datacontenttype` = `application/json`. An event that came
+//! from outside as a CloudEvent keeps its own `id`, `source`, `dataschema`, extensions
+//! (`ce-<name>` headers; members of the structured event) and `datacontenttype` (its data as
+//! it came: JSON, text, or bytes, `data_base64` in structured mode).
 //!
 //! - Binary mode: the attributes in `ce-*` headers, each value percent-encoded as the
 //!   binding's section 3.1.3.2 requires ([`percent_encode`]); `content-type:
@@ -18,6 +21,7 @@
 //! the operator's static headers, and the Standard Webhooks headers when the subscription
 //! signs ([`super::signature`]).
 
+use base64::Engine;
 use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
@@ -25,6 +29,7 @@ use serde_json::{Map, Value};
 use super::signature::{SigningKeys, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use crate::{
     broker::{
+        cloudevent::{self, extension_text},
         names::{COMMANDS_EXCHANGE, EVENTS_EXCHANGE},
         topology::topic_matches,
     },
@@ -60,12 +65,9 @@ pub(crate) fn percent_encode(value: &str) -> String {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// The `source` attribute for `exchange` on `vhost`: `/warren/<vhost>/<exchange>`.
-pub(crate) fn source(vhost: &str, exchange: &str) -> String {
-    let segment: String =
-        percent_encoding::utf8_percent_encode(vhost, percent_encoding::NON_ALPHANUMERIC).collect();
-    format!("/warren/{segment}/{exchange}")
-}
+/// The `source` attribute for `exchange` on `vhost`: `/warren/<vhost>/<exchange>` (the
+/// broker's, so one event has one identity over HTTP and AMQP).
+pub(crate) use crate::broker::cloudevent::source;
 
 /// What a subscription puts on every request, prepared once from its settings.
 #[derive(Debug, Clone)]
@@ -95,20 +97,9 @@ pub(crate) struct Request {
     pub body: Bytes,
 }
 
-/// The CloudEvents attributes of a job.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Attributes {
-    /// `id`.
-    pub id: String,
-    /// `source`.
-    pub source: String,
-    /// `type`.
-    pub kind: String,
-    /// `time`, RFC 3339.
-    pub time: String,
-    /// `subject`.
-    pub subject: Option<String>,
-}
+/// The CloudEvents attributes of a job (the broker's mapping: a foreign CloudEvent's own
+/// `id`, `source`, `dataschema` and extensions when the job carries one).
+pub(crate) type Attributes = cloudevent::Attributes;
 
 impl Binding {
     /// The exchange a job came from when it does not say (published straight to the queue),
@@ -125,27 +116,27 @@ impl Binding {
         }
     }
 
-    /// The attributes of `job`.
+    /// The attributes of `job`: `id` = its message id (the same on every attempt) and
+    /// `source` = warren's for its exchange, unless it came from outside as a CloudEvent.
     pub(crate) fn attributes(&self, job: &Job) -> Attributes {
-        let name = if job.event.event_name.is_empty() {
-            job.routing_key.clone()
-        } else {
-            job.event.event_name.clone()
-        };
-        Attributes {
-            id: job.message_id.to_string(),
-            source: source(
-                &self.vhost,
-                if job.exchange.is_empty() {
-                    self.exchange_of(&job.routing_key)
-                } else {
-                    &job.exchange
-                },
-            ),
-            kind: name,
-            time: job.event.occurred_on_rfc3339(),
-            subject: job.event.aggregate_id.clone(),
+        let mut attrs = Attributes::of(
+            &job.event,
+            || job.message_id.to_string(),
+            || {
+                source(
+                    &self.vhost,
+                    if job.exchange.is_empty() {
+                        self.exchange_of(&job.routing_key)
+                    } else {
+                        &job.exchange
+                    },
+                )
+            },
+        );
+        if attrs.kind.is_empty() {
+            attrs.kind = job.routing_key.clone();
         }
+        attrs
     }
 
     /// The request for `job`, signed (when keys are set) at `timestamp` (seconds since the
@@ -157,6 +148,7 @@ impl Binding {
         traceparent: Option<String>,
     ) -> Request {
         let attrs = self.attributes(job);
+        let data = Data::of(&job.event);
         let mut headers = self.headers.clone();
         let body = match self.mode {
             ContentMode::Binary => {
@@ -168,16 +160,23 @@ impl Binding {
                 if let Some(subject) = &attrs.subject {
                     put(&mut headers, "ce-subject", &percent_encode(subject));
                 }
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static(DATA_CONTENT_TYPE));
-                // Serializing a JSON value cannot fail.
-                Bytes::from(serde_json::to_vec(&job.event.data).unwrap_or_default())
+                if let Some(schema) = &attrs.dataschema {
+                    put(&mut headers, "ce-dataschema", &percent_encode(schema));
+                }
+                for (name, value) in &attrs.extensions {
+                    put_extension(&mut headers, name, &percent_encode(&extension_text(value)));
+                }
+                if let Ok(v) = HeaderValue::from_str(data.content_type) {
+                    headers.insert(CONTENT_TYPE, v);
+                }
+                data.bytes()
             }
             ContentMode::Structured => {
                 headers.insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static(STRUCTURED_CONTENT_TYPE),
                 );
-                Bytes::from(structured(&attrs, &job.event.data))
+                Bytes::from(structured(&attrs, &data))
             }
         };
         if let Some(tp) = traceparent {
@@ -197,9 +196,55 @@ impl Binding {
     }
 }
 
-/// The JSON event format of `attrs` and `data`.
-fn structured(attrs: &Attributes, data: &Value) -> Vec<u8> {
+/// A job's data as a delivery carries it: warren's own is JSON; a foreign CloudEvent's is in
+/// its own content type, text or (`data_base64`) bytes.
+struct Data<'a> {
+    content_type: &'a str,
+    value: &'a Value,
+    /// `value` is a JSON value (else a string holding text or base64).
+    json: bool,
+    /// `value` is a string of base64.
+    base64: bool,
+}
+
+impl<'a> Data<'a> {
+    fn of(event: &'a crate::broker::envelope::Event) -> Self {
+        let ce = event.cloudevent.as_ref();
+        let content_type = ce
+            .and_then(|c| c.datacontenttype.as_deref())
+            .unwrap_or(DATA_CONTENT_TYPE);
+        let json = cloudevent::is_json(Some(content_type));
+        Self {
+            content_type,
+            value: &event.data,
+            json,
+            base64: !json && ce.is_some_and(|c| c.data_base64),
+        }
+    }
+
+    /// The body of a binary-mode delivery.
+    fn bytes(&self) -> Bytes {
+        match (self.json, self.value) {
+            // Serializing a JSON value cannot fail.
+            (true, v) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+            (false, Value::String(s)) if self.base64 => Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .unwrap_or_default(),
+            ),
+            (false, Value::String(s)) => Bytes::from(s.clone().into_bytes()),
+            (false, v) => Bytes::from(v.to_string().into_bytes()),
+        }
+    }
+}
+
+/// The JSON event format of `attrs` and `data`: extensions as members with their own JSON
+/// types, bytes as `data_base64`.
+fn structured(attrs: &Attributes, data: &Data<'_>) -> Vec<u8> {
     let mut event = Map::new();
+    for (name, value) in &attrs.extensions {
+        event.insert(name.clone(), value.clone());
+    }
     event.insert("specversion".into(), Value::from("1.0"));
     event.insert("id".into(), Value::from(attrs.id.as_str()));
     event.insert("source".into(), Value::from(attrs.source.as_str()));
@@ -208,9 +253,24 @@ fn structured(attrs: &Attributes, data: &Value) -> Vec<u8> {
     if let Some(subject) = &attrs.subject {
         event.insert("subject".into(), Value::from(subject.as_str()));
     }
-    event.insert("datacontenttype".into(), Value::from(DATA_CONTENT_TYPE));
-    event.insert("data".into(), data.clone());
+    if let Some(schema) = &attrs.dataschema {
+        event.insert("dataschema".into(), Value::from(schema.as_str()));
+    }
+    event.insert("datacontenttype".into(), Value::from(data.content_type));
+    let key = if data.base64 { "data_base64" } else { "data" };
+    event.insert(key.into(), data.value.clone());
     serde_json::to_vec(&Value::Object(event)).unwrap_or_default()
+}
+
+/// Sets `ce-<name>` for an extension (its name is checked: a name that makes no header is
+/// left out).
+fn put_extension(headers: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(n), Ok(v)) = (
+        HeaderName::from_bytes(format!("ce-{name}").as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        headers.insert(n, v);
+    }
 }
 
 /// Sets a header whose name is a constant and whose value is checked here: a value that is

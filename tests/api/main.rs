@@ -5,6 +5,7 @@
 mod bad_input;
 mod chaos;
 mod cloudevents_ingress;
+mod cloudevents_wire;
 mod console;
 mod dashboards;
 mod deployment;
