@@ -93,6 +93,10 @@ pub enum Command {
     },
     /// Print the effective settings, secrets redacted, as JSON.
     Config,
+    /// Print the AsyncAPI 3.0 document of the broker side (exchanges, queues, bindings, the
+    /// message types and their envelope, retry tiers and dead-letter queues) for these
+    /// settings, as served on `GET /asyncapi.json`.
+    Asyncapi,
 }
 
 /// `warren dlq ...`
@@ -291,6 +295,11 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Topology { action } => topology(action, &settings).await,
+        Command::Asyncapi => {
+            let document = crate::asyncapi::document(&settings)?;
+            println!("{}", serde_json::to_string_pretty(&document)?);
+            Ok(0)
+        }
     }
 }
 
