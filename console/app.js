@@ -237,7 +237,11 @@ pages.overview = {
         el('h2', { text: 'Queues' }),
         table('Queues', ['Queue', 'Ready', 'Unacked', 'Consumers', 'In /s', 'Out /s', 'Parked'], rows, 'queues-table', 'No queues.'),
         el('h2', { text: 'Dashboards' }),
-        el('ul', { class: 'links', testid: 'links' }, links.map(([t, h]) => el('li', null, el('a', { href: h, target: '_blank', rel: 'noopener', text: t })))));
+        el('ul', { class: 'links', testid: 'links' }, links.map(([t, h]) => el('li', null, el('a', { href: h, target: '_blank', rel: 'noopener', text: t })))),
+        el('h2', { text: 'API documents' }),
+        el('ul', { class: 'links', testid: 'api-documents' },
+          [['OpenAPI 3.1: the HTTP API', '/openapi.json', 'link-openapi'], ['AsyncAPI 3.0: the broker side', '/asyncapi.json', 'link-asyncapi']]
+            .map(([t, h, id]) => el('li', null, el('a', { href: h, target: '_blank', rel: 'noopener', testid: id, text: t })))));
     };
   },
 };

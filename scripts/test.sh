@@ -17,6 +17,10 @@ command -v chromium >/dev/null 2>&1 || scripts/services.sh install chromium
 command -v npm >/dev/null 2>&1 || scripts/services.sh install nodejs npm
 [ -d tests/console/node_modules/playwright-core ] ||
   npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
+# The AsyncAPI document's check (tests/api/asyncapi.rs runs tests/asyncapi/check.mjs): the
+# AsyncAPI parser and Ajv from npm, from the lock file in tests/asyncapi.
+[ -d tests/asyncapi/node_modules/@asyncapi/parser ] && [ -d tests/asyncapi/node_modules/ajv-formats ] ||
+  npm ci --prefix tests/asyncapi --no-audit --no-fund --loglevel=error
 # The subscriptions' wire check (tests/wire/check_delivery.py, run by src/subscriptions/wire.rs):
 # the CloudEvents SDK and the Standard Webhooks reference library from PyPI, pinned, in a venv
 # of their own (target/pyenv, reused when it already has all three); and pika, the AMQP client

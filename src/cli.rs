@@ -96,6 +96,10 @@ pub enum Command {
     /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves and
     /// `docs/openapi.json` holds).
     Openapi,
+    /// Print the AsyncAPI 3.0 document of the broker side (exchanges, queues, bindings, the
+    /// message types and their envelope, retry tiers and dead-letter queues) for these
+    /// settings, as served on `GET /asyncapi.json`.
+    Asyncapi,
 }
 
 /// `warren dlq ...`
@@ -296,6 +300,11 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Topology { action } => topology(action, &settings).await,
         Command::Openapi => {
             print!("{}", crate::http::openapi::json());
+            Ok(0)
+        }
+        Command::Asyncapi => {
+            let document = crate::asyncapi::document(&settings)?;
+            println!("{}", serde_json::to_string_pretty(&document)?);
             Ok(0)
         }
     }

@@ -27,7 +27,8 @@
 //!    tools; `reads`: what the edges show from the database and the topology; `health`:
 //!    the readiness checks; `console`: the operator console's overview (its pages:
 //!    `http::console`); `subscriptions`: HTTP subscriptions (CloudEvents deliveries signed
-//!    per Standard Webhooks, one job module each).
+//!    per Standard Webhooks, one job module each); [`asyncapi`]: the AsyncAPI document of the
+//!    broker side, generated from the topology and the saga definitions.
 //! 5. Edges: [`http`]: the warp front (publish events, sync dispatch, orders and sagas, dead
 //!    letters, health, metrics).
 //! 6. [`app`]: roles and their lifecycle; above it [`cli`]: the `warren` command line.
@@ -41,6 +42,7 @@
 #![warn(unreachable_pub)]
 
 pub mod app;
+pub mod asyncapi;
 pub mod broker;
 pub mod cli;
 pub mod config;

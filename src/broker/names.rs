@@ -112,3 +112,33 @@ pub fn header_int(props: &BasicProperties, key: &str) -> Option<i64> {
         _ => None,
     }
 }
+
+/// An AMQP field value as JSON (for showing headers: byte strings as lossy UTF-8, values
+/// JSON cannot hold as their debug form).
+pub fn amqp_json(v: &AMQPValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        AMQPValue::Boolean(b) => J::Bool(*b),
+        AMQPValue::ShortShortInt(n) => J::from(*n),
+        AMQPValue::ShortShortUInt(n) => J::from(*n),
+        AMQPValue::ShortInt(n) => J::from(*n),
+        AMQPValue::ShortUInt(n) => J::from(*n),
+        AMQPValue::LongInt(n) => J::from(*n),
+        AMQPValue::LongUInt(n) => J::from(*n),
+        AMQPValue::LongLongInt(n) => J::from(*n),
+        AMQPValue::Float(f) => J::from(f64::from(*f)),
+        AMQPValue::Double(f) => J::from(*f),
+        AMQPValue::ShortString(t) => J::String(t.as_str().to_owned()),
+        AMQPValue::LongString(t) => J::String(String::from_utf8_lossy(t.as_bytes()).into_owned()),
+        AMQPValue::ByteArray(b) => J::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::Timestamp(t) => J::from(*t),
+        AMQPValue::FieldArray(a) => J::Array(a.as_slice().iter().map(amqp_json).collect()),
+        AMQPValue::FieldTable(t) => J::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), amqp_json(v)))
+                .collect(),
+        ),
+        other => J::String(format!("{other:?}")),
+    }
+}

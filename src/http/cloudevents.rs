@@ -81,8 +81,14 @@ fn doc() -> Doc {
     for (name, what) in [
         header("ce-specversion", "Binary mode: `1.0`."),
         header("ce-id", "Binary mode: the event's id."),
-        header("ce-source", "Binary mode: the event's source (a URI-reference)."),
-        header("ce-type", "Binary mode: the event's type (dot-separated words)."),
+        header(
+            "ce-source",
+            "Binary mode: the event's source (a URI-reference).",
+        ),
+        header(
+            "ce-type",
+            "Binary mode: the event's type (dot-separated words).",
+        ),
         header("ce-time", "Binary mode: when it happened (RFC 3339)."),
         header("ce-subject", "Binary mode: the entity it is about."),
     ] {
@@ -111,7 +117,11 @@ fn doc() -> Doc {
     )
     .error(
         400,
-        &["invalid_cloudevent", "invalid_cloudevent_batch", "invalid_json"],
+        &[
+            "invalid_cloudevent",
+            "invalid_cloudevent_batch",
+            "invalid_json",
+        ],
     )
     .error(415, &["not_a_cloudevent"])
     .error(503, &["not_stored"])
@@ -133,7 +143,12 @@ fn cloudevent_schema() -> Schema {
         .required("source")
         .property("type", text().min_length(Some(1)))
         .required("type")
-        .property("time", text().format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime))))
+        .property(
+            "time",
+            text().format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::DateTime,
+            ))),
+        )
         .property("subject", text())
         .property("datacontenttype", text())
         .property("dataschema", text())
@@ -147,7 +162,9 @@ fn binary_schema() -> Schema {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     ObjectBuilder::new()
         .schema_type(Type::String)
-        .format(Some(utoipa::openapi::SchemaFormat::Custom("binary".to_owned())))
+        .format(Some(utoipa::openapi::SchemaFormat::Custom(
+            "binary".to_owned(),
+        )))
         .into()
 }
 

@@ -18,6 +18,7 @@ mod error;
 pub(crate) mod limits;
 pub(crate) mod sagas;
 
+mod asyncapi;
 mod cloudevents;
 mod dlq;
 mod health;
@@ -180,6 +181,7 @@ pub fn routes(body_limit: u64) -> Routes {
     endpoints.extend(console::endpoints(body_limit));
     endpoints.extend(subscriptions::endpoints(body_limit));
     endpoints.extend(health::endpoints());
+    endpoints.extend(asyncapi::endpoints());
     Routes::new(endpoints)
 }
 

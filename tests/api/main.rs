@@ -2,6 +2,7 @@
 
 #![allow(unreachable_pub)]
 
+mod asyncapi;
 mod bad_input;
 mod chaos;
 mod cloudevents_ingress;

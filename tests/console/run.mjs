@@ -91,6 +91,16 @@ async function phaseDlq() {
     await shot('overview.png', false);
   });
 
+  await step('overview: links to the OpenAPI and AsyncAPI documents, which load', async () => {
+    for (const [id, doc, version] of [['link-openapi', 'openapi', '3.1'], ['link-asyncapi', 'asyncapi', '3.0']]) {
+      const href = await page.locator(tid(id)).getAttribute('href');
+      const r = await page.request.get(new URL(href, BASE).toString());
+      check(r.ok(), `${href} answered ${r.status()}`);
+      const body = await r.json();
+      check(String(body[doc] ?? '').startsWith(version), `${href} is not an ${doc} ${version} document`);
+    }
+  });
+
   await step('keyboard: skip link first, nav links by Tab, Enter opens Dead letters', async () => {
     await page.goto(`${BASE}/console#/overview`);
     await page.reload(); // a fresh document: sequential focus starts at the top

@@ -42,7 +42,7 @@ use crate::{
         Broker, BrokerError,
         names::{
             H_ATTEMPT, H_DELIVERY_COUNT, H_ERROR, H_FAILED_AT, H_ORIGINAL_EXCHANGE,
-            H_ORIGINAL_ROUTING_KEY, H_REASON, H_REPLAYED_AT, header_int, header_str,
+            H_ORIGINAL_ROUTING_KEY, H_REASON, H_REPLAYED_AT, amqp_json, header_int, header_str,
         },
         publisher::{PublishError, Publisher},
         topology::Topology,
@@ -566,35 +566,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid duration {0:?}: use a number with a unit, e.g. 30s, 10m, 2h, 1d or 1h30m")]
 pub struct DurationError(pub String);
-
-/// An AMQP field value as JSON, for showing headers.
-fn amqp_json(v: &AMQPValue) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        AMQPValue::Boolean(b) => J::Bool(*b),
-        AMQPValue::ShortShortInt(n) => J::from(*n),
-        AMQPValue::ShortShortUInt(n) => J::from(*n),
-        AMQPValue::ShortInt(n) => J::from(*n),
-        AMQPValue::ShortUInt(n) => J::from(*n),
-        AMQPValue::LongInt(n) => J::from(*n),
-        AMQPValue::LongUInt(n) => J::from(*n),
-        AMQPValue::LongLongInt(n) => J::from(*n),
-        AMQPValue::Float(f) => J::from(f64::from(*f)),
-        AMQPValue::Double(f) => J::from(*f),
-        AMQPValue::ShortString(t) => J::String(t.as_str().to_owned()),
-        AMQPValue::LongString(t) => J::String(String::from_utf8_lossy(t.as_bytes()).into_owned()),
-        AMQPValue::ByteArray(b) => J::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
-        AMQPValue::Timestamp(t) => J::from(*t),
-        AMQPValue::FieldArray(a) => J::Array(a.as_slice().iter().map(amqp_json).collect()),
-        AMQPValue::FieldTable(t) => J::Object(
-            t.inner()
-                .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), amqp_json(v)))
-                .collect(),
-        ),
-        other => J::String(format!("{other:?}")),
-    }
-}
 
 fn message_uuid(props: &BasicProperties) -> Option<Uuid> {
     props
