@@ -22,14 +22,17 @@
 # participants (`--participants http`), BENCH_SAGA_ROUNDS pairs, then `warren-bench scale`;
 # `--only sagas_and_scale` (about 5 minutes) rewrites the suite's block with the other steps'
 # figures carried over from docs/bench/suite.json (the block says from which run).
+# Step `headers` (`warren-bench header-cost`: RabbitMQ's CPU per message for the bare body,
+# warren's envelope, and the envelope with its `ce-*` headers) writes the bench:headers block;
+# `--only headers` runs it alone (about 2 minutes).
 #
 # Options: --smoke, --celery (with --smoke: run Celery too), --no-write, --only STEPS
-# (http,raw_and_jobs,retry,celery,sagas_and_scale,subscriptions), --no-build.
+# (http,raw_and_jobs,retry,celery,sagas_and_scale,subscriptions,headers), --no-build.
 # Environment: CARGO_TARGET_DIR (default target), BENCH_SECONDS (15 s per wrk run),
 # BENCH_CONCURRENCY ("100 500 1000"),
 # BENCH_MESSAGES (100000), BENCH_CELERY_TASKS (20000), BENCH_RETRY_JOBS (2000),
 # BENCH_ORDERS (2000), BENCH_SAGA_ROUNDS (2), BENCH_SUB_MESSAGES (20000), BENCH_SUB_LATENCY_MESSAGES (5000),
-# BENCH_SUB_LATENCY_RATE (500), BENCH_AMQP_URL, BENCH_MANAGEMENT_URL, BENCH_DATABASE_URL.
+# BENCH_SUB_LATENCY_RATE (500), BENCH_HEADER_MESSAGES (20000), BENCH_AMQP_URL, BENCH_MANAGEMENT_URL, BENCH_DATABASE_URL.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -22,12 +22,16 @@ Measures, in one run on one machine:
   5. HTTP subscriptions (`warren-bench subscriptions`, issue 18 point 9): deliveries per second
      to a local receiver answering 204 at concurrency 1, 16 and 64, against a bare lapin
      consumer POSTing with one pooled reqwest client (the ceiling, same run), and the delivery
-     latency p50/p99 (publish to receiver) at a steady rate.
+     latency p50/p99 (publish to receiver) at a steady rate;
+  6. what the message format costs the broker (`warren-bench header-cost`, issue 20 point 3):
+     RabbitMQ's CPU per message for the bare body (the ceiling), warren's envelope, and the
+     envelope with the CloudEvents `ce-*` headers.
 
 Writes the results between <!-- bench:suite:start --> and <!-- bench:suite:end --> in
 BENCHMARKS.md, the chart docs/bench/suite.svg and the raw figures docs/bench/suite.json; step 5
 writes its own block, between <!-- bench:subscriptions:start --> and
-<!-- bench:subscriptions:end -->, with its raw figures in a `bench:data subscriptions` comment.
+<!-- bench:subscriptions:end -->, with its raw figures in a `bench:data subscriptions` comment;
+step 6 likewise between the `bench:headers` markers.
 A block is rewritten only when its steps ran (`--only subscriptions` leaves the suite's block,
 suite.svg and suite.json alone). When `--only` runs some of the suite's own steps
 (`--only sagas_and_scale`), the figures of the others are carried over from the last
@@ -187,7 +191,7 @@ class Suite:
         self.work = tempfile.mkdtemp(prefix="warren-suite-")
         self.procs = []
         self.results = {"meta": {}, "http": [], "raw": [], "jobs": [], "retry": [], "celery": {},
-                        "sagas": [], "scale": [], "rss": {}, "subscriptions": [], "problems": []}
+                        "sagas": [], "scale": [], "rss": {}, "subscriptions": [], "headers": [], "problems": []}
         if self.smoke:
             self.conc = [10, 50]
             self.seconds = 2
@@ -502,12 +506,26 @@ def fail_once(self, i, failed_at=None):
                 r.setdefault("inbox", inbox == "true")
             self.results["subscriptions"] += rows
 
+    # -- 6: what the message format costs the broker -------------------------------------------
+    def headers(self):
+        """`warren-bench header-cost`: RabbitMQ's CPU per message for the bare body, warren's
+        envelope without the `ce-*` headers and with them (issue 20 point 3), in alternating
+        rounds on one quorum queue of a scratch vhost. The bare message is the ceiling."""
+        n, rounds = (500, 1) if self.smoke else (self.a.header_messages, 3)
+        load_start = os.getloadavg()[0]
+        rows = self.run_bench(["header-cost", "--messages", str(n), "--rounds", str(rounds)],
+                              self.env(WARREN_AMQP__URL=self.amqp))
+        for r in rows:
+            r["load_start"], r["load_end"] = round(load_start, 2), round(os.getloadavg()[0], 2)
+        self.results["headers"] += rows
+
     def run(self):
         steps = [("http", self.http), ("raw_and_jobs", self.raw_and_jobs), ("retry", self.retry)]
         if not self.smoke or self.a.celery:
             steps.append(("celery", self.celery))
         steps.append(("sagas_and_scale", self.sagas_and_scale))
         steps.append(("subscriptions", self.subscriptions))
+        steps.append(("headers", self.headers))
         try:
             for name, step in steps:
                 if self.a.only and name not in self.a.only.split(","):
@@ -530,6 +548,13 @@ def summary(delays, expected, delay):
 # -- sanity (the smoke run's assertions) ------------------------------------------------------
 def sanity(res):
     bad = []
+    for r in res.get("headers", []):
+        for variant, rate in r["publish_rate"].items():
+            if not rate:
+                bad.append(f"header cost: no message published ({variant})")
+        for variant, us in r["broker_us_per_message"].items():
+            if not us > 0:
+                bad.append(f"header cost: no broker CPU measured ({variant})")
     for r in res["http"]:
         tag = f"{r['mode']} at {r['concurrency']} connections"
         if not r["rps"] or r["ok"] == 0:
@@ -865,6 +890,51 @@ def render_subscriptions(res, meta):
     return "\n".join(L)
 
 
+def render_headers(res, meta):
+    rows = res.get("headers", [])
+    L = []
+    L.append("## What the message format costs the broker (generated)")
+    L.append("")
+    L.append("_Written by `scripts/bench-suite.sh` (step `headers`, `warren-bench header-cost`): everything "
+             "between the `bench:headers` markers is replaced when that step runs. Raw figures: the "
+             "`bench:data headers` comment below._")
+    L.append("")
+    L.append(f"- Date: {meta['date']}; git commit `{meta['commit']}`")
+    L.append(f"- Machine: {meta['machine']}")
+    L.append(f"- Versions: {meta['versions']}")
+    L.append(f"- Command: `{meta['command']}`")
+    if rows:
+        r0 = rows[0]
+        L.append(f"- {r0['messages']:,} messages per variant and round, {r0['rounds']} rounds alternating the "
+                 "three variants, 64 publishing tasks through warren's confirming publisher into one quorum "
+                 "queue of a scratch vhost (purged between rounds); RabbitMQ's own CPU time "
+                 "(`/proc/<pid>/stat` of its `beam.smp`) over each round, divided by the messages; the "
+                 "median of the rounds. Load average (1 min) at start / end: "
+                 f"{r0['load_start']} / {r0['load_end']}.")
+    L.append("- **bare** (the ceiling): the event's data alone (~160 bytes), persistent, nothing else. "
+             "**envelope**: warren's JSON envelope (~310 bytes) and its properties and headers "
+             "(`message_id`, `type`, `timestamp`, `app_id`, `correlation_id`, `traceparent`, "
+             "`x-request-id`, `x-warren-attempt`), the `ce-*` headers off (a bench-only switch). "
+             "**cloudevents**: the same with `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, "
+             "`ce-time`, `ce-subject`, as warren publishes every message.")
+    L.append("")
+    L.append("| variant | RabbitMQ CPU µs / message | / bare | publish rate (msg/s) |")
+    L.append("|---|---:|---:|---:|")
+    for r in rows:
+        us, rate = r["broker_us_per_message"], r["publish_rate"]
+        for v in ("bare", "envelope", "cloudevents"):
+            rel = us[v] / us["bare"] if us["bare"] else 0
+            L.append(f"| {v} | {us[v]:.1f} | {rel:.2f} | {fmt(rate[v])} |")
+        L.append("")
+        L.append(f"- **`ce-*` headers / envelope alone: {r['ratio']['cloudevents_over_envelope']:.2f}** of the "
+                 f"broker's CPU per message; envelope / bare {r['ratio']['envelope_over_bare']:.2f}; "
+                 f"warren's message as published / bare {r['ratio']['cloudevents_over_bare']:.2f}.")
+    L.append("")
+    data = json.dumps({"meta": meta, "records": rows}, separators=(",", ":")).replace("--", "-\\u002d")
+    L.append(f"<!-- bench:data headers {data} -->")
+    return "\n".join(L)
+
+
 def svg(res):
     conc = sorted({r["concurrency"] for r in res["http"]})
     series = [("article sync", "#bbbbbb", lambda c: ARTICLE["sync"].get(c)),
@@ -1006,6 +1076,8 @@ def write_report(res, path):
         text = replace_block(text, "suite", render(res, res["meta"]))
     if res.get("subscriptions"):
         text = replace_block(text, "subscriptions", render_subscriptions(res, res["meta"]), after="suite")
+    if res.get("headers"):
+        text = replace_block(text, "headers", render_headers(res, res["meta"]), after="subscriptions")
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 
@@ -1017,7 +1089,9 @@ def main():
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--celery", action="store_true", help="run Celery in the smoke run too")
     p.add_argument("--only", help="comma-separated steps: http,raw_and_jobs,retry,celery,sagas_and_scale,"
-                                   "subscriptions")
+                                   "subscriptions,headers")
+    p.add_argument("--header-messages", type=int, default=int(os.environ.get("BENCH_HEADER_MESSAGES", "20000")),
+                   help="headers: messages per variant and round")
     p.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "15")))
     p.add_argument("--messages", type=int, default=int(os.environ.get("BENCH_MESSAGES", "100000")))
     p.add_argument("--celery-tasks", type=int, default=int(os.environ.get("BENCH_CELERY_TASKS", "20000")))
@@ -1065,6 +1139,8 @@ def main():
         print(render(res, res["meta"]))
     if res.get("subscriptions"):
         print(render_subscriptions(res, res["meta"]))
+    if res.get("headers"):
+        print(render_headers(res, res["meta"]))
     if a.no_write and not a.smoke:
         json.dump(res, sys.stderr, indent=1)
         return
