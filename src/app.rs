@@ -355,6 +355,8 @@ impl Parts {
         }
         let watched = broker.clone();
         metrics.watch_broker(move || watched.connections());
+        let watched = broker.clone();
+        metrics.watch_broker_nodes(move || watched.connections_by_node());
         metrics.watch_database(pools.named());
 
         let events = EventOutbox::new(
@@ -440,10 +442,11 @@ impl Parts {
             if ready.wait_for(|r| *r).await.is_err() {
                 return;
             }
-            let vhost = crate::broker::vhost_of(settings.amqp.url.expose());
-            let Ok(api) =
-                crate::broker::topology::Management::new(settings.amqp.management_url.expose())
-            else {
+            let vhost = settings.amqp.vhost();
+            let Ok(api) = crate::broker::topology::Management::for_settings(
+                &settings.amqp,
+                std::time::Duration::from_secs(30),
+            ) else {
                 return;
             };
             let path = format!("queues/{}", crate::broker::topology::encode(&vhost));

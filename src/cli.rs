@@ -7,7 +7,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::{App, Role},
-    broker::{Broker, topology::Topology, vhost_of},
+    broker::{
+        Broker,
+        topology::{Management, Topology},
+    },
     config::{Settings, redact_url},
     operator::dlq::{Filter, parse_duration},
     store,
@@ -314,7 +317,13 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
 /// in flight, a second exits at once.
 async fn serve(roles: Vec<Role>, modules: Vec<String>, settings: Settings) -> anyhow::Result<i32> {
     tracing::info!(
-        amqp = %redact_url(settings.amqp.url.expose()),
+        amqp = %settings
+            .amqp
+            .node_urls()
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(","),
         database = %redact_url(settings.database.url.expose()),
         http = %settings.http.addr,
         "Starting warren."
@@ -405,10 +414,9 @@ async fn topology(action: TopologyAction, settings: &Settings) -> anyhow::Result
             Ok(0)
         }
         TopologyAction::Verify { vhost } => {
-            let vhost = vhost.unwrap_or_else(|| vhost_of(settings.amqp.url.expose()));
-            let drift = topology
-                .verify(settings.amqp.management_url.expose(), &vhost)
-                .await?;
+            let vhost = vhost.unwrap_or_else(|| settings.amqp.vhost());
+            let api = Management::for_settings(&settings.amqp, std::time::Duration::from_secs(30))?;
+            let drift = topology.verify_with(&api, &vhost).await?;
             if drift.is_empty() {
                 println!("topology matches vhost {vhost:?}");
                 Ok(0)
@@ -439,6 +447,18 @@ fn toml_redacted(settings: &Settings) -> anyhow::Result<String> {
         if let Some(v) = value.get_mut(path[0]).and_then(|s| s.get_mut(path[1])) {
             let redacted = v.as_str().map(redact_url).unwrap_or_default();
             *v = serde_json::Value::String(redacted);
+        }
+    }
+    for list in ["urls", "management_urls"] {
+        if let Some(urls) = value
+            .get_mut("amqp")
+            .and_then(|a| a.get_mut(list))
+            .and_then(|l| l.as_array_mut())
+        {
+            for v in urls.iter_mut() {
+                let redacted = v.as_str().map(redact_url).unwrap_or_default();
+                *v = serde_json::Value::String(redacted);
+            }
         }
     }
     if let Some(list) = value
@@ -518,8 +538,11 @@ mod tests {
 
     #[test]
     fn vhost_comes_from_the_url() {
-        assert_eq!(vhost_of("amqp://g:g@h:5672/%2f"), "/");
-        assert_eq!(vhost_of("amqp://g:g@h:5672"), "/");
-        assert_eq!(vhost_of("amqp://g:g@h:5672/test-1"), "test-1");
+        assert_eq!(crate::broker::vhost_of("amqp://g:g@h:5672/%2f"), "/");
+        assert_eq!(crate::broker::vhost_of("amqp://g:g@h:5672"), "/");
+        assert_eq!(
+            crate::broker::vhost_of("amqp://g:g@h:5672/test-1"),
+            "test-1"
+        );
     }
 }

@@ -78,13 +78,13 @@ impl std::fmt::Debug for Console {
 }
 
 /// The management UI's address from settings: `console.management_ui_url`, else
-/// `amqp.management_url` without credentials.
+/// the first node's management URL without credentials.
 fn management_ui(settings: &crate::config::Settings) -> String {
     let configured = settings.console.management_ui_url.trim();
     if !configured.is_empty() {
         return configured.trim_end_matches('/').to_owned();
     }
-    match url::Url::parse(settings.amqp.management_url.expose()) {
+    match url::Url::parse(settings.amqp.management_node_urls()[0]) {
         Ok(mut u) => {
             let _ = u.set_username("");
             let _ = u.set_password(None);
@@ -108,11 +108,8 @@ impl Console {
         reads: Reads,
         sagas: crate::saga::Sagas,
     ) -> Self {
-        let vhost = crate::broker::vhost_of(settings.amqp.url.expose());
-        let management = match Management::with_timeout(
-            settings.amqp.management_url.expose(),
-            Duration::from_secs(3),
-        ) {
+        let vhost = settings.amqp.vhost();
+        let management = match Management::for_settings(&settings.amqp, Duration::from_secs(3)) {
             Ok(m) => Some(m),
             Err(e) => {
                 tracing::warn!(error = %e, "The console cannot use the management API.");

@@ -32,7 +32,6 @@ use crate::{
             REPLIES_EXCHANGE, REQUEUE_EXCHANGE, SAGA_QUEUE, amqp_json,
         },
         topology::{Topology, TopologyError},
-        vhost_of,
     },
     config::Settings,
     saga::{Action, DefinitionsError, SagaDef},
@@ -78,7 +77,7 @@ struct Kind {
 }
 
 fn build(settings: &Settings, topology: &Topology, sagas: &[SagaDef]) -> Value {
-    let vhost = vhost_of(settings.amqp.url.expose());
+    let vhost = settings.amqp.vhost();
     let kinds = kinds(sagas);
     let mut channels = Map::new();
     let mut operations = Map::new();
@@ -133,7 +132,7 @@ fn build(settings: &Settings, topology: &Topology, sagas: &[SagaDef]) -> Value {
             "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
         },
         "defaultContentType": "application/json",
-        "servers": {"broker": server(settings, &vhost)},
+        "servers": servers(settings, &vhost),
         "channels": channels,
         "operations": operations,
         "components": {
@@ -148,9 +147,23 @@ fn build(settings: &Settings, topology: &Topology, sagas: &[SagaDef]) -> Value {
     })
 }
 
-/// The broker, its credentials left out.
-fn server(settings: &Settings, vhost: &str) -> Value {
-    let parsed = url::Url::parse(settings.amqp.url.expose()).ok();
+/// The broker's nodes, their credentials left out: `broker` for one node, `node1`... for each
+/// node of `amqp.urls`.
+fn servers(settings: &Settings, vhost: &str) -> Value {
+    let nodes = settings.amqp.node_urls();
+    if nodes.len() == 1 {
+        return json!({"broker": server(nodes[0], vhost)});
+    }
+    let mut out = Map::new();
+    for (i, url) in nodes.iter().enumerate() {
+        out.insert(format!("node{}", i + 1), server(url, vhost));
+    }
+    Value::Object(out)
+}
+
+/// One node, its credentials left out.
+fn server(url: &str, vhost: &str) -> Value {
+    let parsed = url::Url::parse(url).ok();
     let protocol = parsed.as_ref().map_or("amqp", |u| {
         if u.scheme() == "amqps" {
             "amqps"

@@ -6,6 +6,12 @@
 //! a channel found closed is replaced by a new one from the pool on next use. One story, so
 //! the pool and lapin never fight over the same connection (see STACK.md).
 //!
+//! Several nodes (`amqp.urls`): each new connection goes to the next node in turn, so the
+//! pool's connections spread over the cluster, and a node that does not answer is passed
+//! over for the one after it; a lost connection is replaced by one to the next node that
+//! answers. The management API client ([`topology::Management`]) does the same with
+//! `amqp.management_urls`.
+//!
 //! TLS: with an `amqps://` URL, connections verify the broker's certificate against the
 //! system's roots plus `amqp.tls_ca_file`, and present `amqp.tls_client_cert_file` when set.
 //! The pool's manager is warren's own ([`AmqpManager`], the same checks as deadpool-lapin's)
@@ -18,27 +24,20 @@ pub mod publisher;
 pub(crate) mod subscriptions;
 pub mod topology;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use deadpool::managed::{self, Metrics, Pool, PoolConfig, RecycleError, RecycleResult, Timeouts};
 use lapin::{Channel, Connection, ConnectionProperties, tcp::OwnedTLSConfig};
 
 use crate::config::Settings;
 
-/// The vhost named by an AMQP URL (`/` when the URL has no path): its path, percent-decoded
-/// (`amqp://h/%2f` is `/`; a `+` stays a `+`, as the AMQP URI spec has it).
-pub fn vhost_of(amqp_url: &str) -> String {
-    let path = url::Url::parse(amqp_url)
-        .ok()
-        .map(|u| u.path().trim_start_matches('/').to_owned())
-        .unwrap_or_default();
-    if path.is_empty() {
-        return "/".to_owned();
-    }
-    percent_encoding::percent_decode_str(&path)
-        .decode_utf8_lossy()
-        .into_owned()
-}
+pub use crate::config::vhost_of;
 
 /// Errors reaching the broker.
 #[derive(Debug, thiserror::Error)]
@@ -68,21 +67,48 @@ pub enum BrokerError {
     Topology(#[from] topology::TopologyError),
 }
 
-/// Makes and checks the pool's AMQP connections (plain or TLS).
+/// Makes and checks the pool's AMQP connections (plain or TLS), over one node or several.
 pub struct AmqpManager {
-    uri: String,
+    nodes: Vec<Node>,
+    next: AtomicUsize,
+    attempt_timeout: Duration,
     tls: OwnedTLSConfig,
     name: String,
+    live: Arc<LiveConnections>,
+}
+
+/// One broker node: its URI (with credentials) and its label (`host:port`, for logs and
+/// metrics).
+struct Node {
+    uri: String,
+    label: String,
 }
 
 impl std::fmt::Debug for AmqpManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the URI: it holds the password.
+        // Never the URIs: they hold the password.
         f.debug_struct("AmqpManager")
             .field("name", &self.name)
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| &n.label).collect::<Vec<_>>(),
+            )
             .field("tls_ca", &self.tls.cert_chain.is_some())
             .field("tls_client_identity", &self.tls.identity.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// The `host:port` of an AMQP URI (the scheme's default port when it names none).
+fn node_label(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(u) => {
+            let port = u
+                .port()
+                .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 });
+            format!("{}:{port}", u.host_str().unwrap_or("localhost"))
+        }
+        Err(_) => "unparsable".to_owned(),
     }
 }
 
@@ -110,34 +136,162 @@ impl AmqpManager {
             }),
             _ => None,
         };
+        let nodes: Vec<Node> = settings
+            .amqp_uris()
+            .into_iter()
+            .map(|uri| Node {
+                label: node_label(&uri),
+                uri,
+            })
+            .collect();
+        let live = Arc::new(LiveConnections::new(
+            nodes.iter().map(|n| n.label.clone()).collect(),
+        ));
         Ok(Self {
-            uri: settings.amqp_uri(),
+            nodes,
+            // Each process starts at a node of its own, so that many processes spread out.
+            next: AtomicUsize::new(std::process::id() as usize),
+            attempt_timeout: settings.amqp.connect_timeout(),
             tls: OwnedTLSConfig {
                 identity,
                 cert_chain,
             },
             name: connection_name.to_owned(),
+            live,
         })
     }
 
-    /// Opens one connection (what the pool does for each of its connections).
+    /// Opens one connection (what the pool does for each of its connections): to the next
+    /// node in turn, and when that one does not answer within `amqp.connect_timeout_ms`, to
+    /// the one after it, until every node was tried once.
     pub async fn connect(&self) -> Result<Connection, lapin::Error> {
-        // The connection name shows in the management UI's Connections tab.
-        let props = ConnectionProperties::default().with_connection_name(self.name.clone().into());
-        let runtime = lapin::runtime::default_runtime()?;
-        Connection::connect_with_config(&self.uri, props, self.tls.clone(), runtime).await
+        Ok(self.connect_any().await?.1)
+    }
+
+    /// [`AmqpManager::connect`], counted under its node while it lives.
+    async fn connect_node(&self) -> Result<NodeConnection, lapin::Error> {
+        let (index, conn) = self.connect_any().await?;
+        let id = self.live.add(index, conn.status().clone());
+        Ok(NodeConnection {
+            conn,
+            id,
+            live: Arc::clone(&self.live),
+        })
+    }
+
+    /// A connection to the first node that answers, from the next in turn, and that node's
+    /// index.
+    async fn connect_any(&self) -> Result<(usize, Connection), lapin::Error> {
+        let n = self.nodes.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last_error = None;
+        for i in 0..n {
+            let index = (first + i) % n;
+            let node = &self.nodes[index];
+            // The connection name shows in the management UI's Connections tab.
+            let props =
+                ConnectionProperties::default().with_connection_name(self.name.clone().into());
+            let runtime = lapin::runtime::default_runtime()?;
+            let attempt =
+                Connection::connect_with_config(&node.uri, props, self.tls.clone(), runtime);
+            let error = match tokio::time::timeout(self.attempt_timeout, attempt).await {
+                Ok(Ok(conn)) => {
+                    if i > 0 {
+                        tracing::info!(node = %node.label, skipped = i, "AMQP connection made to another node.");
+                    }
+                    return Ok((index, conn));
+                }
+                Ok(Err(e)) => e,
+                Err(_) => lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", self.attempt_timeout),
+                )),
+            };
+            if n > 1 {
+                tracing::warn!(node = %node.label, error = %error, "AMQP node unreachable; trying the next.");
+            }
+            last_error = Some(error);
+        }
+        Err(last_error.unwrap_or_else(|| {
+            lapin::Error::from(std::io::Error::other("no AMQP node is configured"))
+        }))
+    }
+}
+
+/// A pooled connection, counted under its node while it lives.
+pub struct NodeConnection {
+    conn: Connection,
+    id: u64,
+    live: Arc<LiveConnections>,
+}
+
+impl std::ops::Deref for NodeConnection {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for NodeConnection {
+    fn drop(&mut self) {
+        self.live.remove(self.id);
+    }
+}
+
+/// The pool's connections by node, for `warren_amqp_node_connections`.
+struct LiveConnections {
+    labels: Vec<String>,
+    next_id: AtomicU64,
+    // A connection counts while its status says connected, and until it is dropped.
+    by_id: std::sync::Mutex<std::collections::HashMap<u64, (usize, lapin::ConnectionStatus)>>,
+}
+
+impl LiveConnections {
+    fn new(labels: Vec<String>) -> Self {
+        Self {
+            labels,
+            next_id: AtomicU64::new(0),
+            by_id: std::sync::Mutex::default(),
+        }
+    }
+
+    fn add(&self, node: usize, status: lapin::ConnectionStatus) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut map) = self.by_id.lock() {
+            map.insert(id, (node, status));
+        }
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut map) = self.by_id.lock() {
+            map.remove(&id);
+        }
+    }
+
+    fn counts(&self) -> Vec<(String, usize)> {
+        let mut counts = vec![0; self.labels.len()];
+        if let Ok(map) = self.by_id.lock() {
+            for (node, status) in map.values() {
+                if status.connected() {
+                    counts[*node] += 1;
+                }
+            }
+        }
+        self.labels.iter().cloned().zip(counts).collect()
     }
 }
 
 impl managed::Manager for AmqpManager {
-    type Type = Connection;
+    type Type = NodeConnection;
     type Error = lapin::Error;
 
-    async fn create(&self) -> Result<Connection, lapin::Error> {
-        self.connect().await
+    async fn create(&self) -> Result<NodeConnection, lapin::Error> {
+        self.connect_node().await
     }
 
-    async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<lapin::Error> {
+    async fn recycle(&self, conn: &mut NodeConnection, _: &Metrics) -> RecycleResult<lapin::Error> {
         if conn.status().connected() {
             Ok(())
         } else {
@@ -152,6 +306,7 @@ pub struct Broker {
     pool: Pool<AmqpManager>,
     connect_timeout: Duration,
     vhost: String,
+    live: Arc<LiveConnections>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -165,7 +320,12 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     /// Builds the pool; connects lazily, so a broker that is down does not stop start-up.
     pub fn new(settings: &Settings, connection_name: &str) -> Result<Self, BrokerError> {
-        let timeout = Some(settings.amqp.connect_timeout());
+        // Making a connection may try every node once, each for `connect_timeout`.
+        let nodes = u32::try_from(settings.amqp.node_urls().len())
+            .unwrap_or(1)
+            .max(1);
+        let connect_timeout = settings.amqp.connect_timeout() * nodes;
+        let timeout = Some(connect_timeout);
         let config = PoolConfig {
             max_size: settings.amqp.pool_size,
             timeouts: Timeouts {
@@ -175,15 +335,18 @@ impl Broker {
             },
             ..PoolConfig::default()
         };
-        let pool = Pool::builder(AmqpManager::new(settings, connection_name)?)
+        let manager = AmqpManager::new(settings, connection_name)?;
+        let live = Arc::clone(&manager.live);
+        let pool = Pool::builder(manager)
             .config(config)
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| BrokerError::Config(e.to_string()))?;
         Ok(Self {
             pool,
-            connect_timeout: settings.amqp.connect_timeout(),
-            vhost: vhost_of(settings.amqp.url.expose()),
+            connect_timeout,
+            vhost: settings.amqp.vhost(),
+            live,
         })
     }
 
@@ -232,6 +395,11 @@ impl Broker {
     /// Connections currently held by the pool.
     pub fn connections(&self) -> usize {
         self.pool.status().size
+    }
+
+    /// The pool's open connections by node (`host:port`), every configured node listed.
+    pub fn connections_by_node(&self) -> Vec<(String, usize)> {
+        self.live.counts()
     }
 
     /// Closes every pooled connection.

@@ -338,7 +338,16 @@ impl Topology {
         management_url: &str,
         vhost: &str,
     ) -> Result<Vec<Drift>, TopologyError> {
-        let api = Management::new(management_url)?;
+        self.verify_with(&Management::new(management_url)?, vhost)
+            .await
+    }
+
+    /// [`Topology::verify`] through `api` (any of a cluster's nodes).
+    pub async fn verify_with(
+        &self,
+        api: &Management,
+        vhost: &str,
+    ) -> Result<Vec<Drift>, TopologyError> {
         let live_exchanges = api.get(&format!("exchanges/{}", encode(vhost))).await?;
         let live_queues = api.get(&format!("queues/{}", encode(vhost))).await?;
         let live_bindings = api.get(&format!("bindings/{}", encode(vhost))).await?;
@@ -529,13 +538,21 @@ pub fn encode(vhost: &str) -> String {
         .replace('+', "%20")
 }
 
-/// A minimal client of RabbitMQ's management HTTP API.
+/// A minimal client of RabbitMQ's management HTTP API, over one node or several: a call goes
+/// to the node that last answered, and when that one cannot be reached (no connection, a
+/// time-out, a 5xx), to the next, each node tried once.
 #[derive(Debug, Clone)]
 pub struct Management {
+    nodes: std::sync::Arc<Vec<ManagementNode>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    http: reqwest::Client,
+}
+
+#[derive(Debug)]
+struct ManagementNode {
     base: url::Url,
     user: String,
     password: String,
-    http: reqwest::Client,
 }
 
 impl Management {
@@ -546,61 +563,131 @@ impl Management {
 
     /// A client for `url` whose calls time out after `timeout`.
     pub fn with_timeout(url: &str, timeout: std::time::Duration) -> Result<Self, TopologyError> {
-        let mut base = url::Url::parse(url).map_err(|e| TopologyError::Management {
-            url: crate::config::redact_url(url),
-            reason: e.to_string(),
-        })?;
-        let user = percent_decode(base.username());
-        let password = percent_decode(base.password().unwrap_or(""));
-        let _ = base.set_username("");
-        let _ = base.set_password(None);
+        Self::nodes(&[url], timeout)
+    }
+
+    /// A client of every node's management API in `settings` (`amqp.management_urls`, or
+    /// `amqp.management_url`) whose calls time out after `timeout` on each node.
+    pub fn for_settings(
+        settings: &crate::config::AmqpSettings,
+        timeout: std::time::Duration,
+    ) -> Result<Self, TopologyError> {
+        Self::nodes(&settings.management_node_urls(), timeout)
+    }
+
+    /// A client of these nodes' management APIs.
+    pub fn nodes(urls: &[&str], timeout: std::time::Duration) -> Result<Self, TopologyError> {
+        let nodes = urls
+            .iter()
+            .map(|url| {
+                let mut base = url::Url::parse(url).map_err(|e| TopologyError::Management {
+                    url: crate::config::redact_url(url),
+                    reason: e.to_string(),
+                })?;
+                let user = percent_decode(base.username());
+                let password = percent_decode(base.password().unwrap_or(""));
+                let _ = base.set_username("");
+                let _ = base.set_password(None);
+                Ok(ManagementNode {
+                    base,
+                    user,
+                    password,
+                })
+            })
+            .collect::<Result<Vec<_>, TopologyError>>()?;
+        if nodes.is_empty() {
+            return Err(TopologyError::Management {
+                url: String::new(),
+                reason: "no management URL".to_owned(),
+            });
+        }
         crate::tls::install_crypto_provider();
         Ok(Self {
-            base,
-            user,
-            password,
+            nodes: std::sync::Arc::new(nodes),
+            current: std::sync::Arc::default(),
             // Bounded: a broker busy with vhost operations must fail a call, not hang it.
             http: reqwest::Client::builder()
                 .timeout(timeout)
                 .build()
                 .map_err(|e| TopologyError::Management {
-                    url: crate::config::redact_url(url),
+                    url: crate::config::redact_url(urls[0]),
                     reason: e.to_string(),
                 })?,
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/api/{path}", self.base.as_str().trim_end_matches('/'))
+    /// `{base}/api/{path}` of the node at `index`.
+    fn url_of(&self, index: usize, path: &str) -> String {
+        let base = self.nodes[index % self.nodes.len()].base.as_str();
+        format!("{}/api/{path}", base.trim_end_matches('/'))
     }
 
+    /// Sends the request to the node that last answered, then to the others in turn while a
+    /// node cannot be reached or answers 5xx. An answer of 4xx is the caller's error.
     async fn send(
         &self,
-        req: reqwest::RequestBuilder,
-        url: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
     ) -> Result<reqwest::Response, TopologyError> {
-        let err = |reason: String| TopologyError::Management {
-            url: url.to_owned(),
-            reason,
-        };
-        let resp = req
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        if !resp.status().is_success() {
+        use std::sync::atomic::Ordering;
+        let n = self.nodes.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let index = (first + i) % n;
+            let node = &self.nodes[index];
+            let url = self.url_of(index, path);
+            let err = |reason: String| TopologyError::Management {
+                url: url.clone(),
+                reason,
+            };
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .basic_auth(&node.user, Some(&node.password));
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            let resp = match req.send().await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    last = Some(err(e.to_string()));
+                    continue;
+                }
+            };
             let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(err(format!("HTTP {status}: {body}")));
+            if status.is_server_error() && i + 1 < n {
+                let body = resp.text().await.unwrap_or_default();
+                last = Some(err(format!("HTTP {status}: {body}")));
+                continue;
+            }
+            self.current.store(index, Ordering::Relaxed);
+            if !status.is_success() {
+                let body = resp.text().await.unwrap_or_default();
+                return Err(err(format!("HTTP {status}: {body}")));
+            }
+            return Ok(resp);
         }
-        Ok(resp)
+        Err(last.unwrap_or_else(|| TopologyError::Management {
+            url: path.to_owned(),
+            reason: "no management node".to_owned(),
+        }))
     }
 
     /// `GET /api/{path}` as a JSON list.
     pub async fn get(&self, path: &str) -> Result<Vec<Value>, TopologyError> {
-        let url = self.url(path);
-        let resp = self.send(self.http.get(&url), &url).await?;
-        resp.json::<Vec<Value>>()
+        self.get_json(path).await
+    }
+
+    /// `GET /api/{path}` as any JSON value.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, TopologyError> {
+        let resp = self.send(reqwest::Method::GET, path, None).await?;
+        let url = resp.url().to_string();
+        resp.json::<T>()
             .await
             .map_err(|e| TopologyError::Management {
                 url,
@@ -610,24 +697,23 @@ impl Management {
 
     /// `PUT /api/{path}` with a JSON body.
     pub async fn put(&self, path: &str, body: &Value) -> Result<(), TopologyError> {
-        let url = self.url(path);
-        self.send(self.http.put(&url).json(body), &url)
+        self.send(reqwest::Method::PUT, path, Some(body))
             .await
             .map(drop)
     }
 
     /// `POST /api/{path}` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(), TopologyError> {
-        let url = self.url(path);
-        self.send(self.http.post(&url).json(body), &url)
+        self.send(reqwest::Method::POST, path, Some(body))
             .await
             .map(drop)
     }
 
     /// `DELETE /api/{path}`.
     pub async fn delete(&self, path: &str) -> Result<(), TopologyError> {
-        let url = self.url(path);
-        self.send(self.http.delete(&url), &url).await.map(drop)
+        self.send(reqwest::Method::DELETE, path, None)
+            .await
+            .map(drop)
     }
 }
 

@@ -107,17 +107,45 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The AMQP URI with `heartbeat=10` added when it names no heartbeat.
+    /// The first node's AMQP URI with `heartbeat=10` added when it names no heartbeat.
     pub fn amqp_uri(&self) -> String {
-        let url = self.amqp.url.expose();
-        if url.contains("heartbeat=") {
-            url.to_owned()
-        } else if url.contains('?') {
-            format!("{url}&heartbeat=10")
-        } else {
-            format!("{url}?heartbeat=10")
-        }
+        with_heartbeat(self.amqp.primary_url())
     }
+
+    /// Every node's AMQP URI (`amqp.urls`, or `amqp.url`), each with `heartbeat=10` added
+    /// when it names no heartbeat.
+    pub fn amqp_uris(&self) -> Vec<String> {
+        self.amqp
+            .node_urls()
+            .into_iter()
+            .map(with_heartbeat)
+            .collect()
+    }
+}
+
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&heartbeat=10")
+    } else {
+        format!("{url}?heartbeat=10")
+    }
+}
+
+/// The vhost named by an AMQP URL (`/` when the URL has no path): its path, percent-decoded
+/// (`amqp://h/%2f` is `/`; a `+` stays a `+`, as the AMQP URI spec has it).
+pub fn vhost_of(amqp_url: &str) -> String {
+    let path = url::Url::parse(amqp_url)
+        .ok()
+        .map(|u| u.path().trim_start_matches('/').to_owned())
+        .unwrap_or_default();
+    if path.is_empty() {
+        return "/".to_owned();
+    }
+    percent_encoding::percent_decode_str(&path)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Parses a cron expression: 5 fields, or 6 with leading seconds.

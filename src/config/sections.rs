@@ -278,8 +278,20 @@ pub struct AmqpSettings {
     /// AMQP URI, vhost percent-encoded (`%2f` is `/`). `heartbeat=10` is added when absent so a
     /// half-open connection is noticed within seconds.
     pub url: Secret,
+    /// The nodes of a RabbitMQ cluster, one AMQP URI each (same vhost in all); when set it
+    /// replaces `url`. A list, or one string with the URIs separated by commas (the form an
+    /// environment variable takes: `WARREN_AMQP__URLS=amqp://h1,amqp://h2`). Connections
+    /// are spread over the nodes in turn, and a connection that cannot be made, or is lost,
+    /// is made to the next node that answers.
+    #[serde(deserialize_with = "secret_list")]
+    pub urls: Vec<Secret>,
     /// RabbitMQ management API base URL with credentials, used by `topology verify`.
     pub management_url: Secret,
+    /// The management API of each node (a list or a comma-separated string, as `urls`);
+    /// when set it replaces `management_url`, and each call goes to the first node that
+    /// answers.
+    #[serde(deserialize_with = "secret_list")]
+    pub management_urls: Vec<Secret>,
     /// AMQP connections kept by the pool.
     pub pool_size: usize,
     /// Confirm channels the publisher spreads messages over (each keeps many confirms in flight).
@@ -307,7 +319,9 @@ impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
             url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            urls: Vec::new(),
             management_url: Secret::new("http://guest:guest@127.0.0.1:15672"),
+            management_urls: Vec::new(),
             pool_size: 4,
             publish_channels: 8,
             publish_timeout_ms: 5_000,
@@ -322,6 +336,34 @@ impl Default for AmqpSettings {
 }
 
 impl AmqpSettings {
+    /// The AMQP URI of each node: `urls`, or `url` alone when `urls` is empty.
+    pub fn node_urls(&self) -> Vec<&str> {
+        if self.urls.is_empty() {
+            vec![self.url.expose()]
+        } else {
+            self.urls.iter().map(Secret::expose).collect()
+        }
+    }
+
+    /// The first node's AMQP URI (what names the vhost and the AMQP user).
+    pub fn primary_url(&self) -> &str {
+        self.urls.first().unwrap_or(&self.url).expose()
+    }
+
+    /// The vhost every node's URI names.
+    pub fn vhost(&self) -> String {
+        crate::config::vhost_of(self.primary_url())
+    }
+
+    /// The management API of each node: `management_urls`, or `management_url` alone.
+    pub fn management_node_urls(&self) -> Vec<&str> {
+        if self.management_urls.is_empty() {
+            vec![self.management_url.expose()]
+        } else {
+            self.management_urls.iter().map(Secret::expose).collect()
+        }
+    }
+
     /// The publish confirm timeout.
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
@@ -731,4 +773,25 @@ impl SubscriptionSettings {
 
 fn default_true() -> bool {
     true
+}
+
+/// A list of secrets from a list, or from one string of comma-separated values (an
+/// environment variable's form); blanks around each value are dropped, empty values skipped.
+fn secret_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let values = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(str::to_owned).collect(),
+        OneOrMany::Many(v) => v,
+    };
+    Ok(values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(Secret::new)
+        .collect())
 }

@@ -486,3 +486,92 @@ fn bad_subscriptions_are_refused_naming_the_subscription_and_field() {
         .unwrap_or_default();
     assert!(e.contains("used twice"), "{e}");
 }
+
+#[test]
+fn node_lists_load_from_toml_from_a_comma_separated_variable_and_from_a_list_variable() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "warren.toml",
+            r#"
+[amqp]
+urls = ["amqp://g:g@n1:5672/shop", "amqp://g:g@n2:5672/shop"]
+management_urls = ["http://g:g@n1:15672", "http://g:g@n2:15672"]
+"#,
+        )?;
+        let s =
+            Settings::load(Some(std::path::Path::new("warren.toml"))).map_err(|e| e.to_string())?;
+        assert_eq!(
+            s.amqp.node_urls(),
+            vec!["amqp://g:g@n1:5672/shop", "amqp://g:g@n2:5672/shop"]
+        );
+        assert_eq!(s.amqp.vhost(), "shop");
+        assert_eq!(s.amqp.management_node_urls().len(), 2);
+        assert_eq!(
+            s.amqp_uris(),
+            vec![
+                "amqp://g:g@n1:5672/shop?heartbeat=10",
+                "amqp://g:g@n2:5672/shop?heartbeat=10"
+            ]
+        );
+        Ok(())
+    });
+    figment::Jail::expect_with(|jail| {
+        jail.set_env(
+            "WARREN_AMQP__URLS",
+            "amqp://g:g@n1:5672/%2f, amqp://g:g@n2:5672/%2f,amqp://g:g@n3:5672/%2f",
+        );
+        let s = Settings::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(s.amqp.node_urls().len(), 3);
+        assert_eq!(s.amqp.node_urls()[1], "amqp://g:g@n2:5672/%2f");
+        assert_eq!(s.amqp.vhost(), "/");
+        // The one-node form is what the management API falls back to.
+        assert_eq!(
+            s.amqp.management_node_urls(),
+            vec!["http://guest:guest@127.0.0.1:15672"]
+        );
+        Ok(())
+    });
+    figment::Jail::expect_with(|jail| {
+        jail.set_env(
+            "WARREN_AMQP__URLS",
+            r#"["amqp://g:g@n1:5672/v", "amqp://g:g@n2:5672/v"]"#,
+        );
+        let s = Settings::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(s.amqp.node_urls().len(), 2);
+        Ok(())
+    });
+}
+
+#[test]
+fn without_urls_the_one_url_is_the_only_node() {
+    let s = Settings::default();
+    assert_eq!(s.amqp.node_urls(), vec![s.amqp.url.expose()]);
+    assert_eq!(s.amqp.primary_url(), s.amqp.url.expose());
+    assert_eq!(s.amqp_uris(), vec![s.amqp_uri()]);
+}
+
+#[test]
+fn nodes_of_different_vhosts_or_schemes_are_refused() {
+    let mut s = Settings::default();
+    s.amqp.urls = vec![
+        Secret::new("amqp://g:g@n1:5672/shop"),
+        Secret::new("amqp://g:g@n2:5672/other"),
+    ];
+    let err = s.validate().expect_err("two vhosts").to_string();
+    assert!(
+        err.contains("amqp.urls") && err.contains("same vhost"),
+        "{err}"
+    );
+    s.amqp.urls = vec![
+        Secret::new("amqp://g:g@n1:5672/shop"),
+        Secret::new("http://n2:5672/shop"),
+    ];
+    let err = s.validate().expect_err("not amqp").to_string();
+    assert!(err.contains("amqp.urls"), "{err}");
+    s.amqp.urls = vec![Secret::new("amqp://g:g@n1:5672/shop")];
+    s.amqp.management_urls = vec![Secret::new("ftp://n1")];
+    let err = s.validate().expect_err("not http").to_string();
+    assert!(err.contains("amqp.management_urls"), "{err}");
+    s.amqp.management_urls = vec![];
+    s.validate().expect("one node in the list is fine");
+}

@@ -23,10 +23,40 @@ impl Settings {
     }
 
     fn check_broker(&self) -> Result<(), ConfigError> {
-        if !self.amqp.url.expose().starts_with("amqp://")
-            && !self.amqp.url.expose().starts_with("amqps://")
+        let field = if self.amqp.urls.is_empty() {
+            "amqp.url"
+        } else {
+            "amqp.urls"
+        };
+        let nodes = self.amqp.node_urls();
+        if nodes
+            .iter()
+            .any(|u| !u.starts_with("amqp://") && !u.starts_with("amqps://"))
         {
-            return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
+            return Err(invalid(field, "must start with amqp:// or amqps://"));
+        }
+        if nodes.iter().any(|u| url::Url::parse(u).is_err()) {
+            return Err(invalid(field, "is not a URL"));
+        }
+        let vhost = self.amqp.vhost();
+        if nodes.iter().any(|u| crate::config::vhost_of(u) != vhost) {
+            return Err(invalid(
+                field,
+                "every node's URI must name the same vhost (one cluster, one vhost)",
+            ));
+        }
+        let mgmt_field = if self.amqp.management_urls.is_empty() {
+            "amqp.management_url"
+        } else {
+            "amqp.management_urls"
+        };
+        if self
+            .amqp
+            .management_node_urls()
+            .iter()
+            .any(|u| !u.starts_with("http://") && !u.starts_with("https://"))
+        {
+            return Err(invalid(mgmt_field, "must start with http:// or https://"));
         }
         if self.amqp.pool_size == 0 {
             return Err(invalid("amqp.pool_size", "must be at least 1"));
@@ -175,11 +205,16 @@ impl Settings {
             &self.amqp.tls_client_cert_file,
             &self.amqp.tls_client_key_file,
         ];
-        if tls_files.iter().any(|f| f.is_some()) && !self.amqp.url.expose().starts_with("amqps://")
+        if tls_files.iter().any(|f| f.is_some())
+            && !self
+                .amqp
+                .node_urls()
+                .iter()
+                .any(|u| u.starts_with("amqps://"))
         {
             return Err(invalid(
                 "amqp.tls_ca_file",
-                "TLS files are set but amqp.url is not amqps:// (they would be ignored)",
+                "TLS files are set but no AMQP URI is amqps:// (they would be ignored)",
             ));
         }
         if self.amqp.tls_client_cert_file.is_some() != self.amqp.tls_client_key_file.is_some() {

@@ -489,7 +489,7 @@ async fn every_dashboard_panel_and_alert_rule_returns_data_from_a_real_prometheu
 
 /// Identifiers in `text` that name warren's or RabbitMQ's metrics (by prefix).
 fn metric_names(text: &str) -> BTreeSet<String> {
-    const PREFIXES: [&str; 11] = [
+    const PREFIXES: [&str; 12] = [
         "http_",
         "messages_",
         "queue_",
@@ -497,6 +497,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
         "sagas",
         "saga_",
         "active_connections",
+        "amqp_node_",
         "process_",
         "warren_",
         "rabbitmq_",

@@ -187,6 +187,17 @@ impl TestVhost {
         }
     }
 
+    /// The management API's connections in the vhost whose client named itself `name`.
+    pub async fn connections_named(&self, name: &str) -> Vec<serde_json::Value> {
+        self.api
+            .get(&format!("vhosts/{}/connections", encode(&self.name)))
+            .await
+            .expect("connections")
+            .into_iter()
+            .filter(|c| c["client_properties"]["connection_name"] == name)
+            .collect()
+    }
+
     /// Ready and unacknowledged messages of every queue in the vhost, as the queues last
     /// reported them (each quorum queue reports every [`queue_tick_ms`]). `None` when the
     /// endpoint does not answer.

@@ -19,6 +19,7 @@ mod http_front;
 mod idempotency;
 mod jobs;
 mod modules;
+mod nodes;
 mod observability;
 mod openapi;
 #[cfg(feature = "otlp")]

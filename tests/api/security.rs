@@ -1002,18 +1002,6 @@ fn tls_settings(vhost: &TestVhost, db_url: &str, ca: &str) -> Settings {
     s
 }
 
-/// The management API's view of the vhost's connections named `name`.
-async fn connections_named(vhost: &TestVhost, name: &str) -> Vec<Value> {
-    vhost
-        .api
-        .get(&format!("vhosts/{}/connections", encode(&vhost.name)))
-        .await
-        .expect("connections")
-        .into_iter()
-        .filter(|c| c["client_properties"]["connection_name"] == name)
-        .collect()
-}
-
 #[tokio::test]
 async fn amqps_with_the_test_ca_publishes_and_consumes_and_a_wrong_ca_is_refused() {
     warren::telemetry::init(&warren::config::LogSettings {
@@ -1069,7 +1057,7 @@ async fn amqps_with_the_test_ca_publishes_and_consumes_and_a_wrong_ca_is_refused
         Duration::from_secs(15),
         "the TLS connections listed",
         || async {
-            let c = connections_named(&vhost, "warren tls consumer").await;
+            let c = vhost.connections_named("warren tls consumer").await;
             (!c.is_empty()).then_some(c)
         },
     )
@@ -1093,7 +1081,7 @@ async fn amqps_with_the_test_ca_publishes_and_consumes_and_a_wrong_ca_is_refused
         Duration::from_secs(15),
         "the client-cert connection",
         || async {
-            let c = connections_named(&vhost, "warren tls client cert").await;
+            let c = vhost.connections_named("warren tls client cert").await;
             (!c.is_empty()).then_some(c)
         },
     )

@@ -102,6 +102,13 @@ pub(crate) struct ConnectionLabels {
     pub kind: &'static str,
 }
 
+/// `amqp_node_connections` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct NodeLabels {
+    /// The node's `host:port`, as `amqp.urls` names it.
+    pub node: String,
+}
+
 /// `database_pool_connections` labels.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PoolLabels {
@@ -175,6 +182,7 @@ struct Inner {
     published: Family<PublishLabels, Counter>,
     active_connections: Family<ConnectionLabels, Gauge>,
     pool_connections: Family<PoolLabels, Gauge>,
+    node_connections: Family<NodeLabels, Gauge>,
     jobs: Family<JobLabels, Counter>,
     job_duration: Family<QueueLabels, Histogram, fn() -> Histogram>,
     sagas_started: Family<SagaLabels, Counter>,
@@ -200,11 +208,16 @@ struct Inner {
     probes: Arc<Probes>,
 }
 
+/// Answers each broker node's `host:port` and the pool's open connections to it.
+type NodeCounts = Box<dyn Fn() -> Vec<(String, usize)> + Send + Sync>;
+
 /// What `render` asks at scrape time: the broker pool and the database pool.
 #[derive(Default)]
 struct Probes {
     /// How many connections the broker pool holds.
     broker: OnceLock<Box<dyn Fn() -> usize + Send + Sync>>,
+    /// The broker pool's open connections by node.
+    broker_nodes: OnceLock<NodeCounts>,
     db: OnceLock<Vec<(&'static str, sea_orm::DatabaseConnection)>>,
 }
 
@@ -258,6 +271,12 @@ impl Metrics {
             "database_pool_connections",
             "Database connections of each role's pool: checked out (in_use) and its size (max)",
             pool_connections.clone(),
+        );
+        let node_connections = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "amqp_node_connections",
+            "The broker pool's open AMQP connections by RabbitMQ node (amqp.urls)",
+            node_connections.clone(),
         );
         let jobs = Family::<JobLabels, Counter>::default();
         registry.register(
@@ -436,6 +455,7 @@ impl Metrics {
                 published,
                 active_connections,
                 pool_connections,
+                node_connections,
                 jobs,
                 job_duration,
             }),
@@ -668,6 +688,15 @@ impl Metrics {
         let _ = self.inner.probes.broker.set(Box::new(connections));
     }
 
+    /// Lets `render` report the broker pool's open connections by node: `by_node` answers
+    /// each node's `host:port` and count.
+    pub fn watch_broker_nodes(
+        &self,
+        by_node: impl Fn() -> Vec<(String, usize)> + Send + Sync + 'static,
+    ) {
+        let _ = self.inner.probes.broker_nodes.set(Box::new(by_node));
+    }
+
     /// Lets `render` report the database pools' connections: each role's pool by its name
     /// (`database_pool_connections`), and their sum in use (`active_connections`).
     pub fn watch_database(&self, pools: Vec<(&'static str, sea_orm::DatabaseConnection)>) {
@@ -705,6 +734,14 @@ impl Metrics {
                 "amqp_connections",
                 i64::try_from(connections()).unwrap_or(0),
             );
+        }
+        if let Some(by_node) = self.inner.probes.broker_nodes.get() {
+            for (node, n) in by_node() {
+                self.inner
+                    .node_connections
+                    .get_or_create(&NodeLabels { node })
+                    .set(i64::try_from(n).unwrap_or(0));
+            }
         }
         self.set_connections("amqp_channels", self.inner.amqp_channels.get().max(0));
         if let Some(pools) = self.inner.probes.db.get() {
