@@ -11,6 +11,10 @@
 # LOCAL_PROFILE (release; `debug` builds faster and runs slower), CARGO_TARGET_DIR (target).
 #
 #   scripts/run-local.sh             run it (creates .env first when there is none)
+#   scripts/run-local.sh --cluster   the same without Docker, on the three-node RabbitMQ cluster
+#                                    of scripts/cluster.sh (AMQP 5681-5683) instead of the
+#                                    one node: warren gets all three in amqp.urls and
+#                                    amqp.management_urls
 #   scripts/run-local.sh env [FILE]  only write FILE (default .env) from .env.example, every
 #                                    empty password and token filled with a random value;
 #                                    an existing FILE is left alone
@@ -48,6 +52,10 @@ if [ "${1:-}" = env ]; then
   make_env "${2:-.env}"
   exit 0
 fi
+cluster=0
+if [ "${1:-}" = --cluster ]; then
+  cluster=1
+fi
 
 have_compose_file() {
   local f
@@ -57,7 +65,7 @@ have_compose_file() {
   return 1
 }
 
-if have_compose_file && docker compose version >/dev/null 2>&1 && timeout 15 docker info >/dev/null 2>&1; then
+if [ "$cluster" = 0 ] && have_compose_file && docker compose version >/dev/null 2>&1 && timeout 15 docker info >/dev/null 2>&1; then
   echo "run-local: Docker engine found, starting the stack with docker compose"
   make_env .env
   docker compose up -d --build
@@ -72,6 +80,11 @@ fi
 
 echo "run-local: no Docker engine; using the local RabbitMQ, a local SMTP receiver and cargo"
 scripts/services.sh rabbitmq
+if [ "$cluster" = 1 ]; then
+  scripts/cluster.sh up
+  export WARREN_AMQP__URLS=amqp://guest:guest@127.0.0.1:5681/%2f,amqp://guest:guest@127.0.0.1:5682/%2f,amqp://guest:guest@127.0.0.1:5683/%2f
+  export WARREN_AMQP__MANAGEMENT_URLS=http://guest:guest@127.0.0.1:15681,http://guest:guest@127.0.0.1:15682,http://guest:guest@127.0.0.1:15683
+fi
 PROFILE=${LOCAL_PROFILE:-release}
 if [ "$PROFILE" = release ]; then
   cargo build --release -p warren -p warren-bench --bins
@@ -108,7 +121,11 @@ done
 listening "$SMTP_ADDR" || { echo "run-local: the SMTP receiver did not start on $SMTP_ADDR" >&2; exit 1; }
 export WARREN_EMAIL__SMTP_URL=${WARREN_EMAIL__SMTP_URL:-smtp://$SMTP_ADDR}
 
-echo "run-local: RabbitMQ management UI: http://localhost:15672 (guest/guest)"
+if [ "$cluster" = 1 ]; then
+  echo "run-local: RabbitMQ cluster:       management UI http://localhost:15681 (guest/guest), nodes c1-c3"
+else
+  echo "run-local: RabbitMQ management UI: http://localhost:15672 (guest/guest)"
+fi
 echo "run-local: e-mail:                 $MAILDIR/*.eml (one file per mail; a line here each)"
 echo "run-local: warren API:             http://127.0.0.1:8080 (Ctrl-C stops it)"
 "$BIN/warren" all

@@ -61,17 +61,31 @@ export WARREN_TEST_SCHEMATHESIS="${WARREN_TEST_SCHEMATHESIS:-$PWD/target/schemat
 
 # The whole suite, then the tests of the optional `otlp` feature (a second build of the test
 # binary with the feature on). Both run; the exit status is non-zero if either failed.
+# The cluster suite (tests/api/cluster.rs) runs on its own afterwards, on the three-node
+# cluster of scripts/cluster.sh: its load and node restarts would otherwise share the two cores
+# with the timing-bound tests of the main run. (Picked by a filter, its tests start the cluster
+# themselves.)
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-targets --no-fail-fast "$@" || status=$?
   if [ $# -eq 0 ]; then
+    cargo nextest run --workspace --all-targets --no-fail-fast -E 'not test(/^cluster::/)' || status=$?
     cargo nextest run -p warren --test api --features otlp --no-fail-fast -E 'test(/^otlp::/)' || status=$?
+    scripts/cluster.sh up || status=$?
+    cargo nextest run -p warren --test api --no-fail-fast -E 'test(/^cluster::/)' || status=$?
+    scripts/cluster.sh down || true
+  else
+    cargo nextest run --workspace --all-targets --no-fail-fast "$@" || status=$?
   fi
 else
   echo "test: cargo-nextest not installed, falling back to cargo test"
-  cargo test --workspace --no-fail-fast "$@" || status=$?
   if [ $# -eq 0 ]; then
+    cargo test --workspace --no-fail-fast -- --skip cluster:: || status=$?
     cargo test -p warren --test api --features otlp --no-fail-fast otlp:: || status=$?
+    scripts/cluster.sh up || status=$?
+    cargo test -p warren --test api --no-fail-fast cluster:: -- --test-threads=1 || status=$?
+    scripts/cluster.sh down || true
+  else
+    cargo test --workspace --no-fail-fast "$@" || status=$?
   fi
 fi
 # The benchmark suite's smoke run (seconds; sanity of every figure, no absolute speeds).

@@ -87,7 +87,14 @@ impl<P: Participant> ParticipantConsumer<P> {
     pub async fn handle_command(&self, job: &Job) -> Result<(), JobError> {
         let cmd: CommandData = job.data()?;
         check_key(&cmd)?;
-        if let Some(done) = recorded(&self.db, &cmd).await? {
+        // `saga_commands` is this consumer's inbox: when it cannot be read (the database
+        // away or its pool exhausted), the command goes back to its queue with its attempt
+        // kept, as the runner does when its inbox is unavailable, instead of spending an
+        // attempt on a command that never ran.
+        let done = recorded(&self.db, &cmd).await.map_err(|e| {
+            JobError::Deferred(format!("the participant's inbox is unavailable: {e}"))
+        })?;
+        if let Some(done) = done {
             tracing::info!(key = %cmd.idempotency_key, "Command already applied: replying again.");
             return self.reply(job, &cmd, done).await;
         }
@@ -104,7 +111,13 @@ impl<P: Participant> ParticipantConsumer<P> {
                     _ => None,
                 };
                 let done = Answer::done(result);
-                record(&txn, self.participant.name(), &cmd, &done).await?;
+                if let Err(e) = record(&txn, self.participant.name(), &cmd, &done).await {
+                    // A concurrent delivery of the same command (a redelivery after a lost
+                    // connection, while this one ran) recorded first: this effect rolls back
+                    // and the first one's answer is replied.
+                    drop(txn);
+                    return self.reply_recorded(job, &cmd, e).await;
+                }
                 txn.commit()
                     .await
                     .map_err(fault("cannot commit the command"))?;
@@ -116,8 +129,10 @@ impl<P: Participant> ParticipantConsumer<P> {
                     .map_err(fault("cannot roll the command back"))?;
                 tracing::info!(key = %cmd.idempotency_key, %reason, "Command refused.");
                 let refused = Answer::refused(reason);
-                if cmd.action == Action::Execute {
-                    record(&self.db, self.participant.name(), &cmd, &refused).await?;
+                if cmd.action == Action::Execute
+                    && let Err(e) = record(&self.db, self.participant.name(), &cmd, &refused).await
+                {
+                    return self.reply_recorded(job, &cmd, e).await;
                 }
                 self.reply(job, &cmd, refused).await
             }
@@ -148,6 +163,24 @@ impl<P: Participant> ParticipantConsumer<P> {
 
     async fn reply(&self, job: &Job, cmd: &CommandData, answer: Answer) -> Result<(), JobError> {
         send_reply(&self.publisher, job, cmd, answer).await
+    }
+
+    /// Recording `cmd`'s answer failed with `error`: when a concurrent delivery recorded one
+    /// first, that answer is replied (and this delivery is done); otherwise `error` stands.
+    async fn reply_recorded(
+        &self,
+        job: &Job,
+        cmd: &CommandData,
+        error: JobError,
+    ) -> Result<(), JobError> {
+        match recorded(&self.db, cmd).await? {
+            Some(first) => {
+                tracing::info!(key = %cmd.idempotency_key,
+                    "A concurrent delivery of the command recorded first: replying its answer.");
+                self.reply(job, cmd, first).await
+            }
+            None => Err(error),
+        }
     }
 }
 

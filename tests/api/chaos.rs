@@ -63,7 +63,7 @@ fn chaos_pg() -> String {
 }
 
 /// Runs a command to completion and asserts it succeeded.
-fn run(program: &str, args: &[&str]) {
+pub(crate) fn run(program: &str, args: &[&str]) {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -83,12 +83,12 @@ fn rabbitmqctl(args: &[&str]) {
     run("rabbitmqctl", &all);
 }
 
-fn repo_script(name: &str) -> String {
+pub(crate) fn repo_script(name: &str) -> String {
     format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Settings for warren on the chaos broker and database: short timeouts, fast retries.
-fn chaos_settings(mut s: Settings) -> Settings {
+pub(crate) fn chaos_settings(mut s: Settings) -> Settings {
     s.amqp.management_url = warren::config::Secret::new(chaos_management());
     s.amqp.connect_timeout_ms = 1_000;
     s.amqp.publish_timeout_ms = 2_000;
@@ -118,20 +118,23 @@ async fn spawn_chaos(roles: &[Role]) -> TestApp {
 
 /// What the load generator was told.
 #[derive(Debug, Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     /// Events answered 202, with where they were stored.
-    accepted: Vec<(Uuid, String)>,
+    pub(crate) accepted: Vec<(Uuid, String)>,
     /// Requests not answered 202 (503s, connection errors): not claimed, may or may not exist.
-    refused: usize,
+    pub(crate) refused: usize,
     /// What each refused request carried (`user_id`, `n`): an event with these may exist.
-    refused_keys: HashSet<(String, u64)>,
+    pub(crate) refused_keys: HashSet<(String, u64)>,
     /// The slowest answer.
-    slowest: Duration,
+    pub(crate) slowest: Duration,
+    /// The longest run of refusals one client met: from the start of its first refused request
+    /// to the end of the next one answered 202.
+    pub(crate) longest_refusal: Duration,
 }
 
 /// Posts `order.updated` events from `clients` concurrent clients (each its own aggregate)
 /// until `stop`; counts accepted events in `progress`.
-async fn load(
+pub(crate) async fn load(
     app: &TestApp,
     clients: usize,
     stop: CancellationToken,
@@ -142,6 +145,7 @@ async fn load(
         let (stop, progress, ledger) = (stop.clone(), progress.clone(), &ledger);
         async move {
             let mut n = 0u64;
+            let mut refused_since: Option<Instant> = None;
             while !stop.is_cancelled() {
                 n += 1;
                 let started = Instant::now();
@@ -171,8 +175,12 @@ async fn load(
                         Some(acc) => {
                             l.accepted.push(acc);
                             progress.fetch_add(1, Ordering::SeqCst);
+                            if let Some(since) = refused_since.take() {
+                                l.longest_refusal = l.longest_refusal.max(since.elapsed());
+                            }
                         }
                         None => {
+                            refused_since.get_or_insert(started);
                             l.refused += 1;
                             l.refused_keys.insert((format!("u-{c}"), n));
                         }
@@ -283,7 +291,12 @@ fn judge(
 /// empty, and the work queues, their dead letters, every retry tier and the queues in `also`
 /// settled), then compares identities: the event ids in `event_log` and in `notifications`
 /// are exactly the accepted ones, each in one row. Returns the report line.
-async fn check_ledger(app: &TestApp, name: &str, ledger: &Ledger, also: &[(&str, u64)]) -> String {
+pub(crate) async fn check_ledger(
+    app: &TestApp,
+    name: &str,
+    ledger: &Ledger,
+    also: &[(&str, u64)],
+) -> String {
     let accepted: HashSet<Uuid> = ledger.accepted.iter().map(|(id, _)| *id).collect();
     assert!(
         !accepted.is_empty(),
@@ -373,12 +386,13 @@ async fn check_ledger(app: &TestApp, name: &str, ledger: &Ledger, also: &[(&str,
         .filter(|(_, s)| s == "outbox")
         .count();
     let line = format!(
-        "LEDGER {name}: requests {} accepted {} (via outbox {outbox}) refused {} | handled: audit {want} notifications {want}, the accepted ids exactly | lost 0 doubled 0 | events of refused requests: {} | slowest answer {:.2}s",
+        "LEDGER {name}: requests {} accepted {} (via outbox {outbox}) refused {} | handled: audit {want} notifications {want}, the accepted ids exactly | lost 0 doubled 0 | events of refused requests: {} | slowest answer {:.2}s, longest refusal {:.2}s",
         ledger.accepted.len() + ledger.refused,
         ledger.accepted.len(),
         ledger.refused,
         of_refused.join(", "),
-        ledger.slowest.as_secs_f64()
+        ledger.slowest.as_secs_f64(),
+        ledger.longest_refusal.as_secs_f64()
     );
     println!("{line}");
     line
@@ -514,7 +528,7 @@ async fn memory_alarm_blocks_publishers_nothing_hangs_and_nothing_is_lost() {
 
 /// Polls `check` every 50 ms for at most `limit`, each check included; `None` when it never
 /// held (for a fault that may not have landed and is tried again).
-async fn within<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+pub(crate) async fn within<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

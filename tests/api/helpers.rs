@@ -158,10 +158,14 @@ impl TestVhost {
     }
 
     /// Creates a fresh vhost on the broker with this management API, AMQP base URL and
-    /// Prometheus endpoint.
+    /// Prometheus endpoint. On a cluster, `management_url` and `prometheus` list every
+    /// node's, comma-separated: the API calls go to the first node that answers, and the
+    /// queue figures are read from every node (each reports the queues it leads).
     pub async fn new_on(management_url: &str, amqp_base: &str, prometheus: &str) -> Self {
         let name = format!("warren-test-{}", uuid::Uuid::now_v7().simple());
-        let api = Management::new(management_url).expect("management url");
+        let nodes: Vec<&str> = management_url.split(',').collect();
+        let api = Management::nodes(&nodes, Duration::from_secs(10)).expect("management url");
+        let management_url = nodes[0];
         api.put(&format!("vhosts/{}", encode(&name)), &serde_json::json!({}))
             .await
             .expect("create vhost");
@@ -201,17 +205,26 @@ impl TestVhost {
     /// Ready and unacknowledged messages of every queue in the vhost, as the queues last
     /// reported them (each quorum queue reports every [`queue_tick_ms`]). `None` when the
     /// endpoint does not answer.
+    /// On a cluster every node's endpoint is read and each figure is the highest any node
+    /// reports, so a queue counts as empty only when no node says otherwise.
     pub async fn queue_figures(&self) -> Option<BTreeMap<String, QueueFigures>> {
-        let url = format!(
-            "{}/metrics/detailed?family=queue_coarse_metrics&vhost={}",
-            self.prometheus,
-            encode(&self.name)
-        );
-        let r = self.prometheus_client.get(url).send().await.ok()?;
-        if !r.status().is_success() {
-            return None;
+        let mut all: BTreeMap<String, QueueFigures> = BTreeMap::new();
+        for endpoint in self.prometheus.split(',') {
+            let url = format!(
+                "{endpoint}/metrics/detailed?family=queue_coarse_metrics&vhost={}",
+                encode(&self.name)
+            );
+            let r = self.prometheus_client.get(url).send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            for (q, f) in parse_queue_figures(&r.text().await.ok()?, &self.name) {
+                let e = all.entry(q).or_default();
+                e.ready = e.ready.max(f.ready);
+                e.unacked = e.unacked.max(f.unacked);
+            }
         }
-        Some(parse_queue_figures(&r.text().await.ok()?, &self.name))
+        Some(all)
     }
 
     /// The AMQP URL of this vhost.

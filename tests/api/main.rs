@@ -7,6 +7,7 @@ mod bad_input;
 mod chaos;
 mod cloudevents_ingress;
 mod cloudevents_wire;
+mod cluster;
 mod console;
 mod dashboards;
 mod deployment;
