@@ -135,6 +135,17 @@ async fn leader_and_members(app: &TestApp, q: &str) -> Option<(String, Vec<Strin
     Some((leader, members))
 }
 
+/// Waits until the cluster is whole again and every work queue has its members online.
+async fn whole_again(app: &TestApp) {
+    eventually(
+        Duration::from_secs(120),
+        "the cluster whole again",
+        || async { whole().await.then_some(()) },
+    )
+    .await;
+    all_members_online(app).await;
+}
+
 /// Waits until each work queue has its three members online (after a node came back).
 async fn all_members_online(app: &TestApp) {
     eventually(
@@ -527,13 +538,7 @@ async fn a_node_cut_off_from_the_other_two_pauses_and_rejoins_losing_nothing() {
         .await;
         more_accepted(progress, 50, "events accepted with a node cut off").await;
         cluster(&["heal"]);
-        eventually(
-            Duration::from_secs(120),
-            "the cluster whole again",
-            || async { whole().await.then_some(()) },
-        )
-        .await;
-        all_members_online(app).await;
+        whole_again(app).await;
     })
     .await;
     app.cleanup().await;
@@ -551,13 +556,7 @@ async fn two_of_three_nodes_down_publishes_go_to_the_outbox_and_all_arrive_later
         more_accepted(progress, 50, "events accepted with two nodes down").await;
         cluster(&["start", "c2"]);
         cluster(&["start", "c3"]);
-        eventually(
-            Duration::from_secs(120),
-            "the cluster whole again",
-            || async { whole().await.then_some(()) },
-        )
-        .await;
-        all_members_online(app).await;
+        whole_again(app).await;
     })
     .await;
     let via_outbox = out
