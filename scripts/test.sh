@@ -35,9 +35,13 @@ if ! target/pyenv/bin/python -c 'import cloudevents.core.bindings.http, cloudeve
 fi
 # The OpenAPI check (tests/api/openapi.rs): schemathesis from PyPI, pinned, in its own venv
 # (target/schemathesis, reused when it already has that version).
-if ! target/schemathesis/bin/schemathesis --version 2>/dev/null | grep -q ' 4\.32\.5$'; then
+# Hypothesis pinned too: its newer releases describe strategies by parsing lambda sources with
+# `ast` deep inside a draw, which on Debian 12's Python 3.11 intermittently fails with
+# "AST constructor recursion depth mismatch" (a CPython bug), a runtime error of the tool.
+if ! target/schemathesis/bin/schemathesis --version 2>/dev/null | grep -q ' 4\.32\.5$' ||
+  ! target/schemathesis/bin/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("hypothesis") != "6.135.0")' 2>/dev/null; then
   python3 -m venv target/schemathesis
-  target/schemathesis/bin/pip install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
+  target/schemathesis/bin/pip install --quiet --disable-pip-version-check 'schemathesis==4.32.5' 'hypothesis==6.135.0'
 fi
 
 # Where the tests find the servers (an already-set value wins). Tests create their own vhosts
