@@ -164,18 +164,6 @@ async fn all_members_online(app: &TestApp) {
     .await;
 }
 
-/// Messages the cluster redelivered from the work queues (management API, cluster-wide;
-/// its figures lag a few seconds).
-async fn redelivered(app: &TestApp) -> u64 {
-    let mut sum = 0;
-    for q in WORK {
-        if let Some(v) = queue(app, q).await {
-            sum += v["message_stats"]["redeliver"].as_u64().unwrap_or(0);
-        }
-    }
-    sum
-}
-
 /// warren on the cluster: HTTP front, workers and the saga engine in one process, its
 /// connections spread over the three nodes, the audit, notifications and order saga modules.
 async fn spawn_cluster() -> TestApp {
@@ -336,16 +324,7 @@ async fn check_sagas(app: &TestApp, placed: &Orders) -> HashMap<String, usize> {
         .map(|o| o.saga_id)
         .collect();
     assert_eq!(created, completed, "created orders against completed sagas");
-    let mut taken: HashMap<String, i64> = HashMap::new();
-    let mut spent: HashMap<String, i64> = HashMap::new();
-    for o in rows.iter().filter(|o| o.status == "created") {
-        for it in o.items.as_array().expect("items") {
-            *taken
-                .entry(it["sku"].as_str().expect("sku").to_owned())
-                .or_default() += it["qty"].as_i64().expect("qty");
-        }
-        *spent.entry(o.user_id.clone()).or_default() += o.total_amount;
-    }
+    let (taken, spent) = crate::saga::taken_by_created(&rows);
     for row in inventory::Entity::find().all(&db).await.expect("inventory") {
         assert_eq!(
             row.stock,
@@ -418,7 +397,9 @@ where
         .iter()
         .map(|q| metrics.jobs(q, "duplicate"))
         .sum();
-    let redelivered = redelivered(app).await;
+    let redelivered = crate::scale::redelivered(&app.vhost, &WORK)
+        .await
+        .unwrap_or(0);
     println!(
         "CLUSTER {name}: events accepted {} (via outbox {}, {during} during the fault) refused {} lost 0 | duplicates absorbed {duplicates}, redelivered {redelivered} | longest refusal {:.2}s, slowest 202 {:.2}s | orders accepted {} refused {}, sagas {sagas:?}",
         ledger.accepted.len(),
@@ -497,6 +478,7 @@ async fn a_rolling_restart_of_every_node_loses_nothing() {
     let app = spawn_cluster().await;
     scenario(&app, "rolling restart", async |app, progress| {
         for node in NODES {
+            in_flight(app).await;
             cluster(&["stop", node]);
             more_accepted(
                 progress,

@@ -98,6 +98,26 @@ pub async fn until_status(app: &TestApp, id: &str, status: &str, limit: Duration
     .await
 }
 
+/// What the created orders among `orders` took: units per SKU and amount per user.
+pub fn taken_by_created(
+    orders: &[orders::Model],
+) -> (
+    std::collections::HashMap<String, i64>,
+    std::collections::HashMap<String, i64>,
+) {
+    let mut taken = std::collections::HashMap::<String, i64>::new();
+    let mut spent = std::collections::HashMap::<String, i64>::new();
+    for o in orders.iter().filter(|o| o.status == "created") {
+        for it in o.items.as_array().expect("items") {
+            *taken
+                .entry(it["sku"].as_str().expect("sku").to_owned())
+                .or_default() += it["qty"].as_i64().expect("qty");
+        }
+        *spent.entry(o.user_id.clone()).or_default() += o.total_amount;
+    }
+    (taken, spent)
+}
+
 pub async fn stock(app: &TestApp, sku: &str) -> i64 {
     inventory::Entity::find_by_id(sku.to_owned())
         .one(&app.db().await)

@@ -406,16 +406,7 @@ async fn five_hundred_concurrent_orders_with_faults_keep_stock_and_balances_exac
         created_not_completed.is_empty() && completed_not_created.is_empty(),
         "orders created without a completed saga: {created_not_completed:?}; completed sagas without a created order: {completed_not_created:?}"
     );
-    let mut held_stock: HashMap<String, i64> = HashMap::new();
-    let mut spent: HashMap<String, i64> = HashMap::new();
-    for o in orders.iter().filter(|o| o.status == "created") {
-        for it in o.items.as_array().expect("items") {
-            *held_stock
-                .entry(it["sku"].as_str().expect("sku").to_owned())
-                .or_default() += it["qty"].as_i64().expect("qty");
-        }
-        *spent.entry(o.user_id.clone()).or_default() += o.total_amount;
-    }
+    let (held_stock, spent) = crate::saga::taken_by_created(&orders);
     for row in inventory::Entity::find().all(&db).await.expect("inventory") {
         assert_eq!(
             STOCK,

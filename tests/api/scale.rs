@@ -135,34 +135,15 @@ pub(crate) async fn holding_work(
 }
 
 /// Deliveries the broker flagged as redelivered, summed over `queues` of the vhost (the
-/// management API's `message_stats.redeliver` of each queue; its figures lag a few seconds,
-/// more on a busy broker, so poll). `None` when the API does not answer one within 10 s.
+/// management API's `message_stats.redeliver` of each queue, asked through the vhost's own
+/// client, so on whichever broker or cluster holds it; its figures lag a few seconds, more on
+/// a busy broker, so poll). `None` when the API does not answer one within 10 s.
 pub(crate) async fn redelivered(vhost: &TestVhost, queues: &[&str]) -> Option<u64> {
-    let mut base = url::Url::parse(&management_url()).ok()?;
-    let user = base.username().to_owned();
-    let password = base.password().map(str::to_owned);
-    base.set_username("").ok()?;
-    base.set_password(None).ok()?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .ok()?;
     let mut sum = 0;
     for q in queues {
-        let queue: Value = http
-            .get(format!(
-                "{}api/queues/{}/{}",
-                base,
-                encode(&vhost.name),
-                encode(q)
-            ))
-            .basic_auth(&user, password.as_deref())
-            .send()
-            .await
-            .ok()?
-            .error_for_status()
-            .ok()?
-            .json()
+        let queue: Value = vhost
+            .api
+            .get_json(&format!("queues/{}/{}", encode(&vhost.name), encode(q)))
             .await
             .ok()?;
         sum += queue["message_stats"]["redeliver"].as_u64().unwrap_or(0);
