@@ -4,7 +4,8 @@
 # there with chroot (no systemd, no Docker), loopback only, so that the broker-facing tests
 # run against 4.0 as well (scripts/test.sh). Two nodes, each with its own ports and data:
 #
-#   rabbit4@localhost  AMQP 127.0.0.1:5690, management 15690, prometheus 15790, dist 25690
+#   rabbit4@localhost  AMQP 127.0.0.1:5690, management 15690, prometheus 15790, dist 25690,
+#                      AMQPS 5692 (with scripts/services.sh's test certificates, when made)
 #   chaos4@localhost   AMQP 127.0.0.1:5691, management 15691, prometheus 15791, dist 25691
 #                      (the chaos suite's: stopped, killed and alarmed by tests/api/chaos.rs)
 #
@@ -203,6 +204,25 @@ deprecated_features.permit.transient_nonexcl_queues = false
 deprecated_features.permit.global_qos = false
 deprecated_features.permit.ram_node_type = false
 EOF
+  # rabbit4 also listens for AMQPS on 127.0.0.1:5692 with the test certificates that
+  # scripts/services.sh made for the 3.10 node (tests/api/nodes.rs uses both listeners of one
+  # broker), when they exist; chaos4 has no TLS listener.
+  rm -f "$etc/conf.d/10-tls.conf"
+  if [ "$n" = rabbit4 ] && [ -s /etc/rabbitmq/tls/server.pem ]; then
+    install -d -m 755 "$etc/tls"
+    install -m 644 /etc/rabbitmq/tls/ca.pem /etc/rabbitmq/tls/server.pem "$etc/tls/"
+    install -m 600 /etc/rabbitmq/tls/server.key "$etc/tls/"
+    cat >"$etc/conf.d/10-tls.conf" <<EOF
+# Written by warren's scripts/rabbitmq4.sh: AMQPS on loopback with scripts/services.sh's test
+# certificates. Client certificates are checked when presented, not required.
+listeners.ssl.1 = 127.0.0.1:5692
+ssl_options.cacertfile = /etc/rabbitmq/$n/tls/ca.pem
+ssl_options.certfile = /etc/rabbitmq/$n/tls/server.pem
+ssl_options.keyfile = /etc/rabbitmq/$n/tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+EOF
+  fi
   echo '[{rabbit, [{quorum_tick_interval, 500}]}].' >"$etc/advanced.config"
   echo '[rabbitmq_management,rabbitmq_prometheus].' >"$etc/enabled_plugins"
   install -d -m 755 "$ROOT/var/lib/rabbitmq/$n" "$ROOT/var/log/rabbitmq/$n"
