@@ -196,14 +196,19 @@ prometheus.tcp.port = $prom
 loopback_users.guest = true
 vm_memory_high_watermark.relative = 0.6
 disk_free_limit.absolute = 256MB
-# The features RabbitMQ 4.0 deprecates are refused here, so that warren using one fails the
-# tests on 4.0 instead of working until a later release removes it (docs/architecture.md,
-# "RabbitMQ 3.10 and 4.0"). management_metrics_collection stays permitted: the console's
-# queue rates come from it.
+EOF
+  # On rabbit4, the features RabbitMQ 4.0 deprecates are refused, so that warren (or a test)
+  # using one fails on 4.0 instead of working until a later release removes it
+  # (docs/architecture.md, "RabbitMQ 3.10 and 4.0"). management_metrics_collection stays
+  # permitted: the console's queue rates come from it. chaos4 keeps 4.0's defaults (all
+  # permitted, with a warning): the chaos suite's own tap queues are transient.
+  if [ "$n" = rabbit4 ]; then
+    cat >>"$etc/rabbitmq.conf" <<'EOF'
 deprecated_features.permit.transient_nonexcl_queues = false
 deprecated_features.permit.global_qos = false
 deprecated_features.permit.ram_node_type = false
 EOF
+  fi
   # rabbit4 also listens for AMQPS on 127.0.0.1:5692 with the test certificates that
   # scripts/services.sh made for the 3.10 node (tests/api/nodes.rs uses both listeners of one
   # broker), when they exist; chaos4 has no TLS listener.

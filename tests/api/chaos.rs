@@ -110,7 +110,10 @@ fn run_command(command: &[String], args: &[&str]) -> String {
 /// arguments (the RabbitMQ 4.0 run: `scripts/rabbitmq4.sh chaos4 ctl`), by default
 /// `rabbitmqctl -n chaos@localhost`.
 fn rabbitmqctl(args: &[&str]) {
-    let ctl = command_from_env("WARREN_TEST_CHAOS_NODE_CTL", &format!("rabbitmqctl -n {NODE}"));
+    let ctl = command_from_env(
+        "WARREN_TEST_CHAOS_NODE_CTL",
+        &format!("rabbitmqctl -n {NODE}"),
+    );
     run_command(&ctl, args);
 }
 
@@ -130,7 +133,10 @@ fn chaos_node_pid() -> String {
 /// (`scripts/rabbitmq4.sh chaos4 start`), by default `scripts/chaos-services.sh rabbitmq`.
 fn restart_chaos_node() {
     let default = format!("{} rabbitmq", repo_script("chaos-services.sh"));
-    run_command(&command_from_env("WARREN_TEST_CHAOS_RESTART", &default), &[]);
+    run_command(
+        &command_from_env("WARREN_TEST_CHAOS_RESTART", &default),
+        &[],
+    );
 }
 
 fn repo_script(name: &str) -> String {
