@@ -84,9 +84,9 @@ fi
 # PostgreSQL chaos cluster as before: the chaos tests of the two runs never overlap).
 # docs/architecture.md, "RabbitMQ 3.10 and 4.0", says what differs.
 if [ $# -eq 0 ]; then
-  rmq4_tests='test(/^publish::/) | test(/^topology::/) | test(/^jobs::/) | test(/^reliability::/)'
+  rmq4_tests='(test(/^publish::/) | test(/^topology::/) | test(/^jobs::/) | test(/^reliability::/)'
   rmq4_tests+=' | test(/^dlq::/) | test(/^saga::/) | test(/^saga_http::/) | test(/^outbox::/)'
-  rmq4_tests+=' | test(/^subscription/) | test(/^gate::/) | test(/^nodes::/) | test(/^chaos::/)'
+  rmq4_tests+=' | test(/^subscription/) | test(/^gate::/) | test(/^nodes::/) | test(/^chaos::/))'
   # Not broker behaviour: the console's browser test (Chromium) and the 60/120 s production
   # tier timings (minutes of waiting, the same TTL arithmetic on both versions).
   rmq4_tests+=' - test(/in_a_real_browser/) - test(/^reliability::production_tiers/)'
