@@ -95,7 +95,8 @@ fn topology_with_thumbnails() -> anyhow::Result<std::path::PathBuf> {
     )?);
     t.queues.push(queue(
         "acme.thumbnails.dead",
-        serde_json::json!({"x-queue-type": "quorum"}),
+        // A parking queue's delivery limit, never reached (RabbitMQ 4.0's default is 20).
+        serde_json::json!({"x-queue-type": "quorum", "x-delivery-limit": 1_000_000}),
     )?);
     t.bindings.push(binding(
         "warren.commands",

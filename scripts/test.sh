@@ -9,6 +9,11 @@ scripts/services.sh all
 # The chaos suite's own broker node and PostgreSQL cluster (tests/api/chaos.rs stops, kills and
 # alarms them, so they are not the ones the other tests share).
 scripts/chaos-services.sh all
+# RabbitMQ 4.0 beside 3.10 (a Debian 13 root, built on the first run): the broker-facing
+# tests run a second time against its nodes, below. Only for the whole suite (no arguments).
+if [ $# -eq 0 ]; then
+  scripts/rabbitmq4.sh all start
+fi
 # Debian packages the tests use: promtool (package prometheus) checks the metrics output.
 command -v promtool >/dev/null 2>&1 || scripts/services.sh install prometheus
 # The console's browser test (tests/api/console.rs): Debian's Chromium driven by playwright-core,
@@ -91,6 +96,38 @@ else
   else
     cargo test --workspace --no-fail-fast "$@" || status=$?
   fi
+fi
+# The broker-facing tests again, against RabbitMQ 4.0 (scripts/rabbitmq4.sh): rabbit4@localhost
+# for all but the chaos suite, which kills, stops and alarms chaos4@localhost (with the same
+# PostgreSQL chaos cluster as before: the chaos tests of the two runs never overlap).
+# docs/architecture.md, "RabbitMQ 3.10 and 4.0", says what differs.
+if [ $# -eq 0 ]; then
+  rmq4_tests='(test(/^publish::/) | test(/^topology::/) | test(/^jobs::/) | test(/^reliability::/)'
+  rmq4_tests+=' | test(/^dlq::/) | test(/^saga::/) | test(/^saga_http::/) | test(/^outbox::/)'
+  rmq4_tests+=' | test(/^subscription/) | test(/^gate::/) | test(/^nodes::/) | test(/^chaos::/))'
+  # Not broker behaviour: the console's browser test (Chromium) and the 60/120 s production
+  # tier timings (minutes of waiting, the same TTL arithmetic on both versions).
+  rmq4_tests+=' - test(/in_a_real_browser/) - test(/^reliability::production_tiers/)'
+  rabbitmq4_env=(
+    WARREN_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5690
+    WARREN_TEST_MANAGEMENT_URL=http://guest:guest@127.0.0.1:15690
+    WARREN_TEST_PROMETHEUS_URL=http://127.0.0.1:15790
+    WARREN_TEST_AMQPS_URL=amqps://guest:guest@127.0.0.1:5692
+    WARREN_TEST_CHAOS_AMQP_URL=amqp://guest:guest@127.0.0.1:5691
+    WARREN_TEST_CHAOS_MANAGEMENT_URL=http://guest:guest@127.0.0.1:15691
+    WARREN_TEST_CHAOS_PROMETHEUS_URL=http://127.0.0.1:15791
+    "WARREN_TEST_CHAOS_NODE_CTL=$PWD/scripts/rabbitmq4.sh chaos4 ctl"
+    "WARREN_TEST_CHAOS_PID_CMD=$PWD/scripts/rabbitmq4.sh chaos4 pid"
+    "WARREN_TEST_CHAOS_RESTART=$PWD/scripts/rabbitmq4.sh chaos4 start"
+  )
+  echo "test: the broker-facing tests against RabbitMQ 4.0 (rabbit4@localhost, chaos4@localhost)"
+  rmq4_start=$SECONDS
+  if cargo nextest --version >/dev/null 2>&1; then
+    env "${rabbitmq4_env[@]}" cargo nextest run -p warren --test api --no-fail-fast -E "$rmq4_tests" || status=$?
+  else
+    echo "test: cargo-nextest not installed: the RabbitMQ 4.0 run needs its filter, skipped" >&2
+  fi
+  echo "test: the RabbitMQ 4.0 run took $(((SECONDS - rmq4_start) / 60)) min $(((SECONDS - rmq4_start) % 60)) s"
 fi
 # The benchmark suite's smoke run (seconds; sanity of every figure, no absolute speeds).
 if [ $# -eq 0 ]; then

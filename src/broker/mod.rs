@@ -307,6 +307,8 @@ pub struct Broker {
     connect_timeout: Duration,
     vhost: String,
     live: Arc<LiveConnections>,
+    /// Parking queues found without their delivery limit ([`Broker::declare`]).
+    older_parking: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -347,6 +349,7 @@ impl Broker {
             connect_timeout,
             vhost: settings.amqp.vhost(),
             live,
+            older_parking: Arc::default(),
         })
     }
 
@@ -378,11 +381,44 @@ impl Broker {
     }
 
     /// Declares `topology` on a throwaway channel (a 406 closes the channel it happens on).
+    ///
+    /// A parking queue that exists without the delivery limit the topology gives it
+    /// ([`names::PARKING_DELIVERY_LIMIT`]; declared by an earlier warren) is kept as it is, with
+    /// a warning, once per queue and process: its arguments cannot change in place, and
+    /// refusing it would keep warren from starting. The declaration then goes on without that
+    /// argument on that queue, on a new channel.
     pub async fn declare(&self, topology: &topology::Topology) -> Result<(), BrokerError> {
-        let channel = self.channel().await?;
-        let result = topology.declare(&channel).await;
-        let _ = channel.close(200, "topology declared".into()).await;
-        Ok(result?)
+        let known: Vec<String> = self
+            .older_parking
+            .lock()
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut adjusted = (!known.is_empty()).then(|| {
+            known
+                .iter()
+                .fold(topology.clone(), |t, q| t.without_delivery_limit(q))
+        });
+        loop {
+            let current = adjusted.as_ref().unwrap_or(topology);
+            let channel = self.channel().await?;
+            let result = current.declare(&channel).await;
+            let _ = channel.close(200, "topology declared".into()).await;
+            let Err(error) = result else {
+                return Ok(());
+            };
+            let Some(queue) = current.older_parking_queue(&error) else {
+                return Err(error.into());
+            };
+            tracing::warn!(
+                queue = %queue,
+                limit = names::PARKING_DELIVERY_LIMIT,
+                "Parking queue exists without the parking delivery limit; kept as it is. On RabbitMQ 4.0 and later it has the default limit of 20: a parked message shown or passed over by 20 DLQ passes is dropped. Give it the limit with a policy (rabbitmqctl set_policy warren-parking '\\.dead$' '{{\"delivery-limit\":1000000}}' --apply-to quorum_queues), or let it drain and delete it so that warren declares it anew."
+            );
+            if let Ok(mut set) = self.older_parking.lock() {
+                set.insert(queue.clone());
+            }
+            adjusted = Some(current.clone().without_delivery_limit(&queue));
+        }
     }
 
     /// Checks that the broker answers: opens and closes a channel.

@@ -21,6 +21,13 @@ pub const REQUEUE_EXCHANGE: &str = "warren.requeue";
 /// Parked messages go to `Q.dead` through this exchange, keyed by queue.
 pub const DEAD_EXCHANGE: &str = "warren.dead";
 
+/// The `x-delivery-limit` of every parking queue `Q.dead`: so high that it is never reached.
+/// Since RabbitMQ 4.0 a quorum queue declared without one has a limit of 20, and a parking
+/// queue has no dead-letter exchange: a parked message that a DLQ pass (show, or a filtered
+/// replay or purge) handed back 20 times would be dropped. 3.10 has no default limit. Both
+/// accept this value (`-1`, 4.0's "no limit", means "dead-letter on the first return" on 3.10).
+pub const PARKING_DELIVERY_LIMIT: i64 = 1_000_000;
+
 // The built-in consumers' queues.
 
 /// The e-mail module's queue.

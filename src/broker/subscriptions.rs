@@ -2,7 +2,8 @@
 //! `crate::subscriptions`), added to the topology by [`Topology::for_settings`] so that
 //! everything that declares, verifies or exports it has them, in the shape of every built-in module's: a
 //! durable quorum work queue `warren.sub.<name>` that dead-letters into `warren.dead` with
-//! its own name as the key, a quorum parking queue `warren.sub.<name>.dead`, and the
+//! its own name as the key, a quorum parking queue `warren.sub.<name>.dead` (with the
+//! parking queues' delivery limit, [`PARKING_DELIVERY_LIMIT`]), and the
 //! bindings: its patterns on `warren.events` and `warren.commands`, `warren.requeue` →
 //! queue and `warren.dead` → parking queue (both keyed by the queue's name).
 
@@ -10,7 +11,10 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     broker::{
-        names::{COMMANDS_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, REQUEUE_EXCHANGE},
+        names::{
+            COMMANDS_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, PARKING_DELIVERY_LIMIT,
+            REQUEUE_EXCHANGE,
+        },
         topology::{BindingDef, QueueDef, Topology},
     },
     config::{Ordering, SubscriptionSettings},
@@ -79,7 +83,10 @@ pub(crate) fn entities(sub: &SubscriptionSettings) -> (Vec<QueueDef>, Vec<Bindin
     }
     let queues = vec![
         queue(q.clone(), work),
-        queue(sub.dead_queue(), json!({"x-queue-type": "quorum"})),
+        queue(
+            sub.dead_queue(),
+            json!({"x-queue-type": "quorum", "x-delivery-limit": PARKING_DELIVERY_LIMIT}),
+        ),
     ];
     let mut bindings: Vec<BindingDef> = sub
         .events

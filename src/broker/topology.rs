@@ -18,9 +18,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
-    names::{ERROR_TIER, FAILURE_TIER},
+    names::{ERROR_TIER, FAILURE_TIER, PARKING_DELIVERY_LIMIT},
     subscriptions,
 };
+
+/// The queue argument of a quorum queue's delivery limit.
+const DELIVERY_LIMIT: &str = "x-delivery-limit";
 
 /// The built-in topology, the repository's `broker-topology.json`.
 pub const BUILTIN: &str = include_str!("../../broker-topology.json");
@@ -259,6 +262,35 @@ impl Topology {
             .map(|q| q.name.as_str())
             .filter(|n| self.queues.iter().any(|d| d.name == format!("{n}.dead")))
             .collect()
+    }
+
+    /// The parking queue a [`Topology::declare`] error is about when that queue exists with
+    /// another `x-delivery-limit` than [`PARKING_DELIVERY_LIMIT`], the one this topology
+    /// gives it: mostly none, declared by a warren before the limit came (see
+    /// [`crate::broker::Broker::declare`]). A queue's arguments cannot change in place.
+    pub(crate) fn older_parking_queue(&self, error: &TopologyError) -> Option<String> {
+        let TopologyError::Declare { entity, source } = error else {
+            return None;
+        };
+        let name = entity.strip_prefix("queue ")?;
+        let limited = self.queues.iter().any(|q| {
+            q.name == name
+                && q.arguments.get(DELIVERY_LIMIT) == Some(&Value::from(PARKING_DELIVERY_LIMIT))
+        });
+        (name.ends_with(".dead")
+            && limited
+            && source
+                .to_string()
+                .contains(&format!("inequivalent arg '{DELIVERY_LIMIT}'")))
+        .then(|| name.to_owned())
+    }
+
+    /// This topology with `queue` declared without its `x-delivery-limit`, as it exists.
+    pub(crate) fn without_delivery_limit(mut self, queue: &str) -> Self {
+        for q in self.queues.iter_mut().filter(|q| q.name == queue) {
+            q.arguments.remove(DELIVERY_LIMIT);
+        }
+        self
     }
 
     /// Declares every exchange, queue and binding on `channel`. Idempotent; a 406 from an

@@ -77,10 +77,66 @@ pub(crate) fn run(program: &str, args: &[&str]) {
     );
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let mut all = vec!["-n", NODE];
+/// A command line from the environment (`key`, words split on whitespace) or `default`.
+fn command_from_env(key: &str, default: &str) -> Vec<String> {
+    let words: Vec<String> = env_or(key, default)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(!words.is_empty(), "{key} names no command");
+    words
+}
+
+/// Runs `command` (program and leading arguments) with `args` after them; returns stdout.
+fn run_command(command: &[String], args: &[&str]) -> String {
+    let (program, lead) = command.split_first().expect("a command");
+    let mut all: Vec<&str> = lead.iter().map(String::as_str).collect();
     all.extend_from_slice(args);
-    run("rabbitmqctl", &all);
+    let out = Command::new(program)
+        .args(&all)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {all:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {all:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// rabbitmqctl against the chaos node: `WARREN_TEST_CHAOS_NODE_CTL` is the command before the
+/// arguments (the RabbitMQ 4.0 run: `scripts/rabbitmq4.sh chaos4 ctl`), by default
+/// `rabbitmqctl -n chaos@localhost`.
+fn rabbitmqctl(args: &[&str]) {
+    let ctl = command_from_env(
+        "WARREN_TEST_CHAOS_NODE_CTL",
+        &format!("rabbitmqctl -n {NODE}"),
+    );
+    run_command(&ctl, args);
+}
+
+/// The chaos node's OS pid: printed by the command `WARREN_TEST_CHAOS_PID_CMD` when set
+/// (`scripts/rabbitmq4.sh chaos4 pid`), else read from the 3.10 node's pid file.
+fn chaos_node_pid() -> String {
+    match std::env::var("WARREN_TEST_CHAOS_PID_CMD") {
+        Ok(_) => run_command(&command_from_env("WARREN_TEST_CHAOS_PID_CMD", ""), &[]),
+        Err(_) => std::fs::read_to_string(format!("/var/lib/rabbitmq-chaos/mnesia/{NODE}.pid"))
+            .expect("node pid file"),
+    }
+    .trim()
+    .to_owned()
+}
+
+/// Starts the chaos node again after a kill: the command `WARREN_TEST_CHAOS_RESTART`
+/// (`scripts/rabbitmq4.sh chaos4 start`), by default `scripts/chaos-services.sh rabbitmq`.
+fn restart_chaos_node() {
+    let default = format!("{} rabbitmq", repo_script("chaos-services.sh"));
+    run_command(
+        &command_from_env("WARREN_TEST_CHAOS_RESTART", &default),
+        &[],
+    );
 }
 
 pub(crate) fn repo_script(name: &str) -> String {
@@ -460,10 +516,8 @@ async fn broker_stop_app_then_start_app_mid_load_loses_nothing() {
 async fn broker_process_killed_and_restarted_mid_load_loses_nothing() {
     let app = spawn_chaos(&[Role::Http, Role::Worker]).await;
     scenario(&app, "RabbitMQ SIGKILL and restart", async |_| {
-        let pid = std::fs::read_to_string(format!("/var/lib/rabbitmq-chaos/mnesia/{NODE}.pid"))
-            .expect("node pid file");
-        run("kill", &["-9", pid.trim()]);
-        run(&repo_script("chaos-services.sh"), &["rabbitmq"]);
+        run("kill", &["-9", &chaos_node_pid()]);
+        restart_chaos_node();
     })
     .await;
     app.cleanup().await;

@@ -71,7 +71,11 @@ async fn start(rx_addr: std::net::SocketAddr) -> TestApp {
     let ch = conn.create_channel().await.expect("channel");
     ch.queue_declare(
         READER.into(),
-        QueueDeclareOptions::default(),
+        // Durable: RabbitMQ 4.0 deprecates transient non-exclusive queues.
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
         FieldTable::default(),
     )
     .await

@@ -409,6 +409,32 @@ async fn a_replayed_message_keeps_body_properties_and_origin_and_carries_the_rep
     app.cleanup().await;
 }
 
+/// Every pass (a show, a filtered replay or purge) hands the messages it does not move back
+/// with a requeue, which counts as a delivery. RabbitMQ 4.0 gives a quorum queue without
+/// `x-delivery-limit` a limit of 20, and a parking queue has no dead-letter exchange: without
+/// the parking queues' own limit the 21st show would drop the message. On 3.10 and 4.0 alike,
+/// it stays parked, shown each time.
+#[tokio::test]
+async fn a_parked_message_outlives_more_passes_than_rabbitmq_4s_default_delivery_limit() {
+    let c = Flaky::default();
+    let app = start(&c).await;
+    let ids = park(&app, 1).await;
+    let dlq = service(&app);
+    for pass in 1..=25 {
+        let peek = dlq.show(QUEUE, &Filter::default(), 10).await.expect("show");
+        assert_eq!(
+            peek.messages
+                .iter()
+                .map(|m| m.message_id.clone())
+                .collect::<Vec<_>>(),
+            vec![Some(ids[0].to_string())],
+            "pass {pass}: the parked message is shown"
+        );
+    }
+    settled(&app, DEAD, 1).await;
+    app.cleanup().await;
+}
+
 #[tokio::test]
 async fn the_http_api_lists_shows_and_purges_with_filters() {
     let c = Flaky::default();

@@ -423,7 +423,12 @@ async fn one_trace_id_follows_a_request_through_retries_dead_letters_and_saga_st
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare("test.trace".into(), Default::default(), Default::default())
+    // Durable: RabbitMQ 4.0 deprecates transient non-exclusive queues.
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("test.trace".into(), durable, Default::default())
         .await
         .expect("declare");
     for (ex, key) in [("warren.commands", "#"), ("warren.replies", "saga")] {

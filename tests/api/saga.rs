@@ -824,7 +824,11 @@ async fn duplicate_everything(
         .expect("confirms");
     ch.queue_declare(
         "test.tap".into(),
-        QueueDeclareOptions::default(),
+        // Durable: RabbitMQ 4.0 deprecates transient non-exclusive queues.
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
         FieldTable::default(),
     )
     .await

@@ -70,7 +70,11 @@ async fn tap_saga_events(app: &TestApp) {
     let ch = conn.create_channel().await.expect("channel");
     ch.queue_declare(
         "test.saga-events".into(),
-        Default::default(),
+        // Durable: RabbitMQ 4.0 deprecates transient non-exclusive queues.
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
         Default::default(),
     )
     .await

@@ -156,6 +156,44 @@ async fn a_queue_with_other_arguments_is_reported_not_silently_kept() {
     vhost.delete().await;
 }
 
+/// A parking queue declared by a warren from before the parking queues' delivery limit (no
+/// `x-delivery-limit`: on RabbitMQ 4.0 the default of 20) cannot take the argument in place:
+/// warren keeps it as it is and starts, and `topology verify` reports the difference.
+#[tokio::test]
+async fn a_parking_queue_from_before_the_delivery_limit_is_kept_and_reported() {
+    let vhost = TestVhost::new().await;
+    let v = encode(&vhost.name);
+    vhost
+        .api
+        .put(
+            &format!("queues/{v}/warren.email.dead"),
+            &serde_json::json!({"durable": true, "arguments": {"x-queue-type": "quorum"}}),
+        )
+        .await
+        .expect("create queue");
+    let topology = Topology::builtin().expect("parses");
+    let settings = test_settings(&vhost, "sqlite::memory:");
+    let broker = Broker::new(&settings, "test").expect("broker");
+    broker.declare(&topology).await.expect("declared around it");
+    broker.declare(&topology).await.expect("and again");
+    let drift: Vec<String> = topology
+        .verify(&management_url(), &vhost.name)
+        .await
+        .expect("verify")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        drift,
+        [
+            "different: queue warren.email.dead: argument x-delivery-limit: expected 1000000, broker has null"
+        ],
+        "the rest of the topology is declared"
+    );
+    broker.close();
+    vhost.delete().await;
+}
+
 #[test]
 fn export_for_a_whole_broker_import_names_the_vhost() {
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
