@@ -20,3 +20,5 @@ mod views;
 pub use definitions::{DefinitionsError, Problem, builtin, check, definitions};
 pub use engine::{Applied, SagaError, SagaView, Sagas, Start, Started};
 pub use machine::{Action, Command, Input, SagaDef, SagaState, Status, StepDef};
+/// The command a participant applies (the `data` of every saga command message).
+pub use protocol::CommandData;

@@ -26,6 +26,7 @@ mod openapi;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod outbox;
+mod participants;
 mod pools;
 mod publish;
 mod reliability;
