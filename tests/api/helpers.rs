@@ -438,6 +438,36 @@ impl TestApp {
         self.http.request(method, format!("{}{path}", self.base))
     }
 
+    /// Declares `queue` (durable: RabbitMQ 4.0 deprecates transient non-exclusive queues) and
+    /// binds it to `exchange` with `key`: a tap that sees what warren routes there, read with
+    /// [`TestApp::drain`].
+    pub async fn tap(&self, queue: &str, exchange: &str, key: &str) {
+        let conn = Connection::connect(&self.vhost.amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("amqp connect");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("tap queue");
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .expect("bind tap");
+        let _ = conn.close(200, "".into()).await;
+    }
+
     /// Takes every message waiting in `queue` (basic.get with ack).
     pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
         let conn = Connection::connect(&self.vhost.amqp_url(), ConnectionProperties::default())

@@ -12,10 +12,6 @@ use std::{
 };
 
 use entities::saga_commands;
-use lapin::{
-    options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
 use sea_orm::{
     ColumnTrait, ConnectOptions, Database, DatabaseTransaction, EntityTrait, PaginatorTrait,
     QueryFilter,
@@ -37,6 +33,9 @@ use crate::{
     helpers::{TestApp, eventually},
     saga::{order, seed, spawn_saga, stock},
 };
+
+/// The queue that sees every reply to the orchestrator.
+const REPLIES_TAP: &str = "test.replies";
 
 /// The inventory participant, held at a barrier before it applies: every delivery has read
 /// the inbox (and found nothing) before any of them can record.
@@ -100,47 +99,11 @@ fn deduct(payload: Value) -> (CommandData, Job) {
     (cmd, job)
 }
 
-/// A queue bound to the orchestrator's replies, to count what the participant answered.
-async fn reply_tap(app: &TestApp) -> (lapin::Connection, lapin::Channel) {
-    let conn = lapin::Connection::connect(
-        &app.vhost.amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("tap connects");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare(
-        "test.replies".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("tap queue");
-    ch.queue_bind(
-        "test.replies".into(),
-        "warren.replies".into(),
-        "saga".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind tap");
-    (conn, ch)
-}
-
-/// Every reply to `saga_id` the tap holds once `n` have arrived.
-async fn replies(ch: &lapin::Channel, saga_id: Uuid, n: usize) -> Vec<Value> {
+/// Every reply to `saga_id` in the replies tap once `n` have arrived.
+async fn replies(app: &TestApp, saga_id: Uuid, n: usize) -> Vec<Value> {
     let got = std::sync::Mutex::new(Vec::new());
     eventually(Duration::from_secs(10), "the replies", || async {
-        while let Some(m) = ch
-            .basic_get("test.replies".into(), BasicGetOptions::default())
-            .await
-            .expect("get")
-        {
-            m.ack(BasicAckOptions::default()).await.expect("ack");
+        for m in app.drain(REPLIES_TAP).await {
             let body: Value = serde_json::from_slice(&m.data).expect("a JSON reply");
             if body["data"]["saga_id"] == saga_id.to_string() {
                 got.lock().expect("not poisoned").push(body["data"].clone());
@@ -166,7 +129,7 @@ async fn race(app: &TestApp, payload: Value) -> Value {
         app.db().await,
         publisher,
     );
-    let (_conn, tap) = reply_tap(app).await;
+    app.tap(REPLIES_TAP, "warren.replies", "saga").await;
     let (cmd, job) = deduct(payload);
     let redelivered = job.clone();
     let (first, second) = tokio::time::timeout(
@@ -189,7 +152,7 @@ async fn race(app: &TestApp, payload: Value) -> Value {
         .expect("count");
     assert_eq!(rows, 1, "one answer recorded");
 
-    let got = replies(&tap, cmd.saga_id, 2).await;
+    let got = replies(app, cmd.saga_id, 2).await;
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0]["ok"], got[1]["ok"], "{got:?}");
     assert_eq!(got[0]["reason"], got[1]["reason"], "{got:?}");

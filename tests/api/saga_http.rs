@@ -64,31 +64,7 @@ async fn start(app: &TestApp, kind: &str, key: Option<&str>, body: &Value) -> re
 
 /// A queue bound to `warren.events` for `saga.*`: the sagas' end events.
 async fn tap_saga_events(app: &TestApp) {
-    let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
-        .await
-        .expect("amqp connect");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare(
-        "test.saga-events".into(),
-        // Durable: RabbitMQ 4.0 deprecates transient non-exclusive queues.
-        lapin::options::QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        Default::default(),
-    )
-    .await
-    .expect("tap queue");
-    ch.queue_bind(
-        "test.saga-events".into(),
-        "warren.events".into(),
-        "saga.*".into(),
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .expect("bind tap");
-    let _ = conn.close(200, "".into()).await;
+    app.tap("test.saga-events", "warren.events", "saga.*").await;
 }
 
 /// Waits for `n` end events in the tap; returns them (type, data) in arrival order.
